@@ -1,0 +1,124 @@
+//! The contract between the skor daemon and its sinks: the event it hands
+//! over, the `Sink` trait every destination implements, and the error that
+//! tells the daemon's worker whether a failed delivery is worth retrying.
+
+mod redacted;
+mod stdout;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use bytes::Bytes;
+pub use redacted::Redacted;
+pub use stdout::{StdoutConfig, StdoutSink};
+
+/// A row operation, as `TG_OP` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Op {
+    /// A row was inserted; `data` is the new row.
+    #[serde(alias = "insert")]
+    Insert,
+    /// A row was updated; `data` is the new row.
+    #[serde(alias = "update")]
+    Update,
+    /// A row was deleted; `data` is the old row.
+    #[serde(alias = "delete")]
+    Delete,
+}
+
+impl Op {
+    /// All operations, in the order skor installs their triggers.
+    pub const ALL: [Op; 3] = [Op::Insert, Op::Update, Op::Delete];
+
+    /// The SQL keyword, as in `TG_OP` (`INSERT`, `UPDATE`, `DELETE`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row change, as received from PostgreSQL.
+///
+/// `payload` holds the notification's bytes exactly as the trigger produced
+/// them; sinks forward it unchanged. The routing fields were read out of it
+/// once, by the daemon, so sinks never parse the payload.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// The NOTIFY channel the event arrived on.
+    pub channel: Arc<str>,
+    /// Schema of the changed table.
+    pub schema: String,
+    /// Name of the changed table.
+    pub table: String,
+    /// What happened to the row.
+    pub op: Op,
+    /// The JSON payload as the trigger produced it.
+    pub payload: Bytes,
+}
+
+/// Whether a failed delivery may succeed if tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A transient failure (connection refused, timeout, 5xx, 429): retry.
+    Retryable,
+    /// The far side rejected the event (a 4xx, a bad request): do not retry.
+    Permanent,
+}
+
+/// Why a sink could not deliver an event.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    /// Whether the worker should try again.
+    pub kind: ErrorKind,
+    /// What went wrong, fit for a log line (never holds a secret).
+    pub message: String,
+}
+
+impl SinkError {
+    /// A failure worth retrying.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Retryable,
+            message: message.into(),
+        }
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+        }
+    }
+
+    /// True when the worker should try again.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == ErrorKind::Retryable
+    }
+}
+
+/// A destination for events.
+///
+/// `send` returns `Ok` only once the far side has confirmed the event (an
+/// HTTP 2xx, a broker ack): that is what "delivered" means. The daemon's
+/// worker owns retries, backoff, ordering and logging; a sink makes one
+/// attempt per call and classifies its failure. Delivery is at-least-once: a
+/// retry after a lost confirmation sends the event again, so consumers must
+/// tolerate duplicates. A sink may be called concurrently for events of
+/// different keys, never for two events of the same key.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync {
+    /// Delivers one event, or says why it could not.
+    async fn send(&self, event: &Event) -> Result<(), SinkError>;
+}

@@ -1,0 +1,11 @@
+//! The webhook sink: POSTs each event's payload to an HTTP endpoint.
+//!
+//! The daemon sees only [`WebhookConfig`] and [`WebhookSink::new`]; retries
+//! and ordering belong to the daemon's worker, this crate only says which
+//! failures are worth retrying.
+
+mod config;
+mod sink;
+
+pub use config::WebhookConfig;
+pub use sink::{WebhookError, WebhookSink};

@@ -1,0 +1,187 @@
+//! Sending one event as an HTTP POST and classifying the outcome.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::{redirect, StatusCode};
+use skor_sink_api::{ErrorKind, Event, Sink, SinkError};
+
+use crate::WebhookConfig;
+
+/// Why a webhook sink could not be created from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The URL does not parse or is not http(s).
+    #[error("invalid webhook url: {0}")]
+    Url(String),
+    /// A header name or value is not valid HTTP.
+    #[error("invalid header `{name}`: {reason}")]
+    Header {
+        /// The header's name, as configured.
+        name: String,
+        /// What is wrong with it (never the value).
+        reason: String,
+    },
+    /// The HTTP client could not be built (TLS roots, for example).
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+/// POSTs payloads to one URL over a pooled, keep-alive HTTP client.
+pub struct WebhookSink {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    timeout: Duration,
+}
+
+impl WebhookSink {
+    /// Builds the sink; fails on an invalid URL or header.
+    pub fn new(config: &WebhookConfig) -> Result<Self, WebhookError> {
+        let url = reqwest::Url::parse(&config.url)
+            .map_err(|e| WebhookError::Url(format!("{}: {e}", config.redacted_url())))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(WebhookError::Url(format!(
+                "{}: the scheme must be http or https",
+                config.redacted_url()
+            )));
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in &config.headers {
+            let header_error = |reason: String| WebhookError::Header {
+                name: name.clone(),
+                reason,
+            };
+            let header_name =
+                HeaderName::from_bytes(name.as_bytes()).map_err(|e| header_error(e.to_string()))?;
+            let mut header_value = HeaderValue::from_str(value.expose())
+                .map_err(|_| header_error("the value holds characters HTTP forbids".into()))?;
+            header_value.set_sensitive(true);
+            headers.insert(header_name, header_value);
+        }
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(redirect::Policy::limited(config.max_redirects))
+            .user_agent(concat!("skor/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| WebhookError::Client(e.to_string()))?;
+        Ok(Self {
+            client,
+            url,
+            headers,
+            timeout,
+        })
+    }
+}
+
+/// Which HTTP statuses are worth another attempt: 408, 429 and 5xx but 501.
+pub fn status_error_kind(status: StatusCode) -> Option<ErrorKind> {
+    if status.is_success() {
+        None
+    } else if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED)
+    {
+        Some(ErrorKind::Retryable)
+    } else {
+        Some(ErrorKind::Permanent)
+    }
+}
+
+/// Describes a transport error with its causes but without the URL, which
+/// may carry credentials.
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[async_trait::async_trait]
+impl Sink for WebhookSink {
+    async fn send(&self, event: &Event) -> Result<(), SinkError> {
+        let result = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .body(event.payload.clone())
+            .send()
+            .await;
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let error = error.without_url();
+                let message = if error.is_timeout() {
+                    format!("no answer within {} ms", self.timeout.as_millis())
+                } else {
+                    describe(&error)
+                };
+                // Every transport failure (refused, reset, timed out) may pass.
+                return Err(SinkError::retryable(message));
+            }
+        };
+        let status = response.status();
+        // Reading the body to its end lets the connection go back to the pool.
+        let _ = response.bytes().await;
+        match status_error_kind(status) {
+            None => Ok(()),
+            Some(kind) => Err(SinkError {
+                kind,
+                message: format!("HTTP {status}"),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified_like_the_design_says() {
+        for code in [200, 201, 204] {
+            assert_eq!(status_error_kind(StatusCode::from_u16(code).unwrap()), None);
+        }
+        for code in [408, 429, 500, 502, 503, 504] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(
+                status_error_kind(status),
+                Some(ErrorKind::Retryable),
+                "{code}"
+            );
+        }
+        for code in [301, 400, 401, 403, 404, 409, 422, 501] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(
+                status_error_kind(status),
+                Some(ErrorKind::Permanent),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_non_http_urls_and_bad_headers() {
+        let error = WebhookSink::new(&WebhookConfig::new("ftp://example.com/"))
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("http or https"), "{error}");
+        let mut config = WebhookConfig::new("http://example.com/");
+        config.headers.insert(
+            "X-Token".into(),
+            skor_sink_api::Redacted::new("line\nbreak".into()),
+        );
+        let error = WebhookSink::new(&config).err().unwrap().to_string();
+        assert!(
+            error.contains("X-Token") && !error.contains("break"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! The command line: `skor --config FILE [run|install|uninstall|sql|check]`,
+//! and the original `skor DSN WEBHOOK_URL [LOG_LEVEL]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::daemon::{pg_config, Daemon};
+use crate::logging::{self, LogFormat};
+use crate::source::describe;
+use crate::sql;
+
+/// skor: sends PostgreSQL row changes to webhooks and message brokers.
+#[derive(Debug, Parser)]
+#[command(
+    name = "skor",
+    version,
+    after_help = "The original command line also works: skor '<libpq dsn>' <webhook-url> [log_level 0-5]"
+)]
+pub struct Cli {
+    /// The TOML config file.
+    #[arg(long, short, global = true, env = "SKOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace) or filter; overrides RUST_LOG.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// skor's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Listen and deliver events until SIGINT or SIGTERM (the default).
+    Run,
+    /// Create skor's trigger function and the triggers of every [[table]].
+    Install,
+    /// Remove every trigger, function and table skor created.
+    Uninstall,
+    /// Print the install SQL, for migration tools.
+    Sql,
+    /// Validate the config and exit non-zero on the first problem.
+    Check {
+        /// Also connect to PostgreSQL and check the configured tables exist.
+        #[arg(long)]
+        connect: bool,
+    },
+}
+
+const COMMANDS: [&str; 6] = ["run", "install", "uninstall", "sql", "check", "help"];
+
+/// The original command line, if `args` is one: two or three positional
+/// arguments, the first not a flag nor a command.
+fn legacy_args(args: &[String]) -> Option<(&str, &str, Option<&str>)> {
+    let [_, dsn, url, rest @ ..] = args else {
+        return None;
+    };
+    if dsn.starts_with('-') || COMMANDS.contains(&dsn.as_str()) || rest.len() > 1 {
+        return None;
+    }
+    Some((dsn, url, rest.first().map(String::as_str)))
+}
+
+/// Runs the command line in `args` and returns the process's exit code.
+pub fn main(args: Vec<String>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("skor: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = if let Some((dsn, url, level)) = legacy_args(&args) {
+        runtime.block_on(legacy(dsn, url, level))
+    } else {
+        let cli = Cli::parse_from(&args);
+        runtime.block_on(run_cli(cli))
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Logging may not be set up when the error came first.
+            if tracing::dispatcher::has_been_set() {
+                error!("{e:#}");
+            } else {
+                eprintln!("skor: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn legacy(dsn: &str, url: &str, level: Option<&str>) -> anyhow::Result<()> {
+    let level = logging::legacy_level(level.unwrap_or("2")).map_err(|e| anyhow!(e))?;
+    logging::init(Some(level), LogFormat::Text).map_err(|e| anyhow!(e))?;
+    let config = Config::legacy(dsn.to_string(), url.to_string());
+    config.validate_legacy().map_err(|e| anyhow!("{e}"))?;
+    info!("running with the original command line: LISTEN skor, POST to the webhook");
+    serve(&config).await
+}
+
+async fn run_cli(cli: Cli) -> anyhow::Result<()> {
+    logging::init(cli.log_level.as_deref(), cli.log_format).map_err(|e| anyhow!(e))?;
+    let path = cli
+        .config
+        .ok_or_else(|| anyhow!("no config file: pass --config skor.toml (or set SKOR_CONFIG)"))?;
+    let config = Config::load(&path)?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => serve(&config).await,
+        Command::Install => {
+            let mut client = connect(&config).await?;
+            sql::install(&mut client, &config)
+                .await
+                .context("install failed, nothing was changed")?;
+            info!(tables = config.tables.len(), "installed skor's triggers");
+            Ok(())
+        }
+        Command::Uninstall => {
+            let mut client = connect(&config).await?;
+            sql::uninstall(&mut client)
+                .await
+                .context("uninstall failed, nothing was changed")?;
+            info!("removed every skor trigger, function and table");
+            Ok(())
+        }
+        Command::Sql => {
+            print!("{}", sql::install_sql(&config));
+            Ok(())
+        }
+        Command::Check {
+            connect: with_connection,
+        } => {
+            if with_connection {
+                let client = connect(&config).await?;
+                client
+                    .batch_execute("SELECT 1")
+                    .await
+                    .map_err(|e| anyhow!(describe(&e)))?;
+            }
+            println!(
+                "{}: ok ({} tables, {} sinks, {} routes{})",
+                path.display(),
+                config.tables.len(),
+                config.sinks.len(),
+                config.routes.len(),
+                if with_connection {
+                    ", database reachable"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A plain connection for administrative commands.
+async fn connect(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = pg_config(config)
+        .connect(NoTls)
+        .await
+        .map_err(|e| anyhow!("cannot connect to PostgreSQL: {}", describe(&e)))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let daemon = Daemon::start(config).await?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown requested");
+        trigger.cancel();
+    });
+    daemon.run(shutdown).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn recognises_the_original_command_line() {
+        let a = args(&["skor", "host=db", "http://hook/", "3"]);
+        assert_eq!(
+            legacy_args(&a),
+            Some(("host=db", "http://hook/", Some("3")))
+        );
+        let a = args(&["skor", "postgres://db/app", "http://hook/"]);
+        assert_eq!(
+            legacy_args(&a),
+            Some(("postgres://db/app", "http://hook/", None))
+        );
+        for new in [
+            &["skor", "--config", "skor.toml"][..],
+            &["skor", "install", "--config"],
+            &["skor", "check", "--connect"],
+            &["skor", "a", "b", "c", "d"],
+        ] {
+            assert_eq!(legacy_args(&args(new)), None, "{new:?}");
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The daemon's configuration: the TOML file's shape, its defaults, and the
+//! checks that serde alone cannot make.
+
+mod columns;
+mod env;
+mod error;
+mod load;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use skor_sink_api::{Op, Redacted, StdoutConfig};
+use skor_sink_webhook::WebhookConfig;
+
+pub use columns::Columns;
+pub use error::ConfigError;
+pub use validate::TableName;
+
+/// The channel the original skor listened on, and skor's default.
+pub const DEFAULT_CHANNEL: &str = "skor";
+
+/// The whole config file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the events come from.
+    pub source: SourceConfig,
+    /// The tables whose changes `skor install` captures.
+    #[serde(default, rename = "table")]
+    pub tables: Vec<TableConfig>,
+    /// Destinations, by name.
+    #[serde(default, rename = "sink")]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Which events go to which sinks; none means every event to every sink.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// Process-wide settings.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+}
+
+const fn default_reconnect_max_backoff_ms() -> u64 {
+    10_000
+}
+
+fn default_channels() -> Vec<String> {
+    vec![DEFAULT_CHANNEL.to_string()]
+}
+
+/// The PostgreSQL database skor listens to.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// libpq connection string, keyword form or URL; holds the password.
+    pub dsn: Redacted<String>,
+    /// Channels to LISTEN on.
+    #[serde(default = "default_channels")]
+    pub channels: Vec<String>,
+    /// Longest wait between two reconnection attempts, in milliseconds.
+    #[serde(default = "default_reconnect_max_backoff_ms")]
+    pub reconnect_max_backoff_ms: u64,
+}
+
+fn default_ops() -> Vec<Op> {
+    Op::ALL.to_vec()
+}
+
+/// One captured table.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// `schema.table`, or a bare table name in `public`.
+    pub name: String,
+    /// Operations to capture.
+    #[serde(default = "default_ops")]
+    pub ops: Vec<Op>,
+    /// Columns published in `data`: `"*"`, a list, or a list per operation.
+    #[serde(default)]
+    pub columns: Columns,
+    /// Channel the trigger notifies; the first of `source.channels` if unset.
+    pub channel: Option<String>,
+}
+
+/// One named destination: its type and options, and how the worker drives it.
+#[derive(Debug, serde::Deserialize)]
+pub struct SinkConfig {
+    /// Retry, queue and ordering settings shared by every sink type.
+    // Flattened before `kind` so these keys are taken out first and the
+    // sink type's own `deny_unknown_fields` sees only what is left.
+    #[serde(flatten)]
+    pub delivery: DeliveryConfig,
+    /// The sink type and its own options.
+    #[serde(flatten)]
+    pub kind: SinkKind,
+}
+
+/// The sink types compiled into this binary, by their `type` key.
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkKind {
+    /// POST each event to a URL.
+    Webhook(WebhookConfig),
+    /// Print each event as one line on standard output.
+    Stdout(StdoutConfig),
+}
+
+const fn default_retries() -> u32 {
+    5
+}
+
+const fn default_backoff_ms() -> u64 {
+    100
+}
+
+const fn default_max_backoff_ms() -> u64 {
+    30_000
+}
+
+const fn default_queue_capacity() -> usize {
+    10_000
+}
+
+/// How the worker in front of a sink retries and queues.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct DeliveryConfig {
+    /// Retries after the first attempt; 0 disables retrying.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Base delay between attempts, in milliseconds.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// How the delay grows from one retry to the next.
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Upper bound of one delay, in milliseconds.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Events that may wait for this sink before `when_full` applies.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// What to do with an event when the queue is full.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retries: default_retries(),
+            backoff_ms: default_backoff_ms(),
+            backoff: Backoff::default(),
+            max_backoff_ms: default_max_backoff_ms(),
+            queue_capacity: default_queue_capacity(),
+            when_full: WhenFull::default(),
+        }
+    }
+}
+
+/// Growth of the delay between retries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    /// `backoff_ms` times the retry number: 100, 200, 300 ms...
+    #[default]
+    Linear,
+    /// `backoff_ms` doubled at each retry: 100, 200, 400 ms...
+    Exponential,
+}
+
+/// The policy for an event that finds its sink's queue full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    /// Do not queue it for this sink: log it at error level with its payload
+    /// and count it; other sinks are not held up.
+    #[default]
+    Drop,
+    /// Wait for room: nothing is dropped, but every sink waits meanwhile
+    /// (PostgreSQL's notification queue holds the backlog).
+    Block,
+}
+
+fn default_route_tables() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+/// Sends the events that match it to one or more sinks.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Only events from this channel; any channel if unset.
+    pub channel: Option<String>,
+    /// `schema.table` patterns (`*` matches any run of characters).
+    #[serde(default = "default_route_tables")]
+    pub tables: Vec<String>,
+    /// Only these operations.
+    #[serde(default = "default_ops")]
+    pub ops: Vec<Op>,
+    /// Names of the sinks that get the matching events.
+    pub sinks: Vec<String>,
+}
+
+const fn default_drain_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Settings of the daemon process itself.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// On SIGINT/SIGTERM, how long sinks may take to drain their queues.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: default_drain_timeout_ms(),
+        }
+    }
+}
+
+impl Config {
+    /// The config the original command line `skor DSN URL` stands for: LISTEN
+    /// on `skor` and POST every payload to `url`.
+    pub fn legacy(dsn: String, url: String) -> Self {
+        let sink = SinkConfig {
+            delivery: DeliveryConfig::default(),
+            kind: SinkKind::Webhook(WebhookConfig::new(url)),
+        };
+        Self {
+            source: SourceConfig {
+                dsn: Redacted::new(dsn),
+                channels: default_channels(),
+                reconnect_max_backoff_ms: default_reconnect_max_backoff_ms(),
+            },
+            tables: Vec::new(),
+            sinks: BTreeMap::from([("webhook".to_string(), sink)]),
+            routes: Vec::new(),
+            daemon: DaemonConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Checks across keys that serde cannot make: names that must exist, values
+//! that must agree, identifiers PostgreSQL would reject.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use skor_sink_api::Op;
+use skor_sink_webhook::{WebhookError, WebhookSink};
+
+use super::{Config, SinkKind, TableConfig};
+
+/// A validation failure: the key path it is about, and what is wrong.
+#[derive(Debug)]
+pub struct Invalid {
+    /// Key path, one segment per key or `[index]`.
+    pub path: Vec<String>,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+fn invalid(path: &[&str], message: impl Into<String>) -> Invalid {
+    Invalid {
+        path: path.iter().map(|s| s.to_string()).collect(),
+        message: message.into(),
+    }
+}
+
+/// PostgreSQL truncates identifiers and channel names beyond this length.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// A table's schema and name, unquoted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TableName {
+    /// The schema; `public` when the config gave a bare name.
+    pub schema: String,
+    /// The table itself.
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `schema.table` or a bare `table` (in `public`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (schema, name) = text.split_once('.').unwrap_or(("public", text));
+        for part in [schema, name] {
+            if part.is_empty() || part.len() > MAX_IDENTIFIER_BYTES {
+                return Err(format!(
+                    "expected `schema.table` or `table`, each part 1 to 63 bytes, got \"{text}\""
+                ));
+            }
+        }
+        Ok(Self {
+            schema: schema.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+impl Config {
+    /// The channel the triggers of `table` notify on.
+    pub fn table_channel<'a>(&'a self, table: &'a TableConfig) -> &'a str {
+        table
+            .channel
+            .as_deref()
+            .unwrap_or_else(|| self.source.channels[0].as_str())
+    }
+
+    /// Checks a config built from the original command line.
+    pub fn validate_legacy(&self) -> Result<(), String> {
+        self.validate().map_err(|invalid| invalid.message)
+    }
+
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        self.validate_source()?;
+        self.validate_tables()?;
+        self.validate_sinks()?;
+        self.validate_routes()
+    }
+
+    fn validate_source(&self) -> Result<(), Invalid> {
+        let source = &self.source;
+        source
+            .dsn
+            .expose()
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| {
+                invalid(
+                    &["source", "dsn"],
+                    format!("not a valid connection string: {e}"),
+                )
+            })?;
+        if source.channels.is_empty() {
+            return Err(invalid(
+                &["source", "channels"],
+                "expected at least one channel",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, channel) in source.channels.iter().enumerate() {
+            let index = format!("[{i}]");
+            if channel.is_empty() || channel.len() > MAX_IDENTIFIER_BYTES {
+                return Err(invalid(
+                    &["source", "channels", &index],
+                    "a channel name is 1 to 63 bytes long",
+                ));
+            }
+            if !seen.insert(channel) {
+                return Err(invalid(
+                    &["source", "channels", &index],
+                    format!("channel \"{channel}\" is listed twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tables(&self) -> Result<(), Invalid> {
+        let mut seen = HashSet::new();
+        for (i, table) in self.tables.iter().enumerate() {
+            let index = format!("[{i}]");
+            let at = |key: &str, message: String| invalid(&["table", &index, key], message);
+            if table.name.contains('*') {
+                return Err(at(
+                    "name",
+                    "a captured table is named exactly; `*` is for routes".into(),
+                ));
+            }
+            let name = TableName::parse(&table.name).map_err(|m| at("name", m))?;
+            if !seen.insert(name.clone()) {
+                return Err(at("name", format!("table {name} is configured twice")));
+            }
+            check_ops(&table.ops).map_err(|m| at("ops", m))?;
+            let channel = self.table_channel(table);
+            if !self.source.channels.iter().any(|c| c == channel) {
+                return Err(at(
+                    "channel",
+                    format!(
+                        "channel \"{channel}\" is not in source.channels {:?}, so skor would not hear these events",
+                        self.source.channels
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_sinks(&self) -> Result<(), Invalid> {
+        for (name, sink) in &self.sinks {
+            if sink.delivery.queue_capacity == 0 {
+                return Err(invalid(
+                    &["sink", name, "queue_capacity"],
+                    "expected at least 1",
+                ));
+            }
+            match &sink.kind {
+                SinkKind::Webhook(webhook) => {
+                    WebhookSink::new(webhook).map_err(|e| {
+                        let key = match &e {
+                            WebhookError::Header { name: header, .. } => {
+                                vec!["headers", header.as_str()]
+                            }
+                            WebhookError::Url(_) => vec!["url"],
+                            WebhookError::Client(_) => vec![],
+                        };
+                        let mut path = vec!["sink", name.as_str()];
+                        path.extend(key);
+                        invalid(&path, e.to_string())
+                    })?;
+                }
+                SinkKind::Stdout(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_routes(&self) -> Result<(), Invalid> {
+        for (i, route) in self.routes.iter().enumerate() {
+            let index = format!("[{i}]");
+            let at = |key: &str, message: String| invalid(&["route", &index, key], message);
+            if route.sinks.is_empty() {
+                return Err(at("sinks", "expected at least one sink name".into()));
+            }
+            for (j, sink) in route.sinks.iter().enumerate() {
+                if !self.sinks.contains_key(sink) {
+                    let known: Vec<_> = self.sinks.keys().collect();
+                    return Err(invalid(
+                        &["route", &index, "sinks", &format!("[{j}]")],
+                        format!("no sink is named \"{sink}\"; the sinks are {known:?}"),
+                    ));
+                }
+            }
+            if let Some(channel) = &route.channel {
+                if !self.source.channels.contains(channel) {
+                    return Err(at(
+                        "channel",
+                        format!(
+                            "channel \"{channel}\" is not in source.channels {:?}, so this route would never match",
+                            self.source.channels
+                        ),
+                    ));
+                }
+            }
+            if route.tables.is_empty() {
+                return Err(at(
+                    "tables",
+                    "expected at least one pattern; \"*\" matches all".into(),
+                ));
+            }
+            for pattern in &route.tables {
+                if pattern != "*" {
+                    TableName::parse(pattern).map_err(|m| at("tables", m))?;
+                }
+            }
+            check_ops(&route.ops).map_err(|m| at("ops", m))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_ops(ops: &[Op]) -> Result<(), String> {
+    if ops.is_empty() {
+        return Err("expected at least one of \"INSERT\", \"UPDATE\", \"DELETE\"".into());
+    }
+    let unique: HashSet<_> = ops.iter().collect();
+    if unique.len() != ops.len() {
+        return Err("an operation is listed twice".into());
+    }
+    Ok(())
+}

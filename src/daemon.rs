@@ -1,0 +1,195 @@
+//! Wiring and lifecycle: build the sinks and their workers, connect the
+//! listener, run until shutdown, then drain the queues up to a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skor_sink_api::{Sink, StdoutConfig, StdoutSink};
+use skor_sink_webhook::WebhookSink;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, DeliveryConfig, SinkKind};
+use crate::router::Router;
+use crate::source::{Listener, Session, SourceError};
+use crate::stats::{SinkStats, SourceStats};
+use crate::worker::{worker, Worker};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A sink could not be built from its config.
+    #[error("sink `{name}`: {message}")]
+    Sink {
+        /// The sink's name.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The first connection to PostgreSQL failed; this is not retried, so a
+    /// wrong password or database name stops skor at once.
+    #[error("cannot listen to PostgreSQL: {0}")]
+    Source(#[from] SourceError),
+}
+
+/// Counters of a running daemon, for its summary line and for tests.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// What the listener saw.
+    pub source: Arc<SourceStats>,
+    /// What each sink's worker did, by sink name.
+    pub sinks: Vec<(String, Arc<SinkStats>)>,
+}
+
+impl Stats {
+    /// The counters of the sink called `name`.
+    pub fn sink(&self, name: &str) -> Option<&SinkStats> {
+        self.sinks
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| &**s)
+    }
+}
+
+/// What happened between start and shutdown.
+#[derive(Debug)]
+pub struct Summary {
+    /// Events still queued or in flight when the drain deadline passed.
+    pub undelivered: u64,
+}
+
+/// A daemon that is connected and listening, ready to run.
+pub struct Daemon {
+    listener: Listener,
+    session: Session,
+    workers: Vec<Worker>,
+    drain_timeout: Duration,
+    stats: Stats,
+}
+
+fn build_sink(kind: &SinkKind) -> Result<Box<dyn Sink>, String> {
+    Ok(match kind {
+        SinkKind::Webhook(config) => Box::new(WebhookSink::new(config).map_err(|e| e.to_string())?),
+        SinkKind::Stdout(config) => Box::new(StdoutSink::new(config)),
+    })
+}
+
+impl Daemon {
+    /// Builds every sink, connects to PostgreSQL and LISTENs.
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let mut sinks: Vec<(String, Box<dyn Sink>, DeliveryConfig)> = Vec::new();
+        for (name, sink) in &config.sinks {
+            let built = build_sink(&sink.kind).map_err(|message| StartError::Sink {
+                name: name.clone(),
+                message,
+            })?;
+            sinks.push((name.clone(), built, sink.delivery.clone()));
+        }
+        if sinks.is_empty() {
+            info!("no sink configured: printing events on stdout");
+            let stdout = Box::new(StdoutSink::new(&StdoutConfig::default()));
+            sinks.push(("stdout".into(), stdout, DeliveryConfig::default()));
+        }
+        let names: Vec<String> = sinks.iter().map(|(name, ..)| name.clone()).collect();
+        let router = Router::new(config, &names);
+        let mut queues = Vec::new();
+        let mut workers = Vec::new();
+        for (name, sink, delivery) in sinks {
+            let (queue, worker) = worker(&name, sink, &delivery);
+            queues.push(queue);
+            workers.push(worker);
+        }
+        let stats = Stats {
+            source: Arc::new(SourceStats::default()),
+            sinks: names
+                .iter()
+                .cloned()
+                .zip(workers.iter().map(Worker::stats))
+                .collect(),
+        };
+        let listener = Listener::new(
+            pg_config(config),
+            &config.source.channels,
+            Duration::from_millis(config.source.reconnect_max_backoff_ms),
+            router,
+            queues,
+            Arc::clone(&stats.source),
+        );
+        let session = listener.open().await?;
+        info!(channels = ?config.source.channels, sinks = ?names, routes = config.routes.len(),
+              "listening");
+        Ok(Self {
+            listener,
+            session,
+            workers,
+            drain_timeout: Duration::from_millis(config.daemon.drain_timeout_ms),
+            stats,
+        })
+    }
+
+    /// The daemon's counters; they keep counting while it runs.
+    pub fn stats(&self) -> Stats {
+        self.stats.clone()
+    }
+
+    /// Delivers events until `shutdown` fires, then lets the sinks drain
+    /// their queues for at most the configured deadline.
+    pub async fn run(self, shutdown: CancellationToken) -> Summary {
+        let deadline = CancellationToken::new();
+        let workers: Vec<_> = self
+            .workers
+            .into_iter()
+            .map(|w| tokio::spawn(w.run(deadline.clone())))
+            .collect();
+        // Returns at shutdown; dropping the listener closes every queue, so
+        // each worker stops once its queue is empty.
+        self.listener.run(self.session, shutdown).await;
+        info!(
+            drain_timeout_ms = self.drain_timeout.as_millis() as u64,
+            "draining sink queues"
+        );
+        let drained = futures_util::future::join_all(workers);
+        tokio::pin!(drained);
+        let results = tokio::select! {
+            results = &mut drained => results,
+            () = tokio::time::sleep(self.drain_timeout) => {
+                deadline.cancel();
+                drained.await
+            }
+        };
+        let undelivered: u64 = results.into_iter().map(|r| r.unwrap_or(0)).sum();
+        let source = &self.stats.source;
+        if undelivered > 0 {
+            warn!(
+                undelivered,
+                "drain deadline reached: events left undelivered"
+            );
+        }
+        for (name, sink) in &self.stats.sinks {
+            info!(sink = %name, delivered = sink.delivered.get(), retried = sink.retried.get(),
+                  failed = sink.failed.get(), dropped = sink.dropped.get(), "sink totals");
+        }
+        info!(
+            received = source.received.get(),
+            invalid = source.invalid.get(),
+            unrouted = source.unrouted.get(),
+            reconnects = source.reconnects.get(),
+            undelivered,
+            "stopped"
+        );
+        Summary { undelivered }
+    }
+}
+
+/// The connection settings of `config`, named `skor` in pg_stat_activity
+/// unless the DSN names it otherwise.
+pub fn pg_config(config: &Config) -> tokio_postgres::Config {
+    let mut pg: tokio_postgres::Config = config.source.dsn.expose().parse().expect("validated");
+    if pg.get_application_name().is_none() {
+        pg.application_name("skor");
+    }
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_secs(10));
+    }
+    pg
+}

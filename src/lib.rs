@@ -1,0 +1,20 @@
+//! skor: turns PostgreSQL row changes into messages.
+//!
+//! Triggers publish each change with NOTIFY; the listener reads the routing
+//! fields once, the router picks the sinks, and one worker per sink delivers
+//! with retries. The binary in `main.rs` is a thin command line over this.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod payload;
+pub mod retry;
+pub mod router;
+pub mod source;
+pub mod sql;
+pub mod stats;
+pub mod worker;
+
+pub use config::Config;
+pub use daemon::{Daemon, Stats, Summary};

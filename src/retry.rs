@@ -1,0 +1,82 @@
+//! How long to wait before each retry. Whether to retry is the sink's call
+//! (`SinkError::is_retryable`); when and how often is this policy's.
+
+use std::time::Duration;
+
+use crate::config::{Backoff, DeliveryConfig};
+
+/// The retry schedule of one sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// Delay before the first retry.
+    pub base: Duration,
+    /// How the delay grows.
+    pub backoff: Backoff,
+    /// Upper bound of one delay.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The policy a sink's `[sink.NAME]` options describe.
+    pub fn from_config(config: &DeliveryConfig) -> Self {
+        Self {
+            retries: config.retries,
+            base: Duration::from_millis(config.backoff_ms),
+            backoff: config.backoff,
+            max: Duration::from_millis(config.max_backoff_ms),
+        }
+    }
+
+    /// The delay before retry number `retry` (1 for the first retry), or
+    /// `None` when the policy allows no more.
+    pub fn delay(&self, retry: u32) -> Option<Duration> {
+        if retry == 0 || retry > self.retries {
+            return None;
+        }
+        let factor = match self.backoff {
+            Backoff::Linear => retry,
+            Backoff::Exponential => 1u32.checked_shl(retry - 1).unwrap_or(u32::MAX),
+        };
+        Some(self.base.saturating_mul(factor).min(self.max))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(policy: &RetryPolicy) -> Vec<u128> {
+        (1..)
+            .map_while(|n| policy.delay(n))
+            .map(|d| d.as_millis())
+            .collect()
+    }
+
+    #[test]
+    fn default_is_five_linear_retries_in_steps_of_100_ms() {
+        let policy = RetryPolicy::from_config(&DeliveryConfig::default());
+        assert_eq!(schedule(&policy), vec![100, 200, 300, 400, 500]);
+    }
+
+    #[test]
+    fn exponential_doubles_and_is_capped() {
+        let policy = RetryPolicy {
+            retries: 6,
+            base: Duration::from_millis(100),
+            backoff: Backoff::Exponential,
+            max: Duration::from_millis(1_000),
+        };
+        assert_eq!(schedule(&policy), vec![100, 200, 400, 800, 1_000, 1_000]);
+    }
+
+    #[test]
+    fn zero_retries_means_one_attempt() {
+        let policy = RetryPolicy {
+            retries: 0,
+            ..RetryPolicy::from_config(&DeliveryConfig::default())
+        };
+        assert!(schedule(&policy).is_empty());
+    }
+}

@@ -1,0 +1,346 @@
+//! The listener: one PostgreSQL connection that LISTENs on every configured
+//! channel, turns notifications into events and hands them to the sinks'
+//! queues; it reconnects when the connection drops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::poll_fn;
+use skor_sink_api::{Bytes, Event, Op};
+use tokio::time::Instant;
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::payload::{self, Notification};
+use crate::router::Router;
+use crate::sql::quote_ident;
+use crate::stats::SourceStats;
+use crate::worker::SinkQueue;
+
+/// The listening connection, driven by hand so notifications are not lost.
+type Conn = Connection<Socket, NoTlsStream>;
+
+/// Most bytes of a rejected payload quoted in its log line.
+const LOGGED_PAYLOAD_BYTES: usize = 256;
+
+/// Why the listener could not connect or LISTEN.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(String);
+
+/// Describes a PostgreSQL error with the server's own words when there are
+/// some; never includes the connection string.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut text = format!("{}: {}", db.severity(), db.message());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" ({detail})"));
+        }
+        return text;
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// One live LISTEN session: the client must live as long as its connection.
+pub struct Session {
+    _client: Client,
+    conn: Conn,
+}
+
+/// Receives notifications and routes them to sink queues.
+pub struct Listener {
+    pg: tokio_postgres::Config,
+    channels: Vec<Arc<str>>,
+    max_backoff: Duration,
+    router: Router,
+    queues: Vec<SinkQueue>,
+    stats: Arc<SourceStats>,
+    /// A second connection for fetching oversized payloads, opened on demand.
+    fetcher: Option<Client>,
+    targets: Vec<usize>,
+}
+
+impl Listener {
+    /// A listener for `channels`; it does not connect yet.
+    pub fn new(
+        pg: tokio_postgres::Config,
+        channels: &[String],
+        max_backoff: Duration,
+        router: Router,
+        queues: Vec<SinkQueue>,
+        stats: Arc<SourceStats>,
+    ) -> Self {
+        Self {
+            pg,
+            channels: channels.iter().map(|c| Arc::from(c.as_str())).collect(),
+            max_backoff,
+            router,
+            queues,
+            stats,
+            fetcher: None,
+            targets: Vec::new(),
+        }
+    }
+
+    /// Connects and LISTENs on every channel.
+    pub async fn open(&self) -> Result<Session, SourceError> {
+        let (client, mut conn) = self
+            .pg
+            .connect(NoTls)
+            .await
+            .map_err(|e| SourceError(describe(&e)))?;
+        let sql: String = self
+            .channels
+            .iter()
+            .map(|c| format!("LISTEN {};", quote_ident(c)))
+            .collect();
+        // The connection only makes progress while polled, so drive it until
+        // LISTEN completes.
+        {
+            let listen = client.batch_execute(&sql);
+            tokio::pin!(listen);
+            loop {
+                tokio::select! {
+                    result = &mut listen => {
+                        result.map_err(|e| SourceError(format!("LISTEN failed: {}", describe(&e))))?;
+                        break;
+                    }
+                    message = poll_fn(|cx| conn.poll_message(cx)) => match message {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(SourceError(describe(&e))),
+                        None => return Err(SourceError("the server closed the connection".into())),
+                    },
+                }
+            }
+        }
+        Ok(Session {
+            _client: client,
+            conn,
+        })
+    }
+
+    /// Routes notifications until `shutdown`, reconnecting whenever the
+    /// connection is lost. Dropping the listener closes the sink queues.
+    pub async fn run(mut self, mut session: Session, shutdown: CancellationToken) {
+        self.report_leftovers().await;
+        loop {
+            let Some(reason) = self.pump(&mut session.conn, &shutdown).await else {
+                info!("stopped listening");
+                return;
+            };
+            warn!(error = %reason, "lost the connection to PostgreSQL, reconnecting");
+            let down_since = Instant::now();
+            let Some(next) = self.reconnect(&shutdown).await else {
+                info!("stopped reconnecting: shutting down");
+                return;
+            };
+            session = next;
+            self.stats.reconnects.incr();
+            warn!(
+                disconnected_ms = down_since.elapsed().as_millis() as u64,
+                "reconnected and listening again; events committed while disconnected were not captured"
+            );
+            self.report_leftovers().await;
+        }
+    }
+
+    /// Handles messages until shutdown (`None`) or until the connection is
+    /// lost (`Some(reason)`).
+    async fn pump(&mut self, conn: &mut Conn, shutdown: &CancellationToken) -> Option<String> {
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                message = poll_fn(|cx| conn.poll_message(cx)) => message,
+            };
+            match message {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    self.handle(n.channel(), n.payload()).await
+                }
+                Some(Ok(AsyncMessage::Notice(notice))) => {
+                    debug!(message = notice.message(), "notice from PostgreSQL");
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Some(describe(&e)),
+                None => return Some("the server closed the connection".into()),
+            }
+        }
+    }
+
+    async fn reconnect(&self, shutdown: &CancellationToken) -> Option<Session> {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1u64.. {
+            let opened = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                opened = self.open() => opened,
+            };
+            match opened {
+                Ok(session) => return Some(session),
+                Err(e) => warn!(attempt, retry_in_ms = delay.as_millis() as u64, error = %e,
+                                "cannot reconnect to PostgreSQL yet"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(self.max_backoff);
+        }
+        None
+    }
+
+    async fn handle(&mut self, channel: &str, text: &str) {
+        match payload::parse(text) {
+            Ok(Notification::Event { schema, table, op }) => {
+                let (schema, table) = (schema.into_owned(), table.into_owned());
+                let payload = Bytes::copy_from_slice(text.as_bytes());
+                self.dispatch(channel, schema, table, op, payload).await;
+            }
+            Ok(Notification::Reference(id)) => self.handle_oversized(channel, id).await,
+            Err(error) => self.skip(channel, text, &error),
+        }
+    }
+
+    fn skip(&self, channel: &str, text: &str, error: &str) {
+        self.stats.invalid.incr();
+        warn!(channel, error, payload = %payload::truncate(text, LOGGED_PAYLOAD_BYTES),
+              "skipping a notification that is not a skor event");
+    }
+
+    async fn handle_oversized(&mut self, channel: &str, id: i64) {
+        let text = match self.fetch_oversized(id).await {
+            Ok(Some(text)) => text,
+            Ok(None) => {
+                self.skip(
+                    channel,
+                    &format!("{{\"skor_ref\":{id}}}"),
+                    "no such oversized payload",
+                );
+                return;
+            }
+            Err(error) => {
+                self.stats.lost.incr();
+                error!(channel, id, %error,
+                       "cannot fetch an oversized payload: event not delivered, it stays in skor.oversized_payload");
+                return;
+            }
+        };
+        match payload::parse(&text) {
+            Ok(Notification::Event { schema, table, op }) => {
+                let (schema, table) = (schema.into_owned(), table.into_owned());
+                self.dispatch(channel, schema, table, op, Bytes::from(text))
+                    .await;
+            }
+            Ok(Notification::Reference(_)) => {
+                self.skip(channel, &text, "a reference to a reference")
+            }
+            Err(error) => self.skip(channel, &text, &error),
+        }
+    }
+
+    /// Takes an oversized payload out of its table, reconnecting once if the
+    /// fetching connection has gone.
+    async fn fetch_oversized(&mut self, id: i64) -> Result<Option<String>, String> {
+        const SQL: &str = "DELETE FROM skor.oversized_payload WHERE id = $1 RETURNING payload";
+        let mut last_error = String::new();
+        for _ in 0..2 {
+            let client = match self.fetcher().await {
+                Ok(client) => client,
+                Err(e) => {
+                    last_error = e;
+                    continue;
+                }
+            };
+            match client.query_opt(SQL, &[&id]).await {
+                Ok(row) => return Ok(row.map(|r| r.get(0))),
+                Err(e) => {
+                    last_error = describe(&e);
+                    if client.is_closed() {
+                        self.fetcher = None;
+                    } else {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn fetcher(&mut self) -> Result<&Client, String> {
+        if self.fetcher.as_ref().is_none_or(Client::is_closed) {
+            let mut pg = self.pg.clone();
+            pg.application_name("skor-fetch");
+            let (client, conn) = pg.connect(NoTls).await.map_err(|e| describe(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %describe(&e), "fetching connection closed");
+                }
+            });
+            self.fetcher = Some(client);
+        }
+        Ok(self.fetcher.as_ref().expect("set above"))
+    }
+
+    /// Warns about oversized payloads whose notification nobody received.
+    async fn report_leftovers(&mut self) {
+        const SQL: &str = "SELECT count(*) FROM skor.oversized_payload \
+                           WHERE created_at < now() - interval '1 minute'";
+        let Ok(client) = self.fetcher().await else {
+            return;
+        };
+        // The table exists only once `skor install` ran; without it there is
+        // nothing to report.
+        if let Ok(row) = client.query_one(SQL, &[]).await {
+            let count: i64 = row.get(0);
+            if count > 0 {
+                warn!(
+                    count,
+                    "oversized payloads of events committed while skor was not listening \
+                              remain in skor.oversized_payload; notify mode does not deliver them"
+                );
+            }
+        }
+    }
+
+    async fn dispatch(
+        &mut self,
+        channel: &str,
+        schema: String,
+        table: String,
+        op: Op,
+        payload: Bytes,
+    ) {
+        self.stats.received.incr();
+        self.router
+            .targets(channel, &schema, &table, op, &mut self.targets);
+        if self.targets.is_empty() {
+            self.stats.unrouted.incr();
+            debug!(channel, schema, table, %op, "no route matches this event");
+            return;
+        }
+        let channel = self
+            .channels
+            .iter()
+            .find(|c| ***c == *channel)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(channel));
+        let event = Arc::new(Event {
+            channel,
+            schema,
+            table,
+            op,
+            payload,
+        });
+        for &index in &self.targets {
+            self.queues[index].push(&event).await;
+        }
+    }
+}

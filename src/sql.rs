@@ -1,0 +1,154 @@
+//! The SQL skor installs: the shared objects from `sql/`, one trigger per
+//! captured table and operation, and the checks that run before them.
+
+use std::fmt::Write as _;
+
+use skor_sink_api::Op;
+use tokio_postgres::{Client, GenericClient};
+
+use crate::config::{Config, TableName};
+use crate::source::describe;
+
+const INSTALL_SQL: &str = include_str!("../sql/install.sql");
+
+/// The statements `skor uninstall` runs.
+pub const UNINSTALL_SQL: &str = include_str!("../sql/uninstall.sql");
+
+/// `ident` quoted as a PostgreSQL identifier.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// `text` quoted as a PostgreSQL string literal.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The trigger that captures `op` on a table.
+fn trigger_name(op: Op) -> String {
+    format!("skor_{}", op.as_str().to_lowercase())
+}
+
+/// Why install or uninstall failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// A configured table or column is not in the database.
+    #[error("{0}")]
+    Schema(String),
+    /// PostgreSQL refused a statement.
+    #[error("{0}")]
+    Database(String),
+}
+
+impl From<tokio_postgres::Error> for InstallError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::Database(describe(&error))
+    }
+}
+
+/// The whole install script for `config`, as `skor sql` prints it.
+pub fn install_sql(config: &Config) -> String {
+    let mut sql = String::from(INSTALL_SQL);
+    sql.push_str("\n-- One trigger per captured table and operation.\n");
+    for table in &config.tables {
+        let name = TableName::parse(&table.name).expect("validated");
+        let channel = config.table_channel(table);
+        for &op in &table.ops {
+            let mut args = quote_literal(channel);
+            for column in table.columns.for_op(op).unwrap_or_default() {
+                args.push_str(", ");
+                args.push_str(&quote_literal(column));
+            }
+            let _ = writeln!(
+                sql,
+                "CREATE TRIGGER {trigger} AFTER {op} ON {schema}.{table} \
+                 FOR EACH ROW EXECUTE FUNCTION skor.notify({args});",
+                trigger = quote_ident(&trigger_name(op)),
+                schema = quote_ident(&name.schema),
+                table = quote_ident(&name.name),
+            );
+        }
+    }
+    sql
+}
+
+/// Checks that every configured table exists and has its columns, so the
+/// triggers never fail a user's statement.
+async fn check_tables(client: &impl GenericClient, config: &Config) -> Result<(), InstallError> {
+    const SQL: &str = "SELECT c.relkind::text, \
+                              array(SELECT a.attname::text FROM pg_attribute a \
+                                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                                     ORDER BY a.attnum) \
+                         FROM pg_class c WHERE c.oid = to_regclass($1)";
+    for table in &config.tables {
+        let name = TableName::parse(&table.name).expect("validated");
+        let qualified = format!("{}.{}", quote_ident(&name.schema), quote_ident(&name.name));
+        let row = client.query_opt(SQL, &[&qualified]).await?;
+        let Some(row) = row else {
+            return Err(InstallError::Schema(format!("table {name} does not exist")));
+        };
+        let kind: String = row.get(0);
+        if kind != "r" && kind != "p" {
+            return Err(InstallError::Schema(format!(
+                "{name} is not a table (relkind {kind}); only tables can be captured"
+            )));
+        }
+        let existing: Vec<String> = row.get(1);
+        for &op in &table.ops {
+            for column in table.columns.for_op(op).unwrap_or_default() {
+                if !existing.contains(column) {
+                    return Err(InstallError::Schema(format!(
+                        "table {name} has no column \"{column}\" (configured for {op}); its columns are {existing:?}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates skor's objects and the configured triggers, in one transaction.
+pub async fn install(client: &mut Client, config: &Config) -> Result<(), InstallError> {
+    let transaction = client.transaction().await?;
+    check_tables(&transaction, config).await?;
+    transaction.batch_execute(&install_sql(config)).await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// Removes every object skor created, in one transaction.
+pub async fn uninstall(client: &mut Client) -> Result<(), InstallError> {
+    let transaction = client.transaction().await?;
+    transaction.batch_execute(UNINSTALL_SQL).await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_identifiers_and_literals() {
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn one_trigger_per_table_and_op_with_its_columns() {
+        let config = Config::from_toml(
+            "[source]\ndsn = \"host=localhost\"\n\
+             [[table]]\nname = \"orders\"\nops = [\"INSERT\", \"DELETE\"]\ncolumns = { delete = [\"id\"] }\n",
+            "t.toml",
+        )
+        .unwrap();
+        let sql = install_sql(&config);
+        assert!(sql.contains(
+            "CREATE TRIGGER \"skor_insert\" AFTER INSERT ON \"public\".\"orders\" FOR EACH ROW EXECUTE FUNCTION skor.notify('skor');"
+        ), "{sql}");
+        assert!(sql.contains(
+            "CREATE TRIGGER \"skor_delete\" AFTER DELETE ON \"public\".\"orders\" FOR EACH ROW EXECUTE FUNCTION skor.notify('skor', 'id');"
+        ), "{sql}");
+        assert!(!sql.contains("AFTER UPDATE"));
+    }
+}

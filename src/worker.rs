@@ -1,0 +1,277 @@
+//! One worker per sink: a bounded queue in front of it, delivery in commit
+//! order, the retry policy, and the log line for every failure.
+
+use std::sync::Arc;
+
+use skor_sink_api::{Event, Sink};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{DeliveryConfig, WhenFull};
+use crate::retry::RetryPolicy;
+use crate::stats::SinkStats;
+
+/// The listener's end of a sink's queue.
+pub struct SinkQueue {
+    name: Arc<str>,
+    tx: mpsc::Sender<Arc<Event>>,
+    when_full: WhenFull,
+    stats: Arc<SinkStats>,
+}
+
+impl SinkQueue {
+    /// Queues an event for this sink, applying `when_full` if there is no
+    /// room. Returns once the event is queued or dropped.
+    pub async fn push(&self, event: &Arc<Event>) {
+        let event = match self.tx.try_send(Arc::clone(event)) {
+            Ok(()) => return,
+            Err(TrySendError::Closed(event)) => {
+                // Only after the worker stopped at the shutdown deadline.
+                self.stats.failed.incr();
+                error!(sink = %self.name, schema = %event.schema, table = %event.table,
+                       op = %event.op, payload = %String::from_utf8_lossy(&event.payload),
+                       "event not delivered: the sink has stopped");
+                return;
+            }
+            Err(TrySendError::Full(event)) => event,
+        };
+        let capacity = self.tx.max_capacity();
+        match self.when_full {
+            WhenFull::Drop => {
+                self.stats.dropped.incr();
+                error!(sink = %self.name, schema = %event.schema, table = %event.table,
+                       op = %event.op, capacity, payload = %String::from_utf8_lossy(&event.payload),
+                       "event dropped for this sink: its queue is full");
+            }
+            WhenFull::Block => {
+                warn!(sink = %self.name, capacity,
+                      "queue full: waiting for room, every sink waits meanwhile");
+                let started = tokio::time::Instant::now();
+                if self.tx.send(event).await.is_err() {
+                    self.stats.failed.incr();
+                    error!(sink = %self.name, "event not delivered: the sink has stopped");
+                    return;
+                }
+                info!(sink = %self.name, waited_ms = started.elapsed().as_millis() as u64,
+                      "queue has room again");
+            }
+        }
+    }
+
+    /// Events waiting in the queue.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// A sink, its queue's receiving end and its policy, before it runs.
+pub struct Worker {
+    name: Arc<str>,
+    sink: Box<dyn Sink>,
+    rx: mpsc::Receiver<Arc<Event>>,
+    policy: RetryPolicy,
+    stats: Arc<SinkStats>,
+}
+
+/// Creates the queue of a sink and the worker that will drain it.
+pub fn worker(name: &str, sink: Box<dyn Sink>, delivery: &DeliveryConfig) -> (SinkQueue, Worker) {
+    let (tx, rx) = mpsc::channel(delivery.queue_capacity);
+    let name: Arc<str> = Arc::from(name);
+    let stats = Arc::new(SinkStats::default());
+    let queue = SinkQueue {
+        name: Arc::clone(&name),
+        tx,
+        when_full: delivery.when_full,
+        stats: Arc::clone(&stats),
+    };
+    let worker = Worker {
+        name,
+        sink,
+        rx,
+        policy: RetryPolicy::from_config(delivery),
+        stats,
+    };
+    (queue, worker)
+}
+
+impl Worker {
+    /// This worker's counters.
+    pub fn stats(&self) -> Arc<SinkStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Delivers events one at a time, in queue order, until the queue is
+    /// closed and empty or `deadline` fires. Returns how many events were
+    /// left undelivered.
+    pub async fn run(mut self, deadline: CancellationToken) -> u64 {
+        loop {
+            let event = tokio::select! {
+                biased;
+                () = deadline.cancelled() => break,
+                event = self.rx.recv() => match event {
+                    Some(event) => event,
+                    None => return 0,
+                },
+            };
+            tokio::select! {
+                biased;
+                () = deadline.cancelled() => {
+                    return 1 + self.close_and_count();
+                }
+                () = self.deliver(&event) => {}
+            }
+        }
+        self.close_and_count()
+    }
+
+    fn close_and_count(&mut self) -> u64 {
+        self.rx.close();
+        let mut left = 0;
+        while self.rx.try_recv().is_ok() {
+            left += 1;
+        }
+        left
+    }
+
+    /// Delivers one event, retrying as the policy allows; logs and counts
+    /// the event if it cannot be delivered.
+    async fn deliver(&self, event: &Event) {
+        let mut attempt: u32 = 1;
+        loop {
+            let error = match self.sink.send(event).await {
+                Ok(()) => {
+                    self.stats.delivered.incr();
+                    if attempt > 1 {
+                        info!(sink = %self.name, schema = %event.schema, table = %event.table,
+                              op = %event.op, attempt, "delivered after retrying");
+                    }
+                    return;
+                }
+                Err(error) => error,
+            };
+            let delay = error
+                .is_retryable()
+                .then(|| self.policy.delay(attempt))
+                .flatten();
+            let Some(delay) = delay else {
+                self.stats.failed.incr();
+                let reason = if error.is_retryable() {
+                    "retries exhausted"
+                } else {
+                    "permanent error"
+                };
+                error!(sink = %self.name, schema = %event.schema, table = %event.table,
+                       op = %event.op, attempts = attempt, error = %error, reason,
+                       payload = %String::from_utf8_lossy(&event.payload),
+                       "event not delivered");
+                return;
+            };
+            self.stats.retried.incr();
+            warn!(sink = %self.name, schema = %event.schema, table = %event.table,
+                  op = %event.op, attempt, retry_in_ms = delay.as_millis() as u64,
+                  error = %error, "delivery failed, retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use skor_sink_api::{Bytes, Op, SinkError};
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// A sink that answers from a script and records when it was called.
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<(), SinkError>>>,
+        calls: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Scripted {
+        async fn send(&self, _event: &Event) -> Result<(), SinkError> {
+            self.calls.lock().unwrap().push(Instant::now());
+            self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()))
+        }
+    }
+
+    fn event() -> Arc<Event> {
+        Arc::new(Event {
+            channel: Arc::from("skor"),
+            schema: "public".into(),
+            table: "t".into(),
+            op: Op::Insert,
+            payload: Bytes::from_static(b"{}"),
+        })
+    }
+
+    async fn run_script(answers: Vec<Result<(), SinkError>>) -> (Arc<SinkStats>, Vec<Duration>) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let sink = Scripted {
+            answers: Mutex::new(answers.into()),
+            calls: Arc::clone(&calls),
+        };
+        let (queue, worker) = worker("test", Box::new(sink), &DeliveryConfig::default());
+        let stats = worker.stats();
+        queue.push(&event()).await;
+        drop(queue);
+        let started = Instant::now();
+        assert_eq!(worker.run(CancellationToken::new()).await, 0);
+        let offsets = calls.lock().unwrap().iter().map(|t| *t - started).collect();
+        (stats, offsets)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_follow_the_linear_schedule() {
+        let fail = || Err(SinkError::retryable("HTTP 500"));
+        let (stats, calls) = run_script(vec![fail(), fail(), Ok(())]).await;
+        let ms: Vec<u128> = calls.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, vec![0, 100, 300]);
+        assert_eq!(
+            (
+                stats.delivered.get(),
+                stats.retried.get(),
+                stats.failed.get()
+            ),
+            (1, 2, 0)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_five_retries_and_counts_the_failure() {
+        let answers = (0..10)
+            .map(|_| Err(SinkError::retryable("refused")))
+            .collect();
+        let (stats, calls) = run_script(answers).await;
+        assert_eq!(calls.len(), 6);
+        assert_eq!(calls.last().unwrap().as_millis(), 1_500);
+        assert_eq!((stats.delivered.get(), stats.failed.get()), (0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried() {
+        let (stats, calls) = run_script(vec![Err(SinkError::permanent("HTTP 403"))]).await;
+        assert_eq!(calls.len(), 1);
+        assert_eq!((stats.retried.get(), stats.failed.get()), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_by_default() {
+        let delivery = DeliveryConfig {
+            queue_capacity: 1,
+            ..DeliveryConfig::default()
+        };
+        let (queue, worker) = worker("test", Box::new(skor_sink_api::StdoutSink), &delivery);
+        queue.push(&event()).await;
+        queue.push(&event()).await;
+        assert_eq!(queue.depth(), 1);
+        assert_eq!(worker.stats().dropped.get(), 1);
+    }
+}
