@@ -35,20 +35,22 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let text = interpolate(text, file, lookup)?;
         let deserializer = toml::Deserializer::new(&text);
-        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|error| {
-            let path = error.path().to_string();
-            let key = (path != ".").then_some(path);
-            let inner = error.into_inner();
-            ConfigError::at(
-                file,
-                &text,
-                inner.span(),
-                key,
-                inner.message().trim().to_string(),
-            )
-        })?;
+        let mut config: Config =
+            serde_path_to_error::deserialize(deserializer).map_err(|error| {
+                let path = error.path().to_string();
+                let key = (path != ".").then_some(path);
+                let inner = error.into_inner();
+                ConfigError::at(
+                    file,
+                    &text,
+                    inner.span(),
+                    key,
+                    inner.message().trim().to_string(),
+                )
+            })?;
         config
-            .validate()
+            .parse_sinks()
+            .and_then(|()| config.validate())
             .map_err(|invalid| locate(invalid, &text, file))?;
         Ok(config)
     }

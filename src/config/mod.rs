@@ -5,6 +5,7 @@ mod columns;
 mod env;
 mod error;
 mod load;
+mod sinks;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -28,9 +29,13 @@ pub struct Config {
     /// The tables whose changes `skor install` captures.
     #[serde(default, rename = "table")]
     pub tables: Vec<TableConfig>,
-    /// Destinations, by name.
-    #[serde(default, rename = "sink")]
+    /// Destinations, by name; read from `raw_sinks` once the file parsed.
+    #[serde(skip)]
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// The `[sink.NAME]` tables as written, split by `sinks::parse_sink`
+    /// so an error in one names its exact key.
+    #[serde(default, rename = "sink")]
+    raw_sinks: BTreeMap<String, toml::Table>,
     /// Which events go to which sinks; none means every event to every sink.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -82,21 +87,16 @@ pub struct TableConfig {
 }
 
 /// One named destination: its type and options, and how the worker drives it.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug)]
 pub struct SinkConfig {
-    /// Retry, queue and ordering settings shared by every sink type.
-    // Flattened before `kind` so these keys are taken out first and the
-    // sink type's own `deny_unknown_fields` sees only what is left.
-    #[serde(flatten)]
+    /// Retry and queue settings shared by every sink type.
     pub delivery: DeliveryConfig,
     /// The sink type and its own options.
-    #[serde(flatten)]
     pub kind: SinkKind,
 }
 
 /// The sink types compiled into this binary, by their `type` key.
-#[derive(Debug, serde::Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[derive(Debug)]
 pub enum SinkKind {
     /// POST each event to a URL.
     Webhook(WebhookConfig),
@@ -122,6 +122,7 @@ const fn default_queue_capacity() -> usize {
 
 /// How the worker in front of a sink retries and queues.
 #[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Retries after the first attempt; 0 disables retrying.
     #[serde(default = "default_retries")]
@@ -237,6 +238,7 @@ impl Config {
             },
             tables: Vec::new(),
             sinks: BTreeMap::from([("webhook".to_string(), sink)]),
+            raw_sinks: BTreeMap::new(),
             routes: Vec::new(),
             daemon: DaemonConfig::default(),
         }

@@ -187,10 +187,14 @@ impl Config {
             }
             for (j, sink) in route.sinks.iter().enumerate() {
                 if !self.sinks.contains_key(sink) {
-                    let known: Vec<_> = self.sinks.keys().collect();
+                    let known = if self.sinks.is_empty() {
+                        "no [sink.NAME] table is defined".to_string()
+                    } else {
+                        format!("the sinks are {:?}", self.sinks.keys().collect::<Vec<_>>())
+                    };
                     return Err(invalid(
                         &["route", &index, "sinks", &format!("[{j}]")],
-                        format!("no sink is named \"{sink}\"; the sinks are {known:?}"),
+                        format!("no sink is named \"{sink}\": {known}"),
                     ));
                 }
             }

@@ -1,0 +1,297 @@
+//! Shared test harness: a database per test on the real PostgreSQL, a
+//! scripted HTTP receiver on 127.0.0.1:0, and a daemon running in-process.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use skor::{Config, Daemon, Stats};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for something that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// The server the tests use; PG* variables point elsewhere.
+pub fn server_dsn() -> String {
+    let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = std::env::var("PGPORT").unwrap_or_else(|_| "5432".into());
+    let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+    format!("host={host} port={port} user={user}")
+}
+
+pub async fn connect(dsn: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(dsn, NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+/// A database of its own, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = format!("skor_test_{:016x}", rand::random::<u64>());
+        let admin = connect(&format!("{} dbname=postgres", server_dsn())).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let client = connect(&format!("{} dbname={name}", server_dsn())).await;
+        Self { name, client }
+    }
+
+    pub fn dsn(&self) -> String {
+        format!("{} dbname={}", server_dsn(), self.name)
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        self.client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+
+    /// Pids of skor's listening connections to this database.
+    pub async fn listener_pids(&self) -> Vec<i32> {
+        let rows = self
+            .client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'skor' \
+                 AND query LIKE 'LISTEN%' AND state = 'idle'",
+                &[&self.name],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    /// Waits until a skor listener other than `old` is connected.
+    pub async fn wait_for_listener(&self, old: Option<i32>) -> i32 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(pid) = self
+                .listener_pids()
+                .await
+                .into_iter()
+                .find(|p| Some(*p) != old)
+            {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no skor listener connected to {}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async; a thread with its own runtime does the I/O.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let admin = connect(&format!("{} dbname=postgres", server_dsn())).await;
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Clone, Copy, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+}
+
+pub const fn status(status: u16) -> Reply {
+    Reply {
+        status,
+        delay: Duration::ZERO,
+    }
+}
+
+pub const fn slow(status: u16, delay: Duration) -> Reply {
+    Reply { status, delay }
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub at: Instant,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+struct HookState {
+    script: Mutex<VecDeque<Reply>>,
+    default: Reply,
+    requests: Mutex<Vec<Request>>,
+    arrived: Notify,
+}
+
+/// An HTTP webhook receiver that answers from a script (then 200, or a
+/// default reply) and records every request.
+pub struct Hook {
+    pub addr: SocketAddr,
+    state: Arc<HookState>,
+}
+
+async fn receive(
+    State(state): State<Arc<HookState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    state.requests.lock().unwrap().push(Request {
+        at: Instant::now(),
+        headers,
+        body: String::from_utf8(body.to_vec()).expect("utf-8 body"),
+    });
+    state.arrived.notify_waiters();
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or(state.default);
+    tokio::time::sleep(reply.delay).await;
+    StatusCode::from_u16(reply.status).unwrap()
+}
+
+impl Hook {
+    pub async fn start() -> Self {
+        Self::scripted(Vec::new(), status(200)).await
+    }
+
+    pub async fn scripted(script: Vec<Reply>, default: Reply) -> Self {
+        let state = Arc::new(HookState {
+            script: Mutex::new(script.into()),
+            default,
+            requests: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+        });
+        let app = axum::Router::new()
+            .fallback(receive)
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn bodies(&self) -> Vec<String> {
+        self.requests().into_iter().map(|r| r.body).collect()
+    }
+
+    /// Waits until at least `n` requests arrived and returns them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Request> {
+        let waited = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let arrived = self.state.arrived.notified();
+                if self.state.requests.lock().unwrap().len() >= n {
+                    return;
+                }
+                arrived.await;
+            }
+        })
+        .await;
+        let requests = self.requests();
+        assert!(
+            waited.is_ok(),
+            "expected {n} requests, got {}: {:#?}",
+            requests.len(),
+            requests
+        );
+        requests
+    }
+}
+
+/// A daemon running in this process.
+pub struct Running {
+    pub stats: Stats,
+    shutdown: CancellationToken,
+    handle: JoinHandle<skor::Summary>,
+}
+
+impl Running {
+    pub async fn start(config: &str) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("skor=debug")
+            .try_init();
+        let config = Config::from_toml(config, "test.toml").expect("valid config");
+        let daemon = Daemon::start(&config).await.expect("daemon starts");
+        let stats = daemon.stats();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(daemon.run(shutdown.clone()));
+        Self {
+            stats,
+            shutdown,
+            handle,
+        }
+    }
+
+    pub async fn stop(self) -> skor::Summary {
+        self.shutdown.cancel();
+        tokio::time::timeout(PATIENCE, self.handle)
+            .await
+            .expect("daemon stops")
+            .unwrap()
+    }
+}
+
+/// Installs skor's triggers for the tables of `config` into `db`.
+pub async fn install(db: &TestDb, config: &str) {
+    let config = Config::from_toml(config, "test.toml").expect("valid config");
+    let mut client = connect(&db.dsn()).await;
+    skor::sql::install(&mut client, &config)
+        .await
+        .expect("install");
+}
+
+/// A config for `db` with `rest` appended after `[source]`.
+pub fn config(db: &TestDb, rest: &str) -> String {
+    format!("[source]\ndsn = \"{}\"\n{rest}", db.dsn())
+}
+
+/// Waits until `condition` holds, for counters that move just after the
+/// request a test saw.
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
