@@ -244,3 +244,6 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

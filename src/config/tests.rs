@@ -1,0 +1,136 @@
+//! Config parsing: the example file, defaults, and the error a user gets
+//! for each kind of mistake.
+
+use skor_sink_api::Op;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, String> {
+    let env = |name: &str| match name {
+        "TOKEN" => Some("s3cret".to_string()),
+        _ => None,
+    };
+    Config::from_toml_with_env(text, "skor.toml", &env).map_err(|e| e.to_string())
+}
+
+const SOURCE: &str = "[source]\ndsn = \"host=127.0.0.1 user=postgres\"\n";
+
+fn error(rest: &str) -> String {
+    parse(&format!("{SOURCE}{rest}")).unwrap_err()
+}
+
+#[test]
+fn the_example_config_parses() {
+    let text = include_str!("../../config.example.toml");
+    let config = Config::from_toml_with_env(text, "config.example.toml", &|_| None).unwrap();
+    assert_eq!(config.tables.len(), 2);
+    assert_eq!(config.sinks.len(), 3);
+    assert_eq!(config.routes.len(), 2);
+    assert_eq!(
+        config.tables[1].columns.for_op(Op::Update),
+        Some(&["id".to_string(), "status".to_string()][..])
+    );
+    let SinkKind::Webhook(hook) = &config.sinks["orders_hook"].kind else {
+        panic!("orders_hook is a webhook")
+    };
+    assert_eq!(hook.headers["Authorization"].expose(), "Bearer change-me");
+}
+
+#[test]
+fn defaults_fill_what_is_left_out() {
+    let config = parse(&format!(
+        "{SOURCE}[[table]]\nname = \"orders\"\n[sink.hook]\ntype = \"webhook\"\nurl = \"http://h/\"\n"
+    ))
+    .unwrap();
+    assert_eq!(config.source.channels, vec!["skor"]);
+    assert_eq!(config.tables[0].ops, Op::ALL.to_vec());
+    assert_eq!(config.tables[0].columns, Columns::default());
+    assert_eq!(config.table_channel(&config.tables[0]), "skor");
+    let sink = &config.sinks["hook"];
+    assert_eq!(sink.delivery.retries, 5);
+    assert_eq!(sink.delivery.backoff_ms, 100);
+    assert_eq!(sink.delivery.when_full, WhenFull::Drop);
+    let SinkKind::Webhook(hook) = &sink.kind else {
+        panic!()
+    };
+    assert_eq!(hook.timeout_ms, 5_000);
+    assert_eq!(config.daemon.drain_timeout_ms, 10_000);
+}
+
+#[test]
+fn environment_variables_fill_secrets_without_printing_them() {
+    let config = parse(&format!(
+        "{SOURCE}[sink.hook]\ntype = \"webhook\"\nurl = \"http://h/\"\nheaders = {{ Authorization = \"Bearer ${{TOKEN}}\" }}\n"
+    ))
+    .unwrap();
+    let SinkKind::Webhook(hook) = &config.sinks["hook"].kind else {
+        panic!()
+    };
+    assert_eq!(hook.headers["Authorization"].expose(), "Bearer s3cret");
+    assert!(!format!("{config:?}").contains("s3cret"));
+}
+
+#[test]
+fn errors_name_the_file_line_and_key() {
+    let cases = [
+        (
+            "[sink.hook]\ntype = \"webhook\"\nurl = \"http://h/\"\nretires = 3\n",
+            "skor.toml:6:11: key `sink.hook.retires`: unknown field `retires`, expected one of `url`",
+        ),
+        (
+            "[sink.hook]\ntype = \"webhook\"\n",
+            "skor.toml:3:1: key `sink.hook`: missing field `url`",
+        ),
+        (
+            "[sink.q]\ntype = \"amqp\"\n",
+            "skor.toml:4:8: key `sink.q.type`: this skor was built without the `amqp` sink; build it with `cargo build --release --features amqp`",
+        ),
+        (
+            "[[route]]\nsinks = [\"nowhere\"]\n",
+            "skor.toml:4:10: key `route[0].sinks[0]`: no sink is named \"nowhere\": no [sink.NAME] table is defined",
+        ),
+        (
+            "[[table]]\nname = \"a.b.c\"\n[[table]]\nname = \"t\"\nops = [\"TRUNCATE\"]\n",
+            "skor.toml:7:8: key `table[1].ops[0]`: unknown variant `TRUNCATE`, expected one of `INSERT`, `insert`, `UPDATE`, `update`, `DELETE`, `delete`",
+        ),
+        (
+            "[[table]]\nname = \"t\"\nchannel = \"other\"\n",
+            "skor.toml:5:11: key `table[0].channel`: channel \"other\" is not in source.channels [\"skor\"], so skor would not hear these events",
+        ),
+        (
+            "[[table]]\nname = \"t\"\ncolumns = []\n",
+            "skor.toml:5:11: key `table[0].columns`: the column list is empty; use \"*\" for every column",
+        ),
+        (
+            "[sink.hook]\ntype = \"webhook\"\nurl = \"${HOOK_URL}\"\n",
+            "skor.toml:5:7: key `sink.hook.url`: environment variable `HOOK_URL` is not set",
+        ),
+        (
+            "[sink.hook]\ntype = \"webhook\"\nurl = \"ftp://h/\"\n",
+            "skor.toml:5:7: key `sink.hook.url`: invalid webhook url: ftp://h/: the scheme must be http or https",
+        ),
+        (
+            "[daemon]\ndrain_timeout = 5\n",
+            "skor.toml:4:1: key `daemon.drain_timeout`: unknown field `drain_timeout`, expected `drain_timeout_ms`",
+        ),
+    ];
+    for (rest, expected) in cases {
+        let got = error(rest);
+        assert!(
+            got.starts_with(expected),
+            "config:\n{rest}\nexpected: {expected}\n     got: {got}"
+        );
+    }
+}
+
+#[test]
+fn a_syntax_error_has_a_position() {
+    let got = parse("[source\ndsn = 1\n").unwrap_err();
+    assert!(got.starts_with("skor.toml:1:8: "), "{got}");
+}
+
+#[test]
+fn a_missing_source_is_reported() {
+    let got = parse("").unwrap_err();
+    assert!(got.contains("missing field `source`"), "{got}");
+}
