@@ -107,8 +107,10 @@ impl Daemon {
                 .zip(workers.iter().map(Worker::stats))
                 .collect(),
         };
+        let pg = pg_config(config);
+        let database = target(&pg);
         let listener = Listener::new(
-            pg_config(config),
+            pg,
             &config.source.channels,
             Duration::from_millis(config.source.reconnect_max_backoff_ms),
             router,
@@ -116,8 +118,8 @@ impl Daemon {
             Arc::clone(&stats.source),
         );
         let session = listener.open().await?;
-        info!(channels = ?config.source.channels, sinks = ?names, routes = config.routes.len(),
-              "listening");
+        info!(%database, channels = ?config.source.channels, sinks = ?names,
+              routes = config.routes.len(), "listening");
         Ok(Self {
             listener,
             session,
@@ -179,6 +181,21 @@ impl Daemon {
         );
         Summary { undelivered }
     }
+}
+
+/// `user@host:port/dbname`, for logs: never the password.
+fn target(pg: &tokio_postgres::Config) -> String {
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{host}:{port}/{}",
+        pg.get_user().unwrap_or("(default user)"),
+        pg.get_dbname().unwrap_or("(default database)")
+    )
 }
 
 /// The connection settings of `config`, named `skor` in pg_stat_activity

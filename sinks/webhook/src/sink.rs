@@ -118,13 +118,19 @@ impl Sink for WebhookSink {
             Ok(response) => response,
             Err(error) => {
                 let error = error.without_url();
-                let message = if error.is_timeout() {
-                    format!("no answer within {} ms", self.timeout.as_millis())
+                if error.is_timeout() {
+                    let waited = self.timeout.as_millis();
+                    return Err(SinkError::retryable(format!(
+                        "no answer within {waited} ms"
+                    )));
+                }
+                // Too many redirects will not change by retrying; every
+                // transport failure (refused, reset) may pass.
+                return Err(if error.is_redirect() || error.is_builder() {
+                    SinkError::permanent(describe(&error))
                 } else {
-                    describe(&error)
-                };
-                // Every transport failure (refused, reset, timed out) may pass.
-                return Err(SinkError::retryable(message));
+                    SinkError::retryable(describe(&error))
+                });
             }
         };
         let status = response.status();
