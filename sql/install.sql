@@ -1,8 +1,7 @@
 -- skor: objects shared by every captured table. Idempotent; `skor install`
--- runs it in one transaction, followed by one CREATE TRIGGER per table and
--- operation. Everything skor creates lives in the schema `skor`.
-
-SELECT pg_advisory_xact_lock(hashtext('skor install'));
+-- runs it in one transaction after taking skor's install lock, followed by
+-- drop_triggers.sql and one CREATE TRIGGER per table and operation.
+-- Everything skor creates lives in the schema `skor`.
 
 CREATE SCHEMA IF NOT EXISTS skor;
 
@@ -60,24 +59,5 @@ BEGIN
         PERFORM pg_notify(TG_ARGV[0], json_build_object('skor_ref', ref)::text);
     END IF;
     RETURN NULL;
-END
-$skor$;
-
--- Start from no skor trigger at all, so a table or operation removed from
--- the config loses its trigger; the statements that follow add the
--- configured ones.
-DO $skor$
-DECLARE
-    t record;
-BEGIN
-    FOR t IN
-        SELECT tg.tgname, c.relname, n.nspname
-          FROM pg_trigger tg
-          JOIN pg_class c ON c.oid = tg.tgrelid
-          JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE tg.tgfoid = 'skor.notify()'::regprocedure
-    LOOP
-        EXECUTE format('DROP TRIGGER %I ON %I.%I', t.tgname, t.nspname, t.relname);
-    END LOOP;
 END
 $skor$;

@@ -142,10 +142,7 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
         } => {
             if with_connection {
                 let client = connect(&config).await?;
-                client
-                    .batch_execute("SELECT 1")
-                    .await
-                    .map_err(|e| anyhow!(describe(&e)))?;
+                sql::check_tables(&client, &config).await?;
             }
             println!(
                 "{}: ok ({} tables, {} sinks, {} routes{})",

@@ -9,10 +9,11 @@ use tokio_postgres::{Client, GenericClient};
 use crate::config::{Config, TableName};
 use crate::source::describe;
 
+/// Serialises concurrent installs and uninstalls on one database.
+const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtext('skor install'));\n\n";
 const INSTALL_SQL: &str = include_str!("../sql/install.sql");
-
-/// The statements `skor uninstall` runs.
-pub const UNINSTALL_SQL: &str = include_str!("../sql/uninstall.sql");
+const DROP_TRIGGERS_SQL: &str = include_str!("../sql/drop_triggers.sql");
+const UNINSTALL_SQL: &str = include_str!("../sql/uninstall.sql");
 
 /// `ident` quoted as a PostgreSQL identifier.
 pub fn quote_ident(ident: &str) -> String {
@@ -48,7 +49,7 @@ impl From<tokio_postgres::Error> for InstallError {
 
 /// The whole install script for `config`, as `skor sql` prints it.
 pub fn install_sql(config: &Config) -> String {
-    let mut sql = String::from(INSTALL_SQL);
+    let mut sql = [LOCK_SQL, INSTALL_SQL, "\n", DROP_TRIGGERS_SQL].concat();
     sql.push_str("\n-- One trigger per captured table and operation.\n");
     for table in &config.tables {
         let name = TableName::parse(&table.name).expect("validated");
@@ -74,7 +75,10 @@ pub fn install_sql(config: &Config) -> String {
 
 /// Checks that every configured table exists and has its columns, so the
 /// triggers never fail a user's statement.
-async fn check_tables(client: &impl GenericClient, config: &Config) -> Result<(), InstallError> {
+pub async fn check_tables(
+    client: &impl GenericClient,
+    config: &Config,
+) -> Result<(), InstallError> {
     const SQL: &str = "SELECT c.relkind::text, \
                               array(SELECT a.attname::text FROM pg_attribute a \
                                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -119,7 +123,8 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<(), Install
 /// Removes every object skor created, in one transaction.
 pub async fn uninstall(client: &mut Client) -> Result<(), InstallError> {
     let transaction = client.transaction().await?;
-    transaction.batch_execute(UNINSTALL_SQL).await?;
+    let sql = [LOCK_SQL, DROP_TRIGGERS_SQL, "\n", UNINSTALL_SQL].concat();
+    transaction.batch_execute(&sql).await?;
     transaction.commit().await?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{config, install, Hook, Running, TestDb};
+use common::{hook_config, start_installed, Hook, TestDb};
 
 const TABLE: &str = "CREATE TABLE items (id int PRIMARY KEY, name text, note text);";
 
@@ -11,16 +11,8 @@ async fn capture(columns: &str) -> Vec<String> {
     let db = TestDb::new().await;
     db.exec(TABLE).await;
     let hook = Hook::start().await;
-    let cfg = config(
-        &db,
-        &format!(
-            "[[table]]\nname = \"items\"\ncolumns = {columns}\n\
-             [sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\n",
-            hook.url()
-        ),
-    );
-    install(&db, &cfg).await;
-    let daemon = Running::start(&cfg).await;
+    let table = format!("name = \"items\"\ncolumns = {columns}");
+    let daemon = start_installed(&db, &hook_config(&db, &table, &hook, "")).await;
     db.exec("INSERT INTO items VALUES (1, 'abc1', 'first')")
         .await;
     db.exec("UPDATE items SET name = 'abc2' WHERE id = 1").await;
@@ -71,15 +63,7 @@ async fn a_row_too_big_for_notify_is_delivered_whole() {
     let db = TestDb::new().await;
     db.exec(TABLE).await;
     let hook = Hook::start().await;
-    let cfg = config(
-        &db,
-        &format!(
-            "[[table]]\nname = \"items\"\n[sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\n",
-            hook.url()
-        ),
-    );
-    install(&db, &cfg).await;
-    let daemon = Running::start(&cfg).await;
+    let daemon = start_installed(&db, &hook_config(&db, "name = \"items\"", &hook, "")).await;
     let big = "x".repeat(20_000);
     // The user's statement must succeed although NOTIFY would refuse it.
     db.exec(&format!("INSERT INTO items VALUES (1, 'big', '{big}')"))
@@ -108,15 +92,7 @@ async fn a_notification_that_is_not_json_is_skipped_and_counted() {
     let db = TestDb::new().await;
     db.exec(TABLE).await;
     let hook = Hook::start().await;
-    let cfg = config(
-        &db,
-        &format!(
-            "[[table]]\nname = \"items\"\n[sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\n",
-            hook.url()
-        ),
-    );
-    install(&db, &cfg).await;
-    let daemon = Running::start(&cfg).await;
+    let daemon = start_installed(&db, &hook_config(&db, "name = \"items\"", &hook, "")).await;
     db.exec("NOTIFY skor, 'garbage'").await;
     db.exec(r#"NOTIFY skor, '{"table": "items"}'"#).await;
     db.exec("NOTIFY skor, '{\"skor_ref\": 999}'").await;

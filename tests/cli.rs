@@ -6,7 +6,7 @@ mod common;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{config, slow, Hook, TestDb, PATIENCE};
+use common::{config, hook_config, slow, Hook, TestDb, PATIENCE};
 use tokio::process::{Child, Command};
 
 fn skor() -> Command {
@@ -109,13 +109,19 @@ async fn install_refuses_a_missing_column_and_changes_nothing() {
         &db,
         "[[table]]\nname = \"items\"\ncolumns = [\"id\", \"nope\"]\n",
     ));
-    let output = run(&["--config", file.path().to_str().unwrap(), "install"]).await;
-    assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains(r#"table public.items has no column "nope""#),
-        "{}",
-        stderr(&output)
-    );
+    let path = file.path().to_str().unwrap();
+    for command in ["install", "check --connect"] {
+        let mut args = vec!["--config", path];
+        args.extend(command.split(' '));
+        let output = run(&args).await;
+        assert_eq!(output.status.code(), Some(1), "{command}");
+        assert!(
+            stderr(&output)
+                .contains(r#"table public.items has no column "nope" (configured for INSERT)"#),
+            "{command}: {}",
+            stderr(&output)
+        );
+    }
     assert_eq!(count(&db, SKOR_OBJECTS).await, 0);
 }
 
@@ -217,18 +223,11 @@ async fn the_original_command_line_delivers_the_original_payloads() {
     assert!(output.status.success(), "{}", stderr(&output));
 }
 
-#[tokio::test]
-async fn sigterm_drains_the_queues_before_exiting() {
-    let db = TestDb::new().await;
+/// Installs and runs the binary on `items`, commits three events, and
+/// sends SIGTERM once the first reached the hook.
+async fn three_events_then_sigterm(db: &TestDb, hook: &Hook, sink_options: &str) -> Output {
     db.exec("CREATE TABLE items (id int PRIMARY KEY)").await;
-    let hook = Hook::scripted(vec![], slow(200, Duration::from_millis(300))).await;
-    let file = config_file(&config(
-        &db,
-        &format!(
-            "[[table]]\nname = \"items\"\n[sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\n",
-            hook.url()
-        ),
-    ));
+    let file = config_file(&hook_config(db, "name = \"items\"", hook, sink_options));
     let path = file.path().to_str().unwrap();
     let output = run(&["--config", path, "install"]).await;
     assert!(output.status.success(), "{}", stderr(&output));
@@ -239,7 +238,14 @@ async fn sigterm_drains_the_queues_before_exiting() {
     )
     .await;
     hook.wait_for(1).await;
-    let output = sigterm_and_wait(child).await;
+    sigterm_and_wait(child).await
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_queues_before_exiting() {
+    let db = TestDb::new().await;
+    let hook = Hook::scripted(vec![], slow(200, Duration::from_millis(300))).await;
+    let output = three_events_then_sigterm(&db, &hook, "").await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(hook.requests().len(), 3, "the queued events were delivered");
     assert!(
@@ -252,26 +258,9 @@ async fn sigterm_drains_the_queues_before_exiting() {
 #[tokio::test]
 async fn the_drain_deadline_bounds_shutdown_and_reports_what_was_left() {
     let db = TestDb::new().await;
-    db.exec("CREATE TABLE items (id int PRIMARY KEY)").await;
     let hook = Hook::scripted(vec![], slow(200, Duration::from_secs(30))).await;
-    let file = config_file(&config(
-        &db,
-        &format!(
-            "[[table]]\nname = \"items\"\n[sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\ntimeout_ms = 60000\n\
-             [daemon]\ndrain_timeout_ms = 300\n",
-            hook.url()
-        ),
-    ));
-    let path = file.path().to_str().unwrap();
-    assert!(run(&["--config", path, "install"]).await.status.success());
-    let child = skor().args(["--config", path]).spawn().unwrap();
-    db.wait_for_listener(None).await;
-    db.exec(
-        "INSERT INTO items VALUES (1); INSERT INTO items VALUES (2); INSERT INTO items VALUES (3);",
-    )
-    .await;
-    hook.wait_for(1).await;
-    let output = sigterm_and_wait(child).await;
+    let options = "timeout_ms = 60000\n[daemon]\ndrain_timeout_ms = 300";
+    let output = three_events_then_sigterm(&db, &hook, options).await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("undelivered=3"),

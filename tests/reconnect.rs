@@ -2,22 +2,14 @@
 
 mod common;
 
-use common::{config, install, Hook, Running, TestDb};
+use common::{hook_config, start_installed, Hook, TestDb};
 
 #[tokio::test]
 async fn a_terminated_listener_reconnects_and_later_events_arrive() {
     let db = TestDb::new().await;
     db.exec("CREATE TABLE items (id int PRIMARY KEY)").await;
     let hook = Hook::start().await;
-    let cfg = config(
-        &db,
-        &format!(
-            "[[table]]\nname = \"items\"\n[sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\n",
-            hook.url()
-        ),
-    );
-    install(&db, &cfg).await;
-    let daemon = Running::start(&cfg).await;
+    let daemon = start_installed(&db, &hook_config(&db, "name = \"items\"", &hook, "")).await;
     db.exec("INSERT INTO items VALUES (1)").await;
     hook.wait_for(1).await;
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, install, slow, Hook, Running, TestDb};
+use common::{config, slow, start_installed, Hook, TestDb};
 
 #[tokio::test]
 async fn two_routes_fan_one_table_out_to_two_webhooks_and_another_to_one() {
@@ -25,8 +25,7 @@ async fn two_routes_fan_one_table_out_to_two_webhooks_and_another_to_one() {
             b.url()
         ),
     );
-    install(&db, &cfg).await;
-    let daemon = Running::start(&cfg).await;
+    let daemon = start_installed(&db, &cfg).await;
     db.exec("INSERT INTO orders VALUES (1)").await;
     db.exec("INSERT INTO notes VALUES (2)").await;
     db.exec("DELETE FROM notes").await; // no route takes a DELETE on notes
@@ -63,8 +62,7 @@ async fn a_slow_sink_does_not_delay_a_fast_one() {
             fast_hook.url()
         ),
     );
-    install(&db, &cfg).await;
-    let daemon = Running::start(&cfg).await;
+    let daemon = start_installed(&db, &cfg).await;
     for id in 1..=5 {
         db.exec(&format!("INSERT INTO items VALUES ({id})")).await;
     }

@@ -5,22 +5,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, eventually, install, slow, status, Hook, Running, TestDb};
+use common::{
+    config, eventually, hook_config, slow, start_installed, status, Hook, Running, TestDb,
+};
 
 const TABLE: &str = "CREATE TABLE items (id int PRIMARY KEY, name text);";
 
 async fn setup(hook: &Hook, sink_options: &str) -> (TestDb, Running) {
     let db = TestDb::new().await;
     db.exec(TABLE).await;
-    let cfg = config(
-        &db,
-        &format!(
-            "[[table]]\nname = \"items\"\n[sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\n{sink_options}\n",
-            hook.url()
-        ),
-    );
-    install(&db, &cfg).await;
-    let daemon = Running::start(&cfg).await;
+    let cfg = hook_config(&db, "name = \"items\"", hook, sink_options);
+    let daemon = start_installed(&db, &cfg).await;
     (db, daemon)
 }
 
@@ -103,8 +98,7 @@ async fn an_unreachable_webhook_is_retried_then_counted_as_failed() {
             live.url()
         ),
     );
-    install(&db, &cfg).await;
-    let daemon = Running::start(&cfg).await;
+    let daemon = start_installed(&db, &cfg).await;
     db.exec("INSERT INTO items VALUES (1, 'x')").await;
     live.wait_for(1).await;
     let dead = daemon.stats.sink("dead").unwrap();

@@ -295,3 +295,21 @@ pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A config capturing one `[[table]]` (its keys in `table`) into a webhook
+/// sink named `hook`, with `sink_options` added to the sink.
+pub fn hook_config(db: &TestDb, table: &str, hook: &Hook, sink_options: &str) -> String {
+    config(
+        db,
+        &format!(
+            "[[table]]\n{table}\n[sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\n{sink_options}\n",
+            hook.url()
+        ),
+    )
+}
+
+/// Installs the triggers of `config` and starts a daemon on it.
+pub async fn start_installed(db: &TestDb, config: &str) -> Running {
+    install(db, config).await;
+    Running::start(config).await
+}
