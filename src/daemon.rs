@@ -9,9 +9,9 @@ use skor_sink_webhook::WebhookSink;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, DeliveryConfig, SinkKind};
+use crate::config::{Config, DeliveryConfig, SinkKind, TableName};
 use crate::router::Router;
-use crate::source::{Listener, Session, SourceError};
+use crate::source::{KeyColumns, Listener, Session, SourceError};
 use crate::stats::{SinkStats, SourceStats};
 use crate::worker::{worker, Worker};
 
@@ -67,6 +67,19 @@ pub struct Daemon {
     stats: Stats,
 }
 
+/// The `key` columns set on `[[table]]`s, by (schema, table).
+fn configured_keys(config: &Config) -> KeyColumns {
+    config
+        .tables
+        .iter()
+        .filter_map(|table| {
+            let key = table.key.as_ref()?;
+            let name = TableName::parse(&table.name).ok()?;
+            Some(((name.schema, name.name), Arc::from(key.as_slice())))
+        })
+        .collect()
+}
+
 fn build_sink(kind: &SinkKind) -> Result<Box<dyn Sink>, String> {
     Ok(match kind {
         SinkKind::Webhook(config) => Box::new(WebhookSink::new(config).map_err(|e| e.to_string())?),
@@ -116,6 +129,7 @@ impl Daemon {
             router,
             queues,
             Arc::clone(&stats.source),
+            configured_keys(config),
         );
         let session = listener.open().await?;
         info!(%database, channels = ?config.source.channels, sinks = ?names,

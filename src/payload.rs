@@ -1,11 +1,13 @@
 //! Reading the routing fields out of a notification's payload, once.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
-use skor_sink_api::Op;
+use serde_json::value::RawValue;
+use skor_sink_api::{Bytes, Op};
 
 /// What a notification on a skor channel holds.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Notification<'a> {
     /// A whole event; the payload is forwarded as it is.
     Event {
@@ -15,6 +17,8 @@ pub enum Notification<'a> {
         table: Cow<'a, str>,
         /// What happened.
         op: Op,
+        /// The row, as written; `None` when the payload has no `data`.
+        data: Option<&'a RawValue>,
     },
     /// A payload too large for NOTIFY, waiting in `skor.oversized_payload`.
     Reference(i64),
@@ -27,6 +31,8 @@ struct Fields<'a> {
     #[serde(borrow)]
     table: Option<Cow<'a, str>>,
     op: Option<Op>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
     skor_ref: Option<i64>,
 }
 
@@ -37,9 +43,31 @@ pub fn parse(payload: &str) -> Result<Notification<'_>, String> {
         return Ok(Notification::Reference(id));
     }
     match (fields.schema, fields.table, fields.op) {
-        (Some(schema), Some(table), Some(op)) => Ok(Notification::Event { schema, table, op }),
+        (Some(schema), Some(table), Some(op)) => Ok(Notification::Event {
+            schema,
+            table,
+            op,
+            data: fields.data,
+        }),
         _ => Err("expected an object with \"schema\", \"table\" and \"op\"".to_string()),
     }
+}
+
+/// The row key of `data`: a JSON object of the key columns in key order,
+/// their values as written (`{"id":1}`); `None` unless every one is there.
+pub fn row_key(data: &RawValue, columns: &[String]) -> Option<Bytes> {
+    let row: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(data.get()).ok()?;
+    let mut key = String::from("{");
+    for (i, column) in columns.iter().enumerate() {
+        if i > 0 {
+            key.push(',');
+        }
+        key.push_str(&serde_json::to_string(column).ok()?);
+        key.push(':');
+        key.push_str(row.get(column.as_str())?.get());
+    }
+    key.push('}');
+    Some(Bytes::from(key))
 }
 
 /// At most `max` bytes of `text`, cut on a character boundary, for logs.
@@ -61,18 +89,21 @@ mod tests {
     #[test]
     fn reads_the_original_payload() {
         let payload = r#"{"table" : "t", "schema" : "public", "op" : "DELETE", "data" : {"id":1,"x":{"op":"no"}}}"#;
-        assert_eq!(
-            parse(payload).unwrap(),
-            Notification::Event {
-                schema: "public".into(),
-                table: "t".into(),
-                op: Op::Delete
-            }
-        );
-        assert_eq!(
-            parse(r#"{"skor_ref":42}"#).unwrap(),
-            Notification::Reference(42)
-        );
+        let Ok(Notification::Event {
+            schema,
+            table,
+            op,
+            data,
+        }) = parse(payload)
+        else {
+            panic!("not an event");
+        };
+        assert_eq!((&*schema, &*table, op), ("public", "t", Op::Delete));
+        assert_eq!(data.unwrap().get(), r#"{"id":1,"x":{"op":"no"}}"#);
+        assert!(matches!(
+            parse(r#"{"skor_ref":42}"#),
+            Ok(Notification::Reference(42))
+        ));
     }
 
     #[test]
@@ -86,6 +117,19 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn row_key_takes_the_key_columns_in_order() {
+        let data: &RawValue =
+            serde_json::from_str(r#"{"name":"a\"b","id":7,"tenant":"x"}"#).unwrap();
+        let key = |columns: &[&str]| {
+            let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+            row_key(data, &columns)
+        };
+        assert_eq!(key(&["tenant", "id"]).unwrap(), r#"{"tenant":"x","id":7}"#);
+        assert_eq!(key(&["name"]).unwrap(), r#"{"name":"a\"b"}"#);
+        assert_eq!(key(&["id", "missing"]), None);
     }
 
     #[test]

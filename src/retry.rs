@@ -41,7 +41,21 @@ impl RetryPolicy {
         };
         Some(self.base.saturating_mul(factor).min(self.max))
     }
+
+    /// The wait before reconnection attempt `n` (from 1) to a broker: it
+    /// doubles from the base delay up to the smaller of the policy's cap and
+    /// five seconds, so a broker that comes back is found again quickly.
+    /// Reconnecting never runs out.
+    pub fn reconnect_delay(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.base
+            .saturating_mul(factor)
+            .min(self.max.min(MAX_RECONNECT_DELAY))
+    }
 }
+
+/// The longest wait between two attempts to reach a broker that is down.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
@@ -69,6 +83,16 @@ mod tests {
             max: Duration::from_millis(1_000),
         };
         assert_eq!(schedule(&policy), vec![100, 200, 400, 800, 1_000, 1_000]);
+    }
+
+    #[test]
+    fn reconnecting_doubles_up_to_five_seconds_and_never_stops() {
+        let policy = RetryPolicy::from_config(&DeliveryConfig::default());
+        let waits: Vec<u128> = [1, 2, 3, 6, 7, 100]
+            .into_iter()
+            .map(|n| policy.reconnect_delay(n).as_millis())
+            .collect();
+        assert_eq!(waits, vec![100, 200, 400, 3_200, 5_000, 5_000]);
     }
 
     #[test]

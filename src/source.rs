@@ -2,10 +2,12 @@
 //! channel, turns notifications into events and hands them to the sinks'
 //! queues; it reconnects when the connection drops.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::poll_fn;
+use serde_json::value::RawValue;
 use skor_sink_api::{Bytes, Event, Op};
 use tokio::time::Instant;
 use tokio_postgres::tls::NoTlsStream;
@@ -54,6 +56,42 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
 pub struct Session {
     _client: Client,
     conn: Conn,
+    /// Primary-key columns of every table that has triggers, read at connect.
+    primary_keys: KeyColumns,
+}
+
+/// Key columns by (schema, table).
+pub type KeyColumns = HashMap<(String, String), Arc<[String]>>;
+
+/// The primary-key columns, in key order, of each table that has a trigger.
+const PRIMARY_KEYS_SQL: &str = "\
+SELECT n.nspname::text, c.relname::text, array_agg(a.attname::text ORDER BY k.ord)
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+WHERE i.indisprimary
+  AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+GROUP BY 1, 2";
+
+/// Polls `conn` while `request` runs: the connection only makes progress
+/// while polled, and notifications that arrive meanwhile are of no use yet.
+async fn drive<T>(
+    conn: &mut Conn,
+    request: impl std::future::Future<Output = T>,
+) -> Result<T, SourceError> {
+    tokio::pin!(request);
+    loop {
+        tokio::select! {
+            result = &mut request => return Ok(result),
+            message = poll_fn(|cx| conn.poll_message(cx)) => match message {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(SourceError(describe(&e))),
+                None => return Err(SourceError("the server closed the connection".into())),
+            },
+        }
+    }
 }
 
 /// Receives notifications and routes them to sink queues.
@@ -67,6 +105,10 @@ pub struct Listener {
     /// A second connection for fetching oversized payloads, opened on demand.
     fetcher: Option<Client>,
     targets: Vec<usize>,
+    /// Key columns set in the config, which win over primary keys.
+    configured_keys: KeyColumns,
+    /// The key columns events are keyed by: primary keys and configured keys.
+    keys: KeyColumns,
 }
 
 impl Listener {
@@ -78,6 +120,7 @@ impl Listener {
         router: Router,
         queues: Vec<SinkQueue>,
         stats: Arc<SourceStats>,
+        configured_keys: KeyColumns,
     ) -> Self {
         Self {
             pg,
@@ -88,10 +131,12 @@ impl Listener {
             stats,
             fetcher: None,
             targets: Vec::new(),
+            keys: configured_keys.clone(),
+            configured_keys,
         }
     }
 
-    /// Connects and LISTENs on every channel.
+    /// Connects, LISTENs on every channel and reads the tables' primary keys.
     pub async fn open(&self) -> Result<Session, SourceError> {
         let (client, mut conn) = self
             .pg
@@ -103,28 +148,24 @@ impl Listener {
             .iter()
             .map(|c| format!("LISTEN {};", quote_ident(c)))
             .collect();
-        // The connection only makes progress while polled, so drive it until
-        // LISTEN completes.
-        {
-            let listen = client.batch_execute(&sql);
-            tokio::pin!(listen);
-            loop {
-                tokio::select! {
-                    result = &mut listen => {
-                        result.map_err(|e| SourceError(format!("LISTEN failed: {}", describe(&e))))?;
-                        break;
-                    }
-                    message = poll_fn(|cx| conn.poll_message(cx)) => match message {
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => return Err(SourceError(describe(&e))),
-                        None => return Err(SourceError("the server closed the connection".into())),
-                    },
-                }
-            }
-        }
+        let rows = drive(&mut conn, client.query(PRIMARY_KEYS_SQL, &[]))
+            .await?
+            .map_err(|e| SourceError(format!("reading primary keys: {}", describe(&e))))?;
+        // LISTEN last: from here on, events are heard.
+        drive(&mut conn, client.batch_execute(&sql))
+            .await?
+            .map_err(|e| SourceError(format!("LISTEN failed: {}", describe(&e))))?;
+        let primary_keys = rows
+            .iter()
+            .map(|row| {
+                let columns: Vec<String> = row.get(2);
+                ((row.get(0), row.get(1)), Arc::from(columns))
+            })
+            .collect();
         Ok(Session {
             _client: client,
             conn,
+            primary_keys,
         })
     }
 
@@ -133,6 +174,7 @@ impl Listener {
     pub async fn run(mut self, mut session: Session, shutdown: CancellationToken) {
         self.report_leftovers().await;
         loop {
+            self.use_keys(std::mem::take(&mut session.primary_keys));
             let Some(reason) = self.pump(&mut session.conn, &shutdown).await else {
                 info!("stopped listening");
                 return;
@@ -197,12 +239,34 @@ impl Listener {
         None
     }
 
+    fn use_keys(&mut self, primary_keys: KeyColumns) {
+        self.keys = primary_keys;
+        self.keys.extend(
+            self.configured_keys
+                .iter()
+                .map(|(t, k)| (t.clone(), k.clone())),
+        );
+    }
+
+    /// The row key of an event, when its table's key is known.
+    fn key_of(&self, schema: &str, table: &str, data: Option<&RawValue>) -> Option<Bytes> {
+        let columns = self.keys.get(&(schema.to_string(), table.to_string()))?;
+        payload::row_key(data?, columns)
+    }
+
     async fn handle(&mut self, channel: &str, text: &str) {
         match payload::parse(text) {
-            Ok(Notification::Event { schema, table, op }) => {
+            Ok(Notification::Event {
+                schema,
+                table,
+                op,
+                data,
+            }) => {
+                let key = self.key_of(&schema, &table, data);
                 let (schema, table) = (schema.into_owned(), table.into_owned());
                 let payload = Bytes::copy_from_slice(text.as_bytes());
-                self.dispatch(channel, schema, table, op, payload).await;
+                self.dispatch(channel, schema, table, op, payload, key)
+                    .await;
             }
             Ok(Notification::Reference(id)) => self.handle_oversized(channel, id).await,
             Err(error) => self.skip(channel, text, &error),
@@ -234,9 +298,15 @@ impl Listener {
             }
         };
         match payload::parse(&text) {
-            Ok(Notification::Event { schema, table, op }) => {
+            Ok(Notification::Event {
+                schema,
+                table,
+                op,
+                data,
+            }) => {
+                let key = self.key_of(&schema, &table, data);
                 let (schema, table) = (schema.into_owned(), table.into_owned());
-                self.dispatch(channel, schema, table, op, Bytes::from(text))
+                self.dispatch(channel, schema, table, op, Bytes::from(text), key)
                     .await;
             }
             Ok(Notification::Reference(_)) => {
@@ -317,6 +387,7 @@ impl Listener {
         table: String,
         op: Op,
         payload: Bytes,
+        key: Option<Bytes>,
     ) {
         self.stats.received.incr();
         self.router
@@ -338,6 +409,7 @@ impl Listener {
             table,
             op,
             payload,
+            key,
         });
         for &index in &self.targets {
             self.queues[index].push(&event).await;

@@ -1,12 +1,17 @@
-//! One worker per sink: a bounded queue in front of it, delivery in commit
-//! order, the retry policy, and the log line for every failure.
+//! One worker per sink: a bounded queue in front of it, submission in commit
+//! order with confirmations awaited in a window, the retry policy, and the
+//! log line for every failure.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use skor_sink_api::{Event, Sink};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use skor_sink_api::{ErrorKind, Event, Sink, SinkError};
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{DeliveryConfig, WhenFull};
 use crate::retry::RetryPolicy;
@@ -71,8 +76,14 @@ pub struct Worker {
     sink: Box<dyn Sink>,
     rx: mpsc::Receiver<Arc<Event>>,
     policy: RetryPolicy,
+    max_in_flight: usize,
     stats: Arc<SinkStats>,
+    /// When the sink lost its broker, while it is without one.
+    disconnected_since: Option<Instant>,
 }
+
+/// A submitted event and its broker's answer.
+type Pending = Pin<Box<dyn Future<Output = (Arc<Event>, Result<(), SinkError>)> + Send>>;
 
 /// Creates the queue of a sink and the worker that will drain it.
 pub fn worker(name: &str, sink: Box<dyn Sink>, delivery: &DeliveryConfig) -> (SinkQueue, Worker) {
@@ -90,7 +101,9 @@ pub fn worker(name: &str, sink: Box<dyn Sink>, delivery: &DeliveryConfig) -> (Si
         sink,
         rx,
         policy: RetryPolicy::from_config(delivery),
+        max_in_flight: delivery.max_in_flight.max(1),
         stats,
+        disconnected_since: None,
     };
     (queue, worker)
 }
@@ -101,28 +114,50 @@ impl Worker {
         Arc::clone(&self.stats)
     }
 
-    /// Delivers events one at a time, in queue order, until the queue is
-    /// closed and empty or `deadline` fires. Returns how many events were
-    /// left undelivered.
+    /// Submits events in queue order, with up to `max_in_flight` awaiting
+    /// their confirmation, until the queue is closed and every event is
+    /// settled, or `deadline` fires. Returns how many events were left
+    /// undelivered.
     pub async fn run(mut self, deadline: CancellationToken) -> u64 {
-        loop {
-            let event = tokio::select! {
+        let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
+        let mut open = true;
+        let left = loop {
+            let room = open && in_flight.len() < self.max_in_flight;
+            // A failed event is retried before anything else moves, so an
+            // outage holds the queue instead of racing through it.
+            let (event, result) = tokio::select! {
                 biased;
-                () = deadline.cancelled() => break,
-                event = self.rx.recv() => match event {
-                    Some(event) => event,
-                    None => return 0,
-                },
+                () = deadline.cancelled() => break in_flight.len(),
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => done,
+                event = self.rx.recv(), if room => {
+                    let Some(event) = event else {
+                        open = false;
+                        if in_flight.is_empty() {
+                            break 0;
+                        }
+                        continue;
+                    };
+                    let submitted = tokio::select! {
+                        biased;
+                        () = deadline.cancelled() => break 1 + in_flight.len(),
+                        submitted = self.sink.submit(&event) => submitted,
+                    };
+                    match submitted {
+                        Ok(confirmation) => {
+                            in_flight.push_back(Box::pin(async move { (event, confirmation.await) }));
+                            continue;
+                        }
+                        Err(error) => (event, Err(error)),
+                    }
+                }
             };
             tokio::select! {
                 biased;
-                () = deadline.cancelled() => {
-                    return 1 + self.close_and_count();
-                }
-                () = self.deliver(&event) => {}
+                () = deadline.cancelled() => break 1 + in_flight.len(),
+                () = self.settle(&event, result) => {}
             }
-        }
-        self.close_and_count()
+        };
+        left as u64 + self.close_and_count()
     }
 
     fn close_and_count(&mut self) -> u64 {
@@ -134,26 +169,25 @@ impl Worker {
         left
     }
 
-    /// Delivers one event, retrying as the policy allows; logs and counts
-    /// the event if it cannot be delivered.
-    async fn deliver(&self, event: &Event) {
+    /// Counts a delivered event, or retries a failed one as the policy
+    /// allows and logs and counts it if it cannot be delivered.
+    async fn settle(&mut self, event: &Event, mut result: Result<(), SinkError>) {
         let mut attempt: u32 = 1;
+        let mut outage: u32 = 0;
         loop {
-            let error = match self.sink.send(event).await {
-                Ok(()) => {
-                    self.stats.delivered.incr();
-                    if attempt > 1 {
-                        info!(sink = %self.name, schema = %event.schema, table = %event.table,
-                              op = %event.op, attempt, "delivered after retrying");
-                    }
-                    return;
-                }
+            let error = match result {
+                Ok(()) => return self.delivered(event, attempt),
                 Err(error) => error,
             };
-            let delay = error
-                .is_retryable()
-                .then(|| self.policy.delay(attempt))
-                .flatten();
+            let delay = match error.kind {
+                ErrorKind::Disconnected => {
+                    outage += 1;
+                    self.lost_broker(&error);
+                    Some(self.policy.reconnect_delay(outage))
+                }
+                ErrorKind::Retryable => self.policy.delay(attempt),
+                ErrorKind::Permanent => None,
+            };
             let Some(delay) = delay else {
                 self.stats.failed.incr();
                 let reason = if error.is_retryable() {
@@ -168,11 +202,40 @@ impl Worker {
                 return;
             };
             self.stats.retried.incr();
-            warn!(sink = %self.name, schema = %event.schema, table = %event.table,
-                  op = %event.op, attempt, retry_in_ms = delay.as_millis() as u64,
-                  error = %error, "delivery failed, retrying");
+            if error.kind != ErrorKind::Disconnected {
+                warn!(sink = %self.name, schema = %event.schema, table = %event.table,
+                      op = %event.op, attempt, retry_in_ms = delay.as_millis() as u64,
+                      error = %error, "delivery failed, retrying");
+                attempt += 1;
+            }
             tokio::time::sleep(delay).await;
-            attempt += 1;
+            result = match self.sink.submit(event).await {
+                Ok(confirmation) => confirmation.await,
+                Err(error) => Err(error),
+            };
+        }
+    }
+
+    fn delivered(&mut self, event: &Event, attempt: u32) {
+        self.stats.delivered.incr();
+        if let Some(since) = self.disconnected_since.take() {
+            info!(sink = %self.name, down_ms = since.elapsed().as_millis() as u64,
+                  "sink reachable again, delivering");
+        }
+        if attempt > 1 {
+            info!(sink = %self.name, schema = %event.schema, table = %event.table,
+                  op = %event.op, attempt, "delivered after retrying");
+        }
+    }
+
+    /// Logs the start of an outage once; events wait in the queue meanwhile.
+    fn lost_broker(&mut self, error: &SinkError) {
+        if self.disconnected_since.is_none() {
+            self.disconnected_since = Some(Instant::now());
+            warn!(sink = %self.name, error = %error, queued = self.rx.len(),
+                  "sink unreachable; events wait in its queue while it reconnects");
+        } else {
+            debug!(sink = %self.name, error = %error, "sink still unreachable");
         }
     }
 }
@@ -183,8 +246,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use skor_sink_api::{Bytes, Op, SinkError};
-    use tokio::time::Instant;
+    use skor_sink_api::{Bytes, Op};
 
     use super::*;
 
@@ -209,6 +271,7 @@ mod tests {
             table: "t".into(),
             op: Op::Insert,
             payload: Bytes::from_static(b"{}"),
+            key: None,
         })
     }
 
@@ -260,6 +323,22 @@ mod tests {
         let (stats, calls) = run_script(vec![Err(SinkError::permanent("HTTP 403"))]).await;
         assert_eq!(calls.len(), 1);
         assert_eq!((stats.retried.get(), stats.failed.get()), (0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_broker_is_waited_for_without_spending_retries() {
+        let mut answers: Vec<_> = (0..9)
+            .map(|_| Err(SinkError::disconnected("connection refused")))
+            .collect();
+        answers.push(Ok(()));
+        let (stats, calls) = run_script(answers).await;
+        let ms: Vec<u128> = calls.iter().map(|d| d.as_millis()).collect();
+        // Doubling from 100 ms, capped at 5 s, far past the 5-retry budget.
+        assert_eq!(
+            ms,
+            vec![0, 100, 300, 700, 1_500, 3_100, 6_300, 11_300, 16_300, 21_300]
+        );
+        assert_eq!((stats.delivered.get(), stats.failed.get()), (1, 0));
     }
 
     #[tokio::test]

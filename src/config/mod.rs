@@ -84,6 +84,9 @@ pub struct TableConfig {
     pub columns: Columns,
     /// Channel the trigger notifies; the first of `source.channels` if unset.
     pub channel: Option<String>,
+    /// Columns that identify a row, instead of its primary key: events of
+    /// one key keep their order (Kafka message key, partition).
+    pub key: Option<Vec<String>>,
 }
 
 /// One named destination: its type and options, and how the worker drives it.
@@ -120,6 +123,10 @@ const fn default_queue_capacity() -> usize {
     10_000
 }
 
+const fn default_max_in_flight() -> usize {
+    1_000
+}
+
 /// How the worker in front of a sink retries and queues.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +149,10 @@ pub struct DeliveryConfig {
     /// What to do with an event when the queue is full.
     #[serde(default)]
     pub when_full: WhenFull,
+    /// Events handed to a broker that may await its confirmation at once
+    /// (AMQP, Kafka); the webhook and stdout sinks deliver one at a time.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -153,6 +164,7 @@ impl Default for DeliveryConfig {
             max_backoff_ms: default_max_backoff_ms(),
             queue_capacity: default_queue_capacity(),
             when_full: WhenFull::default(),
+            max_in_flight: default_max_in_flight(),
         }
     }
 }

@@ -8,13 +8,14 @@ use super::validate::Invalid;
 use super::{Config, DeliveryConfig, SinkConfig, SinkKind};
 
 /// The keys of [`DeliveryConfig`], which every sink type accepts.
-const DELIVERY_KEYS: [&str; 6] = [
+const DELIVERY_KEYS: [&str; 7] = [
     "retries",
     "backoff_ms",
     "backoff",
     "max_backoff_ms",
     "queue_capacity",
     "when_full",
+    "max_in_flight",
 ];
 
 /// The sink types this build knows.

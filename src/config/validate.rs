@@ -135,6 +135,9 @@ impl Config {
                 return Err(at("name", format!("table {name} is configured twice")));
             }
             check_ops(&table.ops).map_err(|m| at("ops", m))?;
+            if let Some(key) = &table.key {
+                check_key(key, table).map_err(|m| at("key", m))?;
+            }
             let channel = self.table_channel(table);
             if !self.source.channels.iter().any(|c| c == channel) {
                 return Err(at(
@@ -224,6 +227,24 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A key must name columns that every captured operation publishes.
+fn check_key(key: &[String], table: &TableConfig) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("list at least one column, or remove `key` to use the primary key".into());
+    }
+    for op in &table.ops {
+        let Some(published) = table.columns.for_op(*op) else {
+            continue;
+        };
+        if let Some(missing) = key.iter().find(|k| !published.contains(k)) {
+            return Err(format!(
+                "key column \"{missing}\" is not in the columns published on {op}, so its events would have no key"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_ops(ops: &[Op]) -> Result<(), String> {

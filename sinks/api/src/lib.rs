@@ -4,13 +4,17 @@
 
 mod redacted;
 mod stdout;
+mod template;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 pub use bytes::Bytes;
 pub use redacted::Redacted;
 pub use stdout::{StdoutConfig, StdoutSink};
+pub use template::{Template, TemplateError};
 
 /// A row operation, as `TG_OP` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
@@ -64,6 +68,22 @@ pub struct Event {
     pub op: Op,
     /// The JSON payload as the trigger produced it.
     pub payload: Bytes,
+    /// The row's key, a JSON object of its key columns (`{"id":1}`), when
+    /// the table's key is known and the payload holds every key column.
+    /// Events with the same key must reach a sink in order.
+    pub key: Option<Bytes>,
+}
+
+impl Event {
+    /// The key a sink partitions by: the row key, or the table's qualified
+    /// name when the row key is unknown, so such a table stays in order as
+    /// a whole.
+    pub fn partition_key(&self) -> Bytes {
+        match &self.key {
+            Some(key) => key.clone(),
+            None => Bytes::from(format!("{}.{}", self.schema, self.table)),
+        }
+    }
 }
 
 /// Whether a failed delivery may succeed if tried again.
@@ -73,6 +93,10 @@ pub enum ErrorKind {
     Retryable,
     /// The far side rejected the event (a 4xx, a bad request): do not retry.
     Permanent,
+    /// The sink has no connection to its broker and is re-opening it. The
+    /// worker waits, with capped backoff, as long as it takes, and the wait
+    /// costs no retry attempt: a broker outage must not exhaust the policy.
+    Disconnected,
 }
 
 /// Why a sink could not deliver an event.
@@ -102,10 +126,27 @@ impl SinkError {
         }
     }
 
+    /// A lost or refused connection to the broker: wait and try again.
+    pub fn disconnected(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Disconnected,
+            message: message.into(),
+        }
+    }
+
     /// True when the worker should try again.
     pub fn is_retryable(&self) -> bool {
-        self.kind == ErrorKind::Retryable
+        self.kind != ErrorKind::Permanent
     }
+}
+
+/// The broker's answer to an event already handed over: resolves once the
+/// far side confirmed it (`Ok`) or refused or lost it (`Err`).
+pub type Confirmation = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
+
+/// A confirmation that has already arrived.
+pub fn confirmed() -> Confirmation {
+    Box::pin(std::future::ready(Ok(())))
 }
 
 /// A destination for events.
@@ -115,10 +156,21 @@ impl SinkError {
 /// worker owns retries, backoff, ordering and logging; a sink makes one
 /// attempt per call and classifies its failure. Delivery is at-least-once: a
 /// retry after a lost confirmation sends the event again, so consumers must
-/// tolerate duplicates. A sink may be called concurrently for events of
-/// different keys, never for two events of the same key.
+/// tolerate duplicates.
+///
+/// The worker calls `submit` for one event at a time, in queue order, and
+/// may await many returned confirmations at once. A sink whose transport
+/// keeps order (an AMQP channel, a Kafka partition) hands the event over in
+/// `submit` and returns the pending broker answer, so publishes are
+/// pipelined; the default waits for `send` and so delivers one at a time.
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync {
     /// Delivers one event, or says why it could not.
     async fn send(&self, event: &Event) -> Result<(), SinkError>;
+
+    /// Hands one event over and returns the confirmation still to come.
+    async fn submit(&self, event: &Event) -> Result<Confirmation, SinkError> {
+        self.send(event).await?;
+        Ok(confirmed())
+    }
 }
