@@ -52,9 +52,9 @@ impl Template {
                 rest = &brace[2..];
                 continue;
             }
-            if brace.starts_with('}') {
+            if let Some(after) = brace.strip_prefix('}') {
                 literal.push('}');
-                rest = &brace[1..];
+                rest = after;
                 continue;
             }
             let end = brace.find('}').ok_or(TemplateError::Unclosed)?;
