@@ -84,6 +84,14 @@ fn build_sink(kind: &SinkKind) -> Result<Box<dyn Sink>, String> {
     Ok(match kind {
         SinkKind::Webhook(config) => Box::new(WebhookSink::new(config).map_err(|e| e.to_string())?),
         SinkKind::Stdout(config) => Box::new(StdoutSink::new(config)),
+        #[cfg(feature = "amqp")]
+        SinkKind::Amqp(config) => {
+            Box::new(skor_sink_amqp::AmqpSink::new(config).map_err(|e| e.to_string())?)
+        }
+        #[cfg(feature = "kafka")]
+        SinkKind::Kafka(config) => {
+            Box::new(skor_sink_kafka::KafkaSink::new(config).map_err(|e| e.to_string())?)
+        }
     })
 }
 

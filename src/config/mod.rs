@@ -105,6 +105,12 @@ pub enum SinkKind {
     Webhook(WebhookConfig),
     /// Print each event as one line on standard output.
     Stdout(StdoutConfig),
+    /// Publish each event to an AMQP exchange.
+    #[cfg(feature = "amqp")]
+    Amqp(skor_sink_amqp::AmqpConfig),
+    /// Produce each event to a Kafka topic.
+    #[cfg(feature = "kafka")]
+    Kafka(skor_sink_kafka::KafkaConfig),
 }
 
 const fn default_retries() -> u32 {

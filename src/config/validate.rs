@@ -176,6 +176,16 @@ impl Config {
                     })?;
                 }
                 SinkKind::Stdout(_) => {}
+                #[cfg(feature = "amqp")]
+                SinkKind::Amqp(config) => {
+                    skor_sink_amqp::AmqpSink::new(config)
+                        .map_err(|e| invalid(&["sink", name.as_str(), "url"], e.to_string()))?;
+                }
+                #[cfg(feature = "kafka")]
+                SinkKind::Kafka(config) => {
+                    skor_sink_kafka::KafkaSink::new(config)
+                        .map_err(|e| invalid(&["sink", name.as_str()], e.to_string()))?;
+                }
             }
         }
         Ok(())

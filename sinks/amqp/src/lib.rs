@@ -1,0 +1,8 @@
+//! The AMQP sink: publishes each event to an exchange with publisher
+//! confirms, so an event counts as delivered only once the broker acked it.
+
+mod config;
+mod sink;
+
+pub use config::{AmqpConfig, ExchangeType};
+pub use sink::{AmqpError, AmqpSink};

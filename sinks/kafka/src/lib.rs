@@ -1,0 +1,8 @@
+//! The Kafka sink: produces each event to a topic with an idempotent
+//! producer; an event counts as delivered when its delivery report succeeds.
+
+mod config;
+mod sink;
+
+pub use config::{KafkaConfig, OptionValue};
+pub use sink::{KafkaError, KafkaSink};
