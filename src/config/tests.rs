@@ -82,10 +82,6 @@ fn errors_name_the_file_line_and_key() {
             "skor.toml:3:1: key `sink.hook`: missing field `url`",
         ),
         (
-            "[sink.q]\ntype = \"amqp\"\n",
-            "skor.toml:4:8: key `sink.q.type`: this skor was built without the `amqp` sink; build it with `cargo build --release --features amqp`",
-        ),
-        (
             "[[route]]\nsinks = [\"nowhere\"]\n",
             "skor.toml:4:10: key `route[0].sinks[0]`: no sink is named \"nowhere\": no [sink.NAME] table is defined",
         ),
@@ -133,4 +129,52 @@ fn a_syntax_error_has_a_position() {
 fn a_missing_source_is_reported() {
     let got = parse("").unwrap_err();
     assert!(got.contains("missing field `source`"), "{got}");
+}
+
+/// The error for `[sink.NAME]` text appended to a minimal config.
+fn sink_error(sink: &str) -> String {
+    let text = format!("[source]\ndsn = \"host=h\"\n{sink}");
+    Config::from_toml(&text, "skor.toml")
+        .unwrap_err()
+        .to_string()
+}
+
+#[cfg(not(feature = "amqp"))]
+#[test]
+fn a_sink_left_out_of_the_build_names_its_feature() {
+    assert_eq!(
+        sink_error("[sink.q]\ntype = \"amqp\"\n"),
+        "skor.toml:4:8: key `sink.q.type`: this skor was built without the `amqp` sink; build it with `cargo build --release --features amqp`"
+    );
+}
+
+#[cfg(not(feature = "kafka"))]
+#[test]
+fn kafka_left_out_of_the_build_names_its_feature() {
+    assert_eq!(
+        sink_error("[sink.k]\ntype = \"kafka\"\n"),
+        "skor.toml:4:8: key `sink.k.type`: this skor was built without the `kafka` sink; build it with `cargo build --release --features kafka`"
+    );
+}
+
+#[cfg(feature = "amqp")]
+#[test]
+fn amqp_options_are_checked_where_they_are_written() {
+    assert_eq!(
+        sink_error("[sink.q]\ntype = \"amqp\"\nurl = \"amqp://h\"\nexchange = \"x\"\nrouting_key = \"{schema}.{tabel}\"\n"),
+        "skor.toml:7:15: key `sink.q.routing_key`: unknown placeholder `{tabel}`: expected {schema}, {table}, {op} or {channel}"
+    );
+    assert_eq!(
+        sink_error("[sink.q]\ntype = \"amqp\"\nurl = \"http://guest:pw@h/\"\nexchange = \"x\"\n"),
+        "skor.toml:5:7: key `sink.q.url`: url http://guest:<redacted>@h/: expected amqp://... or amqps://..."
+    );
+}
+
+#[cfg(feature = "kafka")]
+#[test]
+fn kafka_options_are_checked_where_they_are_written() {
+    assert_eq!(
+        sink_error("[sink.k]\ntype = \"kafka\"\nbrokers = \"h:9092\"\ntopic = \"t\"\n[sink.k.options]\n\"no.such.property\" = \"s3cret\"\n"),
+        "skor.toml:8:22: key `sink.k.options.no.such.property`: librdkafka refused property \"no.such.property\": No such configuration property: \"no.such.property\""
+    );
 }

@@ -183,8 +183,15 @@ impl Config {
                 }
                 #[cfg(feature = "kafka")]
                 SinkKind::Kafka(config) => {
-                    skor_sink_kafka::KafkaSink::new(config)
-                        .map_err(|e| invalid(&["sink", name.as_str()], e.to_string()))?;
+                    skor_sink_kafka::KafkaSink::new(config).map_err(|e| {
+                        let mut path = vec!["sink", name.as_str()];
+                        if let skor_sink_kafka::KafkaError::Property { key, .. } = &e {
+                            if config.options.contains_key(key) {
+                                path.extend(["options", key.as_str()]);
+                            }
+                        }
+                        invalid(&path, e.to_string())
+                    })?;
                 }
             }
         }

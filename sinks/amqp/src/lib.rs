@@ -6,3 +6,6 @@ mod sink;
 
 pub use config::{AmqpConfig, ExchangeType};
 pub use sink::{AmqpError, AmqpSink};
+
+/// The AMQP client this sink is built on, for tests and tools that talk to the same broker.
+pub use lapin;

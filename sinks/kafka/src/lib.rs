@@ -6,3 +6,6 @@ mod sink;
 
 pub use config::{KafkaConfig, OptionValue};
 pub use sink::{KafkaError, KafkaSink};
+
+/// The Kafka client this sink is built on, for tests and tools that talk to the same brokers.
+pub use rdkafka;

@@ -18,7 +18,16 @@ use crate::config::KafkaConfig;
 /// Why a Kafka sink could not be built from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
-    /// librdkafka refused a property.
+    /// librdkafka refused a property; its value is left out, as it may be
+    /// a secret.
+    #[error("librdkafka refused property \"{key}\": {reason}")]
+    Property {
+        /// The property's name.
+        key: String,
+        /// librdkafka's explanation.
+        reason: String,
+    },
+    /// The producer could not be created.
     #[error("{0}")]
     Producer(String),
 }
@@ -66,9 +75,10 @@ fn build(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
         client.set(key, value);
     }
     client.set_log_level(RDKafkaLogLevel::Warning);
-    client
-        .create()
-        .map_err(|e: RdKafkaError| KafkaError::Producer(e.to_string()))
+    client.create().map_err(|e: RdKafkaError| match e {
+        RdKafkaError::ClientConfig(_, reason, key, _value) => KafkaError::Property { key, reason },
+        other => KafkaError::Producer(other.to_string()),
+    })
 }
 
 /// Sorts a produce failure into what the worker should do with it.
