@@ -2,6 +2,11 @@
 //! scripted HTTP receiver on 127.0.0.1:0, and a daemon running in-process.
 #![allow(dead_code)]
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -249,7 +254,7 @@ impl Running {
     pub async fn start(config: &str) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
-            .with_env_filter("skor=debug")
+            .with_env_filter(std::env::var("SKOR_TEST_LOG").unwrap_or_else(|_| "skor=debug".into()))
             .try_init();
         let config = Config::from_toml(config, "test.toml").expect("valid config");
         let daemon = Daemon::start(&config).await.expect("daemon starts");
