@@ -96,6 +96,14 @@ impl Rabbit {
         }
     }
 
+    /// Opens a new connection, after the broker restarted.
+    pub async fn reconnect(&mut self) {
+        self.connection = Connection::connect(&url(), ConnectionProperties::default())
+            .await
+            .expect("reconnect to RabbitMQ");
+        self.channel = self.connection.create_channel().await.expect("open channel");
+    }
+
     /// The `[sink.bus]` table of an AMQP sink publishing to this exchange.
     pub fn sink(&self, options: &str) -> String {
         format!(

@@ -1,0 +1,85 @@
+//! RabbitMQ stopped for a few seconds while events flow, then started
+//! again: every event arrives. A file of its own because it stops the
+//! shared broker: test binaries run one after another, so no other AMQP
+//! test runs meanwhile.
+#![cfg(feature = "amqp")]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::amqp::Rabbit;
+use common::{config, eventually, start_installed, TestDb};
+
+/// Runs `rabbitmqctl <action>`; the tests run as a user allowed to.
+fn rabbitmqctl(action: &str) {
+    let status = Command::new("rabbitmqctl")
+        .arg(action)
+        .status()
+        .expect("run rabbitmqctl");
+    assert!(status.success(), "rabbitmqctl {action} failed");
+}
+
+/// Starts the broker's application again even if the test fails.
+struct Restart;
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").status();
+        let _ = Command::new("rabbitmqctl").arg("await_startup").status();
+    }
+}
+
+fn inserts(from: i32, to: i32) -> String {
+    (from..=to)
+        .map(|id| format!("INSERT INTO items (id) VALUES ({id}); "))
+        .collect()
+}
+
+#[tokio::test]
+async fn rabbitmq_stopped_and_started_loses_no_event() {
+    let mut rabbit = Rabbit::new().await;
+    let db = TestDb::new().await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY)").await;
+    let cfg = config(
+        &db,
+        &format!("[[table]]\nname = \"items\"\n{}", rabbit.sink("")),
+    );
+    let daemon = start_installed(&db, &cfg).await;
+    db.exec(&inserts(1, 100)).await;
+    let mut seen = rabbit.take(100).await;
+
+    let restart = Restart;
+    rabbitmqctl("stop_app");
+    // Events keep coming while the broker is down; skor holds them.
+    db.exec(&inserts(101, 200)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(restart);
+    rabbit.reconnect().await;
+    db.exec(&inserts(201, 300)).await;
+
+    let sink = daemon.stats.sink("bus").unwrap();
+    eventually("every event confirmed", || sink.delivered.get() == 300).await;
+    seen.extend(rabbit.take_within(200, Duration::from_secs(30)).await);
+    seen.extend(rabbit.rest().await);
+    let mut ids: Vec<i64> = seen
+        .iter()
+        .map(|m| {
+            let event: serde_json::Value = serde_json::from_str(&m.body).unwrap();
+            event["data"]["id"].as_i64().unwrap()
+        })
+        .collect();
+    let received = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids, (1..=300).collect::<Vec<_>>(), "every event arrived");
+    eprintln!(
+        "broker stopped: {} duplicates, {} retries",
+        received - 300,
+        sink.retried.get()
+    );
+    assert_eq!(sink.failed.get(), 0);
+    assert_eq!(daemon.stop().await.undelivered, 0);
+    rabbit.delete().await;
+}
