@@ -24,7 +24,8 @@ async fn setup(rabbit: &Rabbit, sink_options: &str) -> (TestDb, common::Running)
 async fn a_consumer_gets_the_payload_routing_key_headers_and_persistence() {
     let rabbit = Rabbit::new().await;
     let (db, daemon) = setup(&rabbit, "").await;
-    db.exec("INSERT INTO items (id, name) VALUES (1, 'abc')").await;
+    db.exec("INSERT INTO items (id, name) VALUES (1, 'abc')")
+        .await;
     db.exec("UPDATE items SET name = 'def' WHERE id = 1").await;
     db.exec("DELETE FROM items WHERE id = 1").await;
     let messages = rabbit.take(3).await;
@@ -40,7 +41,11 @@ async fn a_consumer_gets_the_payload_routing_key_headers_and_persistence() {
     let keys: Vec<_> = messages.iter().map(|m| m.routing_key.as_str()).collect();
     assert_eq!(
         keys,
-        ["public.items.INSERT", "public.items.UPDATE", "public.items.DELETE"]
+        [
+            "public.items.INSERT",
+            "public.items.UPDATE",
+            "public.items.DELETE"
+        ]
     );
     let first = &messages[0];
     assert_eq!(first.headers["schema"], "public");

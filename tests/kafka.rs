@@ -52,7 +52,8 @@ async fn a_consumer_gets_the_payload_topic_key_and_headers() {
     let tansu = Tansu::start().await;
     let prefix = topic_prefix();
     let (db, daemon) = setup(&tansu, &prefix, 1).await;
-    db.exec("INSERT INTO items (id, name) VALUES (1, 'abc')").await;
+    db.exec("INSERT INTO items (id, name) VALUES (1, 'abc')")
+        .await;
     db.exec("UPDATE items SET name = 'def' WHERE id = 1").await;
     db.exec("DELETE FROM items WHERE id = 1").await;
     db.exec("INSERT INTO notes VALUES ('hello', 'ann')").await;
@@ -66,7 +67,9 @@ async fn a_consumer_gets_the_payload_topic_key_and_headers() {
             r#"{"table" : "items", "schema" : "public", "op" : "DELETE", "data" : {"id":1,"name":"def","n":0}}"#,
         ]
     );
-    assert!(items.iter().all(|m| m.key.as_deref() == Some(r#"{"id":1}"#)));
+    assert!(items
+        .iter()
+        .all(|m| m.key.as_deref() == Some(r#"{"id":1}"#)));
     let expected: BTreeMap<String, String> = [
         ("channel", "skor"),
         ("op", "INSERT"),
@@ -118,7 +121,10 @@ async fn every_row_keeps_its_order_across_1000_updates_of_10_rows() {
     assert_per_row_order(&messages, 10, 100);
     let partitions: std::collections::BTreeSet<i32> =
         messages.iter().map(|m| m.partition).collect();
-    assert!(partitions.len() > 1, "keys spread over partitions: {partitions:?}");
+    assert!(
+        partitions.len() > 1,
+        "keys spread over partitions: {partitions:?}"
+    );
     let sink = daemon.stats.sink("bus").unwrap();
     eventually("all reported", || sink.delivered.get() == 1010).await;
     daemon.stop().await;
@@ -167,7 +173,10 @@ async fn a_broker_paused_for_seconds_loses_no_event() {
     assert_per_row_order_of_inserts(&messages);
     let sink = daemon.stats.sink("bus").unwrap();
     eventually("every event reported", || sink.delivered.get() == 300).await;
-    eprintln!("paused broker: {duplicates} duplicates, {} retries", sink.retried.get());
+    eprintln!(
+        "paused broker: {duplicates} duplicates, {} retries",
+        sink.retried.get()
+    );
     assert_eq!(sink.failed.get(), 0);
     assert_eq!(daemon.stop().await.undelivered, 0);
 }
@@ -181,7 +190,10 @@ fn assert_per_row_order_of_inserts(messages: &[Message]) {
             event["data"]["id"].as_i64().unwrap()
         })
         .collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "commit order kept: {ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "commit order kept: {ids:?}"
+    );
 }
 
 // tansu keeps topics in memory, so a restarted tansu is a new, empty
@@ -215,7 +227,10 @@ async fn a_broker_killed_and_restarted_loses_no_event() {
             .await,
     );
     let duplicates = assert_every_id(&seen, 300);
-    eprintln!("restarted broker: {duplicates} duplicates, {} retries", sink.retried.get());
+    eprintln!(
+        "restarted broker: {duplicates} duplicates, {} retries",
+        sink.retried.get()
+    );
     assert_eq!(sink.failed.get(), 0);
     assert_eq!(daemon.stop().await.undelivered, 0);
 }

@@ -101,7 +101,11 @@ impl Rabbit {
         self.connection = Connection::connect(&url(), ConnectionProperties::default())
             .await
             .expect("reconnect to RabbitMQ");
-        self.channel = self.connection.create_channel().await.expect("open channel");
+        self.channel = self
+            .connection
+            .create_channel()
+            .await
+            .expect("open channel");
     }
 
     /// The `[sink.bus]` table of an AMQP sink publishing to this exchange.
@@ -125,10 +129,7 @@ impl Rabbit {
         while messages.len() < n {
             let got = self
                 .channel
-                .basic_get(
-                    self.queue.as_str().into(),
-                    BasicGetOptions { no_ack: true },
-                )
+                .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
                 .await
                 .expect("basic.get");
             match got {
@@ -151,10 +152,7 @@ impl Rabbit {
         let mut messages = Vec::new();
         while let Some(message) = self
             .channel
-            .basic_get(
-                self.queue.as_str().into(),
-                BasicGetOptions { no_ack: true },
-            )
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
             .await
             .expect("basic.get")
         {

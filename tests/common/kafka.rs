@@ -73,7 +73,13 @@ impl Tansu {
     async fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(tansu_binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
@@ -187,7 +193,10 @@ impl Tansu {
 fn read(brokers: &str, topic: &str, partitions: i32, n: usize, patience: Duration) -> Vec<Message> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("skor_test_{:016x}", rand::random::<u64>()))
+        .set(
+            "group.id",
+            format!("skor_test_{:016x}", rand::random::<u64>()),
+        )
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
@@ -221,7 +230,9 @@ fn read(brokers: &str, topic: &str, partitions: i32, n: usize, patience: Duratio
             .unwrap_or_default();
         messages.push(Message {
             body: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
-            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
             topic: message.topic().to_string(),
             partition: message.partition(),
             headers,

@@ -1,0 +1,52 @@
+//! A build without features carries neither broker client: `cargo tree`
+//! of the default build names no lapin and no rdkafka.
+
+use std::process::Command;
+
+/// The crates in the normal (non-dev) dependency tree for `features`.
+fn tree(features: &[&str]) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "tree",
+            "--offline",
+            "--package",
+            "skor",
+            "--edges",
+            "normal",
+        ])
+        .args(["--prefix", "none", "--format", "{p}"]);
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
+    }
+    let output = command.output().expect("run cargo tree");
+    assert!(
+        output.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn has(tree: &str, krate: &str) -> bool {
+    tree.lines()
+        .any(|line| line.starts_with(&format!("{krate} v")))
+}
+
+#[test]
+fn the_default_build_pulls_neither_lapin_nor_rdkafka() {
+    let default = tree(&[]);
+    assert!(has(&default, "reqwest"), "the tree was read: {default}");
+    assert!(!has(&default, "lapin"));
+    assert!(!has(&default, "rdkafka"));
+}
+
+#[test]
+fn each_feature_pulls_its_own_client_only() {
+    let amqp = tree(&["amqp"]);
+    assert!(has(&amqp, "lapin") && !has(&amqp, "rdkafka"));
+    let kafka = tree(&["kafka"]);
+    assert!(has(&kafka, "rdkafka") && !has(&kafka, "lapin"));
+}
