@@ -71,6 +71,34 @@ fn legacy_args(args: &[String]) -> Option<(&str, &str, Option<&str>)> {
     Some((dsn, url, rest.first().map(String::as_str)))
 }
 
+/// The original Docker image's environment, read when skor gets no
+/// argument and no `SKOR_CONFIG`: `WEBHOOKURL` and the `PG*`/`DBNAME`
+/// variables make the original command line.
+fn legacy_env(args: &[String]) -> Option<(String, String, Option<String>)> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if args.len() > 1 || var("SKOR_CONFIG").is_some() {
+        return None;
+    }
+    let url = var("WEBHOOKURL")?;
+    let dsn = [
+        ("host", "PGHOST"),
+        ("port", "PGPORT"),
+        ("user", "PGUSER"),
+        ("password", "PGPASS"),
+        ("dbname", "DBNAME"),
+    ]
+    .iter()
+    .filter_map(|(key, name)| Some(format!("{key}={}", dsn_value(&var(name)?))))
+    .collect::<Vec<_>>()
+    .join(" ");
+    Some((dsn, url, var("LOG_LEVEL")))
+}
+
+/// A libpq keyword value, quoted so spaces and quotes survive.
+fn dsn_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 /// Runs the command line in `args` and returns the process's exit code.
 pub fn main(args: Vec<String>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
@@ -82,6 +110,8 @@ pub fn main(args: Vec<String>) -> ExitCode {
     };
     let result = if let Some((dsn, url, level)) = legacy_args(&args) {
         runtime.block_on(legacy(dsn, url, level))
+    } else if let Some((dsn, url, level)) = legacy_env(&args) {
+        runtime.block_on(legacy(&dsn, &url, level.as_deref()))
     } else {
         let cli = Cli::parse_from(&args);
         runtime.block_on(run_cli(cli))
@@ -228,5 +258,11 @@ mod tests {
         ] {
             assert_eq!(legacy_args(&args(new)), None, "{new:?}");
         }
+    }
+
+    #[test]
+    fn dsn_values_are_quoted_for_libpq() {
+        assert_eq!(dsn_value("a b"), "'a b'");
+        assert_eq!(dsn_value(r"it's\x"), r"'it\'s\\x'");
     }
 }

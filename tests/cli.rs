@@ -223,6 +223,36 @@ async fn the_original_command_line_delivers_the_original_payloads() {
     assert!(output.status.success(), "{}", stderr(&output));
 }
 
+#[tokio::test]
+async fn the_original_images_environment_variables_still_work() {
+    let db = TestDb::new().await;
+    db.exec(ORIGINAL_TRIGGER).await;
+    let hook = Hook::start().await;
+    let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = std::env::var("PGPORT").unwrap_or_else(|_| "5432".into());
+    let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+    // No argument and no config file: the variables make the command line.
+    let child = skor()
+        .env("DBNAME", &db.name)
+        .env("PGHOST", host)
+        .env("PGPORT", port)
+        .env("PGUSER", user)
+        .env("PGPASS", "it's ignored under trust")
+        .env("WEBHOOKURL", hook.url())
+        .env("LOG_LEVEL", "3")
+        .spawn()
+        .unwrap();
+    db.wait_for_listener(None).await;
+    db.exec("INSERT INTO test_table VALUES (1, 'abc1')").await;
+    let requests = hook.wait_for(1).await;
+    assert_eq!(
+        requests[0].body,
+        r#"{"table" : "test_table", "schema" : "public", "op" : "INSERT", "data" : {"id":1,"name":"abc1"}}"#
+    );
+    let output = sigterm_and_wait(child).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
 /// Installs and runs the binary on `items`, commits three events, and
 /// sends SIGTERM once the first reached the hook.
 async fn three_events_then_sigterm(db: &TestDb, hook: &Hook, sink_options: &str) -> Output {
