@@ -20,7 +20,7 @@ RUN cargo build --release --locked --features "${FEATURES}"
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates libssl3 libcurl4 zlib1g \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin skor
 COPY --from=build /src/target/release/skor /usr/local/bin/skor

@@ -20,12 +20,20 @@ fn error(rest: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "amqp", feature = "kafka")),
+    ignore = "the example shows every sink type: run with --all-features"
+)]
 fn the_example_config_parses() {
     let text = include_str!("../../config.example.toml");
     let config = Config::from_toml_with_env(text, "config.example.toml", &|_| None).unwrap();
     assert_eq!(config.tables.len(), 2);
-    assert_eq!(config.sinks.len(), 3);
-    assert_eq!(config.routes.len(), 2);
+    assert_eq!(
+        config.tables[1].key.as_deref(),
+        Some(&["id".to_string()][..])
+    );
+    assert_eq!(config.sinks.len(), 5);
+    assert_eq!(config.routes.len(), 3);
     assert_eq!(
         config.tables[1].columns.for_op(Op::Update),
         Some(&["id".to_string(), "status".to_string()][..])
