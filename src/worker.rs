@@ -122,6 +122,9 @@ impl Worker {
         let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
         let mut open = true;
         let left = loop {
+            if !open && in_flight.is_empty() {
+                break 0;
+            }
             let room = open && in_flight.len() < self.max_in_flight;
             // A failed event is retried before anything else moves, so an
             // outage holds the queue instead of racing through it.
@@ -132,9 +135,6 @@ impl Worker {
                 event = self.rx.recv(), if room => {
                     let Some(event) = event else {
                         open = false;
-                        if in_flight.is_empty() {
-                            break 0;
-                        }
                         continue;
                     };
                     let submitted = tokio::select! {
@@ -246,7 +246,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use skor_sink_api::{Bytes, Op};
+    use skor_sink_api::{Bytes, Confirmation, Op};
 
     use super::*;
 
@@ -339,6 +339,65 @@ mod tests {
             vec![0, 100, 300, 700, 1_500, 3_100, 6_300, 11_300, 16_300, 21_300]
         );
         assert_eq!((stats.delivered.get(), stats.failed.get()), (1, 0));
+    }
+
+    /// A sink whose confirmations arrive only when the test releases them.
+    struct Pipelined {
+        submitted: Arc<Mutex<Vec<u64>>>,
+        release: Arc<tokio::sync::Notify>,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Pipelined {
+        async fn send(&self, event: &Event) -> Result<(), SinkError> {
+            self.submit(event).await?.await
+        }
+
+        async fn submit(&self, event: &Event) -> Result<Confirmation, SinkError> {
+            self.submitted
+                .lock()
+                .unwrap()
+                .push(event.payload.len() as u64);
+            let release = Arc::clone(&self.release);
+            Ok(Box::pin(async move {
+                release.notified().await;
+                Ok(())
+            }))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn confirmations_are_awaited_together_and_drained_at_shutdown() {
+        let submitted = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let sink = Pipelined {
+            submitted: Arc::clone(&submitted),
+            release: Arc::clone(&release),
+        };
+        let delivery = DeliveryConfig {
+            max_in_flight: 3,
+            ..DeliveryConfig::default()
+        };
+        let (queue, worker) = worker("test", Box::new(sink), &delivery);
+        let stats = worker.stats();
+        for size in 1..=5 {
+            let mut event = (*event()).clone();
+            event.payload = Bytes::from(vec![b' '; size]);
+            queue.push(&Arc::new(event)).await;
+        }
+        drop(queue);
+        let run = tokio::spawn(worker.run(CancellationToken::new()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Three handed over, in order, before any confirmation came back.
+        assert_eq!(*submitted.lock().unwrap(), vec![1, 2, 3]);
+        assert_eq!(stats.delivered.get(), 0);
+        while !run.is_finished() {
+            release.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(run.await.unwrap(), 0, "the closed queue drained");
+        assert_eq!(*submitted.lock().unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(stats.delivered.get(), 5);
     }
 
     #[tokio::test]
