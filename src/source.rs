@@ -2,6 +2,7 @@
 //! channel, turns notifications into events and hands them to the sinks'
 //! queues; it reconnects when the connection drops.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -248,10 +249,20 @@ impl Listener {
         );
     }
 
-    /// The row key of an event, when its table's key is known.
-    fn key_of(&self, schema: &str, table: &str, data: Option<&RawValue>) -> Option<Bytes> {
-        let columns = self.keys.get(&(schema.to_string(), table.to_string()))?;
-        payload::row_key(data?, columns)
+    /// An event's schema and table, owned, and its row key when the
+    /// table's key is known.
+    fn owned_fields(
+        &self,
+        schema: Cow<'_, str>,
+        table: Cow<'_, str>,
+        data: Option<&RawValue>,
+    ) -> (String, String, Option<Bytes>) {
+        let (schema, table) = (schema.into_owned(), table.into_owned());
+        let key = data.and_then(|data| {
+            let columns = self.keys.get(&(schema.clone(), table.clone()))?;
+            payload::row_key(data, columns)
+        });
+        (schema, table, key)
     }
 
     async fn handle(&mut self, channel: &str, text: &str) {
@@ -262,8 +273,7 @@ impl Listener {
                 op,
                 data,
             }) => {
-                let key = self.key_of(&schema, &table, data);
-                let (schema, table) = (schema.into_owned(), table.into_owned());
+                let (schema, table, key) = self.owned_fields(schema, table, data);
                 let payload = Bytes::copy_from_slice(text.as_bytes());
                 self.dispatch(channel, schema, table, op, payload, key)
                     .await;
@@ -304,8 +314,7 @@ impl Listener {
                 op,
                 data,
             }) => {
-                let key = self.key_of(&schema, &table, data);
-                let (schema, table) = (schema.into_owned(), table.into_owned());
+                let (schema, table, key) = self.owned_fields(schema, table, data);
                 self.dispatch(channel, schema, table, op, Bytes::from(text), key)
                     .await;
             }

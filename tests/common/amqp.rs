@@ -63,18 +63,7 @@ impl Rabbit {
             .expect("connect to RabbitMQ");
         let channel = connection.create_channel().await.expect("open channel");
         let name = format!("skor_test_{:016x}", rand::random::<u64>());
-        channel
-            .exchange_declare(
-                name.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare exchange");
+        declare_exchange(&channel, &name).await;
         let mut arguments = FieldTable::default();
         arguments.insert("x-expires".into(), AMQPValue::LongUInt(600_000));
         channel
@@ -163,18 +152,7 @@ impl Rabbit {
 
     /// Declares another exchange like this one and binds the queue to it.
     pub async fn add_exchange(&self, name: &str) {
-        self.channel
-            .exchange_declare(
-                name.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare exchange");
+        declare_exchange(&self.channel, name).await;
         self.channel
             .queue_bind(
                 self.queue.as_str().into(),
@@ -210,6 +188,22 @@ impl Rabbit {
             .await;
         let _ = self.connection.close(200, "done".into()).await;
     }
+}
+
+/// A durable topic exchange, as skor declares one.
+async fn declare_exchange(channel: &Channel, name: &str) {
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
 }
 
 fn to_message(delivery: skor_sink_amqp::lapin::message::Delivery) -> Message {
