@@ -183,7 +183,7 @@ impl Config {
                 }
                 #[cfg(feature = "kafka")]
                 SinkKind::Kafka(config) => {
-                    skor_sink_kafka::KafkaSink::new(config).map_err(|e| {
+                    skor_sink_kafka::KafkaSink::check(config).map_err(|e| {
                         let mut path = vec!["sink", name.as_str()];
                         if let skor_sink_kafka::KafkaError::Property { key, .. } = &e {
                             if config.options.contains_key(key) {

@@ -69,16 +69,36 @@ impl KafkaSink {
     }
 }
 
-fn build(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+impl KafkaSink {
+    /// Checks every property with librdkafka without creating a producer,
+    /// which would start connecting to the brokers.
+    pub fn check(config: &KafkaConfig) -> Result<(), KafkaError> {
+        client_config(config)
+            .create_native_config()
+            .map(drop)
+            .map_err(refused)
+    }
+}
+
+fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     for (key, value) in config.properties() {
         client.set(key, value);
     }
     client.set_log_level(RDKafkaLogLevel::Warning);
-    client.create().map_err(|e: RdKafkaError| match e {
+    client
+}
+
+fn build(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    client_config(config).create().map_err(refused)
+}
+
+/// librdkafka's refusal, without the refused value (it may be a secret).
+fn refused(error: RdKafkaError) -> KafkaError {
+    match error {
         RdKafkaError::ClientConfig(_, reason, key, _value) => KafkaError::Property { key, reason },
         other => KafkaError::Producer(other.to_string()),
-    })
+    }
 }
 
 /// Sorts a produce failure into what the worker should do with it.
