@@ -69,15 +69,16 @@ pub struct Daemon {
 
 /// The `key` columns set on `[[table]]`s, by (schema, table).
 fn configured_keys(config: &Config) -> KeyColumns {
-    config
-        .tables
-        .iter()
-        .filter_map(|table| {
-            let key = table.key.as_ref()?;
-            let name = TableName::parse(&table.name).ok()?;
-            Some(((name.schema, name.name), Arc::from(key.as_slice())))
-        })
-        .collect()
+    let mut keys = KeyColumns::new();
+    for table in &config.tables {
+        let (Some(key), Ok(name)) = (&table.key, TableName::parse(&table.name)) else {
+            continue;
+        };
+        keys.entry(name.schema)
+            .or_default()
+            .insert(name.name, Arc::from(key.as_slice()));
+    }
+    keys
 }
 
 fn build_sink(kind: &SinkKind) -> Result<Box<dyn Sink>, String> {

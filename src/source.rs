@@ -61,8 +61,9 @@ pub struct Session {
     primary_keys: KeyColumns,
 }
 
-/// Key columns by (schema, table).
-pub type KeyColumns = HashMap<(String, String), Arc<[String]>>;
+/// Key columns by schema, then table, so an event's `&str` names look
+/// them up without allocating.
+pub type KeyColumns = HashMap<String, HashMap<String, Arc<[String]>>>;
 
 /// The primary-key columns, in key order, of each table that has a trigger.
 const PRIMARY_KEYS_SQL: &str = "\
@@ -156,13 +157,14 @@ impl Listener {
         drive(&mut conn, client.batch_execute(&sql))
             .await?
             .map_err(|e| SourceError(format!("LISTEN failed: {}", describe(&e))))?;
-        let primary_keys = rows
-            .iter()
-            .map(|row| {
-                let columns: Vec<String> = row.get(2);
-                ((row.get(0), row.get(1)), Arc::from(columns))
-            })
-            .collect();
+        let mut primary_keys = KeyColumns::new();
+        for row in &rows {
+            let columns: Vec<String> = row.get(2);
+            primary_keys
+                .entry(row.get(0))
+                .or_default()
+                .insert(row.get(1), Arc::from(columns));
+        }
         Ok(Session {
             _client: client,
             conn,
@@ -242,11 +244,10 @@ impl Listener {
 
     fn use_keys(&mut self, primary_keys: KeyColumns) {
         self.keys = primary_keys;
-        self.keys.extend(
-            self.configured_keys
-                .iter()
-                .map(|(t, k)| (t.clone(), k.clone())),
-        );
+        for (schema, tables) in &self.configured_keys {
+            let known = self.keys.entry(schema.clone()).or_default();
+            known.extend(tables.iter().map(|(t, k)| (t.clone(), k.clone())));
+        }
     }
 
     /// An event's schema and table, owned, and its row key when the
@@ -257,12 +258,11 @@ impl Listener {
         table: Cow<'_, str>,
         data: Option<&RawValue>,
     ) -> (String, String, Option<Bytes>) {
-        let (schema, table) = (schema.into_owned(), table.into_owned());
         let key = data.and_then(|data| {
-            let columns = self.keys.get(&(schema.clone(), table.clone()))?;
+            let columns = self.keys.get(&*schema)?.get(&*table)?;
             payload::row_key(data, columns)
         });
-        (schema, table, key)
+        (schema.into_owned(), table.into_owned(), key)
     }
 
     async fn handle(&mut self, channel: &str, text: &str) {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use common::kafka::{Message, Tansu};
-use common::{config, eventually, start_installed, TestDb};
+use common::{assert_every_id, config, eventually, inserts, row_id, start_installed, TestDb};
 
 const TABLES: &str = "CREATE TABLE items (id int PRIMARY KEY, name text, n int NOT NULL DEFAULT 0);
                       CREATE TABLE notes (body text, author text);";
@@ -130,29 +130,6 @@ async fn every_row_keeps_its_order_across_1000_updates_of_10_rows() {
     daemon.stop().await;
 }
 
-/// `INSERT`s of ids `from..=to`, one transaction each.
-fn inserts(from: i32, to: i32) -> String {
-    (from..=to)
-        .map(|id| format!("INSERT INTO items (id) VALUES ({id}); "))
-        .collect()
-}
-
-/// The distinct ids in `messages`, checked to be exactly `1..=count`, and
-/// how many messages were duplicates.
-fn assert_every_id(messages: &[Message], count: i64) -> usize {
-    let mut ids: Vec<i64> = messages
-        .iter()
-        .map(|m| {
-            let event: serde_json::Value = serde_json::from_str(&m.body).unwrap();
-            event["data"]["id"].as_i64().unwrap()
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids, (1..=count).collect::<Vec<_>>(), "every event arrived");
-    messages.len() - ids.len()
-}
-
 #[tokio::test]
 async fn a_broker_paused_for_seconds_loses_no_event() {
     let tansu = Tansu::start().await;
@@ -169,7 +146,7 @@ async fn a_broker_paused_for_seconds_loses_no_event() {
     let messages = tansu
         .consume_within(&topic, 1, 300, Duration::from_secs(30))
         .await;
-    let duplicates = assert_every_id(&messages, 300);
+    let duplicates = assert_every_id(messages.iter().map(|m| m.body.as_str()), 300);
     assert_per_row_order_of_inserts(&messages);
     let sink = daemon.stats.sink("bus").unwrap();
     eventually("every event reported", || sink.delivered.get() == 300).await;
@@ -183,13 +160,7 @@ async fn a_broker_paused_for_seconds_loses_no_event() {
 
 /// With one partition and an idempotent producer, ids arrive in commit order.
 fn assert_per_row_order_of_inserts(messages: &[Message]) {
-    let ids: Vec<i64> = messages
-        .iter()
-        .map(|m| {
-            let event: serde_json::Value = serde_json::from_str(&m.body).unwrap();
-            event["data"]["id"].as_i64().unwrap()
-        })
-        .collect();
+    let ids: Vec<i64> = messages.iter().map(|m| row_id(&m.body)).collect();
     assert!(
         ids.windows(2).all(|w| w[0] < w[1]),
         "commit order kept: {ids:?}"
@@ -226,7 +197,7 @@ async fn a_broker_killed_and_restarted_loses_no_event() {
             .consume_within(&topic, 1, 200, Duration::from_secs(30))
             .await,
     );
-    let duplicates = assert_every_id(&seen, 300);
+    let duplicates = assert_every_id(seen.iter().map(|m| m.body.as_str()), 300);
     eprintln!(
         "restarted broker: {duplicates} duplicates, {} retries",
         sink.retried.get()

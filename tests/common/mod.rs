@@ -318,3 +318,27 @@ pub async fn start_installed(db: &TestDb, config: &str) -> Running {
     install(db, config).await;
     Running::start(config).await
 }
+
+/// `INSERT`s of ids `from..=to` into `items`, one transaction each.
+pub fn inserts(from: i32, to: i32) -> String {
+    (from..=to)
+        .map(|id| format!("INSERT INTO items (id) VALUES ({id}); "))
+        .collect()
+}
+
+/// The `data.id` of an event payload.
+pub fn row_id(payload: &str) -> i64 {
+    let event: serde_json::Value = serde_json::from_str(payload).unwrap();
+    event["data"]["id"].as_i64().unwrap()
+}
+
+/// Checks that the payloads hold exactly the ids `1..=count`, each at least
+/// once, and returns how many were duplicates.
+pub fn assert_every_id<'a>(payloads: impl IntoIterator<Item = &'a str>, count: i64) -> usize {
+    let mut ids: Vec<i64> = payloads.into_iter().map(row_id).collect();
+    let received = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids, (1..=count).collect::<Vec<_>>(), "every event arrived");
+    received - ids.len()
+}
