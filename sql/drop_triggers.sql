@@ -1,4 +1,4 @@
--- skor: drops every trigger that calls skor.notify(). Install runs it before
+-- skor: drops every trigger that calls skor.notify() or skor.capture(). Install runs it before
 -- creating the configured triggers, so a table or operation removed from the
 -- config loses its trigger; uninstall runs it first.
 
@@ -11,7 +11,7 @@ BEGIN
           FROM pg_trigger tg
           JOIN pg_class c ON c.oid = tg.tgrelid
           JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE tg.tgfoid = to_regprocedure('skor.notify()')
+         WHERE tg.tgfoid IN (to_regprocedure('skor.notify()'), to_regprocedure('skor.capture()'))
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %I.%I', t.tgname, t.nspname, t.relname);
     END LOOP;

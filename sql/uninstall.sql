@@ -1,9 +1,14 @@
 -- skor: removes every object `skor install` created, and nothing else.
 -- Runs after drop_triggers.sql, in one transaction under skor's install lock.
--- Payloads still waiting in skor.oversized_payload are dropped with it.
+-- Payloads still waiting in skor.oversized_payload are dropped with it;
+-- `skor uninstall` refuses to drop undelivered durable events unless told to.
 
 DROP FUNCTION IF EXISTS skor.notify();
+DROP FUNCTION IF EXISTS skor.capture();
+DROP FUNCTION IF EXISTS skor.create_capture_trigger(regclass, text, text, text, text[], text[]);
+DROP FUNCTION IF EXISTS skor.pick(json, text[]);
 DROP TABLE IF EXISTS skor.oversized_payload;
+DROP TABLE IF EXISTS skor.event_log;
 
 -- The schema goes too, unless somebody put objects of their own in it.
 DO $skor$

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::daemon::{pg_config, Daemon};
 use crate::logging::{self, LogFormat};
 use crate::source::describe;
-use crate::sql;
+use crate::{dead_letters, sql};
 
 /// skor: sends PostgreSQL row changes to webhooks and message brokers.
 #[derive(Debug, Parser)]
@@ -45,8 +45,13 @@ pub enum Command {
     Run,
     /// Create skor's trigger function and the triggers of every [[table]].
     Install,
-    /// Remove every trigger, function and table skor created.
-    Uninstall,
+    /// Remove every trigger, function and table skor created; refuses while
+    /// durable events are undelivered.
+    Uninstall {
+        /// Delete undelivered durable events (pending and dead letters) too.
+        #[arg(long)]
+        drop_events: bool,
+    },
     /// Print the install SQL, for migration tools.
     Sql,
     /// Validate the config and exit non-zero on the first problem.
@@ -55,9 +60,40 @@ pub enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Durable events that could not be delivered: list or replay them.
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
 }
 
-const COMMANDS: [&str; 6] = ["run", "install", "uninstall", "sql", "check", "help"];
+/// `skor dead-letters` actions.
+#[derive(Debug, Subcommand)]
+pub enum DeadLetters {
+    /// Print the dead letters, oldest first, with their last error.
+    List {
+        /// Print at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Queue dead letters again, with a fresh retry budget.
+    Replay {
+        /// The id of a dead letter; repeat for several.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        id: Vec<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+const COMMANDS: [&str; 7] = [
+    "run",
+    "install",
+    "uninstall",
+    "sql",
+    "check",
+    "dead-letters",
+    "help",
+];
 
 /// The original command line, if `args` is one: two or three positional
 /// arguments, the first not a flag nor a command.
@@ -155,12 +191,33 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
             info!(tables = config.tables.len(), "installed skor's triggers");
             Ok(())
         }
-        Command::Uninstall => {
+        Command::Uninstall { drop_events } => {
             let mut client = connect(&config).await?;
-            sql::uninstall(&mut client)
+            sql::uninstall(&mut client, drop_events)
                 .await
                 .context("uninstall failed, nothing was changed")?;
             info!("removed every skor trigger, function and table");
+            Ok(())
+        }
+        Command::DeadLetters(DeadLetters::List { limit }) => {
+            let client = connect(&config).await?;
+            let letters = dead_letters::list(&client, limit)
+                .await
+                .map_err(|e| anyhow!("cannot list dead letters: {e}"))?;
+            print!("{}", dead_letters::render(&letters));
+            Ok(())
+        }
+        Command::DeadLetters(DeadLetters::Replay { id, all }) => {
+            let mut client = connect(&config).await?;
+            let which = if all {
+                dead_letters::Replay::All
+            } else {
+                dead_letters::Replay::Ids(id)
+            };
+            let count = dead_letters::replay(&mut client, &which)
+                .await
+                .map_err(|e| anyhow!("cannot replay dead letters: {e}"))?;
+            println!("queued {count} dead letters again");
             Ok(())
         }
         Command::Sql => {

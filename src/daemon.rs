@@ -9,10 +9,13 @@ use skor_sink_webhook::WebhookSink;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use tokio::sync::mpsc;
+
 use crate::config::{Config, DeliveryConfig, SinkKind, TableName};
+use crate::durable::{self, Durable, DurableError};
 use crate::router::Router;
 use crate::source::{KeyColumns, Listener, Session, SourceError};
-use crate::stats::{SinkStats, SourceStats};
+use crate::stats::{DurableStats, SinkStats, SourceStats};
 use crate::worker::{worker, Worker};
 
 /// Why the daemon could not start.
@@ -30,6 +33,9 @@ pub enum StartError {
     /// wrong password or database name stops skor at once.
     #[error("cannot listen to PostgreSQL: {0}")]
     Source(#[from] SourceError),
+    /// The event log could not be read at start-up.
+    #[error("{0}")]
+    Durable(#[from] DurableError),
 }
 
 /// Counters of a running daemon, for its summary line and for tests.
@@ -39,6 +45,8 @@ pub struct Stats {
     pub source: Arc<SourceStats>,
     /// What each sink's worker did, by sink name.
     pub sinks: Vec<(String, Arc<SinkStats>)>,
+    /// What durable mode did, when it runs.
+    pub durable: Option<Arc<DurableStats>>,
 }
 
 impl Stats {
@@ -60,8 +68,8 @@ pub struct Summary {
 
 /// A daemon that is connected and listening, ready to run.
 pub struct Daemon {
-    listener: Listener,
-    session: Session,
+    listener: Option<(Listener, Session)>,
+    durable: Option<(Durable, durable::Session)>,
     workers: Vec<Worker>,
     drain_timeout: Duration,
     stats: Stats,
@@ -113,7 +121,6 @@ impl Daemon {
             sinks.push(("stdout".into(), stdout, DeliveryConfig::default()));
         }
         let names: Vec<String> = sinks.iter().map(|(name, ..)| name.clone()).collect();
-        let router = Router::new(config, &names);
         let mut queues = Vec::new();
         let mut workers = Vec::new();
         for (name, sink, delivery) in sinks {
@@ -121,6 +128,29 @@ impl Daemon {
             queues.push(queue);
             workers.push(worker);
         }
+        let pg = pg_config(config);
+        let database = target(&pg);
+        let durable = if config.uses_durable() {
+            let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+            for (index, worker) in workers.iter_mut().enumerate() {
+                worker.report_to(index, outcomes_tx.clone());
+            }
+            let durable = Durable::new(
+                pg.clone(),
+                config.durable.clone(),
+                Duration::from_millis(config.source.reconnect_max_backoff_ms),
+                Router::new(config, &names),
+                names.clone(),
+                queues.clone(),
+                outcomes,
+                &config.source.channels,
+                Arc::new(DurableStats::default()),
+            );
+            let session = durable.open().await?;
+            Some((durable, session))
+        } else {
+            None
+        };
         let stats = Stats {
             source: Arc::new(SourceStats::default()),
             sinks: names
@@ -128,24 +158,29 @@ impl Daemon {
                 .cloned()
                 .zip(workers.iter().map(Worker::stats))
                 .collect(),
+            durable: durable.as_ref().map(|(d, _)| d.stats()),
         };
-        let pg = pg_config(config);
-        let database = target(&pg);
-        let listener = Listener::new(
-            pg,
-            &config.source.channels,
-            Duration::from_millis(config.source.reconnect_max_backoff_ms),
-            router,
-            queues,
-            Arc::clone(&stats.source),
-            configured_keys(config),
-        );
-        let session = listener.open().await?;
-        info!(%database, channels = ?config.source.channels, sinks = ?names,
+        let channels = config.notify_channels();
+        let listener = if channels.is_empty() {
+            None
+        } else {
+            let listener = Listener::new(
+                pg,
+                &channels,
+                Duration::from_millis(config.source.reconnect_max_backoff_ms),
+                Router::new(config, &names),
+                queues,
+                Arc::clone(&stats.source),
+                configured_keys(config),
+            );
+            let session = listener.open().await?;
+            Some((listener, session))
+        };
+        info!(%database, notify_channels = ?channels, durable = durable.is_some(), sinks = ?names,
               routes = config.routes.len(), "listening");
         Ok(Self {
             listener,
-            session,
+            durable,
             workers,
             drain_timeout: Duration::from_millis(config.daemon.drain_timeout_ms),
             stats,
@@ -166,9 +201,16 @@ impl Daemon {
             .into_iter()
             .map(|w| tokio::spawn(w.run(deadline.clone())))
             .collect();
-        // Returns at shutdown; dropping the listener closes every queue, so
-        // each worker stops once its queue is empty.
-        self.listener.run(self.session, shutdown).await;
+        let durable = self
+            .durable
+            .map(|(durable, session)| tokio::spawn(durable.run(session, shutdown.clone())));
+        // Returns at shutdown; dropping the listener and the durable
+        // source's queues closes them, so each worker stops once its queue
+        // is empty.
+        match self.listener {
+            Some((listener, session)) => listener.run(session, shutdown).await,
+            None => shutdown.cancelled().await,
+        }
         info!(
             drain_timeout_ms = self.drain_timeout.as_millis() as u64,
             "draining sink queues"
@@ -183,6 +225,16 @@ impl Daemon {
             }
         };
         let undelivered: u64 = results.into_iter().map(|r| r.unwrap_or(0)).sum();
+        if let Some(durable) = durable {
+            // The workers have stopped, so the last outcomes are in; what
+            // is unfinished stays pending in the log for the next run.
+            if tokio::time::timeout(self.drain_timeout, durable)
+                .await
+                .is_err()
+            {
+                warn!("the event log did not answer in time: unfinished events stay pending");
+            }
+        }
         let source = &self.stats.source;
         if undelivered > 0 {
             warn!(
@@ -193,6 +245,14 @@ impl Daemon {
         for (name, sink) in &self.stats.sinks {
             info!(sink = %name, delivered = sink.delivered.get(), retried = sink.retried.get(),
                   failed = sink.failed.get(), dropped = sink.dropped.get(), "sink totals");
+        }
+        if let Some(durable) = &self.stats.durable {
+            info!(
+                claimed = durable.claimed.get(),
+                finished = durable.finished.get(),
+                dead_lettered = durable.dead_lettered.get(),
+                "durable totals"
+            );
         }
         info!(
             received = source.received.get(),

@@ -7,6 +7,8 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dead_letters;
+pub mod durable;
 pub mod logging;
 pub mod payload;
 pub mod retry;

@@ -419,6 +419,7 @@ impl Listener {
             op,
             payload,
             key,
+            id: None,
         });
         for &index in &self.targets {
             self.queues[index].push(&event).await;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use skor_sink_api::Op;
 use tokio_postgres::{Client, GenericClient};
 
-use crate::config::{Config, TableName};
+use crate::config::{Config, Mode, TableName};
 use crate::source::describe;
 
 /// Serialises concurrent installs and uninstalls on one database.
@@ -25,6 +25,12 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// `items` as a PostgreSQL `text[]` expression.
+fn text_array(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|item| quote_literal(item)).collect();
+    format!("ARRAY[{}]::text[]", quoted.join(", "))
+}
+
 /// The trigger that captures `op` on a table.
 fn trigger_name(op: Op) -> String {
     format!("skor_{}", op.as_str().to_lowercase())
@@ -36,6 +42,9 @@ pub enum InstallError {
     /// A configured table or column is not in the database.
     #[error("{0}")]
     Schema(String),
+    /// Durable events are still undelivered.
+    #[error("{0}")]
+    Pending(String),
     /// PostgreSQL refused a statement.
     #[error("{0}")]
     Database(String),
@@ -53,21 +62,40 @@ pub fn install_sql(config: &Config) -> String {
     sql.push_str("\n-- One trigger per captured table and operation.\n");
     for table in &config.tables {
         let name = TableName::parse(&table.name).expect("validated");
+        let qualified = format!("{}.{}", quote_ident(&name.schema), quote_ident(&name.name));
         let channel = config.table_channel(table);
         for &op in &table.ops {
-            let mut args = quote_literal(channel);
-            for column in table.columns.for_op(op).unwrap_or_default() {
-                args.push_str(", ");
-                args.push_str(&quote_literal(column));
+            let columns = table.columns.for_op(op).unwrap_or_default();
+            let trigger = trigger_name(op);
+            match config.table_mode(table) {
+                Mode::Notify => {
+                    let mut args = quote_literal(channel);
+                    for column in columns {
+                        args.push_str(", ");
+                        args.push_str(&quote_literal(column));
+                    }
+                    let _ = writeln!(
+                        sql,
+                        "CREATE TRIGGER {trigger} AFTER {op} ON {qualified} \
+                         FOR EACH ROW EXECUTE FUNCTION skor.notify({args});",
+                        trigger = quote_ident(&trigger),
+                    );
+                }
+                Mode::Durable => {
+                    let key = table
+                        .key
+                        .as_deref()
+                        .map_or_else(|| "NULL".to_string(), |key| text_array(key));
+                    let _ = writeln!(
+                        sql,
+                        "SELECT skor.create_capture_trigger({table}, {trigger}, '{op}', {channel}, {key}, {columns});",
+                        table = quote_literal(&qualified),
+                        trigger = quote_literal(&trigger),
+                        channel = quote_literal(channel),
+                        columns = text_array(columns),
+                    );
+                }
             }
-            let _ = writeln!(
-                sql,
-                "CREATE TRIGGER {trigger} AFTER {op} ON {schema}.{table} \
-                 FOR EACH ROW EXECUTE FUNCTION skor.notify({args});",
-                trigger = quote_ident(&trigger_name(op)),
-                schema = quote_ident(&name.schema),
-                table = quote_ident(&name.name),
-            );
         }
     }
     sql
@@ -98,6 +126,13 @@ pub async fn check_tables(
             )));
         }
         let existing: Vec<String> = row.get(1);
+        for column in table.key.iter().flatten() {
+            if !existing.contains(column) {
+                return Err(InstallError::Schema(format!(
+                    "table {name} has no column \"{column}\" (configured as its key); its columns are {existing:?}"
+                )));
+            }
+        }
         for &op in &table.ops {
             for column in table.columns.for_op(op).unwrap_or_default() {
                 if !existing.contains(column) {
@@ -120,10 +155,29 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<(), Install
     Ok(())
 }
 
-/// Removes every object skor created, in one transaction.
-pub async fn uninstall(client: &mut Client) -> Result<(), InstallError> {
+/// Removes every object skor created, in one transaction. Refuses while
+/// the event log holds undelivered events, unless `drop_events`.
+pub async fn uninstall(client: &mut Client, drop_events: bool) -> Result<(), InstallError> {
+    const UNDELIVERED_SQL: &str = "SELECT count(*) FILTER (WHERE state = 'pending'), \
+                                          count(*) FILTER (WHERE state = 'dead') \
+                                     FROM skor.event_log";
     let transaction = client.transaction().await?;
-    let sql = [LOCK_SQL, DROP_TRIGGERS_SQL, "\n", UNINSTALL_SQL].concat();
+    transaction.batch_execute(LOCK_SQL).await?;
+    let has_log = transaction
+        .query_one("SELECT to_regclass('skor.event_log') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    if has_log && !drop_events {
+        let row = transaction.query_one(UNDELIVERED_SQL, &[]).await?;
+        let (pending, dead): (i64, i64) = (row.get(0), row.get(1));
+        if pending + dead > 0 {
+            return Err(InstallError::Pending(format!(
+                "skor.event_log holds {pending} pending and {dead} dead-lettered events; \
+                 let skor deliver them (and replay the dead letters), or pass --drop-events to delete them"
+            )));
+        }
+    }
+    let sql = [DROP_TRIGGERS_SQL, "\n", UNINSTALL_SQL].concat();
     transaction.batch_execute(&sql).await?;
     transaction.commit().await?;
     Ok(())

@@ -45,3 +45,18 @@ pub struct SinkStats {
     /// Events not queued because the queue was full (`when_full = "drop"`).
     pub dropped: Counter,
 }
+
+/// What durable mode did with the event log.
+#[derive(Debug, Default)]
+pub struct DurableStats {
+    /// Events claimed from the log.
+    pub claimed: Counter,
+    /// Events deleted (or marked delivered) after every sink confirmed.
+    pub finished: Counter,
+    /// Events moved to the dead letters.
+    pub dead_lettered: Counter,
+    /// Claimed events no route matched.
+    pub unrouted: Counter,
+    /// Times the event log connection was re-established.
+    pub reconnects: Counter,
+}

@@ -5,9 +5,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use skor_sink_api::{ErrorKind, Event, Sink, SinkError};
+use skor_sink_api::{Confirmation, ErrorKind, Event, Sink, SinkError};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,10 +18,63 @@ use crate::config::{DeliveryConfig, WhenFull};
 use crate::retry::RetryPolicy;
 use crate::stats::SinkStats;
 
+/// An event queued for one sink.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The event, shared by every sink it goes to.
+    pub event: Arc<Event>,
+    /// Attempts a durable event already used, from the event log.
+    pub resume: Option<Resume>,
+}
+
+/// Where a durable event's retries stood when it was claimed.
+#[derive(Clone, Copy, Debug)]
+pub struct Resume {
+    /// Attempts made so far, by this or an earlier run.
+    pub attempts: u32,
+    /// Not to be tried again before this.
+    pub at: Instant,
+}
+
+/// What became of a durable event at one sink, for the event log.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The sink confirmed the event.
+    Delivered {
+        /// The event's id in the log.
+        id: i64,
+        /// The sink's index.
+        sink: usize,
+    },
+    /// An attempt failed and another follows after `delay`.
+    Retrying {
+        /// The event's id in the log.
+        id: i64,
+        /// Attempts made so far.
+        attempts: u32,
+        /// Wait before the next attempt.
+        delay: Duration,
+        /// Why the attempt failed.
+        error: String,
+    },
+    /// The sink will not get the event: retries exhausted or a permanent error.
+    Failed {
+        /// The event's id in the log.
+        id: i64,
+        /// The sink's index.
+        sink: usize,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        error: String,
+    },
+}
+
 /// The listener's end of a sink's queue.
+#[derive(Clone)]
 pub struct SinkQueue {
     name: Arc<str>,
-    tx: mpsc::Sender<Arc<Event>>,
+    tx: mpsc::Sender<Job>,
     when_full: WhenFull,
     stats: Arc<SinkStats>,
 }
@@ -29,9 +83,13 @@ impl SinkQueue {
     /// Queues an event for this sink, applying `when_full` if there is no
     /// room. Returns once the event is queued or dropped.
     pub async fn push(&self, event: &Arc<Event>) {
-        let event = match self.tx.try_send(Arc::clone(event)) {
+        let job = Job {
+            event: Arc::clone(event),
+            resume: None,
+        };
+        let event = match self.tx.try_send(job) {
             Ok(()) => return,
-            Err(TrySendError::Closed(event)) => {
+            Err(TrySendError::Closed(Job { event, .. })) => {
                 // Only after the worker stopped at the shutdown deadline.
                 self.stats.failed.incr();
                 error!(sink = %self.name, schema = %event.schema, table = %event.table,
@@ -39,21 +97,27 @@ impl SinkQueue {
                        "event not delivered: the sink has stopped");
                 return;
             }
-            Err(TrySendError::Full(event)) => event,
+            Err(TrySendError::Full(job)) => job,
         };
         let capacity = self.tx.max_capacity();
         match self.when_full {
             WhenFull::Drop => {
+                let event = event.event;
                 self.stats.dropped.incr();
                 error!(sink = %self.name, schema = %event.schema, table = %event.table,
                        op = %event.op, capacity, payload = %String::from_utf8_lossy(&event.payload),
                        "event dropped for this sink: its queue is full");
             }
             WhenFull::Block => {
+                let event = event.event;
                 warn!(sink = %self.name, capacity,
                       "queue full: waiting for room, every sink waits meanwhile");
                 let started = tokio::time::Instant::now();
-                if self.tx.send(event).await.is_err() {
+                let job = Job {
+                    event,
+                    resume: None,
+                };
+                if self.tx.send(job).await.is_err() {
                     self.stats.failed.incr();
                     error!(sink = %self.name, "event not delivered: the sink has stopped");
                     return;
@@ -62,6 +126,12 @@ impl SinkQueue {
                       "queue has room again");
             }
         }
+    }
+
+    /// Queues a durable event, waiting for room whatever `when_full` says:
+    /// the event log holds the backlog. False if the sink has stopped.
+    pub async fn send(&self, job: Job) -> bool {
+        self.tx.send(job).await.is_ok()
     }
 
     /// Events waiting in the queue.
@@ -74,16 +144,18 @@ impl SinkQueue {
 pub struct Worker {
     name: Arc<str>,
     sink: Box<dyn Sink>,
-    rx: mpsc::Receiver<Arc<Event>>,
+    rx: mpsc::Receiver<Job>,
     policy: RetryPolicy,
     max_in_flight: usize,
     stats: Arc<SinkStats>,
     /// When the sink lost its broker, while it is without one.
     disconnected_since: Option<Instant>,
+    /// Where durable events' outcomes go, with this sink's index.
+    report: Option<(usize, mpsc::UnboundedSender<Outcome>)>,
 }
 
 /// A submitted event and its broker's answer.
-type Pending = Pin<Box<dyn Future<Output = (Arc<Event>, Result<(), SinkError>)> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = (Job, Result<(), SinkError>)> + Send>>;
 
 /// Creates the queue of a sink and the worker that will drain it.
 pub fn worker(name: &str, sink: Box<dyn Sink>, delivery: &DeliveryConfig) -> (SinkQueue, Worker) {
@@ -104,11 +176,17 @@ pub fn worker(name: &str, sink: Box<dyn Sink>, delivery: &DeliveryConfig) -> (Si
         max_in_flight: delivery.max_in_flight.max(1),
         stats,
         disconnected_since: None,
+        report: None,
     };
     (queue, worker)
 }
 
 impl Worker {
+    /// Reports what becomes of durable events to `outcomes`, as sink `index`.
+    pub fn report_to(&mut self, index: usize, outcomes: mpsc::UnboundedSender<Outcome>) {
+        self.report = Some((index, outcomes));
+    }
+
     /// This worker's counters.
     pub fn stats(&self) -> Arc<SinkStats> {
         Arc::clone(&self.stats)
@@ -128,33 +206,33 @@ impl Worker {
             let room = open && in_flight.len() < self.max_in_flight;
             // A failed event is retried before anything else moves, so an
             // outage holds the queue instead of racing through it.
-            let (event, result) = tokio::select! {
+            let (job, result) = tokio::select! {
                 biased;
                 () = deadline.cancelled() => break in_flight.len(),
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => done,
-                event = self.rx.recv(), if room => {
-                    let Some(event) = event else {
+                job = self.rx.recv(), if room => {
+                    let Some(job) = job else {
                         open = false;
                         continue;
                     };
                     let submitted = tokio::select! {
                         biased;
                         () = deadline.cancelled() => break 1 + in_flight.len(),
-                        submitted = self.sink.submit(&event) => submitted,
+                        submitted = submit_when_due(&*self.sink, &job) => submitted,
                     };
                     match submitted {
                         Ok(confirmation) => {
-                            in_flight.push_back(Box::pin(async move { (event, confirmation.await) }));
+                            in_flight.push_back(Box::pin(async move { (job, confirmation.await) }));
                             continue;
                         }
-                        Err(error) => (event, Err(error)),
+                        Err(error) => (job, Err(error)),
                     }
                 }
             };
             tokio::select! {
                 biased;
                 () = deadline.cancelled() => break 1 + in_flight.len(),
-                () = self.settle(&event, result) => {}
+                () = self.settle(&job, result) => {}
             }
         };
         left as u64 + self.close_and_count()
@@ -171,8 +249,9 @@ impl Worker {
 
     /// Counts a delivered event, or retries a failed one as the policy
     /// allows and logs and counts it if it cannot be delivered.
-    async fn settle(&mut self, event: &Event, mut result: Result<(), SinkError>) {
-        let mut attempt: u32 = 1;
+    async fn settle(&mut self, job: &Job, mut result: Result<(), SinkError>) {
+        let event = &*job.event;
+        let mut attempt: u32 = 1 + job.resume.map_or(0, |r| r.attempts);
         let mut outage: u32 = 0;
         loop {
             let error = match result {
@@ -195,6 +274,18 @@ impl Worker {
                 } else {
                     "permanent error"
                 };
+                if let (Some(id), Some((sink, outcomes))) = (event.id, &self.report) {
+                    error!(sink = %self.name, id, schema = %event.schema, table = %event.table,
+                           op = %event.op, attempts = attempt, error = %error, reason,
+                           "event not delivered: moved to the dead letters");
+                    let _ = outcomes.send(Outcome::Failed {
+                        id,
+                        sink: *sink,
+                        attempts: attempt,
+                        error: error.to_string(),
+                    });
+                    return;
+                }
                 error!(sink = %self.name, schema = %event.schema, table = %event.table,
                        op = %event.op, attempts = attempt, error = %error, reason,
                        payload = %String::from_utf8_lossy(&event.payload),
@@ -206,6 +297,14 @@ impl Worker {
                 warn!(sink = %self.name, schema = %event.schema, table = %event.table,
                       op = %event.op, attempt, retry_in_ms = delay.as_millis() as u64,
                       error = %error, "delivery failed, retrying");
+                if let (Some(id), Some((_, outcomes))) = (event.id, &self.report) {
+                    let _ = outcomes.send(Outcome::Retrying {
+                        id,
+                        attempts: attempt,
+                        delay,
+                        error: error.to_string(),
+                    });
+                }
                 attempt += 1;
             }
             tokio::time::sleep(delay).await;
@@ -218,6 +317,9 @@ impl Worker {
 
     fn delivered(&mut self, event: &Event, attempt: u32) {
         self.stats.delivered.incr();
+        if let (Some(id), Some((sink, outcomes))) = (event.id, &self.report) {
+            let _ = outcomes.send(Outcome::Delivered { id, sink: *sink });
+        }
         if let Some(since) = self.disconnected_since.take() {
             info!(sink = %self.name, down_ms = since.elapsed().as_millis() as u64,
                   "sink reachable again, delivering");
@@ -240,13 +342,22 @@ impl Worker {
     }
 }
 
+/// Submits `job`, first waiting out the retry delay a durable event still
+/// had when it was claimed.
+async fn submit_when_due(sink: &dyn Sink, job: &Job) -> Result<Confirmation, SinkError> {
+    if let Some(resume) = job.resume {
+        tokio::time::sleep_until(resume.at).await;
+    }
+    sink.submit(&job.event).await
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use skor_sink_api::{Bytes, Confirmation, Op};
+    use skor_sink_api::{Bytes, Op};
 
     use super::*;
 
@@ -272,6 +383,7 @@ mod tests {
             op: Op::Insert,
             payload: Bytes::from_static(b"{}"),
             key: None,
+            id: None,
         })
     }
 

@@ -42,6 +42,9 @@ pub struct Config {
     /// Process-wide settings.
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// How durable mode claims, retries and cleans up events.
+    #[serde(default)]
+    pub durable: DurableConfig,
 }
 
 const fn default_reconnect_max_backoff_ms() -> u64 {
@@ -64,6 +67,22 @@ pub struct SourceConfig {
     /// Longest wait between two reconnection attempts, in milliseconds.
     #[serde(default = "default_reconnect_max_backoff_ms")]
     pub reconnect_max_backoff_ms: u64,
+    /// How tables capture their changes unless a `[[table]]` says otherwise.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// How a table's changes reach skor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The trigger sends the payload with NOTIFY: nothing is stored, and
+    /// events committed while skor is not listening are lost.
+    #[default]
+    Notify,
+    /// The trigger writes the event into `skor.event_log` in the changing
+    /// transaction; skor deletes it once every sink confirmed it.
+    Durable,
 }
 
 fn default_ops() -> Vec<Op> {
@@ -87,6 +106,8 @@ pub struct TableConfig {
     /// Columns that identify a row, instead of its primary key: events of
     /// one key keep their order (Kafka message key, partition).
     pub key: Option<Vec<String>>,
+    /// Notify or durable; `source.mode` if unset.
+    pub mode: Option<Mode>,
 }
 
 /// One named destination: its type and options, and how the worker drives it.
@@ -219,6 +240,53 @@ pub struct RouteConfig {
     pub sinks: Vec<String>,
 }
 
+const fn default_batch_size() -> usize {
+    500
+}
+
+const fn default_poll_interval_ms() -> u64 {
+    1_000
+}
+
+const fn default_backlog_log_interval_ms() -> u64 {
+    30_000
+}
+
+/// Durable mode's settings, shared by every durable table.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurableConfig {
+    /// Most events one daemon has claimed and not yet finished: the size of
+    /// one claim, and the bound on events delivered twice after a crash.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How often to look for events without a wake-up, in milliseconds.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// How long delivered events are kept before removal, in milliseconds;
+    /// 0 deletes each event as soon as it is delivered.
+    #[serde(default)]
+    pub retention_ms: u64,
+    /// A field added first in each durable payload with the event's id, for
+    /// consumers that cannot read headers; unset keeps the payload as is.
+    pub id_field: Option<String>,
+    /// How often the backlog is logged while there is one, in milliseconds.
+    #[serde(default = "default_backlog_log_interval_ms")]
+    pub backlog_log_interval_ms: u64,
+}
+
+impl Default for DurableConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: default_batch_size(),
+            poll_interval_ms: default_poll_interval_ms(),
+            retention_ms: 0,
+            id_field: None,
+            backlog_log_interval_ms: default_backlog_log_interval_ms(),
+        }
+    }
+}
+
 const fn default_drain_timeout_ms() -> u64 {
     10_000
 }
@@ -253,13 +321,60 @@ impl Config {
                 dsn: Redacted::new(dsn),
                 channels: default_channels(),
                 reconnect_max_backoff_ms: default_reconnect_max_backoff_ms(),
+                mode: Mode::Notify,
             },
             tables: Vec::new(),
             sinks: BTreeMap::from([("webhook".to_string(), sink)]),
             raw_sinks: BTreeMap::new(),
             routes: Vec::new(),
             daemon: DaemonConfig::default(),
+            durable: DurableConfig::default(),
         }
+    }
+
+    /// The mode `table` captures in.
+    pub fn table_mode(&self, table: &TableConfig) -> Mode {
+        table.mode.unwrap_or(self.source.mode)
+    }
+
+    /// Whether any event reaches skor through the event log.
+    pub fn uses_durable(&self) -> bool {
+        self.source.mode == Mode::Durable
+            || self
+                .tables
+                .iter()
+                .any(|t| self.table_mode(t) == Mode::Durable)
+    }
+
+    /// The channels to LISTEN on for notify-mode payloads: every channel,
+    /// less those only durable tables use, so nobody can inject an event
+    /// on them with a hand-written NOTIFY. With no `[[table]]`, the
+    /// source's mode decides.
+    pub fn notify_channels(&self) -> Vec<String> {
+        if self.tables.is_empty() {
+            return match self.source.mode {
+                Mode::Notify => self.source.channels.clone(),
+                Mode::Durable => Vec::new(),
+            };
+        }
+        let durable_only = |channel: &String| {
+            let mut users = self
+                .tables
+                .iter()
+                .filter(|t| self.table_channel(t) == channel);
+            let mut any = false;
+            let all_durable = users.all(|t| {
+                any = true;
+                self.table_mode(t) == Mode::Durable
+            });
+            any && all_durable
+        };
+        self.source
+            .channels
+            .iter()
+            .filter(|c| !durable_only(c))
+            .cloned()
+            .collect()
     }
 }
 

@@ -7,7 +7,7 @@ use std::fmt;
 use skor_sink_api::Op;
 use skor_sink_webhook::{WebhookError, WebhookSink};
 
-use super::{Config, SinkKind, TableConfig};
+use super::{Config, Mode, SinkKind, TableConfig};
 
 /// A validation failure: the key path it is about, and what is wrong.
 #[derive(Debug)]
@@ -79,7 +79,30 @@ impl Config {
         self.validate_source()?;
         self.validate_tables()?;
         self.validate_sinks()?;
-        self.validate_routes()
+        self.validate_routes()?;
+        self.validate_durable()
+    }
+
+    fn validate_durable(&self) -> Result<(), Invalid> {
+        let durable = &self.durable;
+        if durable.batch_size == 0 {
+            return Err(invalid(&["durable", "batch_size"], "expected at least 1"));
+        }
+        if durable.poll_interval_ms == 0 {
+            return Err(invalid(
+                &["durable", "poll_interval_ms"],
+                "expected at least 1",
+            ));
+        }
+        if let Some(field) = &durable.id_field {
+            if field.is_empty() {
+                return Err(invalid(
+                    &["durable", "id_field"],
+                    "expected a field name, or remove the key to leave payloads unchanged",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_source(&self) -> Result<(), Invalid> {
@@ -136,7 +159,7 @@ impl Config {
             }
             check_ops(&table.ops).map_err(|m| at("ops", m))?;
             if let Some(key) = &table.key {
-                check_key(key, table).map_err(|m| at("key", m))?;
+                check_key(key, table, self.table_mode(table)).map_err(|m| at("key", m))?;
             }
             let channel = self.table_channel(table);
             if !self.source.channels.iter().any(|c| c == channel) {
@@ -246,10 +269,15 @@ impl Config {
     }
 }
 
-/// A key must name columns that every captured operation publishes.
-fn check_key(key: &[String], table: &TableConfig) -> Result<(), String> {
+/// A key must name columns; in notify mode, columns that every captured
+/// operation publishes, since skor reads the key out of the payload.
+fn check_key(key: &[String], table: &TableConfig, mode: Mode) -> Result<(), String> {
     if key.is_empty() {
         return Err("list at least one column, or remove `key` to use the primary key".into());
+    }
+    if mode == Mode::Durable {
+        // The trigger reads the key from the whole row.
+        return Ok(());
     }
     for op in &table.ops {
         let Some(published) = table.columns.for_op(*op) else {

@@ -159,6 +159,9 @@ impl AmqpSink {
         ] {
             headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
         }
+        if let Some(id) = event.id {
+            headers.insert(ShortString::from("event_id"), AMQPValue::LongLongInt(id));
+        }
         headers
     }
 }
@@ -186,7 +189,10 @@ impl Sink for AmqpSink {
             mandatory: self.config.mandatory,
             ..BasicPublishOptions::default()
         };
-        let properties = self.properties.clone().with_headers(Self::headers(event));
+        let mut properties = self.properties.clone().with_headers(Self::headers(event));
+        if let Some(id) = event.id {
+            properties = properties.with_message_id(id.to_string().into());
+        }
         let confirm = channel
             .basic_publish(
                 self.config.exchange.as_str().into(),

@@ -43,6 +43,11 @@ impl Op {
             Op::Delete => "DELETE",
         }
     }
+
+    /// The operation `TG_OP` names, if `text` is one.
+    pub fn parse(text: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.as_str() == text)
+    }
 }
 
 impl fmt::Display for Op {
@@ -72,6 +77,9 @@ pub struct Event {
     /// the table's key is known and the payload holds every key column.
     /// Events with the same key must reach a sink in order.
     pub key: Option<Bytes>,
+    /// The event's id in skor's event log (durable mode): stable across
+    /// redeliveries, so consumers can deduplicate on it. `None` in notify mode.
+    pub id: Option<i64>,
 }
 
 impl Event {

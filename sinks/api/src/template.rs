@@ -114,6 +114,7 @@ mod tests {
             op: Op::Update,
             payload: Bytes::new(),
             key: None,
+            id: None,
         }
     }
 

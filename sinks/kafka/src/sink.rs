@@ -126,7 +126,8 @@ fn classify(error: RdKafkaError, producer: &FutureProducer, broken: &AtomicBool)
 }
 
 fn headers(event: &Event) -> OwnedHeaders {
-    [
+    let id = event.id.map(|id| id.to_string());
+    let headers = [
         ("schema", event.schema.as_str()),
         ("table", event.table.as_str()),
         ("op", event.op.as_str()),
@@ -138,7 +139,14 @@ fn headers(event: &Event) -> OwnedHeaders {
             key,
             value: Some(value.as_bytes()),
         })
-    })
+    });
+    match &id {
+        Some(id) => headers.insert(Header {
+            key: "event_id",
+            value: Some(id.as_bytes()),
+        }),
+        None => headers,
+    }
 }
 
 #[async_trait::async_trait]

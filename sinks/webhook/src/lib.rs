@@ -8,4 +8,4 @@ mod config;
 mod sink;
 
 pub use config::WebhookConfig;
-pub use sink::{WebhookError, WebhookSink};
+pub use sink::{WebhookError, WebhookSink, EVENT_ID_HEADER};

@@ -104,16 +104,20 @@ fn describe(error: &reqwest::Error) -> String {
     text
 }
 
+/// The header that carries a durable event's stable id.
+pub const EVENT_ID_HEADER: &str = "skor-event-id";
+
 #[async_trait::async_trait]
 impl Sink for WebhookSink {
     async fn send(&self, event: &Event) -> Result<(), SinkError> {
-        let result = self
+        let mut request = self
             .client
             .post(self.url.clone())
-            .headers(self.headers.clone())
-            .body(event.payload.clone())
-            .send()
-            .await;
+            .headers(self.headers.clone());
+        if let Some(id) = event.id {
+            request = request.header(EVENT_ID_HEADER, id);
+        }
+        let result = request.body(event.payload.clone()).send().await;
         let response = match result {
             Ok(response) => response,
             Err(error) => {
