@@ -85,7 +85,7 @@ pub fn install_sql(config: &Config) -> String {
                     let key = table
                         .key
                         .as_deref()
-                        .map_or_else(|| "NULL".to_string(), |key| text_array(key));
+                        .map_or_else(|| "NULL".to_string(), text_array);
                     let _ = writeln!(
                         sql,
                         "SELECT skor.create_capture_trigger({table}, {trigger}, '{op}', {channel}, {key}, {columns});",

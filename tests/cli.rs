@@ -3,54 +3,11 @@
 
 mod common;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use common::{config, hook_config, slow, Hook, TestDb, PATIENCE};
-use tokio::process::{Child, Command};
-
-fn skor() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_skor"));
-    command
-        .env_remove("RUST_LOG")
-        .env_remove("SKOR_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
-}
-
-/// Writes `text` to a config file that lives as long as the returned guard.
-fn config_file(text: &str) -> tempfile::NamedTempFile {
-    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::fs::write(file.path(), text).unwrap();
-    file
-}
-
-async fn run(args: &[&str]) -> Output {
-    let output = tokio::time::timeout(PATIENCE, skor().args(args).output())
-        .await
-        .expect("skor exits")
-        .unwrap();
-    output
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-async fn sigterm_and_wait(child: Child) -> Output {
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .expect("skor exits after SIGTERM")
-        .unwrap()
-}
+use common::bin::{config_file, run, sigterm_and_wait, skor, stderr};
+use common::{config, hook_config, slow, Hook, TestDb};
 
 async fn count(db: &TestDb, sql: &str) -> i64 {
     db.client.query_one(sql, &[]).await.unwrap().get(0)
@@ -59,7 +16,8 @@ async fn count(db: &TestDb, sql: &str) -> i64 {
 const SKOR_TRIGGERS: &str = "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'skor\\_%'";
 const SKOR_OBJECTS: &str = "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'skor') \
      + (SELECT count(*) FROM pg_proc WHERE proname = 'notify' AND pronamespace::regnamespace::text = 'skor') \
-     + (SELECT count(*) FROM pg_class WHERE relname LIKE 'oversized_payload%')";
+     + (SELECT count(*) FROM pg_proc WHERE pronamespace::regnamespace::text = 'skor') \
+     + (SELECT count(*) FROM pg_class WHERE relname LIKE 'oversized_payload%' OR relname LIKE 'event_log%')";
 
 #[tokio::test]
 async fn install_twice_is_harmless_and_uninstall_leaves_no_skor_object() {

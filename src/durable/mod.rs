@@ -26,6 +26,10 @@ pub use store::{Backlog, Store, PARTITIONS, WAKE_CHANNEL};
 
 /// How often partition ownership is rebalanced among the daemons.
 const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Finished events deleted in one statement at most...
+const FLUSH_BATCH: usize = 256;
+/// ...or after they waited this long for more.
+const FLUSH_LINGER: Duration = Duration::from_millis(10);
 /// Delivered events removed per statement once their retention is over.
 const CLEAN_BATCH: i64 = 1_000;
 
@@ -191,6 +195,7 @@ impl Durable {
         }
         // Look at once: nothing waits for a wake-up that came while away.
         let mut due = true;
+        let mut flush_at: Option<Instant> = None;
         loop {
             let stopping = shutdown.is_cancelled();
             if stopping && !self.queues.is_empty() {
@@ -205,9 +210,22 @@ impl Durable {
                 self.flush(store).await?;
                 return Ok(());
             }
-            self.flush(store).await?;
+            // Deletes go in batches: a full one, or what gathered in a
+            // moment, so a steady trickle is not one round trip per event.
+            if self.finished.len() >= FLUSH_BATCH || flush_at.is_some_and(|at| at <= Instant::now())
+            {
+                self.flush(store).await?;
+            }
+            flush_at = match flush_at {
+                _ if self.finished.is_empty() => None,
+                None => Some(Instant::now() + FLUSH_LINGER),
+                at => at,
+            };
             self.release_idle(store).await?;
-            if due && !stopping {
+            // Claims go in batches too: once half the window is free.
+            if due && !stopping && self.tracked.len() <= self.config.batch_size / 2 {
+                self.flush(store).await?;
+                flush_at = None;
                 due = self.claim(store).await?;
             }
             tokio::select! {
@@ -240,13 +258,19 @@ impl Durable {
                     }
                 }
                 _ = backlog.tick() => self.log_backlog(store).await?,
+                () = sleep_until_some(flush_at) => {}
             }
         }
     }
 
     /// Claims events up to the batch size; true if there may be more.
     async fn claim(&mut self, store: &Store) -> Result<bool, String> {
-        let room = self.config.batch_size.saturating_sub(self.tracked.len());
+        // Finished events count until deleted: together they bound what a
+        // crash can deliver twice.
+        let room = self
+            .config
+            .batch_size
+            .saturating_sub(self.tracked.len() + self.finished.len());
         if room == 0 || self.owned.is_empty() {
             return Ok(room == 0 && !self.owned.is_empty());
         }
@@ -469,6 +493,14 @@ impl Durable {
             );
         }
         Ok(())
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

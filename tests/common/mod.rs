@@ -4,6 +4,7 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+pub mod bin;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 
@@ -150,11 +151,13 @@ pub struct Request {
     pub at: Instant,
     pub headers: HeaderMap,
     pub body: String,
+    /// The status the receiver answered with.
+    pub status: u16,
 }
 
 struct HookState {
     script: Mutex<VecDeque<Reply>>,
-    default: Reply,
+    default: Mutex<Reply>,
     requests: Mutex<Vec<Request>>,
     arrived: Notify,
 }
@@ -171,18 +174,19 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    state.requests.lock().unwrap().push(Request {
-        at: Instant::now(),
-        headers,
-        body: String::from_utf8(body.to_vec()).expect("utf-8 body"),
-    });
-    state.arrived.notify_waiters();
     let reply = state
         .script
         .lock()
         .unwrap()
         .pop_front()
-        .unwrap_or(state.default);
+        .unwrap_or(*state.default.lock().unwrap());
+    state.requests.lock().unwrap().push(Request {
+        at: Instant::now(),
+        headers,
+        body: String::from_utf8(body.to_vec()).expect("utf-8 body"),
+        status: reply.status,
+    });
+    state.arrived.notify_waiters();
     tokio::time::sleep(reply.delay).await;
     StatusCode::from_u16(reply.status).unwrap()
 }
@@ -195,7 +199,7 @@ impl Hook {
     pub async fn scripted(script: Vec<Reply>, default: Reply) -> Self {
         let state = Arc::new(HookState {
             script: Mutex::new(script.into()),
-            default,
+            default: Mutex::new(default),
             requests: Mutex::new(Vec::new()),
             arrived: Notify::new(),
         });
@@ -208,12 +212,22 @@ impl Hook {
         Self { addr, state }
     }
 
+    /// From now on, answer every request with `reply`.
+    pub fn answer(&self, reply: Reply) {
+        *self.state.default.lock().unwrap() = reply;
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
     }
 
     pub fn requests(&self) -> Vec<Request> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// How many requests arrived, without copying them.
+    pub fn count(&self) -> usize {
+        self.state.requests.lock().unwrap().len()
     }
 
     pub fn bodies(&self) -> Vec<String> {
