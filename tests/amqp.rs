@@ -145,3 +145,51 @@ async fn a_missing_exchange_holds_events_until_it_exists() {
     rabbit.delete_exchange(&missing).await;
     rabbit.delete().await;
 }
+
+#[tokio::test]
+async fn durable_events_carry_their_id_and_leave_the_log_once_confirmed() {
+    let rabbit = Rabbit::new().await;
+    let db = TestDb::new().await;
+    db.exec(TABLE).await;
+    let cfg = config(
+        &db,
+        &format!(
+            "[[table]]\nname = \"items\"\nmode = \"durable\"\n{}",
+            rabbit.sink("")
+        ),
+    );
+    common::install(&db, &cfg).await;
+    db.exec("INSERT INTO items (id) VALUES (1), (2), (3)").await;
+    let ids: Vec<i64> = db
+        .client
+        .query("SELECT id FROM skor.event_log ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let daemon = common::Running::start(&cfg).await;
+    let messages = rabbit.take(3).await;
+    let expected: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let message_ids: Vec<String> = messages
+        .iter()
+        .map(|m| m.message_id.clone().unwrap())
+        .collect();
+    let headers: Vec<String> = messages
+        .iter()
+        .map(|m| m.headers["event_id"].clone())
+        .collect();
+    assert_eq!(message_ids, expected);
+    assert_eq!(headers, expected);
+    let durable = daemon.stats.durable.clone().unwrap();
+    eventually("three finished", || durable.finished.get() == 3).await;
+    let left: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM skor.event_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    daemon.stop().await;
+    rabbit.delete().await;
+}

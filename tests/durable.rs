@@ -548,3 +548,121 @@ async fn two_daemons_share_the_log_in_per_key_order() {
 async fn three_daemons_keep_per_key_order_when_one_is_killed() {
     daemons_share_the_log(3, true).await;
 }
+
+#[tokio::test]
+async fn a_replayed_dead_letter_goes_only_to_the_sinks_that_missed_it() {
+    let db = items_db().await;
+    let good = Hook::start().await;
+    let bad = Hook::scripted(Vec::new(), status(400)).await;
+    let config = common::config(
+        &db,
+        &format!(
+            "[[table]]\n{DURABLE_ITEMS}\n\
+             [sink.good]\ntype = \"webhook\"\nurl = \"{}\"\n\
+             [sink.bad]\ntype = \"webhook\"\nurl = \"{}\"\n",
+            good.url(),
+            bad.url()
+        ),
+    );
+    install(&db, &config).await;
+    let daemon = Running::start(&config).await;
+    db.exec("INSERT INTO items (id) VALUES (1)").await;
+    good.wait_for(1).await;
+    bad.wait_for(1).await;
+    let deadline = Instant::now() + PATIENCE;
+    while count(
+        &db,
+        "SELECT count(*) FROM skor.event_log WHERE state = 'dead'",
+    )
+    .await
+        < 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the 400 did not dead-letter the event"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let row = db
+        .client
+        .query_one("SELECT done_sinks, last_error FROM skor.event_log", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Vec<String>>(0), vec!["good".to_string()]);
+    assert!(row.get::<_, String>(1).starts_with("sink bad: HTTP 400"));
+
+    bad.answer(status(200));
+    let file = config_file(&config);
+    let replay = run(&[
+        "--config",
+        file.path().to_str().unwrap(),
+        "dead-letters",
+        "replay",
+        "--all",
+    ])
+    .await;
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    bad.wait_for(2).await;
+    eventually_empty(&db).await;
+    assert_eq!(good.count(), 1, "the sink that had it did not get it again");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn delivered_events_are_kept_for_the_retention_then_removed() {
+    let db = items_db().await;
+    let hook = Hook::start().await;
+    let config = format!(
+        "{}\n[durable]\nretention_ms = 1500\n",
+        hook_config(&db, DURABLE_ITEMS, &hook, "")
+    );
+    install(&db, &config).await;
+    let daemon = Running::start(&config).await;
+    db.exec("INSERT INTO items (id) VALUES (1), (2), (3)").await;
+    hook.wait_for(3).await;
+    let delivered = "SELECT count(*) FROM skor.event_log WHERE state = 'delivered'";
+    let deadline = Instant::now() + PATIENCE;
+    while count(&db, delivered).await < 3 {
+        assert!(Instant::now() < deadline, "events not marked delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while count(&db, "SELECT count(*) FROM skor.event_log").await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "delivered events outlived their retention"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn notify_and_durable_tables_run_side_by_side() {
+    let db = items_db().await;
+    db.exec("CREATE TABLE notes (id int PRIMARY KEY)").await;
+    let hook = Hook::start().await;
+    let config = hook_config(
+        &db,
+        &format!("{DURABLE_ITEMS}\n[[table]]\nname = \"notes\"\nmode = \"notify\""),
+        &hook,
+        "",
+    );
+    install(&db, &config).await;
+    let daemon = Running::start(&config).await;
+    db.exec("INSERT INTO items (id) VALUES (1); INSERT INTO notes (id) VALUES (2)")
+        .await;
+    let mut tables: Vec<String> = hook
+        .wait_for(2)
+        .await
+        .iter()
+        .map(|r| {
+            let event: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            let id = r.headers.get("skor-event-id").is_some();
+            format!("{} id-header={id}", event["table"].as_str().unwrap())
+        })
+        .collect();
+    tables.sort();
+    assert_eq!(tables, ["items id-header=true", "notes id-header=false"]);
+    eventually_empty(&db).await;
+    daemon.stop().await;
+}

@@ -205,3 +205,46 @@ async fn a_broker_killed_and_restarted_loses_no_event() {
     assert_eq!(sink.failed.get(), 0);
     assert_eq!(daemon.stop().await.undelivered, 0);
 }
+
+#[tokio::test]
+async fn durable_events_carry_their_id_and_the_same_row_key() {
+    let tansu = Tansu::start().await;
+    let prefix = topic_prefix();
+    tansu.create_topic(&format!("{prefix}.items"), 1).await;
+    let db = TestDb::new().await;
+    db.exec(TABLES).await;
+    let cfg = config(
+        &db,
+        &format!(
+            "[[table]]\nname = \"items\"\nmode = \"durable\"\n\
+             [sink.bus]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{prefix}.{{table}}\"\n",
+            tansu.brokers()
+        ),
+    );
+    common::install(&db, &cfg).await;
+    db.exec("INSERT INTO items (id) VALUES (1), (2)").await;
+    let ids: Vec<String> = db
+        .client
+        .query("SELECT id::text FROM skor.event_log ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let daemon = common::Running::start(&cfg).await;
+    let messages = tansu.consume(&format!("{prefix}.items"), 1, 2).await;
+    let got: Vec<(String, Option<String>)> = messages
+        .iter()
+        .map(|m| (m.headers["event_id"].clone(), m.key.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (ids[0].clone(), Some(r#"{"id":1}"#.to_string())),
+            (ids[1].clone(), Some(r#"{"id":2}"#.to_string())),
+        ]
+    );
+    let durable = daemon.stats.durable.clone().unwrap();
+    eventually("both finished", || durable.finished.get() == 2).await;
+    daemon.stop().await;
+}

@@ -27,6 +27,7 @@ pub struct Message {
     pub headers: BTreeMap<String, String>,
     pub delivery_mode: Option<u8>,
     pub content_type: Option<String>,
+    pub message_id: Option<String>,
 }
 
 /// A durable topic exchange and a durable queue bound to it with `#`,
@@ -218,6 +219,7 @@ fn to_message(delivery: skor_sink_amqp::lapin::message::Delivery) -> Message {
                 .map(|(key, value)| {
                     let value = match value {
                         AMQPValue::LongString(s) => s.to_string(),
+                        AMQPValue::LongLongInt(n) => n.to_string(),
                         other => format!("{other:?}"),
                     };
                     (key.to_string(), value)
@@ -231,5 +233,6 @@ fn to_message(delivery: skor_sink_amqp::lapin::message::Delivery) -> Message {
         headers,
         delivery_mode: *properties.delivery_mode(),
         content_type: properties.content_type().as_ref().map(|s| s.to_string()),
+        message_id: properties.message_id().as_ref().map(|s| s.to_string()),
     }
 }
