@@ -210,4 +210,23 @@ mod tests {
         ), "{sql}");
         assert!(!sql.contains("AFTER UPDATE"));
     }
+
+    #[test]
+    fn durable_tables_get_capture_triggers_with_their_key() {
+        let config = Config::from_toml(
+            "[source]\ndsn = \"host=localhost\"\nmode = \"durable\"\n\
+             [[table]]\nname = \"shop.orders\"\nops = [\"INSERT\"]\n\
+             [[table]]\nname = \"notes\"\nops = [\"DELETE\"]\nkey = [\"author\", \"at\"]\ncolumns = [\"body\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let sql = install_sql(&config);
+        assert!(sql.contains(
+            "SELECT skor.create_capture_trigger('\"shop\".\"orders\"', 'skor_insert', 'INSERT', 'skor', NULL, ARRAY[]::text[]);"
+        ), "{sql}");
+        assert!(sql.contains(
+            "SELECT skor.create_capture_trigger('\"public\".\"notes\"', 'skor_delete', 'DELETE', 'skor', ARRAY['author', 'at']::text[], ARRAY['body']::text[]);"
+        ), "{sql}");
+        assert!(!sql.contains("EXECUTE FUNCTION skor.notify('skor')"));
+    }
 }

@@ -114,6 +114,14 @@ fn errors_name_the_file_line_and_key() {
             "skor.toml:5:7: key `sink.hook.url`: invalid webhook url: ftp://h/: the scheme must be http or https",
         ),
         (
+            "[[table]]\nname = \"t\"\nmode = \"outbox\"\n",
+            "skor.toml:5:8: key `table[0].mode`: unknown variant `outbox`, expected `notify` or `durable`",
+        ),
+        (
+            "[durable]\nbatch_size = 0\n",
+            "skor.toml:4:14: key `durable.batch_size`: expected at least 1",
+        ),
+        (
             "[daemon]\ndrain_timeout = 5\n",
             "skor.toml:4:1: key `daemon.drain_timeout`: unknown field `drain_timeout`, expected `drain_timeout_ms`",
         ),
@@ -125,6 +133,29 @@ fn errors_name_the_file_line_and_key() {
             "config:\n{rest}\nexpected: {expected}\n     got: {got}"
         );
     }
+}
+
+#[test]
+fn durable_channels_are_not_listened_to_for_payloads() {
+    let config = parse(&format!(
+        "[source]\ndsn = \"host=h\"\nchannels = [\"skor\", \"audit\", \"other\"]\n\
+         [[table]]\nname = \"a\"\nmode = \"durable\"\n\
+         [[table]]\nname = \"b\"\nchannel = \"audit\"\nmode = \"durable\"\n\
+         [[table]]\nname = \"c\"\nchannel = \"audit\"\n"
+    ))
+    .unwrap();
+    // `skor` carries only durable events; `audit` has a notify table too;
+    // `other` is no table's, so something else may notify on it.
+    assert_eq!(config.notify_channels(), ["audit", "other"]);
+    assert!(config.uses_durable());
+    assert_eq!(config.durable.batch_size, 500);
+
+    let all_durable = parse(&format!("[source]\ndsn = \"host=h\"\nmode = \"durable\"\n")).unwrap();
+    assert!(all_durable.notify_channels().is_empty());
+    assert!(all_durable.uses_durable());
+    let notify = parse(SOURCE).unwrap();
+    assert_eq!(notify.notify_channels(), ["skor"]);
+    assert!(!notify.uses_durable());
 }
 
 #[test]
