@@ -137,12 +137,12 @@ fn errors_name_the_file_line_and_key() {
 
 #[test]
 fn durable_channels_are_not_listened_to_for_payloads() {
-    let config = parse(&format!(
+    let config = parse(
         "[source]\ndsn = \"host=h\"\nchannels = [\"skor\", \"audit\", \"other\"]\n\
          [[table]]\nname = \"a\"\nmode = \"durable\"\n\
          [[table]]\nname = \"b\"\nchannel = \"audit\"\nmode = \"durable\"\n\
-         [[table]]\nname = \"c\"\nchannel = \"audit\"\n"
-    ))
+         [[table]]\nname = \"c\"\nchannel = \"audit\"\n",
+    )
     .unwrap();
     // `skor` carries only durable events; `audit` has a notify table too;
     // `other` is no table's, so something else may notify on it.
@@ -150,7 +150,7 @@ fn durable_channels_are_not_listened_to_for_payloads() {
     assert!(config.uses_durable());
     assert_eq!(config.durable.batch_size, 500);
 
-    let all_durable = parse(&format!("[source]\ndsn = \"host=h\"\nmode = \"durable\"\n")).unwrap();
+    let all_durable = parse("[source]\ndsn = \"host=h\"\nmode = \"durable\"\n").unwrap();
     assert!(all_durable.notify_channels().is_empty());
     assert!(all_durable.uses_durable());
     let notify = parse(SOURCE).unwrap();
