@@ -32,6 +32,9 @@ fn the_example_config_parses() {
         config.tables[1].key.as_deref(),
         Some(&["id".to_string()][..])
     );
+    assert_eq!(config.tables[1].mode, Some(Mode::Durable));
+    assert_eq!(config.table_mode(&config.tables[0]), Mode::Notify);
+    assert_eq!(config.durable.batch_size, 500);
     assert_eq!(config.sinks.len(), 5);
     assert_eq!(config.routes.len(), 3);
     assert_eq!(
