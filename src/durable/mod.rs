@@ -465,6 +465,10 @@ impl Durable {
         }
         let busy: BTreeSet<i16> = self.tracked.values().map(|t| t.part).collect();
         let idle: Vec<i16> = self.releasing.difference(&busy).copied().collect();
+        if !idle.is_empty() {
+            // Delivered events must be gone before the next owner looks.
+            self.flush(store).await?;
+        }
         for part in idle {
             store.unlock_partition(part).await?;
             self.releasing.remove(&part);
