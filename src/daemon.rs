@@ -135,17 +135,7 @@ impl Daemon {
             for (index, worker) in workers.iter_mut().enumerate() {
                 worker.report_to(index, outcomes_tx.clone());
             }
-            let durable = Durable::new(
-                pg.clone(),
-                config.durable.clone(),
-                Duration::from_millis(config.source.reconnect_max_backoff_ms),
-                Router::new(config, &names),
-                names.clone(),
-                queues.clone(),
-                outcomes,
-                &config.source.channels,
-                Arc::new(DurableStats::default()),
-            );
+            let durable = Durable::new(pg.clone(), config, names.clone(), queues.clone(), outcomes);
             let session = durable.open().await?;
             Some((durable, session))
         } else {

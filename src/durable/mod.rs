@@ -17,7 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::DurableConfig;
+use crate::config::{Config, DurableConfig};
 use crate::router::Router;
 use crate::stats::DurableStats;
 use crate::worker::{Job, Outcome, Resume, SinkQueue};
@@ -78,30 +78,30 @@ pub struct Session {
 }
 
 impl Durable {
-    /// A coordinator for the sinks behind `queues`; `outcomes` receives
-    /// what their workers did with each event.
-    #[allow(clippy::too_many_arguments)]
+    /// A coordinator for the sinks named `sink_names`, behind `queues`;
+    /// `outcomes` receives what their workers did with each event.
     pub fn new(
         pg: tokio_postgres::Config,
-        config: DurableConfig,
-        max_backoff: Duration,
-        router: Router,
+        config: &Config,
         sink_names: Vec<String>,
         queues: Vec<SinkQueue>,
         outcomes: mpsc::UnboundedReceiver<Outcome>,
-        channels: &[String],
-        stats: Arc<DurableStats>,
     ) -> Self {
         Self {
             pg,
-            config,
-            max_backoff,
-            router,
+            config: config.durable.clone(),
+            max_backoff: Duration::from_millis(config.source.reconnect_max_backoff_ms),
+            router: Router::new(config, &sink_names),
             sink_names,
             queues,
             outcomes,
-            channels: channels.iter().map(|c| Arc::from(c.as_str())).collect(),
-            stats,
+            channels: config
+                .source
+                .channels
+                .iter()
+                .map(|c| Arc::from(c.as_str()))
+                .collect(),
+            stats: Arc::new(DurableStats::default()),
             tracked: HashMap::new(),
             owned: BTreeSet::new(),
             releasing: BTreeSet::new(),
