@@ -160,17 +160,9 @@ async fn durable_events_carry_their_id_and_leave_the_log_once_confirmed() {
     );
     common::install(&db, &cfg).await;
     db.exec("INSERT INTO items (id) VALUES (1), (2), (3)").await;
-    let ids: Vec<i64> = db
-        .client
-        .query("SELECT id FROM skor.event_log ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = db.event_ids().await;
     let daemon = common::Running::start(&cfg).await;
     let messages = rabbit.take(3).await;
-    let expected: Vec<String> = ids.iter().map(i64::to_string).collect();
     let message_ids: Vec<String> = messages
         .iter()
         .map(|m| m.message_id.clone().unwrap())
@@ -179,8 +171,8 @@ async fn durable_events_carry_their_id_and_leave_the_log_once_confirmed() {
         .iter()
         .map(|m| m.headers["event_id"].clone())
         .collect();
-    assert_eq!(message_ids, expected);
-    assert_eq!(headers, expected);
+    assert_eq!(message_ids, ids);
+    assert_eq!(headers, ids);
     let durable = daemon.stats.durable.clone().unwrap();
     eventually("three finished", || durable.finished.get() == 3).await;
     let left: i64 = db

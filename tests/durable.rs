@@ -82,12 +82,23 @@ async fn delivered_ids(hook: &Hook, count: i64, patience: Duration) -> Vec<Strin
     }
 }
 
-async fn eventually_empty(db: &TestDb) {
+/// Waits until the count `sql` returns satisfies `done`.
+async fn wait_until(db: &TestDb, sql: &str, what: &str, done: impl Fn(i64) -> bool) {
     let deadline = Instant::now() + PATIENCE;
-    while pending(db).await > 0 {
-        assert!(Instant::now() < deadline, "events left pending in the log");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    while !done(count(db, sql).await) {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn eventually_empty(db: &TestDb) {
+    wait_until(
+        db,
+        "SELECT count(*) FROM skor.event_log WHERE state = 'pending'",
+        "no event left pending in the log",
+        |n| n == 0,
+    )
+    .await;
 }
 
 /// Starts the `skor` binary on `config`, logging at info into a file next
@@ -228,11 +239,7 @@ async fn a_failing_webhook_dead_letters_events_and_replay_delivers_them() {
     let total = id + 5;
 
     // Events that ran out of retries wait as dead letters with their error.
-    let deadline = Instant::now() + PATIENCE;
-    while pending(&db).await > 0 {
-        assert!(Instant::now() < deadline, "events still pending");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_empty(&db).await;
     let dead = count(
         &db,
         "SELECT count(*) FROM skor.event_log WHERE state = 'dead'",
@@ -298,20 +305,13 @@ async fn retries_resume_after_a_restart_where_they_stopped() {
     let daemon = Running::start(&config).await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     let failed_at = hook.wait_for(1).await[0].at;
-    let deadline = Instant::now() + PATIENCE;
-    while count(
+    wait_until(
         &db,
         "SELECT coalesce(max(attempts), 0)::int8 FROM skor.event_log",
+        "the failed attempt recorded",
+        |n| n >= 1,
     )
-    .await
-        < 1
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the failed attempt was not recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    .await;
     daemon.stop().await;
     assert_eq!(pending(&db).await, 1, "the event waits in the log");
 
@@ -569,20 +569,13 @@ async fn a_replayed_dead_letter_goes_only_to_the_sinks_that_missed_it() {
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     good.wait_for(1).await;
     bad.wait_for(1).await;
-    let deadline = Instant::now() + PATIENCE;
-    while count(
+    wait_until(
         &db,
         "SELECT count(*) FROM skor.event_log WHERE state = 'dead'",
+        "the 400 dead-letters the event",
+        |n| n == 1,
     )
-    .await
-        < 1
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the 400 did not dead-letter the event"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    .await;
     let row = db
         .client
         .query_one("SELECT done_sinks, last_error FROM skor.event_log", &[])
@@ -620,19 +613,20 @@ async fn delivered_events_are_kept_for_the_retention_then_removed() {
     let daemon = Running::start(&config).await;
     db.exec("INSERT INTO items (id) VALUES (1), (2), (3)").await;
     hook.wait_for(3).await;
-    let delivered = "SELECT count(*) FROM skor.event_log WHERE state = 'delivered'";
-    let deadline = Instant::now() + PATIENCE;
-    while count(&db, delivered).await < 3 {
-        assert!(Instant::now() < deadline, "events not marked delivered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    while count(&db, "SELECT count(*) FROM skor.event_log").await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "delivered events outlived their retention"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        &db,
+        "SELECT count(*) FROM skor.event_log WHERE state = 'delivered'",
+        "events marked delivered",
+        |n| n == 3,
+    )
+    .await;
+    wait_until(
+        &db,
+        "SELECT count(*) FROM skor.event_log",
+        "delivered events removed after their retention",
+        |n| n == 0,
+    )
+    .await;
     daemon.stop().await;
 }
 

@@ -223,14 +223,7 @@ async fn durable_events_carry_their_id_and_the_same_row_key() {
     );
     common::install(&db, &cfg).await;
     db.exec("INSERT INTO items (id) VALUES (1), (2)").await;
-    let ids: Vec<String> = db
-        .client
-        .query("SELECT id::text FROM skor.event_log ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = db.event_ids().await;
     let daemon = common::Running::start(&cfg).await;
     let messages = tansu.consume(&format!("{prefix}.items"), 1, 2).await;
     let got: Vec<(String, Option<String>)> = messages

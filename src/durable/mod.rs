@@ -410,9 +410,7 @@ impl Durable {
         store
             .finish(&self.finished, self.config.retention_ms > 0)
             .await?;
-        for _ in 0..self.finished.len() {
-            self.stats.finished.incr();
-        }
+        self.stats.finished.add(self.finished.len() as u64);
         self.finished.clear();
         Ok(())
     }

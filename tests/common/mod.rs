@@ -71,6 +71,16 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
 
+    /// The ids in skor's event log, oldest first, as consumers see them.
+    pub async fn event_ids(&self) -> Vec<String> {
+        let rows = self
+            .client
+            .query("SELECT id::text FROM skor.event_log ORDER BY id", &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
     /// Pids of skor's listening connections to this database.
     pub async fn listener_pids(&self) -> Vec<i32> {
         let rows = self
