@@ -36,9 +36,15 @@ async fn two_routes_fan_one_table_out_to_two_webhooks_and_another_to_one() {
         )
     };
     let note = r#"{"table" : "notes", "schema" : "public", "op" : "INSERT", "data" : {"id":2}}"#;
-    let b_bodies: Vec<_> = b.wait_for(3).await.into_iter().map(|r| r.body).collect();
-    assert_eq!(b_bodies, vec![order(1), note.to_string(), order(3)]);
-    let a_bodies: Vec<_> = a.wait_for(2).await.into_iter().map(|r| r.body).collect();
+    // Different rows may arrive in any order.
+    let sorted = |requests: Vec<common::Request>| {
+        let mut bodies: Vec<String> = requests.into_iter().map(|r| r.body).collect();
+        bodies.sort();
+        bodies
+    };
+    let b_bodies = sorted(b.wait_for(3).await);
+    assert_eq!(b_bodies, vec![note.to_string(), order(1), order(3)]);
+    let a_bodies = sorted(a.wait_for(2).await);
     assert_eq!(a_bodies, vec![order(1), order(3)]);
     assert_eq!(daemon.stats.source.unrouted.get(), 1);
     daemon.stop().await;
@@ -56,7 +62,7 @@ async fn a_slow_sink_does_not_delay_a_fast_one() {
         &db,
         &format!(
             "[[table]]\nname = \"items\"\n\
-             [sink.slow]\ntype = \"webhook\"\nurl = \"{}\"\n\
+             [sink.slow]\ntype = \"webhook\"\nurl = \"{}\"\nmax_in_flight = 1\n\
              [sink.fast]\ntype = \"webhook\"\nurl = \"{}\"\n",
             slow_hook.url(),
             fast_hook.url()
@@ -67,16 +73,20 @@ async fn a_slow_sink_does_not_delay_a_fast_one() {
         db.exec(&format!("INSERT INTO items VALUES ({id})")).await;
     }
     let fast = fast_hook.wait_for(5).await;
-    // The slow sink needs a second per event; the fast one got all five
-    // while the slow one was still on its first or second.
+    // The slow sink, one request at a time, needs a second per event; the
+    // fast one got all five while the slow one was still on its first or
+    // second.
     assert!(
         slow_hook.requests().len() <= 2,
         "{}",
         slow_hook.requests().len()
     );
     let ids: Vec<bool> = (1..=5)
-        .map(|id| fast[id - 1].body.contains(&format!(r#""id":{id}"#)))
+        .map(|id| {
+            fast.iter()
+                .any(|r| r.body.contains(&format!(r#""id":{id}"#)))
+        })
         .collect();
-    assert_eq!(ids, vec![true; 5], "commit order kept");
+    assert_eq!(ids, vec![true; 5], "every row arrived");
     daemon.stop().await;
 }

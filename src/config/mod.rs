@@ -150,10 +150,6 @@ const fn default_queue_capacity() -> usize {
     10_000
 }
 
-const fn default_max_in_flight() -> usize {
-    1_000
-}
-
 /// How the worker in front of a sink retries and queues.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,10 +172,11 @@ pub struct DeliveryConfig {
     /// What to do with an event when the queue is full.
     #[serde(default)]
     pub when_full: WhenFull,
-    /// Events handed to a broker that may await its confirmation at once
-    /// (AMQP, Kafka); the webhook and stdout sinks deliver one at a time.
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: usize,
+    /// Deliveries awaiting their answer at once: publishes awaiting the
+    /// broker's confirmation (AMQP, Kafka; default 1000), or concurrent
+    /// requests, one per lane of row keys (webhook; default 16).
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
 }
 
 impl Default for DeliveryConfig {
@@ -191,7 +188,7 @@ impl Default for DeliveryConfig {
             max_backoff_ms: default_max_backoff_ms(),
             queue_capacity: default_queue_capacity(),
             when_full: WhenFull::default(),
-            max_in_flight: default_max_in_flight(),
+            max_in_flight: None,
         }
     }
 }

@@ -177,6 +177,12 @@ impl Config {
 
     fn validate_sinks(&self) -> Result<(), Invalid> {
         for (name, sink) in &self.sinks {
+            if sink.delivery.max_in_flight == Some(0) {
+                return Err(invalid(
+                    &["sink", name, "max_in_flight"],
+                    "expected at least 1",
+                ));
+            }
             if sink.delivery.queue_capacity == 0 {
                 return Err(invalid(
                     &["sink", name, "queue_capacity"],
@@ -192,6 +198,7 @@ impl Config {
                             }
                             WebhookError::Url(_) => vec!["url"],
                             WebhookError::Client(_) => vec![],
+                            WebhookError::BatchSize => vec!["batch_size"],
                         };
                         let mut path = vec!["sink", name.as_str()];
                         path.extend(key);

@@ -157,6 +157,37 @@ pub fn confirmed() -> Confirmation {
     Box::pin(std::future::ready(Ok(())))
 }
 
+/// How the worker may overlap deliveries to a sink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Concurrency {
+    /// `submit` hands events over one after another on a transport that
+    /// keeps their order (an AMQP channel, a Kafka partition), and many
+    /// confirmations are awaited at once.
+    Pipelined,
+    /// Each delivery is an independent request (HTTP) that may overtake
+    /// another: the worker runs several lanes, one request at a time each,
+    /// and sends all events of a row key down the same lane.
+    Lanes,
+}
+
+/// How many events a sink takes in one delivery, and how long the worker
+/// may wait to fill a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// At most this many events per delivery; 1 turns batching off.
+    pub max_events: usize,
+    /// How long to wait for more events once a batch has its first.
+    pub linger: std::time::Duration,
+}
+
+impl Batching {
+    /// One event per delivery.
+    pub const OFF: Batching = Batching {
+        max_events: 1,
+        linger: std::time::Duration::ZERO,
+    };
+}
+
 /// A destination for events.
 ///
 /// `send` returns `Ok` only once the far side has confirmed the event (an
@@ -166,11 +197,13 @@ pub fn confirmed() -> Confirmation {
 /// retry after a lost confirmation sends the event again, so consumers must
 /// tolerate duplicates.
 ///
-/// The worker calls `submit` for one event at a time, in queue order, and
-/// may await many returned confirmations at once. A sink whose transport
-/// keeps order (an AMQP channel, a Kafka partition) hands the event over in
-/// `submit` and returns the pending broker answer, so publishes are
-/// pipelined; the default waits for `send` and so delivers one at a time.
+/// For a [`Concurrency::Pipelined`] sink the worker calls `submit` for one
+/// event at a time, in queue order, and may await many returned
+/// confirmations at once. A sink whose transport keeps order (an AMQP
+/// channel, a Kafka partition) hands the event over in `submit` and returns
+/// the pending broker answer, so publishes are pipelined; the default waits
+/// for `send` and so delivers one at a time. A [`Concurrency::Lanes`] sink
+/// gets several deliveries at once, never two of the same row key.
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync {
     /// Delivers one event, or says why it could not.
@@ -180,5 +213,25 @@ pub trait Sink: Send + Sync {
     async fn submit(&self, event: &Event) -> Result<Confirmation, SinkError> {
         self.send(event).await?;
         Ok(confirmed())
+    }
+
+    /// Delivers several events, in order, as one: all of them are
+    /// confirmed, or the whole batch failed and is tried again. Called only
+    /// when [`Sink::batching`] allows more than one event.
+    async fn send_batch(&self, events: &[Arc<Event>]) -> Result<(), SinkError> {
+        for event in events {
+            self.send(event).await?;
+        }
+        Ok(())
+    }
+
+    /// How deliveries to this sink may overlap; pipelined by default.
+    fn concurrency(&self) -> Concurrency {
+        Concurrency::Pipelined
+    }
+
+    /// How many events one delivery may carry; one by default.
+    fn batching(&self) -> Batching {
+        Batching::OFF
     }
 }

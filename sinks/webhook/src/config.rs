@@ -13,6 +13,10 @@ const fn default_max_redirects() -> usize {
     1
 }
 
+const fn default_batch_size() -> usize {
+    1
+}
+
 /// Options of a webhook sink.
 #[derive(Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +32,14 @@ pub struct WebhookConfig {
     /// How many redirects to follow (the original skor followed one).
     #[serde(default = "default_max_redirects")]
     pub max_redirects: usize,
+    /// Events per request: above 1, the body is a JSON array of the
+    /// original payloads, in commit order per row.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How long a request may wait for more events to fill its batch, in
+    /// milliseconds; 0 sends whatever is queued at once.
+    #[serde(default)]
+    pub batch_timeout_ms: u64,
 }
 
 impl WebhookConfig {
@@ -38,6 +50,8 @@ impl WebhookConfig {
             headers: BTreeMap::new(),
             timeout_ms: default_timeout_ms(),
             max_redirects: default_max_redirects(),
+            batch_size: default_batch_size(),
+            batch_timeout_ms: 0,
         }
     }
 
@@ -62,6 +76,8 @@ impl fmt::Debug for WebhookConfig {
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("timeout_ms", &self.timeout_ms)
             .field("max_redirects", &self.max_redirects)
+            .field("batch_size", &self.batch_size)
+            .field("batch_timeout_ms", &self.batch_timeout_ms)
             .finish()
     }
 }

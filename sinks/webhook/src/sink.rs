@@ -1,11 +1,13 @@
 //! Sending one event as an HTTP POST and classifying the outcome.
 
 use std::error::Error as _;
+use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{redirect, StatusCode};
-use skor_sink_api::{ErrorKind, Event, Sink, SinkError};
+use skor_sink_api::{Batching, Bytes, Concurrency, ErrorKind, Event, Sink, SinkError};
 
 use crate::WebhookConfig;
 
@@ -26,6 +28,9 @@ pub enum WebhookError {
     /// The HTTP client could not be built (TLS roots, for example).
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    /// `batch_size` is 0.
+    #[error("batch_size must be at least 1")]
+    BatchSize,
 }
 
 /// POSTs payloads to one URL over a pooled, keep-alive HTTP client.
@@ -34,6 +39,7 @@ pub struct WebhookSink {
     url: reqwest::Url,
     headers: HeaderMap,
     timeout: Duration,
+    batching: Batching,
 }
 
 impl WebhookSink {
@@ -61,6 +67,13 @@ impl WebhookSink {
             header_value.set_sensitive(true);
             headers.insert(header_name, header_value);
         }
+        if config.batch_size == 0 {
+            return Err(WebhookError::BatchSize);
+        }
+        let batching = Batching {
+            max_events: config.batch_size,
+            linger: Duration::from_millis(config.batch_timeout_ms),
+        };
         let timeout = Duration::from_millis(config.timeout_ms);
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -73,8 +86,77 @@ impl WebhookSink {
             url,
             headers,
             timeout,
+            batching,
         })
     }
+
+    /// POSTs `body`, with `ids` in the event-id header when there are any.
+    async fn post(&self, body: Bytes, ids: Option<String>) -> Result<(), SinkError> {
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone());
+        if let Some(ids) = ids {
+            request = request.header(EVENT_ID_HEADER, ids);
+        }
+        let response = match request.body(body).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                let error = error.without_url();
+                if error.is_timeout() {
+                    let waited = self.timeout.as_millis();
+                    return Err(SinkError::retryable(format!(
+                        "no answer within {waited} ms"
+                    )));
+                }
+                // Too many redirects will not change by retrying; every
+                // transport failure (refused, reset) may pass.
+                return Err(if error.is_redirect() || error.is_builder() {
+                    SinkError::permanent(describe(&error))
+                } else {
+                    SinkError::retryable(describe(&error))
+                });
+            }
+        };
+        let status = response.status();
+        // Reading the body to its end lets the connection go back to the pool.
+        let _ = response.bytes().await;
+        match status_error_kind(status) {
+            None => Ok(()),
+            Some(kind) => Err(SinkError {
+                kind,
+                message: format!("HTTP {status}"),
+            }),
+        }
+    }
+}
+
+/// The body of a batch: a JSON array of the payloads as received.
+pub fn batch_body(events: &[Arc<Event>]) -> Bytes {
+    let size = events.iter().map(|e| e.payload.len() + 1).sum::<usize>() + 2;
+    let mut body = Vec::with_capacity(size);
+    body.push(b'[');
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&event.payload);
+    }
+    body.push(b']');
+    Bytes::from(body)
+}
+
+/// The event ids of a batch, comma-separated in body order; `None` in
+/// notify mode, where events have none.
+fn batch_ids(events: &[Arc<Event>]) -> Option<String> {
+    let mut ids = String::new();
+    for id in events.iter().filter_map(|e| e.id) {
+        if !ids.is_empty() {
+            ids.push(',');
+        }
+        let _ = write!(ids, "{id}");
+    }
+    (!ids.is_empty()).then_some(ids)
 }
 
 /// Which HTTP statuses are worth another attempt: 408, 429 and 5xx but 501.
@@ -110,43 +192,20 @@ pub const EVENT_ID_HEADER: &str = "skor-event-id";
 #[async_trait::async_trait]
 impl Sink for WebhookSink {
     async fn send(&self, event: &Event) -> Result<(), SinkError> {
-        let mut request = self
-            .client
-            .post(self.url.clone())
-            .headers(self.headers.clone());
-        if let Some(id) = event.id {
-            request = request.header(EVENT_ID_HEADER, id);
-        }
-        let result = request.body(event.payload.clone()).send().await;
-        let response = match result {
-            Ok(response) => response,
-            Err(error) => {
-                let error = error.without_url();
-                if error.is_timeout() {
-                    let waited = self.timeout.as_millis();
-                    return Err(SinkError::retryable(format!(
-                        "no answer within {waited} ms"
-                    )));
-                }
-                // Too many redirects will not change by retrying; every
-                // transport failure (refused, reset) may pass.
-                return Err(if error.is_redirect() || error.is_builder() {
-                    SinkError::permanent(describe(&error))
-                } else {
-                    SinkError::retryable(describe(&error))
-                });
-            }
-        };
-        let status = response.status();
-        // Reading the body to its end lets the connection go back to the pool.
-        let _ = response.bytes().await;
-        match status_error_kind(status) {
-            None => Ok(()),
-            Some(kind) => Err(SinkError {
-                kind,
-                message: format!("HTTP {status}"),
-            }),
-        }
+        self.post(event.payload.clone(), event.id.map(|id| id.to_string()))
+            .await
+    }
+
+    async fn send_batch(&self, events: &[Arc<Event>]) -> Result<(), SinkError> {
+        self.post(batch_body(events), batch_ids(events)).await
+    }
+
+    fn concurrency(&self) -> Concurrency {
+        Concurrency::Lanes
+    }
+
+    fn batching(&self) -> Batching {
+        self.batching
     }
 }
 

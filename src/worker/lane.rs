@@ -1,0 +1,260 @@
+//! One lane of a sink's worker: takes events from its queue in order,
+//! batches them when the sink allows, keeps a window of deliveries awaiting
+//! confirmation, and settles each one: counted, retried, or given up on and
+//! logged.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use skor_sink_api::{confirmed, Batching, Confirmation, ErrorKind, Event, Sink, SinkError};
+use tokio::sync::mpsc::{self, error::TryRecvError};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::{Job, Outcome};
+use crate::retry::RetryPolicy;
+use crate::stats::SinkStats;
+
+/// Events delivered together, in queue order.
+type Batch = Vec<Job>;
+
+/// A submitted batch and its broker's answer.
+type Pending = Pin<Box<dyn Future<Output = (Batch, Result<(), SinkError>)> + Send>>;
+
+/// What every lane of one sink shares: the sink and how to treat it.
+pub(super) struct Deliverer {
+    pub(super) name: Arc<str>,
+    pub(super) sink: Box<dyn Sink>,
+    pub(super) policy: RetryPolicy,
+    pub(super) stats: Arc<SinkStats>,
+    /// Where durable events' outcomes go, with this sink's index.
+    pub(super) report: Option<(usize, mpsc::UnboundedSender<Outcome>)>,
+    /// Deliveries of one lane that may await their confirmation at once.
+    pub(super) window: usize,
+    pub(super) batching: Batching,
+    /// When the sink lost its broker, while it is without one: shared so
+    /// that an outage is logged once, not once per lane.
+    pub(super) disconnected_since: Mutex<Option<Instant>>,
+}
+
+impl Deliverer {
+    /// Delivers what `rx` holds, in order, until it is closed and every
+    /// delivery is settled, or `deadline` fires. Returns how many events
+    /// were left undelivered.
+    pub(super) async fn lane(
+        &self,
+        mut rx: mpsc::Receiver<Job>,
+        deadline: &CancellationToken,
+    ) -> u64 {
+        let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
+        let mut in_flight_events = 0;
+        let mut open = true;
+        let mut left = loop {
+            if !open && in_flight.is_empty() {
+                break 0;
+            }
+            let room = open && in_flight.len() < self.window;
+            // A failed batch is retried before anything else moves, so an
+            // outage holds the lane instead of racing through it.
+            let (batch, result) = tokio::select! {
+                biased;
+                () = deadline.cancelled() => break in_flight_events,
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    in_flight_events -= done.0.len();
+                    done
+                }
+                job = rx.recv(), if room => {
+                    let Some(job) = job else {
+                        open = false;
+                        continue;
+                    };
+                    let mut batch = vec![job];
+                    if self.batching.max_events > 1 {
+                        open = self.fill(&mut rx, &mut batch).await;
+                    }
+                    let submitted = tokio::select! {
+                        biased;
+                        () = deadline.cancelled() => break batch.len() + in_flight_events,
+                        submitted = self.submit_when_due(&batch) => submitted,
+                    };
+                    match submitted {
+                        Ok(confirmation) => {
+                            in_flight_events += batch.len();
+                            in_flight.push_back(Box::pin(async move { (batch, confirmation.await) }));
+                            continue;
+                        }
+                        Err(error) => (batch, Err(error)),
+                    }
+                }
+            };
+            tokio::select! {
+                biased;
+                () = deadline.cancelled() => break batch.len() + in_flight_events,
+                () = self.settle(&batch, result) => {}
+            }
+        } as u64;
+        rx.close();
+        while rx.try_recv().is_ok() {
+            left += 1;
+        }
+        left
+    }
+
+    /// Adds queued events to `batch` up to the sink's limit, waiting at most
+    /// its linger for more. False once the queue is closed and empty.
+    async fn fill(&self, rx: &mut mpsc::Receiver<Job>, batch: &mut Batch) -> bool {
+        let max = self.batching.max_events;
+        let until = Instant::now() + self.batching.linger;
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) if self.batching.linger.is_zero() => break,
+                Err(TryRecvError::Empty) => {
+                    let wanted = max - batch.len();
+                    match tokio::time::timeout_at(until, rx.recv_many(batch, wanted)).await {
+                        Err(_) => break,
+                        Ok(0) => return false,
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Submits `batch`, first waiting out the retry delay a durable event
+    /// still had when it was claimed.
+    async fn submit_when_due(&self, batch: &Batch) -> Result<Confirmation, SinkError> {
+        if let Some(at) = batch.iter().filter_map(|j| j.resume.map(|r| r.at)).max() {
+            tokio::time::sleep_until(at).await;
+        }
+        self.submit(batch).await
+    }
+
+    async fn submit(&self, batch: &Batch) -> Result<Confirmation, SinkError> {
+        if let [job] = batch.as_slice() {
+            return self.sink.submit(&job.event).await;
+        }
+        let events: Vec<Arc<Event>> = batch.iter().map(|j| Arc::clone(&j.event)).collect();
+        self.sink.send_batch(&events).await?;
+        Ok(confirmed())
+    }
+
+    /// Counts a delivered batch, or retries a failed one as the policy
+    /// allows and logs and counts its events if they cannot be delivered.
+    async fn settle(&self, batch: &Batch, mut result: Result<(), SinkError>) {
+        let first = &*batch[0].event;
+        let events = batch.len();
+        let resumed = batch
+            .iter()
+            .filter_map(|j| j.resume.map(|r| r.attempts))
+            .max();
+        let mut attempt: u32 = 1 + resumed.unwrap_or(0);
+        let mut outage: u32 = 0;
+        loop {
+            let error = match result {
+                Ok(()) => return self.delivered(batch, attempt),
+                Err(error) => error,
+            };
+            let delay = match error.kind {
+                ErrorKind::Disconnected => {
+                    outage += 1;
+                    self.lost_broker(&error);
+                    Some(self.policy.reconnect_delay(outage))
+                }
+                ErrorKind::Retryable => self.policy.delay(attempt),
+                ErrorKind::Permanent => None,
+            };
+            let Some(delay) = delay else {
+                return self.give_up(batch, attempt, &error);
+            };
+            self.stats.retried.add(events as u64);
+            if error.kind != ErrorKind::Disconnected {
+                warn!(sink = %self.name, schema = %first.schema, table = %first.table,
+                      op = %first.op, events, attempt, retry_in_ms = delay.as_millis() as u64,
+                      error = %error, "delivery failed, retrying");
+                if let Some((_, outcomes)) = &self.report {
+                    for id in batch.iter().filter_map(|j| j.event.id) {
+                        let _ = outcomes.send(Outcome::Retrying {
+                            id,
+                            attempts: attempt,
+                            delay,
+                            error: error.to_string(),
+                        });
+                    }
+                }
+                attempt += 1;
+            }
+            tokio::time::sleep(delay).await;
+            result = match self.submit(batch).await {
+                Ok(confirmation) => confirmation.await,
+                Err(error) => Err(error),
+            };
+        }
+    }
+
+    /// Counts and logs every event of a batch that will not be delivered;
+    /// a durable one becomes a dead letter.
+    fn give_up(&self, batch: &Batch, attempts: u32, error: &SinkError) {
+        self.stats.failed.add(batch.len() as u64);
+        let reason = if error.is_retryable() {
+            "retries exhausted"
+        } else {
+            "permanent error"
+        };
+        for job in batch {
+            let event = &*job.event;
+            if let (Some(id), Some((sink, outcomes))) = (event.id, &self.report) {
+                error!(sink = %self.name, id, schema = %event.schema, table = %event.table,
+                       op = %event.op, attempts, error = %error, reason,
+                       "event not delivered: moved to the dead letters");
+                let _ = outcomes.send(Outcome::Failed {
+                    id,
+                    sink: *sink,
+                    attempts,
+                    error: error.to_string(),
+                });
+                continue;
+            }
+            error!(sink = %self.name, schema = %event.schema, table = %event.table,
+                   op = %event.op, attempts, error = %error, reason,
+                   payload = %String::from_utf8_lossy(&event.payload),
+                   "event not delivered");
+        }
+    }
+
+    fn delivered(&self, batch: &Batch, attempt: u32) {
+        self.stats.delivered.add(batch.len() as u64);
+        if let Some((sink, outcomes)) = &self.report {
+            for id in batch.iter().filter_map(|j| j.event.id) {
+                let _ = outcomes.send(Outcome::Delivered { id, sink: *sink });
+            }
+        }
+        let back = self.disconnected_since.lock().expect("not poisoned").take();
+        if let Some(since) = back {
+            info!(sink = %self.name, down_ms = since.elapsed().as_millis() as u64,
+                  "sink reachable again, delivering");
+        }
+        if attempt > 1 {
+            let first = &*batch[0].event;
+            info!(sink = %self.name, schema = %first.schema, table = %first.table,
+                  op = %first.op, events = batch.len(), attempt, "delivered after retrying");
+        }
+    }
+
+    /// Logs the start of an outage once; events wait in the queue meanwhile.
+    fn lost_broker(&self, error: &SinkError) {
+        let mut since = self.disconnected_since.lock().expect("not poisoned");
+        if since.is_none() {
+            *since = Some(Instant::now());
+            warn!(sink = %self.name, error = %error,
+                  "sink unreachable; events wait in its queue while it reconnects");
+        } else {
+            debug!(sink = %self.name, error = %error, "sink still unreachable");
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! One worker per sink: a bounded queue in front of it, then one or more
+//! lanes that deliver in commit order. A row key always takes the same
+//! lane, so a key's events never overtake each other.
+
+mod lane;
+mod queue;
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skor_sink_api::{Concurrency, Event, Sink};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DeliveryConfig;
+use crate::retry::RetryPolicy;
+use crate::stats::SinkStats;
+use lane::Deliverer;
+pub use queue::SinkQueue;
+
+/// `max_in_flight` of a pipelined sink (AMQP, Kafka) when not configured.
+pub const DEFAULT_PIPELINED_IN_FLIGHT: usize = 1_000;
+
+/// `max_in_flight` of a sink with lanes (webhook) when not configured:
+/// concurrent requests to one endpoint.
+pub const DEFAULT_LANES: usize = 16;
+
+/// Events a lane may hold beyond what it is delivering, in batches.
+const LANE_BATCHES: usize = 2;
+
+/// An event queued for one sink.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The event, shared by every sink it goes to.
+    pub event: Arc<Event>,
+    /// Attempts a durable event already used, from the event log.
+    pub resume: Option<Resume>,
+}
+
+/// Where a durable event's retries stood when it was claimed.
+#[derive(Clone, Copy, Debug)]
+pub struct Resume {
+    /// Attempts made so far, by this or an earlier run.
+    pub attempts: u32,
+    /// Not to be tried again before this.
+    pub at: Instant,
+}
+
+/// What became of a durable event at one sink, for the event log.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The sink confirmed the event.
+    Delivered {
+        /// The event's id in the log.
+        id: i64,
+        /// The sink's index.
+        sink: usize,
+    },
+    /// An attempt failed and another follows after `delay`.
+    Retrying {
+        /// The event's id in the log.
+        id: i64,
+        /// Attempts made so far.
+        attempts: u32,
+        /// Wait before the next attempt.
+        delay: Duration,
+        /// Why the attempt failed.
+        error: String,
+    },
+    /// The sink will not get the event: retries exhausted or a permanent error.
+    Failed {
+        /// The event's id in the log.
+        id: i64,
+        /// The sink's index.
+        sink: usize,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        error: String,
+    },
+}
+
+/// A sink, its queue's receiving end and its lanes, before it runs.
+pub struct Worker {
+    deliverer: Deliverer,
+    rx: mpsc::Receiver<Job>,
+    lanes: usize,
+}
+
+/// Creates the queue of a sink and the worker that will drain it.
+pub fn worker(name: &str, sink: Box<dyn Sink>, delivery: &DeliveryConfig) -> (SinkQueue, Worker) {
+    let (tx, rx) = mpsc::channel(delivery.queue_capacity);
+    let name: Arc<str> = Arc::from(name);
+    let stats = Arc::new(SinkStats::default());
+    let queue = SinkQueue {
+        name: Arc::clone(&name),
+        tx,
+        when_full: delivery.when_full,
+        stats: Arc::clone(&stats),
+    };
+    let concurrency = sink.concurrency();
+    let in_flight = match (delivery.max_in_flight, concurrency) {
+        (Some(n), _) => n.max(1),
+        (None, Concurrency::Pipelined) => DEFAULT_PIPELINED_IN_FLIGHT,
+        (None, Concurrency::Lanes) => DEFAULT_LANES,
+    };
+    let (lanes, window) = match concurrency {
+        Concurrency::Pipelined => (1, in_flight),
+        Concurrency::Lanes => (in_flight, 1),
+    };
+    let worker = Worker {
+        deliverer: Deliverer {
+            name,
+            batching: sink.batching(),
+            sink,
+            policy: RetryPolicy::from_config(delivery),
+            stats,
+            report: None,
+            window,
+            disconnected_since: Mutex::new(None),
+        },
+        rx,
+        lanes,
+    };
+    (queue, worker)
+}
+
+impl Worker {
+    /// Reports what becomes of durable events to `outcomes`, as sink `index`.
+    pub fn report_to(&mut self, index: usize, outcomes: mpsc::UnboundedSender<Outcome>) {
+        self.deliverer.report = Some((index, outcomes));
+    }
+
+    /// This worker's counters.
+    pub fn stats(&self) -> Arc<SinkStats> {
+        Arc::clone(&self.deliverer.stats)
+    }
+
+    /// Delivers queued events until the queue is closed and every event is
+    /// settled, or `deadline` fires. Returns how many events were left
+    /// undelivered.
+    pub async fn run(self, deadline: CancellationToken) -> u64 {
+        let Worker {
+            deliverer,
+            rx,
+            lanes,
+        } = self;
+        if lanes == 1 {
+            return deliverer.lane(rx, &deadline).await;
+        }
+        let capacity = LANE_BATCHES * deliverer.batching.max_events.max(8);
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..lanes).map(|_| mpsc::channel(capacity)).unzip();
+        let lanes =
+            futures_util::future::join_all(rxs.into_iter().map(|rx| deliverer.lane(rx, &deadline)));
+        let (left_in_lanes, left_in_queue) = tokio::join!(lanes, dispatch(rx, txs, &deadline));
+        left_in_lanes.into_iter().sum::<u64>() + left_in_queue
+    }
+}
+
+/// Moves events from the sink's queue to the lane of their row key. A full
+/// lane (slow, or retrying) holds up the others once they run dry: its
+/// keys' order forbids passing it. Returns the events left at `deadline`.
+async fn dispatch(
+    mut rx: mpsc::Receiver<Job>,
+    lanes: Vec<mpsc::Sender<Job>>,
+    deadline: &CancellationToken,
+) -> u64 {
+    let mut left = 0;
+    loop {
+        let job = tokio::select! {
+            biased;
+            () = deadline.cancelled() => break,
+            job = rx.recv() => job,
+        };
+        let Some(job) = job else { break };
+        let lane = &lanes[lane_of(&job.event, lanes.len())];
+        let sent = tokio::select! {
+            biased;
+            () = deadline.cancelled() => false,
+            sent = lane.send(job) => sent.is_ok(),
+        };
+        if !sent {
+            left += 1;
+            break;
+        }
+    }
+    drop(lanes);
+    rx.close();
+    while rx.try_recv().is_ok() {
+        left += 1;
+    }
+    left
+}
+
+/// The lane of `event`: its row key hashed, or its table's name when the
+/// key is unknown, so such a table stays in one lane.
+fn lane_of(event: &Event, lanes: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    match &event.key {
+        Some(key) => key.hash(&mut hasher),
+        None => (&event.schema, &event.table).hash(&mut hasher),
+    }
+    (hasher.finish() % lanes as u64) as usize
+}
+
+#[cfg(test)]
+mod tests;

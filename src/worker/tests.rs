@@ -1,0 +1,310 @@
+//! The worker against scripted sinks, on a paused clock.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use skor_sink_api::{Bytes, Confirmation, Op, SinkError};
+
+use super::*;
+
+/// A sink that answers from a script and records when it was called.
+struct Scripted {
+    answers: Mutex<VecDeque<Result<(), SinkError>>>,
+    calls: Arc<Mutex<Vec<Instant>>>,
+}
+
+#[async_trait::async_trait]
+impl Sink for Scripted {
+    async fn send(&self, _event: &Event) -> Result<(), SinkError> {
+        self.calls.lock().unwrap().push(Instant::now());
+        self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()))
+    }
+}
+
+fn event() -> Arc<Event> {
+    Arc::new(Event {
+        channel: Arc::from("skor"),
+        schema: "public".into(),
+        table: "t".into(),
+        op: Op::Insert,
+        payload: Bytes::from_static(b"{}"),
+        key: None,
+        id: None,
+    })
+}
+
+async fn run_script(answers: Vec<Result<(), SinkError>>) -> (Arc<SinkStats>, Vec<Duration>) {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let sink = Scripted {
+        answers: Mutex::new(answers.into()),
+        calls: Arc::clone(&calls),
+    };
+    let (queue, worker) = worker("test", Box::new(sink), &DeliveryConfig::default());
+    let stats = worker.stats();
+    queue.push(&event()).await;
+    drop(queue);
+    let started = Instant::now();
+    assert_eq!(worker.run(CancellationToken::new()).await, 0);
+    let offsets = calls.lock().unwrap().iter().map(|t| *t - started).collect();
+    (stats, offsets)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_follow_the_linear_schedule() {
+    let fail = || Err(SinkError::retryable("HTTP 500"));
+    let (stats, calls) = run_script(vec![fail(), fail(), Ok(())]).await;
+    let ms: Vec<u128> = calls.iter().map(|d| d.as_millis()).collect();
+    assert_eq!(ms, vec![0, 100, 300]);
+    assert_eq!(
+        (
+            stats.delivered.get(),
+            stats.retried.get(),
+            stats.failed.get()
+        ),
+        (1, 2, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_after_five_retries_and_counts_the_failure() {
+    let answers = (0..10)
+        .map(|_| Err(SinkError::retryable("refused")))
+        .collect();
+    let (stats, calls) = run_script(answers).await;
+    assert_eq!(calls.len(), 6);
+    assert_eq!(calls.last().unwrap().as_millis(), 1_500);
+    assert_eq!((stats.delivered.get(), stats.failed.get()), (0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_are_not_retried() {
+    let (stats, calls) = run_script(vec![Err(SinkError::permanent("HTTP 403"))]).await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!((stats.retried.get(), stats.failed.get()), (0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_broker_is_waited_for_without_spending_retries() {
+    let mut answers: Vec<_> = (0..9)
+        .map(|_| Err(SinkError::disconnected("connection refused")))
+        .collect();
+    answers.push(Ok(()));
+    let (stats, calls) = run_script(answers).await;
+    let ms: Vec<u128> = calls.iter().map(|d| d.as_millis()).collect();
+    // Doubling from 100 ms, capped at 5 s, far past the 5-retry budget.
+    assert_eq!(
+        ms,
+        vec![0, 100, 300, 700, 1_500, 3_100, 6_300, 11_300, 16_300, 21_300]
+    );
+    assert_eq!((stats.delivered.get(), stats.failed.get()), (1, 0));
+}
+
+/// A sink whose confirmations arrive only when the test releases them.
+struct Pipelined {
+    submitted: Arc<Mutex<Vec<u64>>>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl Sink for Pipelined {
+    async fn send(&self, event: &Event) -> Result<(), SinkError> {
+        self.submit(event).await?.await
+    }
+
+    async fn submit(&self, event: &Event) -> Result<Confirmation, SinkError> {
+        self.submitted
+            .lock()
+            .unwrap()
+            .push(event.payload.len() as u64);
+        let release = Arc::clone(&self.release);
+        Ok(Box::pin(async move {
+            release.notified().await;
+            Ok(())
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn confirmations_are_awaited_together_and_drained_at_shutdown() {
+    let submitted = Arc::new(Mutex::new(Vec::new()));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let sink = Pipelined {
+        submitted: Arc::clone(&submitted),
+        release: Arc::clone(&release),
+    };
+    let delivery = DeliveryConfig {
+        max_in_flight: Some(3),
+        ..DeliveryConfig::default()
+    };
+    let (queue, worker) = worker("test", Box::new(sink), &delivery);
+    let stats = worker.stats();
+    for size in 1..=5 {
+        let mut event = (*event()).clone();
+        event.payload = Bytes::from(vec![b' '; size]);
+        queue.push(&Arc::new(event)).await;
+    }
+    drop(queue);
+    let run = tokio::spawn(worker.run(CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Three handed over, in order, before any confirmation came back.
+    assert_eq!(*submitted.lock().unwrap(), vec![1, 2, 3]);
+    assert_eq!(stats.delivered.get(), 0);
+    for _ in 0..1_000 {
+        if run.is_finished() {
+            break;
+        }
+        release.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(run.is_finished(), "the worker stops once all is confirmed");
+    assert_eq!(run.await.unwrap(), 0, "the closed queue drained");
+    assert_eq!(*submitted.lock().unwrap(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(stats.delivered.get(), 5);
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_by_default() {
+    let delivery = DeliveryConfig {
+        queue_capacity: 1,
+        ..DeliveryConfig::default()
+    };
+    let (queue, worker) = worker("test", Box::new(skor_sink_api::StdoutSink), &delivery);
+    queue.push(&event()).await;
+    queue.push(&event()).await;
+    assert_eq!(queue.depth(), 1);
+    assert_eq!(worker.stats().dropped.get(), 1);
+}
+
+/// A sink with lanes that records each delivery's keys when it finishes;
+/// events of key `slow` take 100 ms.
+struct Recorder {
+    finished: Arc<Mutex<Vec<Vec<String>>>>,
+    batching: skor_sink_api::Batching,
+}
+
+impl Recorder {
+    fn keys(events: &[Arc<Event>]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for Recorder {
+    async fn send(&self, event: &Event) -> Result<(), SinkError> {
+        self.send_batch(&[Arc::new(event.clone())]).await
+    }
+
+    async fn send_batch(&self, events: &[Arc<Event>]) -> Result<(), SinkError> {
+        if events[0].key.as_deref() == Some(b"slow") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.finished.lock().unwrap().push(Self::keys(events));
+        Ok(())
+    }
+
+    fn concurrency(&self) -> skor_sink_api::Concurrency {
+        skor_sink_api::Concurrency::Lanes
+    }
+
+    fn batching(&self) -> skor_sink_api::Batching {
+        self.batching
+    }
+}
+
+/// An event of row key `key` whose payload says `key:n`.
+fn keyed(key: &str, n: u32) -> Arc<Event> {
+    let mut event = (*event()).clone();
+    event.key = Some(Bytes::from(key.to_string()));
+    event.payload = Bytes::from(format!("{key}:{n}"));
+    Arc::new(event)
+}
+
+async fn run_lanes(
+    events: &[Arc<Event>],
+    batching: skor_sink_api::Batching,
+) -> (Vec<Vec<String>>, Arc<SinkStats>) {
+    let finished = Arc::new(Mutex::new(Vec::new()));
+    let sink = Recorder {
+        finished: Arc::clone(&finished),
+        batching,
+    };
+    let (queue, worker) = worker("test", Box::new(sink), &DeliveryConfig::default());
+    let stats = worker.stats();
+    for event in events {
+        queue.push(event).await;
+    }
+    drop(queue);
+    assert_eq!(worker.run(CancellationToken::new()).await, 0);
+    let finished = finished.lock().unwrap().clone();
+    (finished, stats)
+}
+
+#[tokio::test(start_paused = true)]
+async fn lanes_let_other_keys_pass_a_slow_one_but_keep_each_keys_order() {
+    // Two keys that hash onto different lanes of the default 16.
+    let fast = (0..)
+        .map(|i| format!("fast{i}"))
+        .find(|k| lane_of(&keyed(k, 0), DEFAULT_LANES) != lane_of(&keyed("slow", 0), DEFAULT_LANES))
+        .unwrap();
+    let events: Vec<_> = (1..=3)
+        .flat_map(|n| [keyed("slow", n), keyed(&fast, n)])
+        .collect();
+    let (finished, stats) = run_lanes(&events, skor_sink_api::Batching::OFF).await;
+    let order: Vec<String> = finished.into_iter().flatten().collect();
+    let expected: Vec<String> = (1..=3)
+        .map(|n| format!("{fast}:{n}"))
+        .chain((1..=3).map(|n| format!("slow:{n}")))
+        .collect();
+    assert_eq!(
+        order, expected,
+        "the fast key overtook the slow one, each in order"
+    );
+    assert_eq!(stats.delivered.get(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_take_what_is_queued_up_to_the_limit_in_order() {
+    let events: Vec<_> = (1..=7).map(|n| keyed("k", n)).collect();
+    let batching = skor_sink_api::Batching {
+        max_events: 3,
+        linger: Duration::ZERO,
+    };
+    let (finished, stats) = run_lanes(&events, batching).await;
+    let sizes: Vec<usize> = finished.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![3, 3, 1]);
+    let order: Vec<String> = finished.into_iter().flatten().collect();
+    let expected: Vec<String> = (1..=7).map(|n| format!("k:{n}")).collect();
+    assert_eq!(order, expected);
+    assert_eq!(stats.delivered.get(), 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_waits_its_linger_for_more_events() {
+    let finished = Arc::new(Mutex::new(Vec::new()));
+    let sink = Recorder {
+        finished: Arc::clone(&finished),
+        batching: skor_sink_api::Batching {
+            max_events: 10,
+            linger: Duration::from_millis(50),
+        },
+    };
+    let (queue, worker) = worker("test", Box::new(sink), &DeliveryConfig::default());
+    let run = tokio::spawn(worker.run(CancellationToken::new()));
+    queue.push(&keyed("k", 1)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    queue.push(&keyed("k", 2)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    queue.push(&keyed("k", 3)).await;
+    drop(queue);
+    assert_eq!(run.await.unwrap(), 0);
+    let sizes: Vec<usize> = finished.lock().unwrap().iter().map(Vec::len).collect();
+    assert_eq!(
+        sizes,
+        vec![2, 1],
+        "the second event joined the first's batch"
+    );
+}
