@@ -1,0 +1,607 @@
+//! The run matrix, and one case end to end: install the triggers, start the
+//! receiving side and skor, run the load, wait for every event, measure.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::arrivals::{Arrivals, Key};
+use crate::db::{Database, TABLE};
+use crate::load::{Kind, Load, Produced};
+use crate::skor::{self, Running, Skor, Usage};
+use crate::{listen, receiver};
+
+/// A case ends this long after the last new arrival, its missing events lost.
+const STALL: Duration = Duration::from_secs(10);
+
+/// What receives the events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// No skor: the bench LISTENs itself.
+    Ceiling,
+    /// skor POSTs each event to the bench's HTTP receiver.
+    Webhook,
+    /// Same, 500 events per request at most.
+    WebhookBatch,
+    /// Same as webhook, but the receiver takes 5 ms per request and the
+    /// sink blocks when full.
+    WebhookSlow,
+    /// skor publishes to RabbitMQ; the bench consumes.
+    Amqp,
+    /// skor produces to tansu; the bench consumes.
+    Kafka,
+    /// Webhook, with the table in durable mode.
+    DurableWebhook,
+    /// Webhook batches, with the table in durable mode.
+    DurableWebhookBatch,
+}
+
+impl Target {
+    /// The name in the report and for `--only`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ceiling => "ceiling",
+            Self::Webhook => "webhook",
+            Self::WebhookBatch => "webhook-batch",
+            Self::WebhookSlow => "webhook-slow",
+            Self::Amqp => "amqp",
+            Self::Kafka => "kafka",
+            Self::DurableWebhook => "durable-webhook",
+            Self::DurableWebhookBatch => "durable-webhook-batch",
+        }
+    }
+
+    fn durable(self) -> bool {
+        matches!(self, Self::DurableWebhook | Self::DurableWebhookBatch)
+    }
+}
+
+/// One target under one load.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// What receives the events.
+    pub target: Target,
+    /// What writes them.
+    pub load: Load,
+}
+
+impl Case {
+    /// `target/load`, e.g. `webhook-batch/burst`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.target.name(), self.load.name)
+    }
+}
+
+/// Every case, in run order, at `scale`.
+pub fn matrix(scale: f64) -> Vec<Case> {
+    let loads = [
+        Kind::Single(1),
+        Kind::Single(4),
+        Kind::Single(16),
+        Kind::Burst,
+        Kind::Mix,
+    ];
+    let mut cases = Vec::new();
+    for kind in loads {
+        let load = Load::new(kind, scale);
+        let mut targets = vec![Target::Ceiling, Target::Webhook];
+        if matches!(kind, Kind::Burst | Kind::Mix | Kind::Single(4)) {
+            targets.push(Target::WebhookBatch);
+        }
+        if matches!(kind, Kind::Burst | Kind::Single(4)) {
+            if cfg!(feature = "amqp") {
+                targets.push(Target::Amqp);
+            }
+            if cfg!(feature = "kafka") {
+                targets.push(Target::Kafka);
+            }
+            targets.push(Target::DurableWebhook);
+        }
+        if kind == Kind::Burst {
+            targets.push(Target::DurableWebhookBatch);
+        }
+        cases.extend(targets.into_iter().map(|target| Case {
+            target,
+            load: load.clone(),
+        }));
+    }
+    cases.push(Case {
+        target: Target::WebhookSlow,
+        load: Load::burst(50_000.0, scale),
+    });
+    cases
+}
+
+/// What a case measured.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    /// Events the load produced.
+    pub produced: usize,
+    /// Produced events that arrived at least once.
+    pub delivered: usize,
+    /// Arrivals of an event beyond its first.
+    pub duplicates: usize,
+    /// Arrivals of events the load did not produce.
+    pub unexpected: usize,
+    /// Payloads the receiver could not read.
+    pub malformed: usize,
+    /// Unique deliveries per second, from the load's start to the last one.
+    pub events_per_second: f64,
+    /// p50, p99 and max of arrival minus commit, in milliseconds.
+    pub latency_ms: Option<[f64; 3]>,
+    /// skor's CPU and memory; none for the ceiling.
+    pub usage: Option<Usage>,
+    /// The load's own duration, in seconds.
+    pub load_seconds: f64,
+}
+
+impl Measured {
+    /// Produced events that never arrived.
+    pub fn lost(&self) -> usize {
+        self.produced - self.delivered
+    }
+}
+
+/// How a case went.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// It ran; numbers may still show losses.
+    Measured(Measured),
+    /// skor (or the bench) failed; the reason.
+    Failed(String),
+}
+
+/// One row of the report, with what is worth saying below the table.
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    /// The case.
+    pub case: Case,
+    /// How it went.
+    pub outcome: Outcome,
+    /// Log excerpts and remarks.
+    pub notes: Vec<String>,
+}
+
+/// What receives the events during one case.
+enum Side {
+    Listen(#[allow(dead_code)] listen::Listening),
+    Http(#[allow(dead_code)] receiver::Receiver),
+    #[cfg(feature = "amqp")]
+    Amqp(crate::amqp::Consumer),
+    #[cfg(feature = "kafka")]
+    Kafka(crate::kafka::Consumer),
+}
+
+impl Side {
+    async fn stop(self) -> Result<(), String> {
+        match self {
+            Self::Listen(_) | Self::Http(_) => Ok(()),
+            #[cfg(feature = "amqp")]
+            Self::Amqp(consumer) => consumer.stop().await.map_err(|e| format!("{e:#}")),
+            #[cfg(feature = "kafka")]
+            Self::Kafka(consumer) => {
+                consumer.stop().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs cases one after the other against one database.
+pub struct Runner<'a> {
+    /// The bench database.
+    pub db: &'a Database,
+    /// The binary under test.
+    pub skor: &'a Skor,
+    /// The RabbitMQ the AMQP cases use.
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+    pub amqp_url: String,
+    /// Where to keep each case's config and log, if anywhere.
+    pub keep_logs: Option<PathBuf>,
+    /// The run's broker, started by the first Kafka case.
+    #[cfg(feature = "kafka")]
+    pub tansu: Option<crate::kafka::Tansu>,
+    /// Kafka cases run so far, to name each one's topic.
+    #[cfg(feature = "kafka")]
+    pub topics: usize,
+}
+
+/// How waiting for the events ended.
+enum Ending {
+    Complete,
+    Stalled,
+    Exited(String),
+}
+
+impl Runner<'_> {
+    /// Runs `case`; a failure becomes a failed row, never an error.
+    pub async fn run(&mut self, case: &Case) -> CaseResult {
+        let mut notes = Vec::new();
+        let outcome = match self.attempt(case, &mut notes).await {
+            Ok(measured) => Outcome::Measured(measured),
+            Err(reason) => Outcome::Failed(reason),
+        };
+        CaseResult {
+            case: case.clone(),
+            outcome,
+            notes,
+        }
+    }
+
+    fn case_dir(&self, case: &Case) -> Result<(PathBuf, Option<tempfile::TempDir>), String> {
+        match &self.keep_logs {
+            Some(root) => {
+                let dir = root.join(case.name().replace('/', "_"));
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                Ok((dir, None))
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("skor-bench-")
+                    .tempdir()
+                    .map_err(|e| format!("temp dir: {e}"))?;
+                Ok((temp.path().to_path_buf(), Some(temp)))
+            }
+        }
+    }
+
+    /// Starts what receives `target`'s events, and returns it with skor's
+    /// `[sink.bench]` table. Every sink blocks when its queue is full: the
+    /// default, dropping, would lose the part of a burst that a sink slower
+    /// than PostgreSQL cannot take, and the bench measures delivery.
+    async fn start_side(
+        &mut self,
+        target: Target,
+        arrivals: Arc<Arrivals>,
+    ) -> Result<(Side, String), String> {
+        let (side, mut sink) = self.start_receiver(target, arrivals).await?;
+        if !sink.is_empty() {
+            sink.push_str("when_full = \"block\"\n");
+        }
+        Ok((side, sink))
+    }
+
+    async fn start_receiver(
+        &mut self,
+        target: Target,
+        arrivals: Arc<Arrivals>,
+    ) -> Result<(Side, String), String> {
+        let webhook = |port: u16, options: &str| {
+            format!(
+                "[sink.bench]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{port}/\"\n{options}"
+            )
+        };
+        const BATCH: &str = "batch_size = 500\nbatch_timeout_ms = 5\n";
+        let fail = |e: anyhow::Error| format!("{e:#}");
+        Ok(match target {
+            Target::Ceiling => {
+                let listening = listen::start(&self.db.dsn, "skor", arrivals)
+                    .await
+                    .map_err(fail)?;
+                (Side::Listen(listening), String::new())
+            }
+            Target::Webhook
+            | Target::WebhookBatch
+            | Target::WebhookSlow
+            | Target::DurableWebhook
+            | Target::DurableWebhookBatch => {
+                let delay = if target == Target::WebhookSlow {
+                    Duration::from_millis(5)
+                } else {
+                    Duration::ZERO
+                };
+                let http = receiver::start(arrivals, delay).await.map_err(fail)?;
+                let options = match target {
+                    Target::WebhookBatch | Target::DurableWebhookBatch => BATCH,
+                    _ => "",
+                };
+                let sink = webhook(http.port, options);
+                (Side::Http(http), sink)
+            }
+            #[cfg(feature = "amqp")]
+            Target::Amqp => {
+                let consumer = crate::amqp::Consumer::start(&self.amqp_url, arrivals)
+                    .await
+                    .map_err(fail)?;
+                (Side::Amqp(consumer), crate::amqp::sink(&self.amqp_url))
+            }
+            #[cfg(feature = "kafka")]
+            Target::Kafka => {
+                if self.tansu.is_none() {
+                    let log = self.keep_logs.as_ref().map(|dir| dir.join("tansu.log"));
+                    let tansu = crate::kafka::Tansu::start(log.as_deref())
+                        .await
+                        .map_err(|e| format!("tansu: {e:#}"))?;
+                    self.tansu = Some(tansu);
+                }
+                let tansu = self.tansu.as_ref().expect("started above");
+                self.topics += 1;
+                let topic = format!("bench-{}", self.topics);
+                tansu.create_topic(&topic).await.map_err(fail)?;
+                let consumer = crate::kafka::Consumer::start(&tansu.brokers(), &topic, arrivals)
+                    .await
+                    .map_err(fail)?;
+                (Side::Kafka(consumer), tansu.sink(&topic))
+            }
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(format!(
+                    "the bench was built without the {} feature",
+                    other.name()
+                ))
+            }
+        })
+    }
+
+    async fn attempt(&mut self, case: &Case, notes: &mut Vec<String>) -> Result<Measured, String> {
+        let (dir, _temp) = self.case_dir(case)?;
+        let write = |name: &str, text: &str| -> Result<PathBuf, String> {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(path)
+        };
+        let db_error = |e: anyhow::Error| format!("{e:#}");
+        // A clean slate: no trigger, no event log, an empty table.
+        let plain = write(
+            "install.toml",
+            &skor::config(&self.db.dsn, TABLE, "notify", ""),
+        )?;
+        self.skor
+            .admin(&plain, &["uninstall", "--drop-events"])
+            .await?;
+        self.db.reset().await.map_err(db_error)?;
+        case.load.prepare(self.db).await.map_err(db_error)?;
+        // So a checkpoint does not land in the middle of the timed part.
+        self.db
+            .client
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(|e| format!("CHECKPOINT: {e}"))?;
+
+        let events = case.load.events();
+        let arrivals = Arc::new(Arrivals::with_capacity(events + events / 8 + 1024));
+        let (side, sink) = self.start_side(case.target, Arc::clone(&arrivals)).await?;
+        let mode = if case.target.durable() {
+            "durable"
+        } else {
+            "notify"
+        };
+        // The receiving side is stopped whatever happens, so an AMQP
+        // exchange is not left behind by a failed start.
+        let run = async {
+            let config = write("skor.toml", &skor::config(&self.db.dsn, TABLE, mode, &sink))?;
+            self.skor.admin(&config, &["install"]).await?;
+            let running = match case.target {
+                Target::Ceiling => None,
+                _ => Some(self.skor.start(&config, &dir.join("skor.log")).await?),
+            };
+            self.deliver(case, &arrivals, running, notes).await
+        };
+        let result = run.await;
+        if let Err(e) = side.stop().await {
+            notes.push(format!("stopping the consumer: {e}"));
+        }
+        let (produced, commits, ending, usage) = result?;
+        let log = std::fs::read_to_string(dir.join("skor.log")).unwrap_or_default();
+
+        let mut measured = measure(&produced, &commits, &arrivals.snapshot(), usage);
+        measured.malformed = arrivals.malformed();
+        match ending {
+            Ending::Complete => {}
+            Ending::Stalled => notes.push(format!(
+                "{} of {} events had not arrived {} s after the last arrival",
+                measured.lost(),
+                measured.produced,
+                STALL.as_secs()
+            )),
+            Ending::Exited(reason) => return Err(format!("skor exited during the case: {reason}")),
+        }
+        // Warnings are worth a note even when nothing was lost (a log flood
+        // costs too); the totals only when something was.
+        let excerpt = skor::excerpt(&log, 5);
+        let quote = |line: &String| format!("skor log: {line}");
+        notes.extend(excerpt.problems.iter().map(quote));
+        if measured.lost() > 0
+            || measured.duplicates > 0
+            || measured.unexpected > 0
+            || measured.malformed > 0
+        {
+            notes.extend(excerpt.totals.iter().map(quote));
+        }
+        if measured.unexpected > 0 {
+            notes.push(format!(
+                "{} arrivals of events the load did not produce",
+                measured.unexpected
+            ));
+        }
+        if measured.malformed > 0 {
+            notes.push(format!(
+                "{} payloads without an op and a data.id, the first: {}",
+                measured.malformed,
+                arrivals.first_malformed().unwrap_or_default()
+            ));
+        }
+        Ok(measured)
+    }
+}
+
+impl Runner<'_> {
+    /// Runs the load, waits for its events, then stops skor.
+    async fn deliver(
+        &self,
+        case: &Case,
+        arrivals: &Arrivals,
+        mut running: Option<Running>,
+        notes: &mut Vec<String>,
+    ) -> Result<(Produced, HashMap<Key, Instant>, Ending, Option<Usage>), String> {
+        let produced = match case.load.run(&self.db.dsn).await {
+            Ok(produced) => produced,
+            Err(e) => {
+                if let Some(running) = running {
+                    let _ = running.stop().await;
+                }
+                return Err(format!("load failed: {e:#}"));
+            }
+        };
+        let commits: HashMap<Key, Instant> = produced.commits.iter().copied().collect();
+        let ending = wait(arrivals, &commits, running.as_mut()).await;
+        let usage = running.as_ref().and_then(Running::usage);
+        if let Some(running) = running {
+            if let Err(e) = running.stop().await {
+                notes.push(e);
+            }
+        }
+        Ok((produced, commits, ending, usage))
+    }
+}
+
+/// Waits until every produced event arrived, nothing new arrived for
+/// [`STALL`], or skor exited.
+async fn wait(
+    arrivals: &Arrivals,
+    commits: &HashMap<Key, Instant>,
+    mut running: Option<&mut Running>,
+) -> Ending {
+    let mut last_count = arrivals.count();
+    // Called when the load has ended: the stall clock starts now.
+    let mut last_change = Instant::now();
+    let mut checked = usize::MAX;
+    loop {
+        let count = arrivals.count();
+        if count != last_count {
+            last_count = count;
+            last_change = Instant::now();
+        }
+        // Counting unique keys costs a copy; only when it could succeed.
+        if count >= commits.len() && count != checked {
+            checked = count;
+            let seen: HashSet<Key> = arrivals.snapshot().into_iter().map(|(k, _)| k).collect();
+            if commits.keys().all(|k| seen.contains(k)) {
+                return Ending::Complete;
+            }
+        }
+        if let Some(reason) = running.as_deref_mut().and_then(Running::exited) {
+            return Ending::Exited(reason);
+        }
+        if last_change.elapsed() >= STALL {
+            return Ending::Stalled;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn measure(
+    produced: &Produced,
+    commits: &HashMap<Key, Instant>,
+    arrivals: &[(Key, Instant)],
+    usage: Option<Usage>,
+) -> Measured {
+    let mut seen = HashSet::with_capacity(commits.len());
+    let mut latencies = Vec::with_capacity(commits.len());
+    let (mut duplicates, mut unexpected) = (0, 0);
+    let mut last = None;
+    for &(key, at) in arrivals {
+        let Some(committed) = commits.get(&key) else {
+            unexpected += 1;
+            continue;
+        };
+        if !seen.insert(key) {
+            duplicates += 1;
+            continue;
+        }
+        // An event may be heard before its commit returns to the client.
+        latencies.push(at.saturating_duration_since(*committed).as_secs_f64() * 1000.0);
+        last = last.max(Some(at));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let delivered = seen.len();
+    let events_per_second = match last {
+        Some(last) if last > produced.start => {
+            delivered as f64 / last.duration_since(produced.start).as_secs_f64()
+        }
+        _ => 0.0,
+    };
+    Measured {
+        produced: commits.len(),
+        delivered,
+        duplicates,
+        unexpected,
+        malformed: 0,
+        events_per_second,
+        latency_ms: (!latencies.is_empty()).then(|| {
+            [
+                percentile(&latencies, 0.50),
+                percentile(&latencies, 0.99),
+                latencies[latencies.len() - 1],
+            ]
+        }),
+        usage,
+        load_seconds: produced.end.duration_since(produced.start).as_secs_f64(),
+    }
+}
+
+/// The nearest-rank percentile of sorted `values`.
+fn percentile(values: &[f64], q: f64) -> f64 {
+    let rank = (q * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arrivals::{key, Op};
+
+    #[test]
+    fn the_matrix_has_every_requested_case() {
+        let names: Vec<String> = matrix(1.0).iter().map(Case::name).collect();
+        for name in [
+            "ceiling/single-1",
+            "webhook/mix",
+            "webhook-batch/single-4",
+            "durable-webhook/single-4",
+            "durable-webhook-batch/burst",
+            "webhook-slow/burst",
+        ] {
+            assert!(names.contains(&name.to_string()), "{name} in {names:?}");
+        }
+        assert!(!names.contains(&"webhook-batch/single-1".to_string()));
+        let slow = matrix(1.0).pop().unwrap();
+        assert_eq!(slow.load.rows, 50_000);
+    }
+
+    #[test]
+    fn measures_losses_duplicates_and_latency() {
+        let start = Instant::now();
+        let t = |ms| start + Duration::from_millis(ms);
+        let produced = Produced {
+            start,
+            end: t(10),
+            commits: vec![
+                (key(Op::Insert, 1), t(10)),
+                (key(Op::Insert, 2), t(10)),
+                (key(Op::Insert, 3), t(10)),
+            ],
+        };
+        let commits = produced.commits.iter().copied().collect();
+        let arrivals = [
+            (key(Op::Insert, 1), t(5)),
+            (key(Op::Insert, 2), t(30)),
+            (key(Op::Insert, 2), t(40)),
+            (key(Op::Delete, 9), t(40)),
+        ];
+        let m = measure(&produced, &commits, &arrivals, None);
+        assert_eq!(
+            (
+                m.produced,
+                m.delivered,
+                m.lost(),
+                m.duplicates,
+                m.unexpected
+            ),
+            (3, 2, 1, 1, 1)
+        );
+        assert_eq!(m.latency_ms, Some([0.0, 20.0, 20.0]));
+        assert!((m.events_per_second - 2.0 / 0.030).abs() < 1.0);
+    }
+}

@@ -1,0 +1,151 @@
+//! The bench's own database: created at start, dropped at the end even when
+//! the run fails, with the table every load writes.
+
+use anyhow::{Context, Result};
+use tokio_postgres::{Client, NoTls};
+
+/// The table the loads write and skor captures.
+pub const TABLE: &str = "public.bench_events";
+
+const SCHEMA: &str = "CREATE TABLE public.bench_events (
+    id bigint PRIMARY KEY,
+    account int NOT NULL,
+    amount numeric(12,2) NOT NULL,
+    note text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)";
+
+/// A connection whose driver runs on its own task; for everything but the
+/// ceiling listener, which must see notifications.
+pub async fn connect(dsn: &str) -> Result<Client> {
+    let (client, connection) = tokio_postgres::connect(dsn, NoTls)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL ({})", redact(dsn)))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// `dsn` without its password, for error messages.
+fn redact(dsn: &str) -> String {
+    dsn.split_whitespace()
+        .map(|part| {
+            if part.starts_with("password=") {
+                "password=…"
+            } else {
+                part
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The database `skor_bench_<pid>`, dropped by [`Database::drop_now`] or,
+/// failing that, when the guard goes out of scope.
+pub struct Database {
+    /// The database's name.
+    pub name: String,
+    /// The libpq keyword DSN that reaches it.
+    pub dsn: String,
+    server_dsn: String,
+    /// The bench's own connection to it, for truncating and preloading.
+    pub client: Client,
+    dropped: bool,
+}
+
+impl Database {
+    /// Creates the database and its table on the server `server_dsn`.
+    pub async fn create(server_dsn: &str) -> Result<Self> {
+        let name = format!("skor_bench_{}", std::process::id());
+        let admin = connect(&format!("{server_dsn} dbname=postgres")).await?;
+        // Two calls: several statements in one are one transaction, which
+        // neither statement accepts. The DROP clears a leftover of a
+        // killed run that had the same pid.
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .with_context(|| format!("dropping a leftover database {name}"))?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        let dsn = format!("{server_dsn} dbname={name}");
+        // From here on the guard owns the database, even if the table fails.
+        let mut database = Self {
+            client: admin,
+            name,
+            dsn,
+            server_dsn: server_dsn.to_string(),
+            dropped: false,
+        };
+        database.client = connect(&database.dsn).await?;
+        database
+            .client
+            .batch_execute(SCHEMA)
+            .await
+            .context("creating the bench table")?;
+        Ok(database)
+    }
+
+    /// The server's `SELECT version()`.
+    pub async fn version(&self) -> Result<String> {
+        Ok(self.client.query_one("SELECT version()", &[]).await?.get(0))
+    }
+
+    /// Empties the bench table and skor's event log. TRUNCATE fires no row
+    /// trigger, so this produces no event.
+    pub async fn reset(&self) -> Result<()> {
+        self.client
+            .batch_execute(&format!("TRUNCATE {TABLE}"))
+            .await
+            .context("truncating the bench table")?;
+        let has_log: bool = self
+            .client
+            .query_one("SELECT to_regclass('skor.event_log') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        if has_log {
+            self.client
+                .batch_execute("TRUNCATE skor.event_log")
+                .await
+                .context("truncating skor.event_log")?;
+        }
+        Ok(())
+    }
+
+    /// Drops the database now, so its error can be reported.
+    pub async fn drop_now(mut self) -> Result<()> {
+        self.dropped = true;
+        drop_database(&self.server_dsn, &self.name).await
+    }
+}
+
+async fn drop_database(server_dsn: &str, name: &str) -> Result<()> {
+    let admin = connect(&format!("{server_dsn} dbname=postgres")).await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .with_context(|| format!("dropping database {name}"))?;
+    Ok(())
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let (server_dsn, name) = (self.server_dsn.clone(), self.name.clone());
+        // Drop cannot await, and may run inside the runtime: a thread with
+        // a runtime of its own does the I/O.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            if let Err(e) = runtime.block_on(drop_database(&server_dsn, &name)) {
+                eprintln!("skor-bench: {e:#}");
+            }
+            Some(())
+        })
+        .join();
+    }
+}

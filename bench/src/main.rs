@@ -1,0 +1,161 @@
+//! skor-bench: runs the skor binary end to end against PostgreSQL and real
+//! receivers (HTTP, RabbitMQ, Kafka) under several write loads, and prints
+//! a Markdown report of throughput, latency, losses and skor's cost.
+
+#[cfg(feature = "amqp")]
+mod amqp;
+mod arrivals;
+mod cases;
+mod db;
+#[cfg(feature = "kafka")]
+mod kafka;
+mod listen;
+mod load;
+mod receiver;
+mod report;
+mod skor;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use crate::cases::{Outcome, Runner};
+use crate::db::Database;
+use crate::report::{Environment, Report};
+use crate::skor::Skor;
+
+/// Benchmarks skor: every case in sequence, a Markdown report on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "skor-bench")]
+struct Args {
+    /// The skor binary to benchmark (built with the same features as the bench).
+    #[arg(long)]
+    skor: PathBuf,
+    /// The PostgreSQL server, as a libpq keyword DSN without dbname.
+    #[arg(long, default_value = "host=127.0.0.1 port=5432 user=postgres")]
+    dsn: String,
+    /// The RabbitMQ broker of the AMQP cases.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// Run only the cases whose name (`target/load`) contains this; repeatable.
+    #[arg(long)]
+    only: Vec<String>,
+    /// Multiplies every row count (0.1 for a quick run).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Keep each case's skor config and log under this directory.
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("skor-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = bench(&args) => result,
+            // Dropping the run's future drops its guards: skor and tansu are
+            // killed and the database dropped.
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skor-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: &Args) -> Result<()> {
+    anyhow::ensure!(args.scale > 0.0, "--scale must be positive");
+    let started = Instant::now();
+    let skor = Skor::new(args.skor.clone());
+    let version = skor.version().await.map_err(anyhow::Error::msg)?;
+    let cases: Vec<_> = cases::matrix(args.scale)
+        .into_iter()
+        .filter(|case| args.only.is_empty() || args.only.iter().any(|o| case.name().contains(o)))
+        .collect();
+    anyhow::ensure!(!cases.is_empty(), "no case matches {:?}", args.only);
+    if let Some(dir) = &args.keep_logs {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+
+    let db = Database::create(&args.dsn).await?;
+    let environment = Environment::gather(db.version().await?, version);
+    eprintln!("== HTTP receiver capacity (2 s)");
+    let receiver_capacity = receiver::capacity(16, Duration::from_secs(2))
+        .await
+        .map_err(|e| format!("{e:#}"));
+    let mut runner = Runner {
+        db: &db,
+        skor: &skor,
+        amqp_url: args.amqp_url.clone(),
+        keep_logs: args.keep_logs.clone(),
+        #[cfg(feature = "kafka")]
+        tansu: None,
+        #[cfg(feature = "kafka")]
+        topics: 0,
+    };
+    let mut results = Vec::with_capacity(cases.len());
+    for (index, case) in cases.iter().enumerate() {
+        eprintln!("== [{}/{}] {}", index + 1, cases.len(), case.name());
+        let case_start = Instant::now();
+        let result = runner.run(case).await;
+        match &result.outcome {
+            Outcome::Measured(m) => eprintln!(
+                "   {} of {} delivered, {} duplicates, {:.0} events/s; load {:.1} s, case {:.1} s",
+                m.delivered,
+                m.produced,
+                m.duplicates,
+                m.events_per_second,
+                m.load_seconds,
+                case_start.elapsed().as_secs_f64()
+            ),
+            Outcome::Failed(reason) => eprintln!("   failed: {reason}"),
+        }
+        results.push(result);
+    }
+    #[cfg(feature = "kafka")]
+    drop(runner.tansu.take());
+    drop(runner);
+    // Uninstall is moot: the whole database goes.
+    db.drop_now().await?;
+
+    let text = Report {
+        environment: &environment,
+        scale: args.scale,
+        receiver_capacity,
+        results: &results,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+    .render();
+    print!("{text}");
+    if let Some(path) = &args.out {
+        std::fs::write(path, &text).with_context(|| path.display().to_string())?;
+    }
+    let failed = results
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+        .count();
+    if failed > 0 {
+        eprintln!(
+            "skor-bench: {failed} of {} cases failed (see the report)",
+            results.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The Markdown report: the machine and versions the numbers come from, the
+//! receiver's own capacity, one table row per case, and notes.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::process::Command;
+
+use crate::cases::{CaseResult, Outcome, Target};
+
+/// Where and with what the bench ran.
+pub struct Environment {
+    /// UTC date and time of the start.
+    pub date: String,
+    /// `uname -srm`.
+    pub uname: String,
+    /// CPU model and logical core count.
+    pub cpu: String,
+    /// Total memory.
+    pub memory: String,
+    /// PostgreSQL's `SELECT version()`.
+    pub postgres: String,
+    /// `skor --version`.
+    pub skor: String,
+    /// The working tree's commit, if it is a git checkout.
+    pub commit: Option<String>,
+    /// The bench's command line, shell-quoted.
+    pub command: String,
+}
+
+fn run(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// The CPU model and core count from /proc/cpuinfo.
+fn cpu() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_string();
+    let cores = info.lines().filter(|l| l.starts_with("processor")).count();
+    format!("{model}, {cores} logical cores")
+}
+
+/// MemTotal from /proc/meminfo, in GiB.
+fn memory() -> String {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or("unknown".into(), |kib| {
+            format!("{:.1} GiB", kib / 1024.0 / 1024.0)
+        })
+}
+
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+impl Environment {
+    /// Gathers everything but the server's and skor's versions.
+    pub fn gather(postgres: String, skor: String) -> Self {
+        let commit = run("git", &["rev-parse", "--short", "HEAD"]).map(|commit| {
+            let dirty = run("git", &["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{commit} with uncommitted changes")
+            } else {
+                commit
+            }
+        });
+        Self {
+            date: run("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]).unwrap_or_default(),
+            uname: run("uname", &["-srm"]).unwrap_or_default(),
+            cpu: cpu(),
+            memory: memory(),
+            postgres,
+            skor,
+            commit,
+            command: std::env::args()
+                .map(|a| shell_quote(&a))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+
+/// `n` with thousands separators.
+fn int(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Everything the run found, as Markdown.
+pub struct Report<'a> {
+    /// The machine and versions.
+    pub environment: &'a Environment,
+    /// The `--scale` factor.
+    pub scale: f64,
+    /// The HTTP receiver's requests/s on its own, or why it is unknown.
+    pub receiver_capacity: Result<f64, String>,
+    /// Every case run, in order.
+    pub results: &'a [CaseResult],
+    /// The run's wall-clock time, in seconds.
+    pub seconds: f64,
+}
+
+impl Report<'_> {
+    /// The report's text.
+    pub fn render(&self) -> String {
+        let env = self.environment;
+        let mut out = String::new();
+        let _ = writeln!(out, "# skor benchmark\n");
+        let _ = writeln!(out, "- date: {}", env.date);
+        let _ = writeln!(
+            out,
+            "- machine: {}; {}; {} memory",
+            env.uname, env.cpu, env.memory
+        );
+        let _ = writeln!(out, "- PostgreSQL: {}", env.postgres);
+        let _ = writeln!(
+            out,
+            "- skor: {}{}",
+            env.skor,
+            env.commit
+                .as_deref()
+                .map_or(String::new(), |c| format!(" (commit {c})"))
+        );
+        let _ = writeln!(out, "- command: `{}`", env.command);
+        let _ = writeln!(
+            out,
+            "- scale: {} (row counts × scale), total run time {:.0} s",
+            self.scale, self.seconds
+        );
+        match &self.receiver_capacity {
+            Ok(rate) => {
+                let _ = writeln!(
+                    out,
+                    "- HTTP receiver alone: {} requests/s (16 keep-alive connections POSTing a 250-byte event for 2 s)",
+                    int(*rate as usize)
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "- HTTP receiver alone: not measured: {e}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nevents/s: unique deliveries / (last arrival − load start); ratio: against the \
+             ceiling (the bench LISTENing itself) of the same load; latency: arrival − commit \
+             of the event's transaction; CPU: skor's user+system time from ready until \
+             every event arrived (or 10 s without arrivals), per delivered event; RSS: \
+             skor's peak resident set (VmHWM); lost: never arrived; dup: arrivals beyond \
+             an event's first.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| case | load | produced | delivered | lost | dup | events/s | ratio | p50 ms | p99 ms | max ms | skor CPU µs/event | skor peak RSS MB |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let ceilings: HashMap<&str, f64> = self
+            .results
+            .iter()
+            .filter(|r| r.case.target == Target::Ceiling)
+            .filter_map(|r| match &r.outcome {
+                Outcome::Measured(m) if m.events_per_second > 0.0 => {
+                    Some((r.case.load.name.as_str(), m.events_per_second))
+                }
+                _ => None,
+            })
+            .collect();
+        for result in self.results {
+            let case = &result.case;
+            let measured = match &result.outcome {
+                Outcome::Failed(reason) => {
+                    let reason = reason.replace('|', "\\|").replace('\n', " ");
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | failed: {reason} | – | – | – | – | – | – | – | – | – | – |",
+                        case.target.name(),
+                        case.load.name
+                    );
+                    continue;
+                }
+                Outcome::Measured(m) => m,
+            };
+            let ratio = if case.target == Target::Ceiling {
+                "1.00".to_string()
+            } else {
+                ceilings
+                    .get(case.load.name.as_str())
+                    .map_or("–".into(), |c| {
+                        format!("{:.2}", measured.events_per_second / c)
+                    })
+            };
+            let [p50, p99, max] = measured
+                .latency_ms
+                .map_or(["–".to_string(), "–".into(), "–".into()], |l| {
+                    l.map(|v| format!("{v:.1}"))
+                });
+            let (cpu, rss) = match measured.usage {
+                Some(usage) if measured.delivered > 0 => (
+                    format!("{:.1}", usage.cpu_seconds * 1e6 / measured.delivered as f64),
+                    format!("{:.1}", usage.peak_rss_bytes as f64 / 1024.0 / 1024.0),
+                ),
+                Some(usage) => (
+                    "–".into(),
+                    format!("{:.1}", usage.peak_rss_bytes as f64 / 1024.0 / 1024.0),
+                ),
+                None => ("–".into(), "–".into()),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {ratio} | {p50} | {p99} | {max} | {cpu} | {rss} |",
+                case.target.name(),
+                case.load.name,
+                int(measured.produced),
+                int(measured.delivered),
+                int(measured.lost()),
+                int(measured.duplicates),
+                int(measured.events_per_second.round() as usize),
+            );
+        }
+        let noted: Vec<&CaseResult> = self
+            .results
+            .iter()
+            .filter(|r| !r.notes.is_empty())
+            .collect();
+        if !noted.is_empty() {
+            let _ = writeln!(out, "\n## Notes\n");
+            for result in noted {
+                let _ = writeln!(out, "**{}**\n", result.case.name());
+                for note in &result.notes {
+                    let _ = writeln!(out, "- `{}`", note.replace('`', "'"));
+                }
+                let _ = writeln!(out);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_numbers_and_arguments() {
+        assert_eq!(int(0), "0");
+        assert_eq!(int(1234567), "1,234,567");
+        assert_eq!(int(100), "100");
+        assert_eq!(shell_quote("--scale"), "--scale");
+        assert_eq!(shell_quote("host=a port=5"), "'host=a port=5'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}
