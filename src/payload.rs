@@ -1,8 +1,8 @@
 //! Reading the routing fields out of a notification's payload, once.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
+use serde::Deserializer as _;
 use serde_json::value::RawValue;
 use skor_sink_api::{Bytes, Op};
 
@@ -56,18 +56,48 @@ pub fn parse(payload: &str) -> Result<Notification<'_>, String> {
 /// The row key of `data`: a JSON object of the key columns in key order,
 /// their values as written (`{"id":1}`); `None` unless every one is there.
 pub fn row_key(data: &RawValue, columns: &[String]) -> Option<Bytes> {
-    let row: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(data.get()).ok()?;
-    let mut key = String::from("{");
-    for (i, column) in columns.iter().enumerate() {
+    let mut deserializer = serde_json::Deserializer::from_str(data.get());
+    let values = deserializer.deserialize_map(KeyColumns { columns }).ok()?;
+    let mut key = String::with_capacity(data.get().len().min(64));
+    key.push('{');
+    for (i, (column, value)) in columns.iter().zip(&values).enumerate() {
         if i > 0 {
             key.push(',');
         }
         key.push_str(&serde_json::to_string(column).ok()?);
         key.push(':');
-        key.push_str(row.get(column.as_str())?.get());
+        key.push_str((*value)?.get());
     }
     key.push('}');
     Some(Bytes::from(key))
+}
+
+/// Reads a row object keeping only the raw values of `columns`, in their
+/// order, and skipping every other value without building it: the row key
+/// costs one pass over `data`, not a map of the whole row.
+struct KeyColumns<'c> {
+    columns: &'c [String],
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyColumns<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a row object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut values = vec![None; self.columns.len()];
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            match self.columns.iter().position(|c| *c == name) {
+                Some(i) => values[i] = Some(map.next_value::<&'de RawValue>()?),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(values)
+    }
 }
 
 /// At most `max` bytes of `text`, cut on a character boundary, for logs.
