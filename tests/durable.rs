@@ -176,7 +176,10 @@ async fn every_request_carries_the_event_id_and_the_payload_only_if_asked() {
 async fn sigkill_in_a_burst_loses_nothing_and_duplicates_at_most_one_batch() {
     let db = items_db().await;
     let hook = Hook::start().await;
-    let config = hook_config(&db, DURABLE_ITEMS, &hook, "");
+    let config = format!(
+        "{}\n[durable]\nbatch_size = 500\n",
+        hook_config(&db, DURABLE_ITEMS, &hook, "")
+    );
     install(&db, &config).await;
     let file = config_file(&config);
     let mut first = spawn(&file);

@@ -238,7 +238,7 @@ pub struct RouteConfig {
 }
 
 const fn default_batch_size() -> usize {
-    500
+    5_000
 }
 
 const fn default_poll_interval_ms() -> u64 {

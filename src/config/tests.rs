@@ -34,7 +34,7 @@ fn the_example_config_parses() {
     );
     assert_eq!(config.tables[1].mode, Some(Mode::Durable));
     assert_eq!(config.table_mode(&config.tables[0]), Mode::Notify);
-    assert_eq!(config.durable.batch_size, 500);
+    assert_eq!(config.durable.batch_size, 5_000);
     assert_eq!(config.sinks.len(), 5);
     assert_eq!(config.routes.len(), 3);
     assert_eq!(
@@ -151,7 +151,7 @@ fn durable_channels_are_not_listened_to_for_payloads() {
     // `other` is no table's, so something else may notify on it.
     assert_eq!(config.notify_channels(), ["audit", "other"]);
     assert!(config.uses_durable());
-    assert_eq!(config.durable.batch_size, 500);
+    assert_eq!(config.durable.batch_size, 5_000);
 
     let all_durable = parse("[source]\ndsn = \"host=h\"\nmode = \"durable\"\n").unwrap();
     assert!(all_durable.notify_channels().is_empty());
