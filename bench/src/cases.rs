@@ -31,6 +31,9 @@ pub enum Target {
     Amqp,
     /// skor produces to tansu; the bench consumes.
     Kafka,
+    /// No skor: the durable-mode triggers only write the event log, whose
+    /// rows the bench counts once the load is over.
+    DurableLog,
     /// Webhook, with the table in durable mode.
     DurableWebhook,
     /// Webhook batches, with the table in durable mode.
@@ -47,13 +50,17 @@ impl Target {
             Self::WebhookSlow => "webhook-slow",
             Self::Amqp => "amqp",
             Self::Kafka => "kafka",
+            Self::DurableLog => "durable-log",
             Self::DurableWebhook => "durable-webhook",
             Self::DurableWebhookBatch => "durable-webhook-batch",
         }
     }
 
     fn durable(self) -> bool {
-        matches!(self, Self::DurableWebhook | Self::DurableWebhookBatch)
+        matches!(
+            self,
+            Self::DurableLog | Self::DurableWebhook | Self::DurableWebhookBatch
+        )
     }
 }
 
@@ -96,7 +103,7 @@ pub fn matrix(scale: f64) -> Vec<Case> {
             if cfg!(feature = "kafka") {
                 targets.push(Target::Kafka);
             }
-            targets.push(Target::DurableWebhook);
+            targets.extend([Target::DurableLog, Target::DurableWebhook]);
         }
         if kind == Kind::Burst {
             targets.push(Target::DurableWebhookBatch);
@@ -118,7 +125,8 @@ pub fn matrix(scale: f64) -> Vec<Case> {
 pub struct Measured {
     /// Events the load produced.
     pub produced: usize,
-    /// Produced events that arrived at least once.
+    /// Produced events that arrived at least once (durable-log: that are in
+    /// the event log).
     pub delivered: usize,
     /// Arrivals of an event beyond its first.
     pub duplicates: usize,
@@ -130,7 +138,7 @@ pub struct Measured {
     pub events_per_second: f64,
     /// p50, p99 and max of arrival minus commit, in milliseconds.
     pub latency_ms: Option<[f64; 3]>,
-    /// skor's CPU and memory; none for the ceiling.
+    /// skor's CPU and memory; none for the ceiling and durable-log.
     pub usage: Option<Usage>,
     /// The load's own duration, in seconds.
     pub load_seconds: f64,
@@ -359,6 +367,15 @@ impl Runner<'_> {
             .await
             .map_err(|e| format!("CHECKPOINT: {e}"))?;
 
+        if case.target == Target::DurableLog {
+            let config = write(
+                "skor.toml",
+                &skor::config(&self.db.dsn, TABLE, "durable", ""),
+            )?;
+            self.skor.admin(&config, &["install"]).await?;
+            return self.count_logged(case, notes).await;
+        }
+
         let events = case.load.events();
         let arrivals = Arc::new(Arrivals::with_capacity(events + events / 8 + 1024));
         let (side, sink) = self.start_side(case.target, Arc::clone(&arrivals)).await?;
@@ -427,6 +444,38 @@ impl Runner<'_> {
 }
 
 impl Runner<'_> {
+    /// Runs the load with only the durable triggers installed, no skor,
+    /// and counts the events they wrote to the event log.
+    async fn count_logged(&self, case: &Case, notes: &mut Vec<String>) -> Result<Measured, String> {
+        let produced = case
+            .load
+            .run(&self.db.dsn)
+            .await
+            .map_err(|e| format!("load failed: {e:#}"))?;
+        let logged: i64 = self
+            .db
+            .client
+            .query_one("SELECT count(*) FROM skor.event_log", &[])
+            .await
+            .map_err(|e| format!("counting skor.event_log: {e}"))?
+            .get(0);
+        let measured = measure_logged(&produced, logged.max(0) as usize);
+        if measured.lost() > 0 {
+            notes.push(format!(
+                "{} of {} committed events are not in skor.event_log",
+                measured.lost(),
+                measured.produced
+            ));
+        }
+        if measured.unexpected > 0 {
+            notes.push(format!(
+                "skor.event_log holds {} rows more than the load produced events",
+                measured.unexpected
+            ));
+        }
+        Ok(measured)
+    }
+
     /// Runs the load, waits for its events, then stops skor.
     async fn deliver(
         &self,
@@ -541,6 +590,28 @@ fn measure(
     }
 }
 
+/// What `durable-log` measured: `logged` rows in the event log after
+/// `produced`, at the rate PostgreSQL committed them.
+fn measure_logged(produced: &Produced, logged: usize) -> Measured {
+    let events = produced.commits.len();
+    let load_seconds = produced.end.duration_since(produced.start).as_secs_f64();
+    Measured {
+        produced: events,
+        delivered: logged.min(events),
+        duplicates: 0,
+        unexpected: logged.saturating_sub(events),
+        malformed: 0,
+        events_per_second: if load_seconds > 0.0 {
+            events as f64 / load_seconds
+        } else {
+            0.0
+        },
+        latency_ms: None,
+        usage: None,
+        load_seconds,
+    }
+}
+
 /// The nearest-rank percentile of sorted `values`.
 fn percentile(values: &[f64], q: f64) -> f64 {
     let rank = (q * values.len() as f64).ceil() as usize;
@@ -566,6 +637,19 @@ mod tests {
             assert!(names.contains(&name.to_string()), "{name} in {names:?}");
         }
         assert!(!names.contains(&"webhook-batch/single-1".to_string()));
+        for load in ["burst", "single-4"] {
+            let at = |target: &str| names.iter().position(|n| *n == format!("{target}/{load}"));
+            let log =
+                at("durable-log").unwrap_or_else(|| panic!("no durable-log/{load} in {names:?}"));
+            assert_eq!(at("durable-webhook"), Some(log + 1), "{names:?}");
+        }
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| n.starts_with("durable-log/"))
+                .count(),
+            2
+        );
         let slow = matrix(1.0).pop().unwrap();
         assert_eq!(slow.load.rows, 50_000);
     }
@@ -603,5 +687,25 @@ mod tests {
         );
         assert_eq!(m.latency_ms, Some([0.0, 20.0, 20.0]));
         assert!((m.events_per_second - 2.0 / 0.030).abs() < 1.0);
+    }
+
+    #[test]
+    fn durable_log_counts_the_log_at_the_commit_rate() {
+        let start = Instant::now();
+        let end = start + Duration::from_millis(500);
+        let produced = Produced {
+            start,
+            end,
+            commits: (1..=4).map(|id| (key(Op::Insert, id), end)).collect(),
+        };
+        let m = measure_logged(&produced, 3);
+        assert_eq!(
+            (m.produced, m.delivered, m.lost(), m.unexpected),
+            (4, 3, 1, 0)
+        );
+        assert!((m.events_per_second - 8.0).abs() < 1e-9);
+        assert!(m.latency_ms.is_none() && m.usage.is_none());
+        let more = measure_logged(&produced, 6);
+        assert_eq!((more.delivered, more.lost(), more.unexpected), (4, 0, 2));
     }
 }
