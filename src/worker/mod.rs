@@ -99,6 +99,7 @@ pub fn worker(name: &str, sink: Box<dyn Sink>, delivery: &DeliveryConfig) -> (Si
         tx,
         when_full: delivery.when_full,
         stats: Arc::clone(&stats),
+        waits: Arc::default(),
     };
     let concurrency = sink.concurrency();
     let in_flight = match (delivery.max_in_flight, concurrency) {

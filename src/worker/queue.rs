@@ -1,7 +1,8 @@
 //! The listener's end of a sink's queue: a bounded channel and the
 //! `when_full` policy applied when it has no room.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use skor_sink_api::Event;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -19,6 +20,30 @@ pub struct SinkQueue {
     pub(super) tx: mpsc::Sender<Job>,
     pub(super) when_full: WhenFull,
     pub(super) stats: Arc<SinkStats>,
+    pub(super) waits: Arc<Mutex<Waits>>,
+}
+
+/// How often the listener waited for room, to say so at most every 10 s.
+#[derive(Debug, Default)]
+pub(super) struct Waits {
+    said_at: Option<Instant>,
+    unsaid: u64,
+}
+
+impl Waits {
+    const QUIET: Duration = Duration::from_secs(10);
+
+    /// Counts a wait; `Some(waits not logged since the last line)` when
+    /// this one is to be logged.
+    fn wait(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.said_at.is_some_and(|at| now - at < Self::QUIET) {
+            self.unsaid += 1;
+            return None;
+        }
+        self.said_at = Some(now);
+        Some(std::mem::take(&mut self.unsaid))
+    }
 }
 
 impl SinkQueue {
@@ -52,8 +77,14 @@ impl SinkQueue {
             }
             WhenFull::Block => {
                 let event = event.event;
-                warn!(sink = %self.name, capacity,
-                      "queue full: waiting for room, every sink waits meanwhile");
+                // A burst faster than the sink fills the queue again at once:
+                // one line per episode would flood the log.
+                let suppressed = self.waits.lock().expect("not poisoned").wait();
+                if let Some(suppressed) = suppressed {
+                    warn!(sink = %self.name, capacity, waits_since_last_line = suppressed,
+                          "queue full: waiting for room, every sink waits meanwhile \
+                           (said at most every 10 s)");
+                }
                 let started = Instant::now();
                 let job = Job {
                     event,
@@ -64,8 +95,10 @@ impl SinkQueue {
                     error!(sink = %self.name, "event not delivered: the sink has stopped");
                     return;
                 }
-                info!(sink = %self.name, waited_ms = started.elapsed().as_millis() as u64,
-                      "queue has room again");
+                if suppressed.is_some() {
+                    info!(sink = %self.name, waited_ms = started.elapsed().as_millis() as u64,
+                          "queue has room again");
+                }
             }
         }
     }
@@ -79,5 +112,21 @@ impl SinkQueue {
     /// Events waiting in the queue.
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_is_said_at_most_every_ten_seconds() {
+        let mut waits = Waits::default();
+        assert_eq!(waits.wait(), Some(0));
+        assert_eq!(waits.wait(), None);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(waits.wait(), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(waits.wait(), Some(2), "two waits went unsaid");
     }
 }
