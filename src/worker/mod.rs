@@ -20,13 +20,6 @@ use crate::stats::SinkStats;
 use lane::Deliverer;
 pub use queue::SinkQueue;
 
-/// `max_in_flight` of a pipelined sink (AMQP, Kafka) when not configured.
-pub const DEFAULT_PIPELINED_IN_FLIGHT: usize = 1_000;
-
-/// `max_in_flight` of a sink with lanes (webhook) when not configured:
-/// concurrent requests to one endpoint.
-pub const DEFAULT_LANES: usize = 16;
-
 /// Events a lane may hold beyond what it is delivering, in batches.
 const LANE_BATCHES: usize = 2;
 
@@ -102,11 +95,10 @@ pub fn worker(name: &str, sink: Box<dyn Sink>, delivery: &DeliveryConfig) -> (Si
         waits: Arc::default(),
     };
     let concurrency = sink.concurrency();
-    let in_flight = match (delivery.max_in_flight, concurrency) {
-        (Some(n), _) => n.max(1),
-        (None, Concurrency::Pipelined) => DEFAULT_PIPELINED_IN_FLIGHT,
-        (None, Concurrency::Lanes) => DEFAULT_LANES,
-    };
+    let in_flight = delivery
+        .max_in_flight
+        .unwrap_or_else(|| sink.default_max_in_flight())
+        .max(1);
     let (lanes, window) = match concurrency {
         Concurrency::Pipelined => (1, in_flight),
         Concurrency::Lanes => (in_flight, 1),

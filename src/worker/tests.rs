@@ -248,7 +248,7 @@ async fn lanes_let_other_keys_pass_a_slow_one_but_keep_each_keys_order() {
     // Two keys that hash onto different lanes of the default 16.
     let fast = (0..)
         .map(|i| format!("fast{i}"))
-        .find(|k| lane_of(&keyed(k, 0), DEFAULT_LANES) != lane_of(&keyed("slow", 0), DEFAULT_LANES))
+        .find(|k| lane_of(&keyed(k, 0), 16) != lane_of(&keyed("slow", 0), 16))
         .unwrap();
     let events: Vec<_> = (1..=3)
         .flat_map(|n| [keyed("slow", n), keyed(&fast, n)])

@@ -230,6 +230,15 @@ pub trait Sink: Send + Sync {
         Concurrency::Pipelined
     }
 
+    /// `max_in_flight` when the config does not set it: confirmations
+    /// awaited at once (pipelined), or lanes (one request each).
+    fn default_max_in_flight(&self) -> usize {
+        match self.concurrency() {
+            Concurrency::Pipelined => 1_000,
+            Concurrency::Lanes => 16,
+        }
+    }
+
     /// How many events one delivery may carry; one by default.
     fn batching(&self) -> Batching {
         Batching::OFF

@@ -155,6 +155,13 @@ impl Sink for KafkaSink {
         self.submit(event).await?.await
     }
 
+    /// A delivery report takes a broker round trip plus librdkafka's
+    /// linger; the benchmark drained a burst a quarter faster with 10,000
+    /// awaited at once than with 1,000, for about 18 MB more memory.
+    fn default_max_in_flight(&self) -> usize {
+        10_000
+    }
+
     async fn submit(&self, event: &Event) -> Result<Confirmation, SinkError> {
         let producer = self.producer()?;
         let topic = self.config.topic.render(event);
