@@ -132,7 +132,7 @@ impl WebhookSink {
 }
 
 /// The body of a batch: a JSON array of the payloads as received.
-pub fn batch_body(events: &[Arc<Event>]) -> Bytes {
+fn batch_body(events: &[Arc<Event>]) -> Bytes {
     let size = events.iter().map(|e| e.payload.len() + 1).sum::<usize>() + 2;
     let mut body = Vec::with_capacity(size);
     body.push(b'[');
