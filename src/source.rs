@@ -420,6 +420,7 @@ impl Listener {
             payload,
             key,
             id: None,
+            seq: self.stats.received.get(),
         });
         for &index in &self.targets {
             self.queues[index].push(&event).await;

@@ -328,6 +328,7 @@ impl Durable {
             payload: Bytes::from(payload),
             key: key.map(Bytes::from),
             id: Some(id),
+            seq: id as u64,
         });
         let resume = (attempts > 0).then(|| Resume {
             attempts: attempts as u32,

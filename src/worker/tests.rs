@@ -31,6 +31,7 @@ fn event() -> Arc<Event> {
         payload: Bytes::from_static(b"{}"),
         key: None,
         id: None,
+        seq: 0,
     })
 }
 

@@ -80,9 +80,22 @@ pub struct Event {
     /// The event's id in skor's event log (durable mode): stable across
     /// redeliveries, so consumers can deduplicate on it. `None` in notify mode.
     pub id: Option<i64>,
+    /// The number the listener gave the event on arrival, unique within
+    /// this process; names notify-mode events, which have no `id`.
+    pub seq: u64,
 }
 
 impl Event {
+    /// A message id for consumers to deduplicate on, the same on every
+    /// attempt: `evt_<id>` in durable mode (stable across restarts), else
+    /// `msg_<process>_<seq>` (stable for this process's attempts).
+    pub fn message_id(&self) -> String {
+        match self.id {
+            Some(id) => format!("evt_{id}"),
+            None => format!("msg_{}_{}", process_token(), self.seq),
+        }
+    }
+
     /// The key a sink partitions by: the row key, or the table's qualified
     /// name when the row key is unknown, so such a table stays in order as
     /// a whole.
@@ -92,6 +105,17 @@ impl Event {
             None => Bytes::from(format!("{}.{}", self.schema, self.table)),
         }
     }
+}
+
+/// A token that differs between runs of skor: start time and process id.
+fn process_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!("{started:x}{:x}", std::process::id())
+    })
 }
 
 /// Whether a failed delivery may succeed if tried again.

@@ -115,6 +115,7 @@ mod tests {
             payload: Bytes::new(),
             key: None,
             id: None,
+            seq: 0,
         }
     }
 
