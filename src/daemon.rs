@@ -1,6 +1,7 @@
 //! Wiring and lifecycle: build the sinks and their workers, connect the
 //! listener, run until shutdown, then drain the queues up to a deadline.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +12,12 @@ use tracing::{info, warn};
 
 use tokio::sync::mpsc;
 
-use crate::config::{Config, DeliveryConfig, SinkKind, TableName};
+use crate::admin::{Admin, AdminError};
+use crate::config::{Config, DeliveryConfig, SinkKind};
 use crate::durable::{self, Durable, DurableError};
+use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::source::{KeyColumns, Listener, Session, SourceError};
+use crate::source::{Listener, Session, SourceError};
 use crate::stats::{DurableStats, SinkStats, SourceStats};
 use crate::worker::{worker, Worker};
 
@@ -36,6 +39,9 @@ pub enum StartError {
     /// The event log could not be read at start-up.
     #[error("{0}")]
     Durable(#[from] DurableError),
+    /// The admin endpoint's address could not be bound.
+    #[error("{0}")]
+    Admin(#[from] AdminError),
 }
 
 /// Counters of a running daemon, for its summary line and for tests.
@@ -68,25 +74,12 @@ pub struct Summary {
 
 /// A daemon that is connected and listening, ready to run.
 pub struct Daemon {
+    admin: Option<Admin>,
     listener: Option<(Listener, Session)>,
     durable: Option<(Durable, durable::Session)>,
     workers: Vec<Worker>,
     drain_timeout: Duration,
     stats: Stats,
-}
-
-/// The `key` columns set on `[[table]]`s, by (schema, table).
-fn configured_keys(config: &Config) -> KeyColumns {
-    let mut keys = KeyColumns::new();
-    for table in &config.tables {
-        let (Some(key), Ok(name)) = (&table.key, TableName::parse(&table.name)) else {
-            continue;
-        };
-        keys.entry(name.schema)
-            .or_default()
-            .insert(name.name, Arc::from(key.as_slice()));
-    }
-    keys
 }
 
 fn build_sink(kind: &SinkKind) -> Result<Box<dyn Sink>, String> {
@@ -121,47 +114,75 @@ impl Daemon {
             sinks.push(("stdout".into(), stdout, DeliveryConfig::default()));
         }
         let names: Vec<String> = sinks.iter().map(|(name, ..)| name.clone()).collect();
+        let metrics = Arc::new(Metrics::new(config.uses_durable()));
         let mut queues = Vec::new();
         let mut workers = Vec::new();
         for (name, sink, delivery) in sinks {
-            let (queue, worker) = worker(&name, sink, &delivery);
+            let stats = SinkStats::registered(&metrics, &name, delivery.queue_capacity);
+            let (queue, worker) = worker(&name, sink, &delivery, Arc::new(stats));
             queues.push(queue);
             workers.push(worker);
         }
-        let pg = pg_config(config);
-        let database = target(&pg);
-        let durable = if config.uses_durable() {
-            let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
-            for (index, worker) in workers.iter_mut().enumerate() {
-                worker.report_to(index, outcomes_tx.clone());
-            }
-            let durable = Durable::new(pg.clone(), config, names.clone(), queues.clone(), outcomes);
-            let session = durable.open().await?;
-            Some((durable, session))
-        } else {
-            None
-        };
+        let channels = config.notify_channels();
         let stats = Stats {
-            source: Arc::new(SourceStats::default()),
+            source: Arc::new(SourceStats::registered(&metrics)),
             sinks: names
                 .iter()
                 .cloned()
                 .zip(workers.iter().map(Worker::stats))
                 .collect(),
-            durable: durable.as_ref().map(|(d, _)| d.stats()),
+            durable: config
+                .uses_durable()
+                .then(|| Arc::new(DurableStats::registered(&metrics))),
         };
-        let channels = config.notify_channels();
+        let pg = pg_config(config);
+        let database = target(&pg);
+        // Bound first: a taken port is a start-up error, not a late surprise.
+        let admin = match &config.admin {
+            Some(admin) => {
+                let mut scrape_pg = pg.clone();
+                scrape_pg.application_name("skor metrics");
+                let admin = Admin::bind(
+                    admin,
+                    Arc::clone(&metrics),
+                    stats.clone(),
+                    !channels.is_empty(),
+                    scrape_pg,
+                );
+                Some(admin.await?)
+            }
+            None => None,
+        };
+        let durable = match &stats.durable {
+            Some(durable_stats) => {
+                let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+                for (index, worker) in workers.iter_mut().enumerate() {
+                    worker.report_to(index, outcomes_tx.clone());
+                }
+                let durable = Durable::new(
+                    pg.clone(),
+                    config,
+                    names.clone(),
+                    queues.clone(),
+                    outcomes,
+                    Arc::clone(durable_stats),
+                    metrics.received(),
+                );
+                let session = durable.open().await?;
+                Some((durable, session))
+            }
+            None => None,
+        };
         let listener = if channels.is_empty() {
             None
         } else {
             let listener = Listener::new(
                 pg,
-                &channels,
-                Duration::from_millis(config.source.reconnect_max_backoff_ms),
+                config,
                 Router::new(config, &names),
                 queues,
                 Arc::clone(&stats.source),
-                configured_keys(config),
+                metrics.received(),
             );
             let session = listener.open().await?;
             Some((listener, session))
@@ -169,12 +190,18 @@ impl Daemon {
         info!(%database, notify_channels = ?channels, durable = durable.is_some(), sinks = ?names,
               routes = config.routes.len(), "listening");
         Ok(Self {
+            admin,
             listener,
             durable,
             workers,
             drain_timeout: Duration::from_millis(config.daemon.drain_timeout_ms),
             stats,
         })
+    }
+
+    /// Where the admin endpoint listens, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(Admin::local_addr)
     }
 
     /// The daemon's counters; they keep counting while it runs.
@@ -186,6 +213,11 @@ impl Daemon {
     /// their queues for at most the configured deadline.
     pub async fn run(self, shutdown: CancellationToken) -> Summary {
         let deadline = CancellationToken::new();
+        // Serves until the drain is over, so probes see the shutdown.
+        let admin_stop = CancellationToken::new();
+        let admin = self
+            .admin
+            .map(|admin| tokio::spawn(admin.serve(admin_stop.clone())));
         let workers: Vec<_> = self
             .workers
             .into_iter()
@@ -225,6 +257,10 @@ impl Daemon {
                 warn!("the event log did not answer in time: unfinished events stay pending");
             }
         }
+        admin_stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         let source = &self.stats.source;
         if undelivered > 0 {
             warn!(
@@ -248,7 +284,7 @@ impl Daemon {
             received = source.received.get(),
             invalid = source.invalid.get(),
             unrouted = source.unrouted.get(),
-            reconnects = source.reconnects.get(),
+            reconnects = source.link.reconnects.get(),
             undelivered,
             "stopped"
         );

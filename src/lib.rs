@@ -4,12 +4,14 @@
 //! fields once, the router picks the sinks, and one worker per sink delivers
 //! with retries. The binary in `main.rs` is a thin command line over this.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dead_letters;
 pub mod durable;
 pub mod logging;
+pub mod metrics;
 pub mod payload;
 pub mod retry;
 pub mod router;

@@ -16,6 +16,8 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::config::{Config, TableName};
+use crate::metrics::ReceivedCounter;
 use crate::payload::{self, Notification};
 use crate::router::Router;
 use crate::sql::quote_ident;
@@ -96,6 +98,20 @@ async fn drive<T>(
     }
 }
 
+/// The `key` columns set on `[[table]]`s, by (schema, table).
+fn configured_keys(config: &Config) -> KeyColumns {
+    let mut keys = KeyColumns::new();
+    for table in &config.tables {
+        let (Some(key), Ok(name)) = (&table.key, TableName::parse(&table.name)) else {
+            continue;
+        };
+        keys.entry(name.schema)
+            .or_default()
+            .insert(name.name, Arc::from(key.as_slice()));
+    }
+    keys
+}
+
 /// Receives notifications and routes them to sink queues.
 pub struct Listener {
     pg: tokio_postgres::Config,
@@ -104,6 +120,7 @@ pub struct Listener {
     router: Router,
     queues: Vec<SinkQueue>,
     stats: Arc<SourceStats>,
+    received: ReceivedCounter,
     /// A second connection for fetching oversized payloads, opened on demand.
     fetcher: Option<Client>,
     targets: Vec<usize>,
@@ -114,23 +131,29 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// A listener for `channels`; it does not connect yet.
+    /// A listener for the notify-mode channels of `config`; it does not
+    /// connect yet.
     pub fn new(
         pg: tokio_postgres::Config,
-        channels: &[String],
-        max_backoff: Duration,
+        config: &Config,
         router: Router,
         queues: Vec<SinkQueue>,
         stats: Arc<SourceStats>,
-        configured_keys: KeyColumns,
+        received: ReceivedCounter,
     ) -> Self {
+        let configured_keys = configured_keys(config);
         Self {
             pg,
-            channels: channels.iter().map(|c| Arc::from(c.as_str())).collect(),
-            max_backoff,
+            channels: config
+                .notify_channels()
+                .iter()
+                .map(|c| Arc::from(c.as_str()))
+                .collect(),
+            max_backoff: Duration::from_millis(config.source.reconnect_max_backoff_ms),
             router,
             queues,
             stats,
+            received,
             fetcher: None,
             targets: Vec::new(),
             keys: configured_keys.clone(),
@@ -175,6 +198,7 @@ impl Listener {
     /// Routes notifications until `shutdown`, reconnecting whenever the
     /// connection is lost. Dropping the listener closes the sink queues.
     pub async fn run(mut self, mut session: Session, shutdown: CancellationToken) {
+        self.stats.link.set(true);
         self.report_leftovers().await;
         loop {
             self.use_keys(std::mem::take(&mut session.primary_keys));
@@ -182,6 +206,7 @@ impl Listener {
                 info!("stopped listening");
                 return;
             };
+            self.stats.link.set(false);
             warn!(error = %reason, "lost the connection to PostgreSQL, reconnecting");
             let down_since = Instant::now();
             let Some(next) = self.reconnect(&shutdown).await else {
@@ -189,7 +214,8 @@ impl Listener {
                 return;
             };
             session = next;
-            self.stats.reconnects.incr();
+            self.stats.link.set(true);
+            self.stats.link.reconnects.incr();
             warn!(
                 disconnected_ms = down_since.elapsed().as_millis() as u64,
                 "reconnected and listening again; events committed while disconnected were not captured"
@@ -399,19 +425,20 @@ impl Listener {
         key: Option<Bytes>,
     ) {
         self.stats.received.incr();
-        self.router
-            .targets(channel, &schema, &table, op, &mut self.targets);
-        if self.targets.is_empty() {
-            self.stats.unrouted.incr();
-            debug!(channel, schema, table, %op, "no route matches this event");
-            return;
-        }
         let channel = self
             .channels
             .iter()
             .find(|c| ***c == *channel)
             .cloned()
             .unwrap_or_else(|| Arc::from(channel));
+        self.received.count(&channel, &schema, &table, op);
+        self.router
+            .targets(&channel, &schema, &table, op, &mut self.targets);
+        if self.targets.is_empty() {
+            self.stats.unrouted.incr();
+            debug!(%channel, schema, table, %op, "no route matches this event");
+            return;
+        }
         let event = Arc::new(Event {
             channel,
             schema,

@@ -1,25 +1,68 @@
-//! Counters of what happened to events, read at shutdown and by tests.
+//! Counters of what happened to events: the daemon's summary lines, its
+//! Prometheus metrics (see `metrics.rs`) and tests all read the same ones.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-/// A counter that many tasks bump.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+use prometheus_client::metrics::counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::{Connection, Metrics};
+
+/// A counter that many tasks bump; a clone counts into the same total.
+#[derive(Clone, Debug, Default)]
+pub struct Counter(counter::Counter);
 
 impl Counter {
     /// Adds one.
     pub fn incr(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.inc();
     }
 
     /// Adds `n`.
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.inc_by(n);
     }
 
     /// The current count.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
+    }
+}
+
+impl From<counter::Counter> for Counter {
+    fn from(counter: counter::Counter) -> Self {
+        Self(counter)
+    }
+}
+
+/// Whether a connection is up, and since when it is down.
+#[derive(Debug, Default)]
+pub struct Link {
+    /// 1 while connected, exported as `skor_postgres_connected`.
+    pub up: Gauge,
+    /// Times the connection was re-established.
+    pub reconnects: Counter,
+}
+
+impl Link {
+    fn registered(metrics: &Metrics, connection: Connection) -> Self {
+        Self {
+            up: metrics.connected(connection),
+            reconnects: metrics.reconnects(connection),
+        }
+    }
+
+    /// Records that the connection is up (`true`) or lost.
+    pub fn set(&self, up: bool) {
+        self.up.set(i64::from(up));
+    }
+
+    /// Whether the connection is up.
+    pub fn is_up(&self) -> bool {
+        self.up.get() == 1
     }
 }
 
@@ -34,12 +77,31 @@ pub struct SourceStats {
     pub unrouted: Counter,
     /// Oversized payloads that could not be fetched.
     pub lost: Counter,
-    /// Times the connection was re-established.
-    pub reconnects: Counter,
+    /// The LISTEN connection.
+    pub link: Link,
+}
+
+impl SourceStats {
+    /// Counters exported by `metrics`.
+    pub fn registered(metrics: &Metrics) -> Self {
+        Self {
+            received: Counter::default(),
+            invalid: metrics.invalid.clone().into(),
+            unrouted: metrics.unrouted.clone().into(),
+            lost: metrics.lost.clone().into(),
+            link: Link::registered(metrics, Connection::Listener),
+        }
+    }
+}
+
+/// Milliseconds since the process's first use of this clock.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// What one sink's worker did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SinkStats {
     /// Events the sink confirmed.
     pub delivered: Counter,
@@ -47,8 +109,83 @@ pub struct SinkStats {
     pub retried: Counter,
     /// Events given up on after a permanent error or the last retry.
     pub failed: Counter,
+    /// Of the failed events, those kept in the dead letters (durable mode).
+    pub dead_lettered: Counter,
     /// Events not queued because the queue was full (`when_full = "drop"`).
     pub dropped: Counter,
+    /// Events queued or being delivered, not yet settled.
+    pub depth: Gauge,
+    /// Seconds from queueing to confirmation, retries included.
+    pub latency: Histogram,
+    /// When (`now_ms`) the sink last settled an event or got work while
+    /// idle: how long a sink with events waiting has made no progress.
+    progress_ms: AtomicU64,
+}
+
+impl Default for SinkStats {
+    /// Counters no registry exports, for tests.
+    fn default() -> Self {
+        Self {
+            delivered: Counter::default(),
+            retried: Counter::default(),
+            failed: Counter::default(),
+            dead_lettered: Counter::default(),
+            dropped: Counter::default(),
+            depth: Gauge::default(),
+            latency: crate::metrics::latency_histogram(),
+            progress_ms: AtomicU64::new(now_ms()),
+        }
+    }
+}
+
+impl SinkStats {
+    /// Counters exported by `metrics` with the label `sink="name"`.
+    pub fn registered(metrics: &Metrics, name: &str, capacity: usize) -> Self {
+        let sink = metrics.sink(name, capacity);
+        Self {
+            delivered: sink.delivered,
+            retried: sink.retried,
+            failed: sink.failed,
+            dead_lettered: sink.dead_lettered,
+            dropped: sink.dropped,
+            depth: sink.depth,
+            latency: sink.latency,
+            progress_ms: AtomicU64::new(now_ms()),
+        }
+    }
+
+    /// Counts an event taken into the queue.
+    pub fn queued(&self) {
+        if self.depth.inc() == 0 {
+            self.progress_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Counts events that left the queue without being delivered: dropped
+    /// for lack of room, or refused by a stopped worker.
+    pub fn unqueued(&self, events: usize) {
+        self.depth.dec_by(events as i64);
+    }
+
+    /// Counts events settled, delivered or not, `waited` after queueing.
+    pub fn settled(&self, waited: impl Iterator<Item = Duration>) {
+        let mut events = 0;
+        for waited in waited {
+            self.latency.observe(waited.as_secs_f64());
+            events += 1;
+        }
+        self.depth.dec_by(events);
+        self.progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long events have waited with nothing settled, if any wait.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        if self.depth.get() <= 0 {
+            return None;
+        }
+        let since = self.progress_ms.load(Ordering::Relaxed);
+        Some(Duration::from_millis(now_ms().saturating_sub(since)))
+    }
 }
 
 /// What durable mode did with the event log.
@@ -62,6 +199,19 @@ pub struct DurableStats {
     pub dead_lettered: Counter,
     /// Claimed events no route matched.
     pub unrouted: Counter,
-    /// Times the event log connection was re-established.
-    pub reconnects: Counter,
+    /// The event log's connection.
+    pub link: Link,
+}
+
+impl DurableStats {
+    /// Counters exported by `metrics`.
+    pub fn registered(metrics: &Metrics) -> Self {
+        Self {
+            claimed: metrics.claimed.clone().into(),
+            finished: metrics.finished.clone().into(),
+            dead_lettered: Counter::default(),
+            unrouted: metrics.unrouted.clone().into(),
+            link: Link::registered(metrics, Connection::EventLog),
+        }
+    }
 }

@@ -26,6 +26,6 @@ async fn a_terminated_listener_reconnects_and_later_events_arrive() {
         "{}",
         requests[1].body
     );
-    assert_eq!(daemon.stats.source.reconnects.get(), 1);
+    assert_eq!(daemon.stats.source.link.reconnects.get(), 1);
     daemon.stop().await;
 }

@@ -45,6 +45,8 @@ pub struct Config {
     /// How durable mode claims, retries and cleans up events.
     #[serde(default)]
     pub durable: DurableConfig,
+    /// The HTTP endpoint for metrics and health probes; off when absent.
+    pub admin: Option<AdminConfig>,
 }
 
 const fn default_reconnect_max_backoff_ms() -> u64 {
@@ -305,6 +307,22 @@ impl Default for DaemonConfig {
     }
 }
 
+const fn default_stuck_after_ms() -> u64 {
+    60_000
+}
+
+/// The admin endpoint: `/metrics`, `/healthz` and `/readyz`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address and port to serve on, such as `127.0.0.1:9187`.
+    pub listen: std::net::SocketAddr,
+    /// A sink with events waiting that settles none for this long, in
+    /// milliseconds, is stuck: `/readyz` then answers 503.
+    #[serde(default = "default_stuck_after_ms")]
+    pub stuck_after_ms: u64,
+}
+
 impl Config {
     /// The config the original command line `skor DSN URL` stands for: LISTEN
     /// on `skor` and POST every payload to `url`.
@@ -326,6 +344,7 @@ impl Config {
             routes: Vec::new(),
             daemon: DaemonConfig::default(),
             durable: DurableConfig::default(),
+            admin: None,
         }
     }
 

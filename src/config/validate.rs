@@ -80,7 +80,17 @@ impl Config {
         self.validate_tables()?;
         self.validate_sinks()?;
         self.validate_routes()?;
-        self.validate_durable()
+        self.validate_durable()?;
+        self.validate_admin()
+    }
+
+    fn validate_admin(&self) -> Result<(), Invalid> {
+        match &self.admin {
+            Some(admin) if admin.stuck_after_ms == 0 => {
+                Err(invalid(&["admin", "stuck_after_ms"], "expected at least 1"))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn validate_durable(&self) -> Result<(), Invalid> {

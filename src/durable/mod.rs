@@ -18,11 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, DurableConfig};
+use crate::metrics::ReceivedCounter;
 use crate::router::Router;
 use crate::stats::DurableStats;
 use crate::worker::{Job, Outcome, Resume, SinkQueue};
 
-pub use store::{Backlog, Store, PARTITIONS, WAKE_CHANNEL};
+pub use store::{backlog, Backlog, Store, PARTITIONS, WAKE_CHANNEL};
 
 /// How often partition ownership is rebalanced among the daemons.
 const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -61,6 +62,7 @@ pub struct Durable {
     outcomes: mpsc::UnboundedReceiver<Outcome>,
     channels: Vec<Arc<str>>,
     stats: Arc<DurableStats>,
+    received: ReceivedCounter,
     tracked: HashMap<i64, Tracked>,
     /// Partitions this daemon claims from.
     owned: BTreeSet<i16>,
@@ -86,6 +88,8 @@ impl Durable {
         sink_names: Vec<String>,
         queues: Vec<SinkQueue>,
         outcomes: mpsc::UnboundedReceiver<Outcome>,
+        stats: Arc<DurableStats>,
+        received: ReceivedCounter,
     ) -> Self {
         Self {
             pg,
@@ -101,7 +105,8 @@ impl Durable {
                 .iter()
                 .map(|c| Arc::from(c.as_str()))
                 .collect(),
-            stats: Arc::new(DurableStats::default()),
+            stats,
+            received,
             tracked: HashMap::new(),
             owned: BTreeSet::new(),
             releasing: BTreeSet::new(),
@@ -119,6 +124,7 @@ impl Durable {
     pub async fn open(&self) -> Result<Session, DurableError> {
         let (store, wake) = Store::connect(&self.pg).await.map_err(DurableError)?;
         let backlog = store.backlog().await.map_err(DurableError)?;
+        self.stats.link.set(true);
         info!(
             pending = backlog.pending,
             dead_letters = backlog.dead,
@@ -136,6 +142,7 @@ impl Durable {
             let Err(reason) = self.serve(&mut session, &shutdown).await else {
                 return;
             };
+            self.stats.link.set(false);
             warn!(error = %reason, "lost the event log connection, reconnecting; \
                   events already handed to sinks are finished once it is back");
             // Our locks went with the connection.
@@ -163,7 +170,8 @@ impl Durable {
             };
             match opened {
                 Ok((store, wake)) => {
-                    self.stats.reconnects.incr();
+                    self.stats.link.set(true);
+                    self.stats.link.reconnects.incr();
                     info!("event log connection back");
                     return Some(Session { store, wake });
                 }
@@ -299,13 +307,20 @@ impl Durable {
             due_in_ms,
             done_sinks,
         } = claimed;
+        let channel = self
+            .channels
+            .iter()
+            .find(|c| ***c == *channel)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(channel.as_str()));
+        self.received.count(&channel, &schema, &table, op);
         self.router
             .targets(&channel, &schema, &table, op, &mut self.targets);
         let names = &self.sink_names;
         self.targets
             .retain(|&index| !done_sinks.contains(&names[index]));
         if self.targets.is_empty() {
-            debug!(id, channel, schema, table, %op, "no route matches this event");
+            debug!(id, %channel, schema, table, %op, "no route matches this event");
             self.stats.unrouted.incr();
             self.finished.push(id);
             return;
@@ -314,12 +329,6 @@ impl Durable {
             Some(field) => with_id_field(&payload, field, id),
             None => payload,
         };
-        let channel = self
-            .channels
-            .iter()
-            .find(|c| ***c == *channel)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(channel.as_str()));
         let event = Arc::new(Event {
             channel,
             schema,
@@ -344,10 +353,7 @@ impl Durable {
             },
         );
         for &index in &self.targets {
-            let job = Job {
-                event: Arc::clone(&event),
-                resume,
-            };
+            let job = Job::new(Arc::clone(&event), resume);
             if !self.queues[index].send(job).await {
                 // The worker is gone (shutdown deadline): the event stays
                 // pending and is delivered by the next run.

@@ -285,19 +285,21 @@ impl Store {
 
     /// How many events wait, and for how long the oldest has.
     pub async fn backlog(&self) -> StoreResult<Backlog> {
-        const SQL: &str = "\
-            SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'dead'), \
-                   coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending')), 0)::float8 \
-              FROM skor.event_log WHERE state <> 'delivered'";
-        let row = self
-            .client
-            .query_one(SQL, &[])
-            .await
-            .map_err(|e| describe(&e))?;
-        Ok(Backlog {
-            pending: row.get(0),
-            dead: row.get(1),
-            oldest_s: row.get(2),
-        })
+        backlog(&self.client).await
     }
+}
+
+/// How many events wait in the log `client` reaches, and for how long the
+/// oldest has.
+pub async fn backlog(client: &Client) -> StoreResult<Backlog> {
+    const SQL: &str = "\
+        SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'dead'), \
+               coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending')), 0)::float8 \
+          FROM skor.event_log WHERE state <> 'delivered'";
+    let row = client.query_one(SQL, &[]).await.map_err(|e| describe(&e))?;
+    Ok(Backlog {
+        pending: row.get(0),
+        dead: row.get(1),
+        oldest_s: row.get(2),
+    })
 }

@@ -201,6 +201,8 @@ impl Deliverer {
     /// a durable one becomes a dead letter.
     fn give_up(&self, batch: &Batch, attempts: u32, error: &SinkError) {
         self.stats.failed.add(batch.len() as u64);
+        self.stats
+            .settled(batch.iter().map(|j| j.queued_at.elapsed()));
         let reason = if error.is_retryable() {
             "retries exhausted"
         } else {
@@ -209,6 +211,7 @@ impl Deliverer {
         for job in batch {
             let event = &*job.event;
             if let (Some(id), Some((sink, outcomes))) = (event.id, &self.report) {
+                self.stats.dead_lettered.incr();
                 error!(sink = %self.name, id, schema = %event.schema, table = %event.table,
                        op = %event.op, attempts, error = %error, reason,
                        "event not delivered: moved to the dead letters");
@@ -229,6 +232,8 @@ impl Deliverer {
 
     fn delivered(&self, batch: &Batch, attempt: u32) {
         self.stats.delivered.add(batch.len() as u64);
+        self.stats
+            .settled(batch.iter().map(|j| j.queued_at.elapsed()));
         if let Some((sink, outcomes)) = &self.report {
             for id in batch.iter().filter_map(|j| j.event.id) {
                 let _ = outcomes.send(Outcome::Delivered { id, sink: *sink });

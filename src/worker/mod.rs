@@ -30,6 +30,19 @@ pub struct Job {
     pub event: Arc<Event>,
     /// Attempts a durable event already used, from the event log.
     pub resume: Option<Resume>,
+    /// When the event entered this sink's queue, for the latency metric.
+    pub queued_at: Instant,
+}
+
+impl Job {
+    /// A job for `event`, queued now.
+    pub fn new(event: Arc<Event>, resume: Option<Resume>) -> Self {
+        Self {
+            event,
+            resume,
+            queued_at: Instant::now(),
+        }
+    }
 }
 
 /// Where a durable event's retries stood when it was claimed.
@@ -83,10 +96,15 @@ pub struct Worker {
 }
 
 /// Creates the queue of a sink and the worker that will drain it.
-pub fn worker(name: &str, sink: Box<dyn Sink>, delivery: &DeliveryConfig) -> (SinkQueue, Worker) {
+/// `stats` are the sink's counters.
+pub fn worker(
+    name: &str,
+    sink: Box<dyn Sink>,
+    delivery: &DeliveryConfig,
+    stats: Arc<SinkStats>,
+) -> (SinkQueue, Worker) {
     let (tx, rx) = mpsc::channel(delivery.queue_capacity);
     let name: Arc<str> = Arc::from(name);
-    let stats = Arc::new(SinkStats::default());
     let queue = SinkQueue {
         name: Arc::clone(&name),
         tx,

@@ -50,14 +50,14 @@ impl SinkQueue {
     /// Queues an event for this sink, applying `when_full` if there is no
     /// room. Returns once the event is queued or dropped.
     pub async fn push(&self, event: &Arc<Event>) {
-        let job = Job {
-            event: Arc::clone(event),
-            resume: None,
-        };
+        let job = Job::new(Arc::clone(event), None);
+        // Counted before the worker can settle it, so depth never dips.
+        self.stats.queued();
         let event = match self.tx.try_send(job) {
             Ok(()) => return,
             Err(TrySendError::Closed(Job { event, .. })) => {
                 // Only after the worker stopped at the shutdown deadline.
+                self.stats.unqueued(1);
                 self.stats.failed.incr();
                 error!(sink = %self.name, schema = %event.schema, table = %event.table,
                        op = %event.op, payload = %String::from_utf8_lossy(&event.payload),
@@ -70,6 +70,7 @@ impl SinkQueue {
         match self.when_full {
             WhenFull::Drop => {
                 let event = event.event;
+                self.stats.unqueued(1);
                 self.stats.dropped.incr();
                 error!(sink = %self.name, schema = %event.schema, table = %event.table,
                        op = %event.op, capacity, payload = %String::from_utf8_lossy(&event.payload),
@@ -86,11 +87,8 @@ impl SinkQueue {
                            (said at most every 10 s)");
                 }
                 let started = Instant::now();
-                let job = Job {
-                    event,
-                    resume: None,
-                };
-                if self.tx.send(job).await.is_err() {
+                if self.tx.send(Job::new(event, None)).await.is_err() {
+                    self.stats.unqueued(1);
                     self.stats.failed.incr();
                     error!(sink = %self.name, "event not delivered: the sink has stopped");
                     return;
@@ -106,12 +104,12 @@ impl SinkQueue {
     /// Queues a durable event, waiting for room whatever `when_full` says:
     /// the event log holds the backlog. False if the sink has stopped.
     pub async fn send(&self, job: Job) -> bool {
-        self.tx.send(job).await.is_ok()
-    }
-
-    /// Events waiting in the queue.
-    pub fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.stats.queued();
+        let sent = self.tx.send(job).await.is_ok();
+        if !sent {
+            self.stats.unqueued(1);
+        }
+        sent
     }
 }
 

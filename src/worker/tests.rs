@@ -41,7 +41,12 @@ async fn run_script(answers: Vec<Result<(), SinkError>>) -> (Arc<SinkStats>, Vec
         answers: Mutex::new(answers.into()),
         calls: Arc::clone(&calls),
     };
-    let (queue, worker) = worker("test", Box::new(sink), &DeliveryConfig::default());
+    let (queue, worker) = worker(
+        "test",
+        Box::new(sink),
+        &DeliveryConfig::default(),
+        Arc::default(),
+    );
     let stats = worker.stats();
     queue.push(&event()).await;
     drop(queue);
@@ -138,7 +143,7 @@ async fn confirmations_are_awaited_together_and_drained_at_shutdown() {
         max_in_flight: Some(3),
         ..DeliveryConfig::default()
     };
-    let (queue, worker) = worker("test", Box::new(sink), &delivery);
+    let (queue, worker) = worker("test", Box::new(sink), &delivery, Arc::default());
     let stats = worker.stats();
     for size in 1..=5 {
         let mut event = (*event()).clone();
@@ -170,10 +175,15 @@ async fn a_full_queue_drops_and_counts_by_default() {
         queue_capacity: 1,
         ..DeliveryConfig::default()
     };
-    let (queue, worker) = worker("test", Box::new(skor_sink_api::StdoutSink), &delivery);
+    let (queue, worker) = worker(
+        "test",
+        Box::new(skor_sink_api::StdoutSink),
+        &delivery,
+        Arc::default(),
+    );
     queue.push(&event()).await;
     queue.push(&event()).await;
-    assert_eq!(queue.depth(), 1);
+    assert_eq!(worker.stats().depth.get(), 1, "one queued, one dropped");
     assert_eq!(worker.stats().dropped.get(), 1);
 }
 
@@ -233,7 +243,12 @@ async fn run_lanes(
         finished: Arc::clone(&finished),
         batching,
     };
-    let (queue, worker) = worker("test", Box::new(sink), &DeliveryConfig::default());
+    let (queue, worker) = worker(
+        "test",
+        Box::new(sink),
+        &DeliveryConfig::default(),
+        Arc::default(),
+    );
     let stats = worker.stats();
     for event in events {
         queue.push(event).await;
@@ -293,7 +308,12 @@ async fn a_batch_waits_its_linger_for_more_events() {
             linger: Duration::from_millis(50),
         },
     };
-    let (queue, worker) = worker("test", Box::new(sink), &DeliveryConfig::default());
+    let (queue, worker) = worker(
+        "test",
+        Box::new(sink),
+        &DeliveryConfig::default(),
+        Arc::default(),
+    );
     let run = tokio::spawn(worker.run(CancellationToken::new()));
     queue.push(&keyed("k", 1)).await;
     tokio::time::sleep(Duration::from_millis(20)).await;

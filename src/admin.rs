@@ -1,0 +1,215 @@
+//! The admin endpoint (`[admin] listen`): `/metrics` for Prometheus,
+//! `/healthz` for liveness and `/readyz` for readiness probes.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::AdminConfig;
+use crate::daemon::Stats;
+use crate::durable;
+use crate::metrics::Metrics;
+use crate::source::describe;
+
+/// How long a scrape waits for PostgreSQL's gauges before going without.
+const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the admin endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve the admin endpoint on {addr}: {error}")]
+pub struct AdminError {
+    addr: SocketAddr,
+    error: std::io::Error,
+}
+
+/// What the handlers read.
+struct AdminState {
+    metrics: Arc<Metrics>,
+    stats: Stats,
+    /// Whether a LISTEN connection is expected (some table in notify mode).
+    listens: bool,
+    stuck_after: Duration,
+    pg: tokio_postgres::Config,
+    /// The connection scrapes read PostgreSQL's gauges with, opened on
+    /// first use and again after an error.
+    db: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+/// A bound admin endpoint, not yet serving.
+pub struct Admin {
+    listener: TcpListener,
+    state: Arc<AdminState>,
+}
+
+impl Admin {
+    /// Binds `config.listen`, so a taken port stops skor at start-up.
+    pub async fn bind(
+        config: &AdminConfig,
+        metrics: Arc<Metrics>,
+        stats: Stats,
+        listens: bool,
+        pg: tokio_postgres::Config,
+    ) -> Result<Self, AdminError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| AdminError {
+                addr: config.listen,
+                error,
+            })?;
+        Ok(Self {
+            listener,
+            state: Arc::new(AdminState {
+                metrics,
+                stats,
+                listens,
+                stuck_after: Duration::from_millis(config.stuck_after_ms),
+                pg,
+                db: tokio::sync::Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The address it is bound to (the port, when `listen` asked for 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Answers requests until `shutdown`.
+    pub async fn serve(self, shutdown: CancellationToken) {
+        let addr = self.local_addr();
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .with_state(self.state);
+        info!(addr = ?addr, "admin endpoint serving /metrics, /healthz and /readyz");
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            warn!(%error, "admin endpoint stopped");
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    state.refresh_database_gauges().await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        state.metrics.encode(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
+    let problems = state.problems();
+    if problems.is_empty() {
+        return (StatusCode::OK, "ready\n".into());
+    }
+    let mut body = String::from("not ready\n");
+    for problem in problems {
+        let _ = writeln!(body, "- {problem}");
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body)
+}
+
+impl AdminState {
+    /// What keeps skor from doing its job now; empty when ready.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.listens && !self.stats.source.link.is_up() {
+            problems.push("not listening: the connection to PostgreSQL is down".to_string());
+        }
+        if let Some(durable) = &self.stats.durable {
+            if !durable.link.is_up() {
+                problems.push("the connection to the event log is down".to_string());
+            }
+        }
+        for (name, sink) in &self.stats.sinks {
+            if let Some(stalled) = sink.stalled_for().filter(|s| *s >= self.stuck_after) {
+                problems.push(format!(
+                    "sink `{name}` is stuck: {} events waiting, none settled for {} s",
+                    sink.depth.get(),
+                    stalled.as_secs()
+                ));
+            }
+        }
+        problems
+    }
+
+    /// Reads the NOTIFY queue's usage and the event log's backlog; a gauge
+    /// PostgreSQL cannot give now reads NaN, so a stale value never shows.
+    async fn refresh_database_gauges(&self) {
+        let gauges = &self.metrics.database;
+        let read = tokio::time::timeout(DATABASE_TIMEOUT, self.read_database()).await;
+        let read = read.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()));
+        match read {
+            Ok((usage, backlog)) => {
+                gauges.notify_queue_usage.set(usage);
+                if let Some(backlog) = backlog {
+                    gauges.backlog.set(backlog.pending as f64);
+                    gauges.dead_letters.set(backlog.dead as f64);
+                    gauges.oldest_pending_seconds.set(backlog.oldest_s);
+                }
+            }
+            Err(error) => {
+                debug!(%error, "metrics: cannot read PostgreSQL's gauges");
+                for gauge in [
+                    &gauges.notify_queue_usage,
+                    &gauges.backlog,
+                    &gauges.dead_letters,
+                    &gauges.oldest_pending_seconds,
+                ] {
+                    gauge.set(f64::NAN);
+                }
+            }
+        }
+    }
+
+    async fn read_database(&self) -> Result<(f64, Option<durable::Backlog>), String> {
+        let mut db = self.db.lock().await;
+        if db.as_ref().is_none_or(|client| client.is_closed()) {
+            let (client, connection) = self
+                .pg
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| describe(&e))?;
+            tokio::spawn(connection);
+            *db = Some(client);
+        }
+        let client = db.as_ref().expect("just connected");
+        let read = async {
+            let usage: f64 = client
+                .query_one("SELECT pg_notification_queue_usage()", &[])
+                .await
+                .map_err(|e| describe(&e))?
+                .get(0);
+            let backlog = match self.stats.durable {
+                Some(_) => Some(durable::backlog(client).await?),
+                None => None,
+            };
+            Ok((usage, backlog))
+        };
+        let read = read.await;
+        if read.is_err() {
+            *db = None;
+        }
+        read
+    }
+}

@@ -1,0 +1,351 @@
+//! The daemon's Prometheus metrics: one registry, whose counters the
+//! listener, the sink workers and durable mode update as they go, and the
+//! gauges read from PostgreSQL when `/metrics` is scraped.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use skor_sink_api::Op;
+
+use crate::stats;
+
+/// Labels of `skor_events_received_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceivedLabels {
+    channel: String,
+    table: String,
+    op: &'static str,
+}
+
+/// The label of every per-sink series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
+
+/// A connection to PostgreSQL skor keeps open.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Connection {
+    /// The connection that LISTENs (notify mode).
+    Listener,
+    /// The connection that claims from the event log (durable mode).
+    EventLog,
+}
+
+/// The label of per-connection series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabel {
+    connection: Connection,
+}
+
+/// Delivery latency buckets: 1 ms to about 65 s, doubling.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// The per-sink series of one sink.
+pub struct SinkSeries {
+    pub delivered: stats::Counter,
+    pub retried: stats::Counter,
+    pub failed: stats::Counter,
+    pub dead_lettered: stats::Counter,
+    pub dropped: stats::Counter,
+    pub depth: Gauge,
+    pub latency: Histogram,
+}
+
+/// Gauges of the database, set at each scrape.
+#[derive(Debug, Default)]
+pub struct DatabaseGauges {
+    /// `pg_notification_queue_usage()`, 0 to 1.
+    pub notify_queue_usage: Gauge<f64, AtomicU64>,
+    /// Events pending in the event log.
+    pub backlog: Gauge<f64, AtomicU64>,
+    /// Events in the event log's dead letters.
+    pub dead_letters: Gauge<f64, AtomicU64>,
+    /// Age of the oldest pending event, in seconds.
+    pub oldest_pending_seconds: Gauge<f64, AtomicU64>,
+}
+
+/// Every series skor exports, registered under the `skor_` prefix.
+pub struct Metrics {
+    registry: Registry,
+    received: Family<ReceivedLabels, Counter>,
+    pub(crate) invalid: Counter,
+    pub(crate) unrouted: Counter,
+    pub(crate) lost: Counter,
+    pub(crate) claimed: Counter,
+    pub(crate) finished: Counter,
+    delivered: Family<SinkLabel, Counter>,
+    retried: Family<SinkLabel, Counter>,
+    failed: Family<SinkLabel, Counter>,
+    dead_lettered: Family<SinkLabel, Counter>,
+    dropped: Family<SinkLabel, Counter>,
+    depth: Family<SinkLabel, Gauge>,
+    capacity: Family<SinkLabel, Gauge>,
+    latency: Family<SinkLabel, Histogram, fn() -> Histogram>,
+    reconnects: Family<ConnectionLabel, Counter>,
+    connected: Family<ConnectionLabel, Gauge>,
+    /// Read from PostgreSQL when scraped.
+    pub database: DatabaseGauges,
+}
+
+impl Metrics {
+    /// Registers every series; the event log's only when `durable`.
+    pub fn new(durable: bool) -> Self {
+        let mut metrics = Self {
+            registry: Registry::with_prefix("skor"),
+            received: Family::default(),
+            invalid: Counter::default(),
+            unrouted: Counter::default(),
+            lost: Counter::default(),
+            claimed: Counter::default(),
+            finished: Counter::default(),
+            delivered: Family::default(),
+            retried: Family::default(),
+            failed: Family::default(),
+            dead_lettered: Family::default(),
+            dropped: Family::default(),
+            depth: Family::default(),
+            capacity: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            reconnects: Family::default(),
+            connected: Family::default(),
+            database: DatabaseGauges::default(),
+        };
+        let r = &mut metrics.registry;
+        r.register(
+            "build",
+            "The running skor's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        r.register(
+            "events_received",
+            "Events received from PostgreSQL, by channel, table and operation",
+            metrics.received.clone(),
+        );
+        r.register(
+            "events_invalid",
+            "Notifications skipped because they were not skor events",
+            metrics.invalid.clone(),
+        );
+        r.register(
+            "events_unrouted",
+            "Events that no route matched",
+            metrics.unrouted.clone(),
+        );
+        r.register(
+            "events_lost",
+            "Oversized events whose payload could not be fetched",
+            metrics.lost.clone(),
+        );
+        r.register(
+            "sink_delivered",
+            "Events the sink confirmed",
+            metrics.delivered.clone(),
+        );
+        r.register(
+            "sink_retried",
+            "Events sent again after a failed attempt",
+            metrics.retried.clone(),
+        );
+        r.register(
+            "sink_failed",
+            "Events given up on: a permanent error or retries exhausted",
+            metrics.failed.clone(),
+        );
+        r.register(
+            "sink_dead_lettered",
+            "Failed events kept in the event log's dead letters (durable mode)",
+            metrics.dead_lettered.clone(),
+        );
+        r.register(
+            "sink_dropped",
+            "Events not queued because the sink's queue was full (when_full = \"drop\")",
+            metrics.dropped.clone(),
+        );
+        r.register(
+            "sink_queue_depth",
+            "Events queued for the sink or being delivered, not yet settled",
+            metrics.depth.clone(),
+        );
+        r.register(
+            "sink_queue_capacity",
+            "Room in the sink's queue (queue_capacity)",
+            metrics.capacity.clone(),
+        );
+        r.register(
+            "sink_delivery_seconds",
+            "Time from an event's queueing to the sink's confirmation, retries included",
+            metrics.latency.clone(),
+        );
+        r.register(
+            "postgres_reconnects",
+            "Times a lost connection to PostgreSQL was re-established",
+            metrics.reconnects.clone(),
+        );
+        r.register(
+            "postgres_connected",
+            "1 while the connection to PostgreSQL is up",
+            metrics.connected.clone(),
+        );
+        r.register(
+            "notification_queue_usage",
+            "pg_notification_queue_usage(): the fraction of PostgreSQL's NOTIFY queue in use",
+            metrics.database.notify_queue_usage.clone(),
+        );
+        if durable {
+            r.register(
+                "durable_claimed",
+                "Events claimed from the event log",
+                metrics.claimed.clone(),
+            );
+            r.register(
+                "durable_finished",
+                "Events every sink settled, removed from (or marked in) the event log",
+                metrics.finished.clone(),
+            );
+            r.register(
+                "durable_backlog_events",
+                "Events pending in the event log",
+                metrics.database.backlog.clone(),
+            );
+            r.register(
+                "durable_dead_letters",
+                "Events in the event log's dead letters",
+                metrics.database.dead_letters.clone(),
+            );
+            r.register(
+                "durable_oldest_pending_seconds",
+                "Age of the oldest pending event in the event log",
+                metrics.database.oldest_pending_seconds.clone(),
+            );
+        }
+        metrics
+    }
+
+    /// The series of the sink called `name`, whose queue holds `capacity`.
+    pub fn sink(&self, name: &str, capacity: usize) -> SinkSeries {
+        let label = SinkLabel {
+            sink: name.to_string(),
+        };
+        self.capacity
+            .get_or_create(&label)
+            .set(capacity.try_into().unwrap_or(i64::MAX));
+        SinkSeries {
+            delivered: self.delivered.get_or_create_owned(&label).into(),
+            retried: self.retried.get_or_create_owned(&label).into(),
+            failed: self.failed.get_or_create_owned(&label).into(),
+            dead_lettered: self.dead_lettered.get_or_create_owned(&label).into(),
+            dropped: self.dropped.get_or_create_owned(&label).into(),
+            depth: self.depth.get_or_create_owned(&label),
+            latency: self.latency.get_or_create_owned(&label),
+        }
+    }
+
+    /// Whether `connection` is up, as a gauge.
+    pub fn connected(&self, connection: Connection) -> Gauge {
+        self.connected
+            .get_or_create_owned(&ConnectionLabel { connection })
+    }
+
+    /// Reconnections of `connection`.
+    pub fn reconnects(&self, connection: Connection) -> stats::Counter {
+        self.reconnects
+            .get_or_create_owned(&ConnectionLabel { connection })
+            .into()
+    }
+
+    /// A counter of events received, per channel, table and operation.
+    pub fn received(self: &Arc<Self>) -> ReceivedCounter {
+        ReceivedCounter {
+            metrics: Arc::clone(self),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Every series in Prometheus's text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Counters of one schema's tables, by table, then op.
+type TableCounters = HashMap<String, [Option<Counter>; 3]>;
+
+/// Counts received events by channel, then `schema.table`, then op, keeping
+/// the counters it found so the hot path neither allocates nor locks.
+pub struct ReceivedCounter {
+    metrics: Arc<Metrics>,
+    cache: HashMap<Arc<str>, HashMap<String, TableCounters>>,
+}
+
+impl ReceivedCounter {
+    /// Counts one event.
+    pub fn count(&mut self, channel: &Arc<str>, schema: &str, table: &str, op: Op) {
+        let slot = op as usize;
+        let counters = self
+            .cache
+            .get_mut(&**channel)
+            .and_then(|schemas| schemas.get_mut(schema))
+            .and_then(|tables| tables.get_mut(table));
+        if let Some(Some(counter)) = counters.map(|c| &c[slot]) {
+            counter.inc();
+            return;
+        }
+        let counter = self.metrics.received.get_or_create_owned(&ReceivedLabels {
+            channel: channel.to_string(),
+            table: format!("{schema}.{table}"),
+            op: op.as_str(),
+        });
+        counter.inc();
+        self.cache
+            .entry(Arc::clone(channel))
+            .or_default()
+            .entry(schema.to_string())
+            .or_default()
+            .entry(table.to_string())
+            .or_default()[slot] = Some(counter);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_counters_with_their_labels() {
+        let metrics = Arc::new(Metrics::new(false));
+        let mut received = metrics.received();
+        let channel: Arc<str> = Arc::from("skor");
+        received.count(&channel, "public", "orders", Op::Insert);
+        received.count(&channel, "public", "orders", Op::Insert);
+        received.count(&channel, "public", "orders", Op::Delete);
+        let sink = metrics.sink("hook", 100);
+        sink.delivered.add(3);
+        sink.latency.observe(0.003);
+        let text = metrics.encode();
+        for line in [
+            r#"skor_events_received_total{channel="skor",table="public.orders",op="INSERT"} 2"#,
+            r#"skor_events_received_total{channel="skor",table="public.orders",op="DELETE"} 1"#,
+            r#"skor_sink_delivered_total{sink="hook"} 3"#,
+            r#"skor_sink_queue_capacity{sink="hook"} 100"#,
+            r#"skor_sink_delivery_seconds_bucket{sink="hook",le="0.004"} 1"#,
+            r#"skor_sink_delivery_seconds_count{sink="hook"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+        assert!(!text.contains("durable"), "{text}");
+    }
+}
