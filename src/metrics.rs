@@ -346,6 +346,6 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
         }
-        assert!(!text.contains("durable"), "{text}");
+        assert!(!text.contains("skor_durable_"), "{text}");
     }
 }
