@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -32,7 +32,7 @@ struct SinkLabel {
 }
 
 /// A connection to PostgreSQL skor keeps open.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Connection {
     /// The connection that LISTENs (notify mode).
     Listener,
@@ -40,10 +40,22 @@ pub enum Connection {
     EventLog,
 }
 
+impl Connection {
+    /// Its `connection` label.
+    const fn label(self) -> ConnectionLabel {
+        ConnectionLabel {
+            connection: match self {
+                Connection::Listener => "listener",
+                Connection::EventLog => "event_log",
+            },
+        }
+    }
+}
+
 /// The label of per-connection series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectionLabel {
-    connection: Connection,
+    connection: &'static str,
 }
 
 /// Delivery latency buckets: 1 ms to about 65 s, doubling.
@@ -253,14 +265,13 @@ impl Metrics {
 
     /// Whether `connection` is up, as a gauge.
     pub fn connected(&self, connection: Connection) -> Gauge {
-        self.connected
-            .get_or_create_owned(&ConnectionLabel { connection })
+        self.connected.get_or_create_owned(&connection.label())
     }
 
     /// Reconnections of `connection`.
     pub fn reconnects(&self, connection: Connection) -> stats::Counter {
         self.reconnects
-            .get_or_create_owned(&ConnectionLabel { connection })
+            .get_or_create_owned(&connection.label())
             .into()
     }
 

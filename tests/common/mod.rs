@@ -270,6 +270,8 @@ impl Hook {
 /// A daemon running in this process.
 pub struct Running {
     pub stats: Stats,
+    /// The admin endpoint's address, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
     shutdown: CancellationToken,
     handle: JoinHandle<skor::Summary>,
 }
@@ -283,10 +285,12 @@ impl Running {
         let config = Config::from_toml(config, "test.toml").expect("valid config");
         let daemon = Daemon::start(&config).await.expect("daemon starts");
         let stats = daemon.stats();
+        let admin = daemon.admin_addr();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(daemon.run(shutdown.clone()));
         Self {
             stats,
+            admin,
             shutdown,
             handle,
         }
