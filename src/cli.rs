@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::daemon::{pg_config, Daemon};
+use crate::daemon::{pg_config, target, Daemon};
 use crate::logging::{self, LogFormat};
 use crate::source::describe;
 use crate::{dead_letters, sql};
@@ -251,6 +251,10 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
                     ""
                 }
             );
+            let outline = config.outline(&target(&pg_config(&config)));
+            println!("  source: {}", outline.source);
+            println!("  sinks:  {}", outline.sinks);
+            println!("  routes: {}", outline.routes);
             Ok(())
         }
     }

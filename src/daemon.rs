@@ -100,6 +100,11 @@ fn build_sink(kind: &SinkKind) -> Result<Box<dyn Sink>, String> {
 impl Daemon {
     /// Builds every sink, connects to PostgreSQL and LISTENs.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let pg = pg_config(config);
+        let database = target(&pg);
+        let outline = config.outline(&database);
+        info!(source = %outline.source, sinks = %outline.sinks, routes = %outline.routes,
+              version = env!("CARGO_PKG_VERSION"), "starting");
         let mut sinks: Vec<(String, Box<dyn Sink>, DeliveryConfig)> = Vec::new();
         for (name, sink) in &config.sinks {
             let built = build_sink(&sink.kind).map_err(|message| StartError::Sink {
@@ -135,8 +140,6 @@ impl Daemon {
                 .uses_durable()
                 .then(|| Arc::new(DurableStats::registered(&metrics))),
         };
-        let pg = pg_config(config);
-        let database = target(&pg);
         // Bound first: a taken port is a start-up error, not a late surprise.
         let admin = match &config.admin {
             Some(admin) => {
@@ -293,7 +296,7 @@ impl Daemon {
 }
 
 /// `user@host:port/dbname`, for logs: never the password.
-fn target(pg: &tokio_postgres::Config) -> String {
+pub fn target(pg: &tokio_postgres::Config) -> String {
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
         Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),

@@ -5,6 +5,7 @@ mod columns;
 mod env;
 mod error;
 mod load;
+mod outline;
 mod sinks;
 mod validate;
 
@@ -15,6 +16,7 @@ use skor_sink_webhook::WebhookConfig;
 
 pub use columns::Columns;
 pub use error::ConfigError;
+pub use outline::Outline;
 pub use validate::TableName;
 
 /// The channel the original skor listened on, and skor's default.

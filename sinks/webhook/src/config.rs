@@ -62,7 +62,8 @@ impl WebhookConfig {
                 if url.password().is_some() {
                     let _ = url.set_password(Some("<redacted>"));
                 }
-                url.to_string()
+                // The URL type percent-encodes the marker; show it as written.
+                url.to_string().replacen("%3Credacted%3E", "<redacted>", 1)
             }
             Err(_) => "<invalid url>".to_string(),
         }

@@ -1,0 +1,130 @@
+//! A short description of a config's source, sinks and routes for the
+//! start-up log line and `skor check`: passwords and secrets never appear.
+
+use super::{Config, SinkKind};
+
+/// What a config connects to and where it sends events, redacted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outline {
+    /// `user@host:port/db`, the channels, and the tables per mode.
+    pub source: String,
+    /// Each sink: `name: type target`.
+    pub sinks: String,
+    /// Each route: `channel table-patterns ops -> sinks`.
+    pub routes: String,
+}
+
+impl SinkKind {
+    /// The sink's type and where it delivers, with any password replaced.
+    pub fn outline(&self) -> String {
+        match self {
+            SinkKind::Webhook(webhook) => {
+                let mut text = format!("webhook {}", webhook.redacted_url());
+                if !webhook.headers.is_empty() {
+                    let names: Vec<&str> = webhook.headers.keys().map(String::as_str).collect();
+                    text.push_str(&format!(" (headers {})", names.join(", ")));
+                }
+                text
+            }
+            SinkKind::Stdout(_) => "stdout".to_string(),
+            #[cfg(feature = "amqp")]
+            SinkKind::Amqp(amqp) => {
+                format!("amqp {} exchange {:?}", amqp.redacted_url(), amqp.exchange)
+            }
+            #[cfg(feature = "kafka")]
+            SinkKind::Kafka(kafka) => format!("kafka {}", kafka.brokers),
+        }
+    }
+}
+
+impl Config {
+    /// The config in three lines' worth of text, fit for a log.
+    pub fn outline(&self, database: &str) -> Outline {
+        let durable = self
+            .tables
+            .iter()
+            .filter(|t| self.table_mode(t) == super::Mode::Durable)
+            .count();
+        let source = format!(
+            "{database} channels [{}], {} tables in notify mode, {durable} in durable mode",
+            self.notify_channels().join(", "),
+            self.tables.len() - durable,
+        );
+        let sinks = if self.sinks.is_empty() {
+            "stdout (none configured)".to_string()
+        } else {
+            self.sinks
+                .iter()
+                .map(|(name, sink)| format!("{name}: {}", sink.kind.outline()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let routes = if self.routes.is_empty() {
+            "every event to every sink".to_string()
+        } else {
+            self.routes
+                .iter()
+                .map(|route| {
+                    let ops: Vec<&str> = route.ops.iter().map(|op| op.as_str()).collect();
+                    format!(
+                        "{} [{}] {} -> {}",
+                        route.channel.as_deref().unwrap_or("any channel"),
+                        route.tables.join(", "),
+                        ops.join(","),
+                        route.sinks.join(", ")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        Outline {
+            source,
+            sinks,
+            routes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn names_every_sink_and_route_without_secrets() {
+        let config = Config::from_toml(
+            r#"
+[source]
+dsn = "postgres://app:pg-s3cret@db/app"
+
+[[table]]
+name = "orders"
+
+[sink.hook]
+type = "webhook"
+url = "https://user:url-s3cret@example.com/hook"
+headers = { Authorization = "Bearer header-s3cret" }
+
+[sink.out]
+type = "stdout"
+
+[[route]]
+tables = ["public.*"]
+ops = ["INSERT"]
+sinks = ["hook", "out"]
+"#,
+            "test.toml",
+        )
+        .unwrap();
+        let outline = config.outline("app@db:5432/app");
+        assert_eq!(
+            outline.source,
+            "app@db:5432/app channels [skor], 1 tables in notify mode, 0 in durable mode"
+        );
+        assert_eq!(
+            outline.sinks,
+            "hook: webhook https://user:<redacted>@example.com/hook (headers Authorization); out: stdout"
+        );
+        assert_eq!(outline.routes, "any channel [public.*] INSERT -> hook, out");
+        assert!(!format!("{outline:?}").contains("s3cret"));
+    }
+}
