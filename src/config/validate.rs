@@ -199,6 +199,8 @@ impl Config {
                             WebhookError::Url(_) => vec!["url"],
                             WebhookError::Client(_) => vec![],
                             WebhookError::BatchSize => vec!["batch_size"],
+                            WebhookError::Secret(_) => vec!["secret"],
+                            WebhookError::Tls { key, .. } => vec![*key],
                         };
                         let mut path = vec!["sink", name.as_str()];
                         path.extend(key);
