@@ -210,8 +210,13 @@ impl Config {
                 SinkKind::Stdout(_) => {}
                 #[cfg(feature = "amqp")]
                 SinkKind::Amqp(config) => {
-                    skor_sink_amqp::AmqpSink::new(config)
-                        .map_err(|e| invalid(&["sink", name.as_str(), "url"], e.to_string()))?;
+                    skor_sink_amqp::AmqpSink::new(config).map_err(|e| {
+                        let key = match &e {
+                            skor_sink_amqp::AmqpError::Tls { key, .. } => key,
+                            skor_sink_amqp::AmqpError::Url { .. } => "url",
+                        };
+                        invalid(&["sink", name.as_str(), key], e.to_string())
+                    })?;
                 }
                 #[cfg(feature = "kafka")]
                 SinkKind::Kafka(config) => {
