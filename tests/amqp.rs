@@ -185,3 +185,40 @@ async fn durable_events_carry_their_id_and_leave_the_log_once_confirmed() {
     daemon.stop().await;
     rabbit.delete().await;
 }
+
+#[tokio::test]
+async fn amqps_to_the_plain_amqp_port_fails_clearly_and_hides_the_password() {
+    use skor_sink_amqp::{AmqpConfig, AmqpSink};
+    use skor_sink_api::Sink;
+    // The broker's plain port, reached with TLS: the handshake must fail,
+    // and the error must say so without the password.
+    let plain = common::amqp::url();
+    let tls_url = plain.replacen("amqp://", "amqps://", 1);
+    let password = tls_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password.to_string())
+        .expect("the test URL has a password");
+    let sink = AmqpSink::new(&AmqpConfig::new(tls_url, "")).unwrap();
+    let event = skor_sink_api::Event {
+        channel: "skor".into(),
+        schema: "public".into(),
+        table: "items".into(),
+        op: skor_sink_api::Op::Insert,
+        payload: skor_sink_api::Bytes::from_static(b"{}"),
+        key: None,
+        id: None,
+        seq: 1,
+    };
+    let error = sink
+        .send(&event)
+        .await
+        .expect_err("no TLS on the plain port");
+    let shown = error.to_string();
+    assert_eq!(error.kind, skor_sink_api::ErrorKind::Disconnected);
+    assert!(shown.starts_with("connecting to amqps://"), "{shown}");
+    assert!(shown.contains(":<redacted>@"), "{shown}");
+    assert!(shown.contains("does not speak TLS on this port"), "{shown}");
+    assert!(!shown.contains(&format!(":{password}@")), "{shown}");
+}

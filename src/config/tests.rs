@@ -117,6 +117,18 @@ fn errors_name_the_file_line_and_key() {
             "skor.toml:5:7: key `sink.hook.url`: invalid webhook url: ftp://h/: the scheme must be http or https",
         ),
         (
+            "[sink.hook]\ntype = \"webhook\"\nurl = \"http://h/\"\nsecret = \"whsec_%%%\"\n",
+            "skor.toml:6:10: key `sink.hook.secret`: invalid secret: the part after `whsec_` is not valid base64",
+        ),
+        (
+            "[sink.hook]\ntype = \"webhook\"\nurl = \"https://h/\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            "skor.toml:6:11: key `sink.hook.ca_file`: ca_file: cannot read /nonexistent/ca.pem",
+        ),
+        (
+            "[sink.hook]\ntype = \"webhook\"\nurl = \"https://h/\"\nclient_cert = \"/c.pem\"\n",
+            "skor.toml:3:1: key `sink.hook.client_key`: client_key: client_cert is set, so client_key must be too",
+        ),
+        (
             "[[table]]\nname = \"t\"\nmode = \"outbox\"\n",
             "skor.toml:5:8: key `table[0].mode`: unknown variant `outbox`, expected `notify` or `durable`",
         ),

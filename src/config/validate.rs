@@ -209,6 +209,8 @@ impl Config {
                             WebhookError::Url(_) => vec!["url"],
                             WebhookError::Client(_) => vec![],
                             WebhookError::BatchSize => vec!["batch_size"],
+                            WebhookError::Secret(_) => vec!["secret"],
+                            WebhookError::Tls { key, .. } => vec![*key],
                         };
                         let mut path = vec!["sink", name.as_str()];
                         path.extend(key);
@@ -218,8 +220,13 @@ impl Config {
                 SinkKind::Stdout(_) => {}
                 #[cfg(feature = "amqp")]
                 SinkKind::Amqp(config) => {
-                    skor_sink_amqp::AmqpSink::new(config)
-                        .map_err(|e| invalid(&["sink", name.as_str(), "url"], e.to_string()))?;
+                    skor_sink_amqp::AmqpSink::new(config).map_err(|e| {
+                        let key = match &e {
+                            skor_sink_amqp::AmqpError::Tls { key, .. } => key,
+                            skor_sink_amqp::AmqpError::Url { .. } => "url",
+                        };
+                        invalid(&["sink", name.as_str(), key], e.to_string())
+                    })?;
                 }
                 #[cfg(feature = "kafka")]
                 SinkKind::Kafka(config) => {

@@ -5,6 +5,7 @@
 #[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod bin;
+pub mod https;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 

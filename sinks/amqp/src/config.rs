@@ -1,6 +1,7 @@
 //! `[sink.NAME]` options of `type = "amqp"`.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use skor_sink_api::{Redacted, Template};
 
@@ -62,6 +63,18 @@ pub struct AmqpConfig {
     /// How long to wait for the broker when connecting, in milliseconds.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// With `amqps://`: PEM file of CA certificates trusted in addition to
+    /// the system's roots (for a broker with a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// With `amqps://`: PEM file of a client certificate for mutual TLS
+    /// (RabbitMQ's `fail_if_no_peer_cert`); needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// With `amqps://`: PEM file of the client certificate's unencrypted
+    /// private key; needs `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 impl AmqpConfig {
@@ -76,6 +89,9 @@ impl AmqpConfig {
             mandatory: true,
             persistent: true,
             connect_timeout_ms: default_connect_timeout_ms(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 
@@ -95,6 +111,10 @@ impl fmt::Debug for AmqpConfig {
             .field("routing_key", &self.routing_key)
             .field("mandatory", &self.mandatory)
             .field("persistent", &self.persistent)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .finish()
     }
 }

@@ -1,11 +1,18 @@
 //! Publishing with publisher confirms over one channel, re-opened when the
 //! connection or the channel is lost.
 
+use std::path::Path;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, DefaultConnectionBuilder,
+    ExchangeKind,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use skor_sink_api::{Confirmation, Event, Sink, SinkError};
 use tokio::sync::Mutex;
 use tracing::info;
@@ -23,6 +30,15 @@ pub enum AmqpError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A TLS option (`ca_file`, `client_cert`, `client_key`) is misused, or
+    /// its file is missing or not what it should be.
+    #[error("{key}: {message}")]
+    Tls {
+        /// The config key at fault.
+        key: &'static str,
+        /// What is wrong, naming the file.
+        message: String,
+    },
 }
 
 /// The open connection and the confirming channel on it.
@@ -35,6 +51,8 @@ struct Link {
 pub struct AmqpSink {
     config: AmqpConfig,
     properties: BasicProperties,
+    /// CA certificates and client identity for amqps://, read at start-up.
+    tls: OwnedTLSConfig,
     link: Mutex<Option<Link>>,
 }
 
@@ -49,7 +67,10 @@ impl AmqpSink {
         if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
             return Err(bad("expected amqp://... or amqps://..."));
         }
-        url.parse::<lapin::uri::AMQPUri>().map_err(|e| bad(&e))?;
+        // The parser may quote the URL it refused: keep the password out.
+        url.parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| bad(&e.replace(url.as_str(), &config.redacted_url())))?;
+        let tls = tls_config(config)?;
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_app_id("skor".into());
@@ -59,6 +80,7 @@ impl AmqpSink {
         Ok(Self {
             config: config.clone(),
             properties,
+            tls,
             link: Mutex::new(None),
         })
     }
@@ -95,11 +117,24 @@ impl AmqpSink {
 
     async fn connect(&self) -> Result<Link, SinkError> {
         let url = self.config.redacted_url();
+        let tls = self.config.url.expose().starts_with("amqps://");
         let lost = |what: &str, e: lapin::Error| {
-            SinkError::disconnected(format!("{what} {url}: {}", describe(&e)))
+            let mut reason = describe(&e);
+            // rustls's words for "the server did not answer in TLS".
+            if tls && reason.contains("InvalidContentType") {
+                reason.push_str(
+                    " (the server does not speak TLS on this port; RabbitMQ's TLS listener is usually 5671)",
+                );
+            }
+            SinkError::disconnected(format!("{what} {url}: {reason}"))
         };
         let properties = ConnectionProperties::default().with_connection_name("skor".into());
-        let connection = Connection::connect(self.config.url.expose(), properties)
+        let connection = DefaultConnectionBuilder::new()
+            .map_err(|e| lost("starting the AMQP runtime for", e))?
+            .with_uri_str(self.config.url.expose().clone())
+            .with_properties(properties)
+            .with_tls_config(self.tls.clone())
+            .connect()
             .await
             .map_err(|e| lost("connecting to", e))?;
         let channel = connection
@@ -166,6 +201,94 @@ impl AmqpSink {
     }
 }
 
+/// The TLS settings of `config`, its PEM files read and checked now so a
+/// wrong path or file fails at start-up, naming the key and the file.
+fn tls_config(config: &AmqpConfig) -> Result<OwnedTLSConfig, AmqpError> {
+    let tls_wanted = config.url.expose().starts_with("amqps://");
+    let mut tls = OwnedTLSConfig::default();
+    for (key, set) in [
+        ("ca_file", config.ca_file.is_some()),
+        ("client_cert", config.client_cert.is_some()),
+        ("client_key", config.client_key.is_some()),
+    ] {
+        if set && !tls_wanted {
+            return Err(AmqpError::Tls {
+                key,
+                message: format!(
+                    "applies to amqps:// URLs only, and the url is {}",
+                    config.redacted_url()
+                ),
+            });
+        }
+    }
+    if let Some(path) = &config.ca_file {
+        let pem = read_pem("ca_file", path)?;
+        let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_error("ca_file", path, &e.to_string()))?;
+        if certificates.is_empty() {
+            return Err(pem_error("ca_file", path, "holds no PEM certificate"));
+        }
+        tls.cert_chain = Some(pem);
+    }
+    match (&config.client_cert, &config.client_key) {
+        (None, None) => {}
+        (Some(cert_path), Some(key_path)) => {
+            let cert = read_pem("client_cert", cert_path)?;
+            let certificates = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| pem_error("client_cert", cert_path, &e.to_string()))?;
+            if certificates.is_empty() {
+                return Err(pem_error(
+                    "client_cert",
+                    cert_path,
+                    "holds no PEM certificate",
+                ));
+            }
+            let key = read_pem("client_key", key_path)?;
+            // The error names the file, never its content.
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| {
+                pem_error(
+                    "client_key",
+                    key_path,
+                    "holds no unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1)",
+                )
+            })?;
+            tls.identity = Some(OwnedIdentity::PKCS8 {
+                pem: cert.into_bytes(),
+                key: key.into_bytes(),
+            });
+        }
+        (Some(_), None) => {
+            return Err(AmqpError::Tls {
+                key: "client_key",
+                message: "client_cert is set, so client_key must be too".into(),
+            })
+        }
+        (None, Some(_)) => {
+            return Err(AmqpError::Tls {
+                key: "client_cert",
+                message: "client_key is set, so client_cert must be too".into(),
+            })
+        }
+    }
+    Ok(tls)
+}
+
+fn read_pem(key: &'static str, path: &Path) -> Result<String, AmqpError> {
+    std::fs::read_to_string(path).map_err(|e| AmqpError::Tls {
+        key,
+        message: format!("cannot read {}: {e}", path.display()),
+    })
+}
+
+fn pem_error(key: &'static str, path: &Path, reason: &str) -> AmqpError {
+    AmqpError::Tls {
+        key,
+        message: format!("{}: {reason}", path.display()),
+    }
+}
+
 /// The broker's own words for an error, when it sent some.
 fn describe(error: &lapin::Error) -> String {
     match error.kind() {
@@ -223,5 +346,120 @@ impl Sink for AmqpSink {
                 ))),
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    fn error(config: &AmqpConfig) -> String {
+        AmqpSink::new(config).err().expect("refused").to_string()
+    }
+
+    #[test]
+    fn tls_options_need_amqps_existing_files_and_come_in_pairs() {
+        let mut config = AmqpConfig::new("amqp://guest:s3cret@localhost/%2f", "x");
+        config.ca_file = Some("/nonexistent/ca.pem".into());
+        let shown = error(&config);
+        assert!(
+            shown.starts_with("ca_file: applies to amqps:// URLs only")
+                && shown.contains("guest:<redacted>@")
+                && !shown.contains("s3cret"),
+            "{shown}"
+        );
+
+        config.url = skor_sink_api::Redacted::new("amqps://guest:s3cret@localhost/%2f".into());
+        assert_eq!(
+            error(&config),
+            "ca_file: cannot read /nonexistent/ca.pem: No such file or directory (os error 2)"
+        );
+        let not_pem = file("not a certificate");
+        config.ca_file = Some(not_pem.path().into());
+        let shown = error(&config);
+        assert!(shown.ends_with(": holds no PEM certificate"), "{shown}");
+        assert!(
+            shown.contains(&not_pem.path().display().to_string()),
+            "{shown}"
+        );
+
+        config.ca_file = None;
+        config.client_cert = Some(not_pem.path().into());
+        assert!(error(&config).starts_with("client_key: client_cert is set"));
+        config.client_cert = None;
+        config.client_key = Some(not_pem.path().into());
+        assert!(error(&config).starts_with("client_cert: client_key is set"));
+
+        config.ca_file = None;
+        config.client_key = None;
+        assert!(
+            AmqpSink::new(&config).is_ok(),
+            "amqps:// alone uses the system roots"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_never_shows_the_password() {
+        let config = AmqpConfig::new("amqp://guest:s3cret@localhost:notaport/", "x");
+        let shown = error(&config);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    /// What a plain AMQP 0-9-1 server does with a TLS ClientHello: it
+    /// answers with its protocol header and hangs up.
+    async fn plain_amqp_port() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut hello = [0u8; 512];
+                let _ = socket.read(&mut hello).await;
+                let _ = socket.write_all(b"AMQP\x00\x00\x09\x01").await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn amqps_against_a_plain_port_fails_clearly_without_the_password() {
+        let addr = plain_amqp_port().await;
+        let mut config = AmqpConfig::new(format!("amqps://guest:s3cret@{addr}/%2f"), "");
+        config.connect_timeout_ms = 5_000;
+        let sink = AmqpSink::new(&config).unwrap();
+        let event = Event {
+            channel: "skor".into(),
+            schema: "public".into(),
+            table: "t".into(),
+            op: skor_sink_api::Op::Insert,
+            payload: skor_sink_api::Bytes::from_static(b"{}"),
+            key: None,
+            id: None,
+            seq: 1,
+        };
+        let error = match sink.submit(&event).await {
+            Ok(_) => panic!("a TLS handshake with a plain AMQP port cannot succeed"),
+            Err(error) => error,
+        };
+        assert_eq!(error.kind, skor_sink_api::ErrorKind::Disconnected);
+        let shown = error.to_string();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.starts_with(&format!(
+                "connecting to amqps://guest:<redacted>@{addr}/%2f: "
+            )),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("InvalidContentType") || shown.contains("corrupt message"),
+            "{shown}"
+        );
     }
 }

@@ -117,3 +117,35 @@ impl fmt::Debug for KafkaConfig {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_and_sasl_options_pass_through_but_never_show() {
+        let config: KafkaConfig = toml::from_str(
+            r#"
+            brokers = "kafka:9093"
+            topic = "pg.{table}"
+            [options]
+            "security.protocol" = "SASL_SSL"
+            "ssl.ca.location" = "/etc/skor/kafka-ca.pem"
+            "ssl.key.password" = "k3y-pass"
+            "sasl.mechanisms" = "SCRAM-SHA-512"
+            "sasl.username" = "skor"
+            "sasl.password" = "s3cret"
+            "#,
+        )
+        .unwrap();
+        let properties = config.properties();
+        assert!(properties.contains(&("sasl.password".into(), "s3cret".into())));
+        assert!(properties.contains(&("security.protocol".into(), "SASL_SSL".into())));
+        let shown = format!("{config:?}");
+        assert!(shown.contains("sasl.password"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("k3y-pass"),
+            "{shown}"
+        );
+    }
+}

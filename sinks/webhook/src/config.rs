@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 use skor_sink_api::Redacted;
 
@@ -40,6 +41,55 @@ pub struct WebhookConfig {
     /// milliseconds; 0 sends whatever is queued at once.
     #[serde(default)]
     pub batch_timeout_ms: u64,
+    /// Standard Webhooks signing secret(s): `"whsec_<base64>"` (the decoded
+    /// bytes are the key) or any other string (its bytes are the key), or
+    /// a list of them to sign with each while receivers rotate. Empty: no
+    /// `webhook-*` headers.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub secret: Vec<Redacted<String>>,
+    /// PEM file of CA certificates trusted for HTTPS in addition to the
+    /// built-in (Mozilla) roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (chain) for mutual TLS; needs
+    /// `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or
+    /// SEC1, unencrypted); needs `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// Accepts `secret = "..."` as well as `secret = ["...", "..."]`.
+fn one_or_many<'de, D>(deserializer: D) -> Result<Vec<Redacted<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Vec<Redacted<String>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a secret string or a list of secret strings")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+            Ok(vec![Redacted::new(value.to_string())])
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut secrets = Vec::new();
+            while let Some(secret) = seq.next_element::<Redacted<String>>()? {
+                secrets.push(secret);
+            }
+            Ok(secrets)
+        }
+    }
+    deserializer.deserialize_any(Visitor)
 }
 
 impl WebhookConfig {
@@ -52,6 +102,10 @@ impl WebhookConfig {
             max_redirects: default_max_redirects(),
             batch_size: default_batch_size(),
             batch_timeout_ms: 0,
+            secret: Vec::new(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 
@@ -79,6 +133,10 @@ impl fmt::Debug for WebhookConfig {
             .field("max_redirects", &self.max_redirects)
             .field("batch_size", &self.batch_size)
             .field("batch_timeout_ms", &self.batch_timeout_ms)
+            .field("secrets", &self.secret.len())
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .finish()
     }
 }
@@ -98,5 +156,28 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("Authorization"), "{shown}");
+    }
+
+    #[test]
+    fn secret_is_one_string_or_a_list_and_never_shown() {
+        let one: WebhookConfig =
+            toml::from_str("url = \"http://x/\"\nsecret = \"whsec_c2VjcmV0\"").unwrap();
+        assert_eq!(one.secret.len(), 1);
+        assert_eq!(one.secret[0].expose(), "whsec_c2VjcmV0");
+        let two: WebhookConfig =
+            toml::from_str("url = \"http://x/\"\nsecret = [\"new-one\", \"old-one\"]").unwrap();
+        assert_eq!(two.secret.len(), 2);
+        let shown = format!("{two:?}");
+        assert!(
+            !shown.contains("new-one") && !shown.contains("old-one"),
+            "{shown}"
+        );
+        let none: WebhookConfig = toml::from_str("url = \"http://x/\"").unwrap();
+        assert!(none.secret.is_empty() && none.ca_file.is_none());
+        let error = toml::from_str::<WebhookConfig>("url = \"http://x/\"\nsecret = 5")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("a secret string or a list"), "{error}");
     }
 }

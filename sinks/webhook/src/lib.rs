@@ -5,7 +5,9 @@
 //! failures are worth retrying.
 
 mod config;
+mod signing;
 mod sink;
 
 pub use config::WebhookConfig;
+pub use signing::{WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER};
 pub use sink::{WebhookError, WebhookSink, EVENT_ID_HEADER};

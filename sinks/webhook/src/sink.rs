@@ -2,14 +2,16 @@
 
 use std::error::Error as _;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{redirect, StatusCode};
 use skor_sink_api::{Batching, Bytes, Concurrency, ErrorKind, Event, Sink, SinkError};
 
-use crate::WebhookConfig;
+use crate::signing::{self, Signer};
+use crate::{WebhookConfig, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER};
 
 /// Why a webhook sink could not be created from its config.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,18 @@ pub enum WebhookError {
     /// `batch_size` is 0.
     #[error("batch_size must be at least 1")]
     BatchSize,
+    /// A signing secret is not usable (bad base64, wrong length).
+    #[error("invalid {0}")]
+    Secret(String),
+    /// A TLS file (`ca_file`, `client_cert`, `client_key`) is missing,
+    /// unreadable or not what it should be.
+    #[error("{key}: {message}")]
+    Tls {
+        /// The config key at fault.
+        key: &'static str,
+        /// What is wrong, naming the file.
+        message: String,
+    },
 }
 
 /// POSTs payloads to one URL over a pooled, keep-alive HTTP client.
@@ -40,6 +54,7 @@ pub struct WebhookSink {
     headers: HeaderMap,
     timeout: Duration,
     batching: Batching,
+    signer: Option<Signer>,
 }
 
 impl WebhookSink {
@@ -74,30 +89,52 @@ impl WebhookSink {
             max_events: config.batch_size,
             linger: Duration::from_millis(config.batch_timeout_ms),
         };
+        let signer = Signer::new(&config.secret).map_err(WebhookError::Secret)?;
         let timeout = Duration::from_millis(config.timeout_ms);
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(redirect::Policy::limited(config.max_redirects))
-            .user_agent(concat!("skor/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("skor/", env!("CARGO_PKG_VERSION")));
+        let client = with_tls(builder, config)?
             .build()
-            .map_err(|e| WebhookError::Client(e.to_string()))?;
+            .map_err(|e| WebhookError::Client(describe(&e)))?;
         Ok(Self {
             client,
             url,
             headers,
             timeout,
             batching,
+            signer,
         })
     }
 
-    /// POSTs `body`, with `ids` in the event-id header when there are any.
-    async fn post(&self, body: Bytes, ids: Option<String>) -> Result<(), SinkError> {
+    /// POSTs `body`, with `ids` in the event-id header when there are any,
+    /// signed as `webhook_id()` when a secret is set.
+    async fn post(
+        &self,
+        body: Bytes,
+        ids: Option<String>,
+        webhook_id: impl FnOnce() -> String,
+    ) -> Result<(), SinkError> {
         let mut request = self
             .client
             .post(self.url.clone())
             .headers(self.headers.clone());
         if let Some(ids) = ids {
             request = request.header(EVENT_ID_HEADER, ids);
+        }
+        if let Some(signer) = &self.signer {
+            // The attempt's own time, as the spec asks: a retry is signed
+            // afresh, so receivers may reject stale timestamps.
+            let timestamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let id = webhook_id();
+            let signature = signer.sign(&id, timestamp, &body);
+            request = request
+                .header(WEBHOOK_ID_HEADER, id)
+                .header(WEBHOOK_TIMESTAMP_HEADER, timestamp)
+                .header(WEBHOOK_SIGNATURE_HEADER, signature);
         }
         let response = match request.body(body).send().await {
             Ok(response) => response,
@@ -129,6 +166,72 @@ impl WebhookSink {
             }),
         }
     }
+}
+
+/// Adds the configured CA certificates and client identity to `builder`.
+fn with_tls(
+    builder: reqwest::ClientBuilder,
+    config: &WebhookConfig,
+) -> Result<reqwest::ClientBuilder, WebhookError> {
+    let mut builder = builder;
+    if let Some(path) = &config.ca_file {
+        let pem = read_file("ca_file", path)?;
+        let invalid = |reason: String| WebhookError::Tls {
+            key: "ca_file",
+            message: format!("{}: {reason}", path.display()),
+        };
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| invalid(format!("not a PEM certificate bundle ({})", describe(&e))))?;
+        if certificates.is_empty() {
+            return Err(invalid("holds no PEM certificate".into()));
+        }
+        // Added to the built-in roots, not replacing them: a private CA
+        // for one receiver should not break public ones behind redirects.
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    match (&config.client_cert, &config.client_key) {
+        (None, None) => {}
+        (Some(cert), Some(key)) => {
+            // With rustls, reqwest reads the identity from one PEM holding
+            // the certificate chain and the key.
+            let mut pem = read_file("client_cert", cert)?;
+            pem.push(b'\n');
+            pem.extend(read_file("client_key", key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| WebhookError::Tls {
+                key: "client_cert",
+                message: format!(
+                    "{} and {}: not a PEM certificate and unencrypted private key ({})",
+                    cert.display(),
+                    key.display(),
+                    describe(&e)
+                ),
+            })?;
+            builder = builder.identity(identity);
+        }
+        (Some(_), None) => {
+            return Err(WebhookError::Tls {
+                key: "client_key",
+                message: "client_cert is set, so client_key must be too".into(),
+            })
+        }
+        (None, Some(_)) => {
+            return Err(WebhookError::Tls {
+                key: "client_cert",
+                message: "client_key is set, so client_cert must be too".into(),
+            })
+        }
+    }
+    Ok(builder)
+}
+
+/// The bytes of a file the config names, or an error naming the file.
+fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, WebhookError> {
+    std::fs::read(path).map_err(|e| WebhookError::Tls {
+        key,
+        message: format!("cannot read {}: {e}", path.display()),
+    })
 }
 
 /// The body of a batch: a JSON array of the payloads as received.
@@ -192,12 +295,19 @@ pub const EVENT_ID_HEADER: &str = "skor-event-id";
 #[async_trait::async_trait]
 impl Sink for WebhookSink {
     async fn send(&self, event: &Event) -> Result<(), SinkError> {
-        self.post(event.payload.clone(), event.id.map(|id| id.to_string()))
-            .await
+        self.post(
+            event.payload.clone(),
+            event.id.map(|id| id.to_string()),
+            || signing::event_id(event),
+        )
+        .await
     }
 
     async fn send_batch(&self, events: &[Arc<Event>]) -> Result<(), SinkError> {
-        self.post(batch_body(events), batch_ids(events)).await
+        self.post(batch_body(events), batch_ids(events), || {
+            signing::batch_id(events)
+        })
+        .await
     }
 
     fn concurrency(&self) -> Concurrency {
@@ -252,5 +362,81 @@ mod tests {
             error.contains("X-Token") && !error.contains("break"),
             "{error}"
         );
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn tls_files_must_exist_hold_pem_and_come_in_pairs() {
+        let mut config = WebhookConfig::new("https://example.com/");
+        config.ca_file = Some("/nonexistent/ca.pem".into());
+        let error = WebhookSink::new(&config).err().unwrap().to_string();
+        assert!(
+            error.starts_with("ca_file: cannot read /nonexistent/ca.pem"),
+            "{error}"
+        );
+
+        let not_pem = file("hello");
+        config.ca_file = Some(not_pem.path().into());
+        let error = WebhookSink::new(&config).err().unwrap().to_string();
+        assert!(
+            error.contains(&not_pem.path().display().to_string())
+                && error.contains("no PEM certificate"),
+            "{error}"
+        );
+
+        let mut config = WebhookConfig::new("https://example.com/");
+        config.client_cert = Some(not_pem.path().into());
+        let error = WebhookSink::new(&config).err().unwrap();
+        assert!(
+            matches!(
+                error,
+                WebhookError::Tls {
+                    key: "client_key",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        config.client_key = Some(not_pem.path().into());
+        let error = WebhookSink::new(&config).err().unwrap().to_string();
+        assert!(
+            error.starts_with("client_cert: ") && error.contains("not a PEM certificate"),
+            "{error}"
+        );
+        config.client_cert = None;
+        let error = WebhookSink::new(&config).err().unwrap();
+        assert!(
+            matches!(
+                error,
+                WebhookError::Tls {
+                    key: "client_cert",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_bad_secret_is_a_start_up_error_that_does_not_show_it() {
+        let mut config = WebhookConfig::new("https://example.com/");
+        config.secret = vec![skor_sink_api::Redacted::new("whsec_???".into())];
+        let error = WebhookSink::new(&config).err().unwrap().to_string();
+        assert!(
+            error.starts_with("invalid secret:")
+                && error.contains("base64")
+                && !error.contains("???"),
+            "{error}"
+        );
+        config.secret = vec![skor_sink_api::Redacted::new("short".into())];
+        let error = WebhookSink::new(&config).err().unwrap().to_string();
+        assert!(error.contains("5 bytes"), "{error}");
+        config.secret = vec![skor_sink_api::Redacted::new("x".repeat(32))];
+        assert!(WebhookSink::new(&config).is_ok());
     }
 }
