@@ -158,3 +158,18 @@ async fn durable_batches_name_their_event_ids_in_body_order() {
     }
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_lone_event_still_arrives_as_an_array() {
+    let db = TestDb::new().await;
+    db.exec(TABLE).await;
+    let hook = Hook::start().await;
+    let cfg = hook_config(&db, "name = \"items\"", &hook, "batch_size = 10");
+    let daemon = start_installed(&db, &cfg).await;
+    db.exec("INSERT INTO items (id) VALUES (7)").await;
+    let requests = hook.wait_for(1).await;
+    let payloads = elements(&requests[0]);
+    assert_eq!(payloads.len(), 1, "{}", requests[0].body);
+    assert_eq!(common::row_id(&payloads[0]), 7);
+    daemon.stop().await;
+}

@@ -115,8 +115,8 @@ async fn a_batch_is_signed_over_its_array_body_and_keeps_its_id_on_retry() {
         &db,
         "name = \"items\"",
         &hook,
-        // One lane, so the events go out as batches rather than one per
-        // lane (a batch of one is sent as a bare payload).
+        // One lane, so the events go out as batches of several rather than
+        // one per lane.
         &format!(
             "secret = \"{secret}\"\nbatch_size = 10\nbatch_timeout_ms = 50\nmax_in_flight = 1"
         ),

@@ -136,7 +136,9 @@ impl Deliverer {
     }
 
     async fn submit(&self, batch: &Batch) -> Result<Confirmation, SinkError> {
-        if let [job] = batch.as_slice() {
+        // A batching sink gets a batch even of one, so its receiver always
+        // sees the same shape of body.
+        if let ([job], false) = (batch.as_slice(), self.batching.max_events > 1) {
             return self.sink.submit(&job.event).await;
         }
         let events: Vec<Arc<Event>> = batch.iter().map(|j| Arc::clone(&j.event)).collect();
