@@ -24,6 +24,12 @@ impl SinkKind {
                     let names: Vec<&str> = webhook.headers.keys().map(String::as_str).collect();
                     text.push_str(&format!(" (headers {})", names.join(", ")));
                 }
+                if !webhook.secret.is_empty() {
+                    text.push_str(" signed");
+                }
+                if webhook.client_cert.is_some() {
+                    text.push_str(" with a client certificate");
+                }
                 text
             }
             SinkKind::Stdout(_) => "stdout".to_string(),
@@ -103,6 +109,7 @@ name = "orders"
 type = "webhook"
 url = "https://user:url-s3cret@example.com/hook"
 headers = { Authorization = "Bearer header-s3cret" }
+secret = "whsec-raw-s3cret-of-24-bytes-or-more"
 
 [sink.out]
 type = "stdout"
@@ -122,7 +129,8 @@ sinks = ["hook", "out"]
         );
         assert_eq!(
             outline.sinks,
-            "hook: webhook https://user:<redacted>@example.com/hook (headers Authorization); out: stdout"
+            "hook: webhook https://user:<redacted>@example.com/hook (headers Authorization) signed; \
+             out: stdout"
         );
         assert_eq!(outline.routes, "any channel [public.*] INSERT -> hook, out");
         assert!(!format!("{outline:?}").contains("s3cret"));
