@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, DeliveryConfig, SinkKind, TableName};
 use crate::durable::{self, Durable, DurableError};
+use crate::postgres::{DsnError, Postgres};
 use crate::router::Router;
 use crate::source::{KeyColumns, Listener, Session, SourceError};
 use crate::stats::{DurableStats, SinkStats, SourceStats};
@@ -33,6 +34,9 @@ pub enum StartError {
     /// wrong password or database name stops skor at once.
     #[error("cannot listen to PostgreSQL: {0}")]
     Source(#[from] SourceError),
+    /// The DSN could not be used, e.g. its `sslrootcert` file is gone.
+    #[error("source.dsn: {0}")]
+    Dsn(#[from] DsnError),
     /// The event log could not be read at start-up.
     #[error("{0}")]
     Durable(#[from] DurableError),
@@ -128,8 +132,8 @@ impl Daemon {
             queues.push(queue);
             workers.push(worker);
         }
-        let pg = pg_config(config);
-        let database = target(&pg);
+        let pg = pg_config(config)?;
+        let database = target(pg.config());
         let durable = if config.uses_durable() {
             let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
             for (index, worker) in workers.iter_mut().enumerate() {
@@ -272,14 +276,16 @@ fn target(pg: &tokio_postgres::Config) -> String {
 }
 
 /// The connection settings of `config`, named `skor` in pg_stat_activity
-/// unless the DSN names it otherwise.
-pub fn pg_config(config: &Config) -> tokio_postgres::Config {
-    let mut pg: tokio_postgres::Config = config.source.dsn.expose().parse().expect("validated");
-    if pg.get_application_name().is_none() {
-        pg.application_name("skor");
+/// unless the DSN names it otherwise. Validation parsed the DSN already; this
+/// fails only if a certificate file changed since.
+pub fn pg_config(config: &Config) -> Result<Postgres, DsnError> {
+    let mut pg = Postgres::from_dsn(config.source.dsn.expose())?;
+    let settings = pg.config_mut();
+    if settings.get_application_name().is_none() {
+        settings.application_name("skor");
     }
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(Duration::from_secs(10));
+    if settings.get_connect_timeout().is_none() {
+        settings.connect_timeout(Duration::from_secs(10));
     }
-    pg
+    Ok(pg)
 }

@@ -11,6 +11,7 @@ pub mod dead_letters;
 pub mod durable;
 pub mod logging;
 pub mod payload;
+pub mod postgres;
 pub mod retry;
 pub mod router;
 pub mod source;
