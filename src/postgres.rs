@@ -304,7 +304,8 @@ impl Postgres {
                 let names = if presented.is_empty() {
                     "no names".to_string()
                 } else {
-                    presented.join(", ")
+                    let names: Vec<&str> = presented.iter().map(|n| presented_name(n)).collect();
+                    names.join(", ")
                 };
                 format!(
                     "the server's certificate is not valid for host \"{}\": it is for {names} (sslmode={})",
@@ -345,6 +346,15 @@ fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a 
         .downcast_ref::<std::io::Error>()?
         .get_ref()?
         .downcast_ref::<rustls::Error>()
+}
+
+/// A name rustls found in a certificate, without its Debug dress:
+/// `DnsName("db")` is `db`, `IpAddress(10.0.0.1)` is `10.0.0.1`.
+fn presented_name(name: &str) -> &str {
+    name.strip_prefix("DnsName(\"")
+        .and_then(|n| n.strip_suffix("\")"))
+        .or_else(|| name.strip_prefix("IpAddress(")?.strip_suffix(')'))
+        .unwrap_or(name)
 }
 
 fn server_name(name: &ServerName<'_>) -> String {
@@ -782,6 +792,16 @@ mod tests {
                 empty.path().display()
             )
         );
+    }
+
+    #[test]
+    fn presented_names_lose_their_debug_dress() {
+        assert_eq!(
+            presented_name(r#"DnsName("db.example.com")"#),
+            "db.example.com"
+        );
+        assert_eq!(presented_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        assert_eq!(presented_name("URI(x)"), "URI(x)");
     }
 
     #[test]
