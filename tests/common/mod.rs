@@ -7,6 +7,7 @@ pub mod amqp;
 pub mod bin;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod pg_server;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
