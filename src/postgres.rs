@@ -23,7 +23,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{Error as PemError, PemObject};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
@@ -401,7 +401,7 @@ fn load_roots(roots: &RootCerts) -> Result<RootCertStore, DsnError> {
                     .map(|e| format!(": {e}"))
                     .unwrap_or_default();
                 return Err(DsnError(format!(
-                    "sslrootcert=system: no usable root certificates on this system{why}"
+                    "no usable root certificates on this system{why}: set sslrootcert to a CA file"
                 )));
             }
         }
@@ -409,7 +409,13 @@ fn load_roots(roots: &RootCerts) -> Result<RootCertStore, DsnError> {
             let shown = path.display();
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| DsnError(format!("cannot read sslrootcert file {shown}: {e}")))?;
+                .map_err(|e| {
+                    let why = match e {
+                        PemError::Io(e) => e.to_string(),
+                        other => other.to_string(),
+                    };
+                    DsnError(format!("cannot read sslrootcert file {shown}: {why}"))
+                })?;
             if certs.is_empty() {
                 return Err(DsnError(format!(
                     "sslrootcert file {shown} holds no PEM certificate"
@@ -754,6 +760,21 @@ mod tests {
     }
 
     #[test]
+    fn verify_full_without_sslrootcert_uses_the_system_roots() {
+        match Postgres::from_dsn("host=db sslmode=verify-full") {
+            Ok(pg) => assert_eq!(pg.roots, Some(RootCerts::System)),
+            // A system without a trust store says what to do.
+            Err(e) => assert!(
+                e.to_string().ends_with("set sslrootcert to a CA file"),
+                "{e}"
+            ),
+        }
+        if let Ok(pg) = Postgres::from_dsn("host=db sslrootcert=system") {
+            assert_eq!(pg.ssl_mode(), SslMode::VerifyFull);
+        }
+    }
+
+    #[test]
     fn unknown_sslmode_is_rejected_by_name() {
         assert_eq!(
             error("host=db sslmode=verify_full"),
@@ -776,9 +797,9 @@ mod tests {
     #[test]
     fn a_missing_sslrootcert_file_is_named() {
         let message = error("host=db sslmode=verify-full sslrootcert=/nonexistent/ca.pem");
-        assert!(
-            message.starts_with("cannot read sslrootcert file /nonexistent/ca.pem: "),
-            "{message}"
+        assert_eq!(
+            message,
+            "cannot read sslrootcert file /nonexistent/ca.pem: No such file or directory (os error 2)"
         );
         let empty = tempfile::NamedTempFile::new().unwrap();
         let message = error(&format!(
