@@ -19,6 +19,7 @@ use crate::config::AdminConfig;
 use crate::daemon::Stats;
 use crate::durable;
 use crate::metrics::Metrics;
+use crate::postgres::Postgres;
 use crate::source::describe;
 
 /// How long a scrape waits for PostgreSQL's gauges before going without.
@@ -39,7 +40,7 @@ struct AdminState {
     /// Whether a LISTEN connection is expected (some table in notify mode).
     listens: bool,
     stuck_after: Duration,
-    pg: tokio_postgres::Config,
+    pg: Postgres,
     /// The connection scrapes read PostgreSQL's gauges with, opened on
     /// first use and again after an error.
     db: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
@@ -58,7 +59,7 @@ impl Admin {
         metrics: Arc<Metrics>,
         stats: Stats,
         listens: bool,
-        pg: tokio_postgres::Config,
+        pg: Postgres,
     ) -> Result<Self, AdminError> {
         let listener = TcpListener::bind(config.listen)
             .await
@@ -185,11 +186,7 @@ impl AdminState {
     async fn read_database(&self) -> Result<(f64, Option<durable::Backlog>), String> {
         let mut db = self.db.lock().await;
         if db.as_ref().is_none_or(|client| client.is_closed()) {
-            let (client, connection) = self
-                .pg
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| describe(&e))?;
+            let (client, connection) = self.pg.connect().await.map_err(|e| e.to_string())?;
             tokio::spawn(connection);
             *db = Some(client);
         }

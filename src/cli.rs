@@ -6,14 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::config::Config;
 use crate::daemon::{pg_config, target, Daemon};
 use crate::logging::{self, LogFormat};
-use crate::source::describe;
 use crate::{dead_letters, sql};
 
 /// skor: sends PostgreSQL row changes to webhooks and message brokers.
@@ -251,7 +249,8 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
                     ""
                 }
             );
-            let outline = config.outline(&target(&pg_config(&config)));
+            let pg = pg_config(&config).map_err(|e| anyhow!("source.dsn: {e}"))?;
+            let outline = config.outline(&target(pg.config()));
             println!("  source: {}", outline.source);
             println!("  sinks:  {}", outline.sinks);
             println!("  routes: {}", outline.routes);
@@ -263,9 +262,10 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
 /// A plain connection for administrative commands.
 async fn connect(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = pg_config(config)
-        .connect(NoTls)
+        .map_err(|e| anyhow!("source.dsn: {e}"))?
+        .connect()
         .await
-        .map_err(|e| anyhow!("cannot connect to PostgreSQL: {}", describe(&e)))?;
+        .map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
     tokio::spawn(connection);
     Ok(client)
 }

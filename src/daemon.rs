@@ -16,6 +16,7 @@ use crate::admin::{Admin, AdminError};
 use crate::config::{Config, DeliveryConfig, SinkKind};
 use crate::durable::{self, Durable, DurableError};
 use crate::metrics::Metrics;
+use crate::postgres::{DsnError, Postgres};
 use crate::router::Router;
 use crate::source::{Listener, Session, SourceError};
 use crate::stats::{DurableStats, SinkStats, SourceStats};
@@ -36,6 +37,9 @@ pub enum StartError {
     /// wrong password or database name stops skor at once.
     #[error("cannot listen to PostgreSQL: {0}")]
     Source(#[from] SourceError),
+    /// The DSN could not be used, e.g. its `sslrootcert` file is gone.
+    #[error("source.dsn: {0}")]
+    Dsn(#[from] DsnError),
     /// The event log could not be read at start-up.
     #[error("{0}")]
     Durable(#[from] DurableError),
@@ -100,8 +104,8 @@ fn build_sink(kind: &SinkKind) -> Result<Box<dyn Sink>, String> {
 impl Daemon {
     /// Builds every sink, connects to PostgreSQL and LISTENs.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let pg = pg_config(config);
-        let database = target(&pg);
+        let pg = pg_config(config)?;
+        let database = target(pg.config());
         let outline = config.outline(&database);
         info!(source = %outline.source, sinks = %outline.sinks, routes = %outline.routes,
               version = env!("CARGO_PKG_VERSION"), "starting");
@@ -143,8 +147,7 @@ impl Daemon {
         // Bound first: a taken port is a start-up error, not a late surprise.
         let admin = match &config.admin {
             Some(admin) => {
-                let mut scrape_pg = pg.clone();
-                scrape_pg.application_name("skor metrics");
+                let scrape_pg = pg.named("skor metrics");
                 let admin = Admin::bind(
                     admin,
                     Arc::clone(&metrics),
@@ -311,14 +314,16 @@ pub fn target(pg: &tokio_postgres::Config) -> String {
 }
 
 /// The connection settings of `config`, named `skor` in pg_stat_activity
-/// unless the DSN names it otherwise.
-pub fn pg_config(config: &Config) -> tokio_postgres::Config {
-    let mut pg: tokio_postgres::Config = config.source.dsn.expose().parse().expect("validated");
-    if pg.get_application_name().is_none() {
-        pg.application_name("skor");
+/// unless the DSN names it otherwise. Validation parsed the DSN already; this
+/// fails only if a certificate file changed since.
+pub fn pg_config(config: &Config) -> Result<Postgres, DsnError> {
+    let mut pg = Postgres::from_dsn(config.source.dsn.expose())?;
+    let settings = pg.config_mut();
+    if settings.get_application_name().is_none() {
+        settings.application_name("skor");
     }
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(Duration::from_secs(10));
+    if settings.get_connect_timeout().is_none() {
+        settings.connect_timeout(Duration::from_secs(10));
     }
-    pg
+    Ok(pg)
 }

@@ -13,6 +13,7 @@ pub mod durable;
 pub mod logging;
 pub mod metrics;
 pub mod payload;
+pub mod postgres;
 pub mod retry;
 pub mod router;
 pub mod source;

@@ -11,21 +11,21 @@ use futures_util::future::poll_fn;
 use serde_json::value::RawValue;
 use skor_sink_api::{Bytes, Event, Op};
 use tokio::time::Instant;
-use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket};
+use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, TableName};
 use crate::metrics::ReceivedCounter;
 use crate::payload::{self, Notification};
+use crate::postgres::{PgConnection, Postgres};
 use crate::router::Router;
 use crate::sql::quote_ident;
 use crate::stats::SourceStats;
 use crate::worker::SinkQueue;
 
 /// The listening connection, driven by hand so notifications are not lost.
-type Conn = Connection<Socket, NoTlsStream>;
+type Conn = PgConnection;
 
 /// Most bytes of a rejected payload quoted in its log line.
 const LOGGED_PAYLOAD_BYTES: usize = 256;
@@ -114,7 +114,7 @@ fn configured_keys(config: &Config) -> KeyColumns {
 
 /// Receives notifications and routes them to sink queues.
 pub struct Listener {
-    pg: tokio_postgres::Config,
+    pg: Postgres,
     channels: Vec<Arc<str>>,
     max_backoff: Duration,
     router: Router,
@@ -134,7 +134,7 @@ impl Listener {
     /// A listener for the notify-mode channels of `config`; it does not
     /// connect yet.
     pub fn new(
-        pg: tokio_postgres::Config,
+        pg: Postgres,
         config: &Config,
         router: Router,
         queues: Vec<SinkQueue>,
@@ -165,9 +165,9 @@ impl Listener {
     pub async fn open(&self) -> Result<Session, SourceError> {
         let (client, mut conn) = self
             .pg
-            .connect(NoTls)
+            .connect()
             .await
-            .map_err(|e| SourceError(describe(&e)))?;
+            .map_err(|e| SourceError(e.to_string()))?;
         let sql: String = self
             .channels
             .iter()
@@ -381,9 +381,8 @@ impl Listener {
 
     async fn fetcher(&mut self) -> Result<&Client, String> {
         if self.fetcher.as_ref().is_none_or(Client::is_closed) {
-            let mut pg = self.pg.clone();
-            pg.application_name("skor-fetch");
-            let (client, conn) = pg.connect(NoTls).await.map_err(|e| describe(&e))?;
+            let pg = self.pg.named("skor-fetch");
+            let (client, conn) = pg.connect().await.map_err(|e| e.to_string())?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     debug!(error = %describe(&e), "fetching connection closed");

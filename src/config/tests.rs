@@ -232,3 +232,28 @@ fn kafka_options_are_checked_where_they_are_written() {
         "skor.toml:8:22: key `sink.k.options.no.such.property`: librdkafka refused property \"no.such.property\": No such configuration property: \"no.such.property\""
     );
 }
+
+#[test]
+fn the_dsn_takes_libpq_sslmodes_and_rejects_others() {
+    // verify-ca and verify-full read certificates: src/postgres.rs tests them.
+    for mode in ["disable", "prefer", "require"] {
+        let text = format!("[source]\ndsn = \"host=h password=${{TOKEN}} sslmode={mode}\"\n");
+        assert!(parse(&text).is_ok(), "sslmode={mode}");
+    }
+    let url = "[source]\ndsn = \"postgres://u@h/db?sslmode=require\"\n";
+    assert!(parse(url).is_ok());
+    let got = parse("[source]\ndsn = \"host=h password=${TOKEN} sslmode=strict\"\n").unwrap_err();
+    assert_eq!(
+        got,
+        "skor.toml:2:7: key `source.dsn`: invalid sslmode \"strict\": expected disable, \
+         prefer, require, verify-ca or verify-full"
+    );
+    let got = parse("[source]\ndsn = \"host=h sslmode=verify-full sslrootcert=/no/ca.pem\"\n")
+        .unwrap_err();
+    assert!(
+        got.starts_with(
+            "skor.toml:2:7: key `source.dsn`: cannot read sslrootcert file /no/ca.pem: "
+        ),
+        "{got}"
+    );
+}

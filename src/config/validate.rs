@@ -117,16 +117,8 @@ impl Config {
 
     fn validate_source(&self) -> Result<(), Invalid> {
         let source = &self.source;
-        source
-            .dsn
-            .expose()
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| {
-                invalid(
-                    &["source", "dsn"],
-                    format!("not a valid connection string: {e}"),
-                )
-            })?;
+        crate::postgres::Postgres::from_dsn(source.dsn.expose())
+            .map_err(|e| invalid(&["source", "dsn"], e.to_string()))?;
         if source.channels.is_empty() {
             return Err(invalid(
                 &["source", "channels"],

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, DurableConfig};
 use crate::metrics::ReceivedCounter;
+use crate::postgres::Postgres;
 use crate::router::Router;
 use crate::stats::DurableStats;
 use crate::worker::{Job, Outcome, Resume, SinkQueue};
@@ -53,7 +54,7 @@ struct Tracked {
 
 /// Claims events from the log and finishes them as sinks confirm.
 pub struct Durable {
-    pg: tokio_postgres::Config,
+    pg: Postgres,
     config: DurableConfig,
     max_backoff: Duration,
     router: Router,
@@ -83,7 +84,7 @@ impl Durable {
     /// A coordinator for the sinks named `sink_names`, behind `queues`;
     /// `outcomes` receives what their workers did with each event.
     pub fn new(
-        pg: tokio_postgres::Config,
+        pg: Postgres,
         config: &Config,
         sink_names: Vec<String>,
         queues: Vec<SinkQueue>,

@@ -6,9 +6,10 @@ use std::time::Duration;
 use futures_util::future::poll_fn;
 use skor_sink_api::Op;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 use tracing::debug;
 
+use crate::postgres::Postgres;
 use crate::source::describe;
 
 /// Key partitions: the trigger files each event under `hashtext(key) & 63`.
@@ -71,10 +72,9 @@ impl Store {
     /// Connects, LISTENs for wake-ups and joins the daemons sharing the
     /// log. The receiver gets a message per wake-up, and closes when the
     /// connection is lost.
-    pub async fn connect(pg: &tokio_postgres::Config) -> StoreResult<(Self, mpsc::Receiver<()>)> {
-        let mut pg = pg.clone();
-        pg.application_name("skor-durable");
-        let (client, mut conn) = pg.connect(NoTls).await.map_err(|e| describe(&e))?;
+    pub async fn connect(pg: &Postgres) -> StoreResult<(Self, mpsc::Receiver<()>)> {
+        let pg = pg.named("skor-durable");
+        let (client, mut conn) = pg.connect().await.map_err(|e| e.to_string())?;
         let (wake_tx, wake_rx) = mpsc::channel(1);
         tokio::spawn(async move {
             loop {

@@ -8,6 +8,7 @@ pub mod bin;
 pub mod https;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod pg_server;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
