@@ -1,14 +1,17 @@
 //! The admin endpoint against a running daemon: `/metrics` scraped before,
 //! during and after a burst; `/readyz` turning unready while a sink is
-//! stuck; durable mode's backlog gauges; a taken port refused at start-up.
+//! stuck and while PostgreSQL is stopped; durable mode's backlog gauges; a
+//! taken port refused at start-up.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::pg_server::PgServer;
 use common::{
-    config, eventually, hook_config, slow, start_installed, status, Hook, TestDb, PATIENCE,
+    config, eventually, hook_config, slow, start_installed, status, Hook, Running, TestDb, PATIENCE,
 };
 use skor::{Config, Daemon};
 use tokio::time::Instant;
@@ -234,4 +237,86 @@ async fn a_taken_admin_port_stops_skor_at_start_up() {
         error.starts_with(&format!("cannot serve the admin endpoint on {addr}: ")),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn readyz_is_unready_while_postgres_is_stopped_and_ready_once_it_is_back() {
+    let server = tokio::task::spawn_blocking(|| PgServer::start(None))
+        .await
+        .unwrap();
+    let hook = Hook::start().await;
+    let config = format!(
+        "[source]\ndsn = \"{}\"\nreconnect_max_backoff_ms = 200\n\
+         [[table]]\nname = \"items\"\n\
+         [sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\n{ADMIN}",
+        server.dsn(),
+        hook.url()
+    );
+    let mut client = common::connect(&server.dsn()).await;
+    client.batch_execute(ITEMS).await.unwrap();
+    let parsed = Config::from_toml(&config, "test.toml").unwrap();
+    skor::sql::install(&mut client, &parsed).await.unwrap();
+    drop(client);
+    let daemon = Running::start(&config).await;
+    let admin = daemon.admin.expect("admin endpoint");
+    assert_eq!(get(admin, "/readyz").await, (200, "ready\n".into()));
+
+    let server = Arc::new(server);
+    let stopping = Arc::clone(&server);
+    tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .unwrap();
+    let (code, body) = wait_for_readyz(admin, |code| code != 200).await;
+    assert_eq!(code, 503);
+    assert_eq!(
+        body,
+        "not ready\n- not listening: the connection to PostgreSQL is down\n"
+    );
+    assert_eq!(get(admin, "/healthz").await.0, 200, "alive all the same");
+    let down = Scrape::of(admin).await;
+    assert_eq!(
+        down.value(r#"skor_postgres_connected{connection="listener"}"#),
+        0.0
+    );
+    assert!(down.value("skor_notification_queue_usage").is_nan());
+
+    let starting = Arc::clone(&server);
+    tokio::task::spawn_blocking(move || starting.start_again())
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_for_readyz(admin, |code| code == 200).await.1,
+        "ready\n"
+    );
+    let back = Scrape::of(admin).await;
+    assert_eq!(
+        back.value(r#"skor_postgres_connected{connection="listener"}"#),
+        1.0
+    );
+    assert_eq!(
+        back.value(r#"skor_postgres_reconnects_total{connection="listener"}"#),
+        1.0
+    );
+    assert_eq!(back.value("skor_notification_queue_usage"), 0.0);
+    // Ready means listening: a change made now arrives.
+    let client = common::connect(&server.dsn()).await;
+    client
+        .batch_execute("INSERT INTO items VALUES (42)")
+        .await
+        .unwrap();
+    assert_eq!(common::row_id(&hook.wait_for(1).await[0].body), 42);
+    daemon.stop().await;
+}
+
+/// Polls `/readyz` until its status satisfies `wanted`.
+async fn wait_for_readyz(addr: SocketAddr, wanted: impl Fn(u16) -> bool) -> (u16, String) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (code, body) = get(addr, "/readyz").await;
+        if wanted(code) {
+            return (code, body);
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {code}: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
