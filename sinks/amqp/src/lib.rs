@@ -3,6 +3,7 @@
 
 mod config;
 mod sink;
+mod tls;
 
 pub use config::{AmqpConfig, ExchangeType};
 pub use sink::{AmqpError, AmqpSink};

@@ -7,6 +7,7 @@
 mod config;
 mod signing;
 mod sink;
+mod tls;
 
 pub use config::WebhookConfig;
 pub use signing::{WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER};
