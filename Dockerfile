@@ -25,5 +25,7 @@ RUN apt-get update \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin skor
 COPY --from=build /src/target/release/skor /usr/local/bin/skor
 USER 10001
+# The admin endpoint, when the config has `[admin] listen = "0.0.0.0:9187"`.
+EXPOSE 9187
 # Exec form: skor is PID 1 and receives SIGTERM itself, then drains its queues.
 ENTRYPOINT ["/usr/local/bin/skor"]
