@@ -2,101 +2,56 @@
 //! identity (`client_cert`, `client_key`), read from their PEM files when
 //! the sink is built so a wrong path fails at start-up.
 
-use std::path::Path;
-
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use skor_sink_api::{TlsFileError, TlsFileOptions};
 
 use crate::config::AmqpConfig;
 use crate::sink::AmqpError;
 
+impl From<TlsFileError> for AmqpError {
+    fn from(error: TlsFileError) -> Self {
+        AmqpError::Tls {
+            key: error.key,
+            message: error.message,
+        }
+    }
+}
+
 /// The TLS settings of `config`, its PEM files read and checked now so a
 /// wrong path or file fails at start-up, naming the key and the file.
 pub(crate) fn tls_config(config: &AmqpConfig) -> Result<OwnedTLSConfig, AmqpError> {
-    let tls_wanted = config.url.expose().starts_with("amqps://");
-    let mut tls = OwnedTLSConfig::default();
-    for (key, set) in [
-        ("ca_file", config.ca_file.is_some()),
-        ("client_cert", config.client_cert.is_some()),
-        ("client_key", config.client_key.is_some()),
-    ] {
-        if set && !tls_wanted {
-            return Err(AmqpError::Tls {
-                key,
-                message: format!(
-                    "applies to amqps:// URLs only, and the url is {}",
-                    config.redacted_url()
-                ),
-            });
-        }
+    let options = TlsFileOptions {
+        ca_file: config.ca_file.as_deref(),
+        client_cert: config.client_cert.as_deref(),
+        client_key: config.client_key.as_deref(),
+    };
+    if options.any() && !config.url.expose().starts_with("amqps://") {
+        let key = [
+            ("ca_file", options.ca_file),
+            ("client_cert", options.client_cert),
+            ("client_key", options.client_key),
+        ]
+        .into_iter()
+        .find_map(|(key, path)| path.map(|_| key))
+        .unwrap_or("ca_file");
+        return Err(AmqpError::Tls {
+            key,
+            message: format!(
+                "applies to amqps:// URLs only, and the url is {}",
+                config.redacted_url()
+            ),
+        });
     }
-    if let Some(path) = &config.ca_file {
-        let pem = read_pem("ca_file", path)?;
-        let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| pem_error("ca_file", path, &e.to_string()))?;
-        if certificates.is_empty() {
-            return Err(pem_error("ca_file", path, "holds no PEM certificate"));
-        }
-        tls.cert_chain = Some(pem);
-    }
-    match (&config.client_cert, &config.client_key) {
-        (None, None) => {}
-        (Some(cert_path), Some(key_path)) => {
-            let cert = read_pem("client_cert", cert_path)?;
-            let certificates = CertificateDer::pem_slice_iter(cert.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| pem_error("client_cert", cert_path, &e.to_string()))?;
-            if certificates.is_empty() {
-                return Err(pem_error(
-                    "client_cert",
-                    cert_path,
-                    "holds no PEM certificate",
-                ));
-            }
-            let key = read_pem("client_key", key_path)?;
-            // The error names the file, never its content.
-            PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| {
-                pem_error(
-                    "client_key",
-                    key_path,
-                    "holds no unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1)",
-                )
-            })?;
-            tls.identity = Some(OwnedIdentity::PKCS8 {
-                pem: cert.into_bytes(),
-                key: key.into_bytes(),
-            });
-        }
-        (Some(_), None) => {
-            return Err(AmqpError::Tls {
-                key: "client_key",
-                message: "client_cert is set, so client_key must be too".into(),
-            })
-        }
-        (None, Some(_)) => {
-            return Err(AmqpError::Tls {
-                key: "client_cert",
-                message: "client_key is set, so client_cert must be too".into(),
-            })
-        }
-    }
-    Ok(tls)
-}
-
-fn read_pem(key: &'static str, path: &Path) -> Result<String, AmqpError> {
-    std::fs::read_to_string(path).map_err(|e| AmqpError::Tls {
-        key,
-        message: format!("cannot read {}: {e}", path.display()),
+    let files = options.read()?;
+    // lapin takes PEM text; the files were checked to hold PEM, which is ASCII.
+    let text = |pem: Vec<u8>| String::from_utf8_lossy(&pem).into_owned();
+    Ok(OwnedTLSConfig {
+        cert_chain: files.ca.map(text),
+        identity: files.identity.map(|identity| OwnedIdentity::PKCS8 {
+            pem: identity.cert,
+            key: identity.key,
+        }),
     })
-}
-
-fn pem_error(key: &'static str, path: &Path, reason: &str) -> AmqpError {
-    AmqpError::Tls {
-        key,
-        message: format!("{}: {reason}", path.display()),
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 mod redacted;
 mod stdout;
 mod template;
+mod tls_files;
 
 use std::fmt;
 use std::future::Future;
@@ -15,6 +16,7 @@ pub use bytes::Bytes;
 pub use redacted::Redacted;
 pub use stdout::{StdoutConfig, StdoutSink};
 pub use template::{Template, TemplateError};
+pub use tls_files::{ClientIdentity, TlsFileError, TlsFileOptions, TlsFiles};
 
 /// A row operation, as `TG_OP` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
