@@ -87,13 +87,15 @@ impl Admin {
 
     /// Answers requests until `shutdown`.
     pub async fn serve(self, shutdown: CancellationToken) {
-        let addr = self.local_addr();
+        let addr = self
+            .local_addr()
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
         let app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .with_state(self.state);
-        info!(addr = ?addr, "admin endpoint serving /metrics, /healthz and /readyz");
+        info!(%addr, "admin endpoint serving /metrics, /healthz and /readyz");
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;

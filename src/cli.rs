@@ -250,7 +250,11 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 }
             );
             let pg = pg_config(&config).map_err(|e| anyhow!("source.dsn: {e}"))?;
-            let outline = config.outline(&target(pg.config()));
+            let outline = config.outline(&format!(
+                "{} sslmode={}",
+                target(pg.config()),
+                pg.ssl_mode()
+            ));
             println!("  source: {}", outline.source);
             println!("  sinks:  {}", outline.sinks);
             println!("  routes: {}", outline.routes);

@@ -106,7 +106,7 @@ impl Daemon {
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let pg = pg_config(config)?;
         let database = target(pg.config());
-        let outline = config.outline(&database);
+        let outline = config.outline(&format!("{database} sslmode={}", pg.ssl_mode()));
         info!(source = %outline.source, sinks = %outline.sinks, routes = %outline.routes,
               version = env!("CARGO_PKG_VERSION"), "starting");
         let mut sinks: Vec<(String, Box<dyn Sink>, DeliveryConfig)> = Vec::new();

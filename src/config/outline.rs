@@ -52,7 +52,7 @@ impl Config {
             .filter(|t| self.table_mode(t) == super::Mode::Durable)
             .count();
         let source = format!(
-            "{database} channels [{}], {} tables in notify mode, {durable} in durable mode",
+            "{database} channels [{}], tables: {} in notify mode, {durable} in durable mode",
             self.notify_channels().join(", "),
             self.tables.len() - durable,
         );
@@ -125,7 +125,7 @@ sinks = ["hook", "out"]
         let outline = config.outline("app@db:5432/app");
         assert_eq!(
             outline.source,
-            "app@db:5432/app channels [skor], 1 tables in notify mode, 0 in durable mode"
+            "app@db:5432/app channels [skor], tables: 1 in notify mode, 0 in durable mode"
         );
         assert_eq!(
             outline.sinks,
