@@ -108,33 +108,38 @@ fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
         .unwrap()
 }
 
+/// A TLS acceptor serving `identity`; with `client_ca`, only clients
+/// holding a certificate it signed complete the handshake.
+pub fn acceptor(identity: &Issued, client_ca: Option<&TestCa>) -> TlsAcceptor {
+    let provider = Arc::new(crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in certs(&ca.pem) {
+                roots.add(cert).unwrap();
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap();
+    let config = builder
+        .with_single_cert(certs(&identity.cert_pem), key)
+        .unwrap();
+    TlsAcceptor::from(Arc::new(config))
+}
+
 impl HttpsHook {
     /// Serves `identity`; with `client_ca`, only clients holding a
     /// certificate it signed may talk.
     pub async fn start(identity: &Issued, client_ca: Option<&TestCa>) -> Self {
-        let provider = Arc::new(crypto::ring::default_provider());
-        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let builder = match client_ca {
-            Some(ca) => {
-                let mut roots = RootCertStore::empty();
-                for cert in certs(&ca.pem) {
-                    roots.add(cert).unwrap();
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                        .build()
-                        .unwrap();
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap();
-        let config = builder
-            .with_single_cert(certs(&identity.cert_pem), key)
-            .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = acceptor(identity, client_ca);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
@@ -227,4 +232,49 @@ pub fn pem_file(pem: &str) -> tempfile::NamedTempFile {
     let file = tempfile::Builder::new().suffix(".pem").tempfile().unwrap();
     std::fs::write(file.path(), pem).unwrap();
     file
+}
+
+/// A TLS front for a plain TCP server, as a load balancer or stunnel puts
+/// one before RabbitMQ: it terminates TLS with `acceptor` and relays the
+/// bytes to `backend`. Records the client certificates it saw.
+pub struct TlsProxy {
+    pub addr: SocketAddr,
+    client_certs: Arc<Mutex<Vec<Option<Vec<u8>>>>>,
+}
+
+impl TlsProxy {
+    pub async fn start(acceptor: TlsAcceptor, backend: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client_certs = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&client_certs);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|cert| cert.to_vec());
+                    seen.lock().unwrap().push(cert);
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        Self { addr, client_certs }
+    }
+
+    /// The client certificate of each TLS connection made so far.
+    pub fn client_certs(&self) -> Vec<Option<Vec<u8>>> {
+        self.client_certs.lock().unwrap().clone()
+    }
 }
