@@ -9,6 +9,8 @@ DROP FUNCTION IF EXISTS skor.create_capture_trigger(regclass, text, text, text, 
 DROP FUNCTION IF EXISTS skor.pick(json, text[]);
 DROP TABLE IF EXISTS skor.oversized_payload;
 DROP TABLE IF EXISTS skor.event_log;
+DROP TABLE IF EXISTS skor.partition_lease;
+DROP TABLE IF EXISTS skor.daemon;
 
 -- The schema goes too, unless somebody put objects of their own in it.
 DO $skor$

@@ -12,6 +12,8 @@ use crate::source::describe;
 /// Serialises concurrent installs and uninstalls on one database.
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtext('skor install'));\n\n";
 const INSTALL_SQL: &str = include_str!("../sql/install.sql");
+/// Durable mode's partition leases, installed after the shared objects.
+const LEASES_SQL: &str = include_str!("../sql/leases.sql");
 const DROP_TRIGGERS_SQL: &str = include_str!("../sql/drop_triggers.sql");
 const UNINSTALL_SQL: &str = include_str!("../sql/uninstall.sql");
 
@@ -58,7 +60,7 @@ impl From<tokio_postgres::Error> for InstallError {
 
 /// The whole install script for `config`, as `skor sql` prints it.
 pub fn install_sql(config: &Config) -> String {
-    let mut sql = [LOCK_SQL, INSTALL_SQL, "\n", DROP_TRIGGERS_SQL].concat();
+    let mut sql = [LOCK_SQL, INSTALL_SQL, "\n", LEASES_SQL, "\n", DROP_TRIGGERS_SQL].concat();
     sql.push_str("\n-- One trigger per captured table and operation.\n");
     for table in &config.tables {
         let name = TableName::parse(&table.name).expect("validated");

@@ -199,6 +199,10 @@ pub struct DurableStats {
     pub dead_lettered: Counter,
     /// Claimed events no route matched.
     pub unrouted: Counter,
+    /// Rows of the log that are not events skor can parse.
+    pub unparseable: Counter,
+    /// The most payload bytes held claimed at once, since start.
+    pub peak_claimed_bytes: AtomicU64,
     /// The event log's connection.
     pub link: Link,
 }
@@ -211,6 +215,8 @@ impl DurableStats {
             finished: metrics.finished.clone().into(),
             dead_lettered: Counter::default(),
             unrouted: metrics.unrouted.clone().into(),
+            unparseable: Counter::default(),
+            peak_claimed_bytes: AtomicU64::new(0),
             link: Link::registered(metrics, Connection::EventLog),
         }
     }

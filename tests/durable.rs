@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::bin::{config_file, run, signal, skor, stderr};
 use common::{
-    assert_every_id, hook_config, install, row_id, status, Hook, Running, TestDb, PATIENCE,
+    assert_every_id, hook_config, install, row_id, slow, status, Hook, Request, Running, TestDb,
+    PATIENCE,
 };
 use tokio::process::Child;
 use tokio::time::Instant;
@@ -368,7 +369,15 @@ async fn a_spoofed_notify_delivers_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ids: Vec<i64> = hook.bodies().iter().map(|b| row_id(b)).collect();
     assert_eq!(ids, vec![1], "only the committed change arrived");
-    assert_eq!(daemon.stats.source.received.get(), 0);
+    // Durable mode takes events from the log only: the forged wake-ups
+    // made it claim nothing but the committed change.
+    let durable = daemon.stats.durable.as_ref().expect("durable mode runs");
+    assert_eq!(durable.claimed.get(), 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM skor.event_log").await,
+        0,
+        "nothing forged entered the log"
+    );
     daemon.stop().await;
 }
 
@@ -406,22 +415,20 @@ async fn uninstall_refuses_to_drop_undelivered_events_unless_asked() {
     db.exec("INSERT INTO items (id) VALUES (4)").await;
 }
 
-/// Daemons (by header) holding key partitions, once they have shared them.
+/// Waits until `daemons` daemon sessions lease all 64 key partitions
+/// between them.
 async fn wait_for_partition_owners(db: &TestDb, daemons: i64) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let owners = count(
             db,
-            "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' \
-               AND classid = 1936420722::oid AND granted \
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            "SELECT count(DISTINCT holder) FROM skor.partition_lease WHERE expires_at > now()",
         )
         .await;
         let owned = count(
             db,
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
-               AND classid = 1936420722::oid AND granted \
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            "SELECT count(*) FROM skor.partition_lease WHERE holder IS NOT NULL \
+               AND expires_at > now()",
         )
         .await;
         if owners == daemons && owned == 64 {
@@ -429,7 +436,7 @@ async fn wait_for_partition_owners(db: &TestDb, daemons: i64) {
         }
         assert!(
             Instant::now() < deadline,
-            "{owners} daemons own {owned} partitions, expected {daemons} owning all 64"
+            "{owners} daemons lease {owned} partitions, expected {daemons} leasing all 64"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -661,5 +668,322 @@ async fn notify_and_durable_tables_run_side_by_side() {
     tables.sort();
     assert_eq!(tables, ["items id-header=true", "notes id-header=false"]);
     eventually_empty(&db).await;
+    daemon.stop().await;
+}
+
+/// `(id, n)` of an event payload: the row and its version.
+fn version(body: &str) -> (i64, i64) {
+    let event: serde_json::Value = serde_json::from_str(body).unwrap();
+    (
+        event["data"]["id"].as_i64().unwrap(),
+        event["data"]["n"].as_i64().unwrap(),
+    )
+}
+
+/// Waits until the 2xx requests of `hook` hold every version `0..=last` of
+/// rows `1..=rows`, and returns them in arrival order.
+async fn wait_for_versions(hook: &Hook, rows: i64, last: i64, patience: Duration) -> Vec<Request> {
+    let expected = (rows * (last + 1)) as usize;
+    let deadline = Instant::now() + patience;
+    loop {
+        let requests: Vec<Request> = hook
+            .requests()
+            .into_iter()
+            .filter(|r| r.status < 300)
+            .collect();
+        let distinct: std::collections::HashSet<(i64, i64)> =
+            requests.iter().map(|r| version(&r.body)).collect();
+        if distinct.len() == expected {
+            return requests;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {expected} events arrived",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks that each row's versions first arrived in order.
+fn assert_per_row_order(requests: &[Request], rows: i64, last: i64) {
+    let mut by_row: HashMap<i64, Vec<i64>> = HashMap::new();
+    for request in requests {
+        let (row, n) = version(&request.body);
+        let seen = by_row.entry(row).or_default();
+        if !seen.contains(&n) {
+            seen.push(n);
+        }
+    }
+    for row in 1..=rows {
+        assert_eq!(
+            by_row.get(&row).cloned().unwrap_or_default(),
+            (0..=last).collect::<Vec<_>>(),
+            "row {row} arrived out of order"
+        );
+    }
+}
+
+/// `rows` rows inserted, then each updated `last` times: versions n = 0..=last.
+async fn versions(db: &TestDb, rows: i64, last: i64) {
+    db.exec(&format!(
+        "INSERT INTO items (id) SELECT g FROM generate_series(1, {rows}) g"
+    ))
+    .await;
+    for _ in 0..last {
+        db.exec("UPDATE items SET n = n + 1").await;
+    }
+}
+
+#[tokio::test]
+async fn a_daemon_whose_session_is_gone_stops_before_another_takes_over() {
+    const ROWS: i64 = 3;
+    const LAST: i64 = 10;
+    let db = items_db().await;
+    // Daemon A logs in as a role of its own, so the test can keep it from
+    // coming back once its session is terminated.
+    let role = format!("skor_fence_{}", &db.name["skor_test_".len()..]);
+    db.exec(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))
+        .await;
+    let hook = Hook::scripted(Vec::new(), slow(200, Duration::from_millis(300))).await;
+    let daemon_config = |dsn: String, name: &str| {
+        format!(
+            "[source]\ndsn = \"{dsn}\"\n[[table]]\n{DURABLE_ITEMS}\n\
+             [sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\nmax_in_flight = 1\n\
+             headers = {{ x-daemon = \"{name}\" }}\n\
+             [durable]\nlease_ttl_ms = 2000\n",
+            hook.url()
+        )
+    };
+    let a_config = daemon_config(format!("{} user={role}", db.dsn()), "a");
+    install(&db, &a_config).await;
+    versions(&db, ROWS, LAST).await;
+
+    let a = Running::start(&a_config).await;
+    hook.wait_for(3).await;
+    db.exec(&format!("ALTER ROLE {role} NOLOGIN")).await;
+    let terminated = count(
+        &db,
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+              WHERE application_name = 'skor-durable' AND usename = '{role}'"
+        ),
+    )
+    .await;
+    assert_eq!(terminated, 1, "daemon A's event log session");
+    let b = Running::start(&daemon_config(db.dsn(), "b")).await;
+
+    let requests = wait_for_versions(&hook, ROWS, LAST, Duration::from_secs(60)).await;
+    let daemon = |r: &Request| r.headers["x-daemon"].to_str().unwrap().to_string();
+    for row in 1..=ROWS {
+        let of_row: Vec<&Request> = requests
+            .iter()
+            .filter(|r| version(&r.body).0 == row)
+            .collect();
+        let Some(first_b) = of_row.iter().position(|r| daemon(r) == "b") else {
+            continue;
+        };
+        let late: Vec<(i64, i64)> = of_row[first_b..]
+            .iter()
+            .filter(|r| daemon(r) == "a")
+            .map(|r| version(&r.body))
+            .collect();
+        assert!(
+            late.is_empty(),
+            "daemon A sent {late:?} after daemon B's first delivery of row {row}"
+        );
+    }
+    assert!(
+        requests.iter().any(|r| daemon(r) == "b"),
+        "daemon B took over"
+    );
+    assert_per_row_order(&requests, ROWS, LAST);
+    eventually_empty(&db).await;
+    a.stop().await;
+    b.stop().await;
+    drop(db);
+    let admin = common::connect(&format!("{} dbname=postgres", common::server_dsn())).await;
+    admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_sink_that_is_down_holds_back_no_other_sink() {
+    const ROWS: i64 = 100;
+    const LAST: i64 = 4;
+    let db = items_db().await;
+    let good = Hook::start().await;
+    let down = Hook::scripted(Vec::new(), status(503)).await;
+    let config = common::config(
+        &db,
+        &format!(
+            "[[table]]\n{DURABLE_ITEMS}\n\
+             [sink.good]\ntype = \"webhook\"\nurl = \"{}\"\n\
+             [sink.down]\ntype = \"webhook\"\nurl = \"{}\"\n\
+             retries = 100000\nbackoff_ms = 10\nmax_backoff_ms = 50\n\
+             [durable]\nbatch_size = 50\n",
+            good.url(),
+            down.url()
+        ),
+    );
+    install(&db, &config).await;
+    let daemon = Running::start(&config).await;
+    versions(&db, ROWS, LAST).await;
+
+    let delivered = wait_for_versions(&good, ROWS, LAST, PATIENCE).await;
+    assert_per_row_order(&delivered, ROWS, LAST);
+    assert!(
+        down.requests().iter().all(|r| r.status == 503),
+        "the down sink confirmed nothing yet"
+    );
+
+    down.answer(status(200));
+    let delivered = wait_for_versions(&down, ROWS, LAST, Duration::from_secs(60)).await;
+    assert_per_row_order(&delivered, ROWS, LAST);
+    eventually_empty(&db).await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM skor.event_log").await,
+        0,
+        "no dead letter either"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn an_unrouted_event_is_a_dead_letter_until_a_route_takes_it() {
+    let db = items_db().await;
+    let hook = Hook::start().await;
+    let routed = hook_config(&db, DURABLE_ITEMS, &hook, "");
+    let unrouted = format!("{routed}\n[[route]]\nops = [\"DELETE\"]\nsinks = [\"hook\"]\n");
+    install(&db, &unrouted).await;
+    let daemon = Running::start(&unrouted).await;
+    db.exec("INSERT INTO items (id) VALUES (1), (2), (3)").await;
+    wait_until(
+        &db,
+        "SELECT count(*) FROM skor.event_log WHERE state = 'dead' AND last_error = 'no route'",
+        "unrouted events kept as dead letters",
+        |n| n == 3,
+    )
+    .await;
+    assert_eq!(hook.count(), 0);
+    let stats = daemon.stats.durable.clone().unwrap();
+    assert_eq!(stats.unrouted.get(), 3);
+    daemon.stop().await;
+
+    // The route is fixed: a replay delivers them.
+    let daemon = Running::start(&routed).await;
+    let file = config_file(&routed);
+    let replay = run(&[
+        "--config",
+        file.path().to_str().unwrap(),
+        "dead-letters",
+        "replay",
+        "--all",
+    ])
+    .await;
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    let bodies: Vec<String> = hook.wait_for(3).await.into_iter().map(|r| r.body).collect();
+    assert_eq!(assert_every_id(bodies.iter().map(String::as_str), 3), 0);
+    eventually_empty(&db).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM skor.event_log").await, 0);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_row_skor_cannot_parse_is_a_dead_letter_and_stalls_nothing() {
+    let db = items_db().await;
+    let hook = Hook::start().await;
+    let config = hook_config(&db, DURABLE_ITEMS, &hook, "");
+    install(&db, &config).await;
+    // Rows written past the trigger, in row 1's partition, before its
+    // real events: valid JSON that is no event, a key that is no JSON, and
+    // (where no constraint forbids it) an operation skor does not know.
+    let insert = |op: &str, key: &str, payload: &str| {
+        format!(
+            "INSERT INTO skor.event_log (channel, schema_name, table_name, op, row_key, part, payload) \
+             VALUES ('skor', 'public', 'items', '{op}', {key}, hashtext('{{\"id\":1}}') & 63, '{payload}')"
+        )
+    };
+    let event = r#"{"table":"items","schema":"public","op":"INSERT","data":{"id":1}}"#;
+    db.exec(&insert("INSERT", "NULL", "\"not an event\""))
+        .await;
+    db.exec(&insert("INSERT", "'{\"id\":1'", event)).await;
+    db.exec(&format!(
+        "DO $$ BEGIN {}; EXCEPTION WHEN check_violation THEN NULL; END $$",
+        insert("TRUNCATE", "NULL", event)
+    ))
+    .await;
+    let bad = count(&db, "SELECT count(*) FROM skor.event_log").await;
+    assert!(bad >= 2);
+
+    let daemon = Running::start(&config).await;
+    db.exec(&common::inserts(1, 5)).await;
+    let bodies: Vec<String> = hook.wait_for(5).await.into_iter().map(|r| r.body).collect();
+    assert_eq!(assert_every_id(bodies.iter().map(String::as_str), 5), 0);
+    wait_until(
+        &db,
+        "SELECT count(*) FROM skor.event_log WHERE state = 'dead' \
+           AND last_error LIKE 'unparseable event: %'",
+        "every unparseable row dead-lettered",
+        |n| n == bad,
+    )
+    .await;
+    let reasons: Vec<String> = db
+        .client
+        .query(
+            "SELECT last_error FROM skor.event_log ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        reasons[0].contains("payload is not a JSON object"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains("row_key is not a JSON object"), "{reasons:?}");
+    if bad == 3 {
+        assert_eq!(reasons[2], "unparseable event: unknown op \"TRUNCATE\"");
+    }
+    assert_eq!(hook.count(), 5, "nothing unparseable was sent");
+    eventually_empty(&db).await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn claims_stay_within_the_byte_budget() {
+    const BUDGET: u64 = 8 * 1024 * 1024;
+    let db = items_db().await;
+    let hook = Hook::start().await;
+    let config = format!(
+        "{}\n[durable]\nmax_claim_bytes = {BUDGET}\n",
+        hook_config(&db, DURABLE_ITEMS, &hook, "")
+    );
+    install(&db, &config).await;
+    db.exec(
+        "INSERT INTO items (id, body) SELECT g, repeat(md5(g::text), 62500) \
+           FROM generate_series(1, 40) g",
+    )
+    .await;
+    let daemon = Running::start(&config).await;
+    let bodies = delivered_ids(&hook, 40, Duration::from_secs(60)).await;
+    assert_eq!(assert_every_id(bodies.iter().map(String::as_str), 40), 0);
+    assert!(bodies.iter().all(|b| b.len() > 2_000_000));
+    eventually_empty(&db).await;
+    let peak = daemon
+        .stats
+        .durable
+        .as_ref()
+        .unwrap()
+        .peak_claimed_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        peak > 2_000_000 && peak <= BUDGET,
+        "held {peak} bytes at most, budget {BUDGET}"
+    );
     daemon.stop().await;
 }

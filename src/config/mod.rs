@@ -253,12 +253,21 @@ const fn default_backlog_log_interval_ms() -> u64 {
     30_000
 }
 
+const fn default_lease_ttl_ms() -> u64 {
+    10_000
+}
+
+const fn default_max_claim_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
 /// Durable mode's settings, shared by every durable table.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DurableConfig {
-    /// Most events one daemon has claimed and not yet finished: the size of
-    /// one claim, and the bound on events delivered twice after a crash.
+    /// Most events one daemon has handed to one sink and not yet seen
+    /// confirmed: the size of one claim, and the bound on events delivered
+    /// twice to a sink after a crash.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// How often to look for events without a wake-up, in milliseconds.
@@ -274,6 +283,15 @@ pub struct DurableConfig {
     /// How often the backlog is logged while there is one, in milliseconds.
     #[serde(default = "default_backlog_log_interval_ms")]
     pub backlog_log_interval_ms: u64,
+    /// How long a partition lease lasts without renewal, in milliseconds: a
+    /// daemon that lost its connection stops delivering before this, and
+    /// another daemon takes its partitions over after it.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// Most payload bytes a daemon holds claimed at once; a claim always
+    /// takes at least one event, so a larger row still moves.
+    #[serde(default = "default_max_claim_bytes")]
+    pub max_claim_bytes: u64,
 }
 
 impl Default for DurableConfig {
@@ -284,6 +302,8 @@ impl Default for DurableConfig {
             retention_ms: 0,
             id_field: None,
             backlog_log_interval_ms: default_backlog_log_interval_ms(),
+            lease_ttl_ms: default_lease_ttl_ms(),
+            max_claim_bytes: default_max_claim_bytes(),
         }
     }
 }

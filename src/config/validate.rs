@@ -104,6 +104,18 @@ impl Config {
                 "expected at least 1",
             ));
         }
+        if !(1_000..=3_600_000).contains(&durable.lease_ttl_ms) {
+            return Err(invalid(
+                &["durable", "lease_ttl_ms"],
+                "expected 1000 to 3600000 (one second to one hour)",
+            ));
+        }
+        if durable.max_claim_bytes == 0 {
+            return Err(invalid(
+                &["durable", "max_claim_bytes"],
+                "expected at least 1",
+            ));
+        }
         if let Some(field) = &durable.id_field {
             if field.is_empty() {
                 return Err(invalid(

@@ -1,13 +1,45 @@
 //! Durable mode: events come from `skor.event_log`, where the trigger wrote
-//! them in the changing transaction. This daemon owns some of the 64 key
-//! partitions (advisory locks shared out among the daemons on the database),
-//! claims their oldest events in id order, hands them to the same sink
-//! queues as notify mode, and deletes each event once every sink it was
-//! routed to confirmed it.
+//! them in the changing transaction. Each daemon session leases some of the
+//! 64 key partitions, claims their oldest events in id order, hands them to
+//! the same sink queues as notify mode, and deletes each event once every
+//! sink it was routed to confirmed it.
+//!
+//! Leases (`skor.partition_lease`, only skor's owner can write it): a
+//! session takes a partition nobody holds or whose lease expired by the
+//! database's clock, renews its leases every `lease_ttl_ms / 5`, and gives
+//! surplus partitions back (holder NULL) once their events are finished, so
+//! the live daemons (`skor.daemon`) hold a fair share each.
+//!
+//! Fencing: a session stops delivering a partition once it cannot prove it
+//! still holds its lease, locally at (start of the last successful renewal)
+//! + TTL - TTL/5, before the database lets another session take it at (that
+//! renewal's server time) + TTL. Each queued job carries its partition's
+//! [`Fence`]; lanes drop a job whose fence no longer holds instead of
+//! starting an attempt. A lost connection revokes every fence of its
+//! session at once: the next session starts with new leases.
+//!
+//! Per-sink window: each sink may have at most `batch_size` events handed to
+//! it and not yet answered. An event is handed to each routed sink that has
+//! room and has no older event waiting for it (its order); a sink without
+//! room is skipped ("deferred") and the event stays pending for it. When
+//! the sinks it was handed to have answered, an event with deferred sinks
+//! is released from memory and its confirmations are written to
+//! `done_sinks`, together with the sinks it is not routed to: claims leave
+//! out events whose `done_sinks` hold every sink with room, so an event
+//! waiting only for full sinks is not claimed again for the others, and a
+//! sink that is down holds back nothing beyond its own window.
+//!
+//! Memory: claimed events hold at most `max_claim_bytes` of payload (a
+//! claim takes at least one event, so a larger row still moves).
+//!
+//! Rows that are not events skor can parse, and events no route matches,
+//! become dead letters with the reason; they never stall their partition
+//! and are never deleted unseen.
 
 mod store;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +54,9 @@ use crate::metrics::ReceivedCounter;
 use crate::postgres::Postgres;
 use crate::router::Router;
 use crate::stats::DurableStats;
-use crate::worker::{Job, Outcome, Resume, SinkQueue};
+use crate::worker::{Fence, Job, Outcome, Resume, SinkQueue};
 
-pub use store::{backlog, Backlog, Store, PARTITIONS, WAKE_CHANNEL};
+pub use store::{backlog, Backlog, Store, StoreError, PARTITIONS, WAKE_CHANNEL};
 
 /// How often partition ownership is rebalanced among the daemons.
 const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -32,8 +64,12 @@ const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
 const FLUSH_BATCH: usize = 256;
 /// ...or after they waited this long for more.
 const FLUSH_LINGER: Duration = Duration::from_millis(10);
-/// Delivered events removed per statement once their retention is over.
-const CLEAN_BATCH: i64 = 1_000;
+/// Delivered events removed per statement once their retention is over...
+const CLEAN_BATCH: i64 = 5_000;
+/// ...and statements per rebalance tick at most, while they come back full.
+const CLEAN_ROUNDS: usize = 20;
+/// A statement that keeps failing is retried at most this often.
+const STATEMENT_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Why durable mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +80,30 @@ pub struct DurableError(String);
 #[derive(Debug)]
 struct Tracked {
     part: i16,
-    /// Sinks that have not answered yet.
-    remaining: usize,
-    /// Sinks that confirmed it, now or before a replay.
+    /// Payload bytes it holds.
+    bytes: u64,
+    /// Sinks it was routed to.
+    routed: Vec<usize>,
+    /// Sinks it was handed to that have not answered yet.
+    waiting: Vec<usize>,
+    /// Routed sinks it was not handed to (no room, or an older event waits
+    /// for them): it stays pending for them.
+    deferred: Vec<usize>,
+    /// Sinks that need nothing more of it: confirmed now or before, or (from
+    /// an earlier claim) not routed to it.
     done: Vec<String>,
     /// The attempts and error of a sink that gave up on it.
     failed: Option<(u32, String)>,
+}
+
+/// A partition this session leases.
+#[derive(Debug)]
+struct Lease {
+    /// Until when this daemon may deliver its events.
+    fence: Fence,
+    valid_until: Instant,
+    /// Given up: released once its events are finished.
+    releasing: bool,
 }
 
 /// Claims events from the log and finishes them as sinks confirm.
@@ -65,12 +119,19 @@ pub struct Durable {
     stats: Arc<DurableStats>,
     received: ReceivedCounter,
     tracked: HashMap<i64, Tracked>,
-    /// Partitions this daemon claims from.
-    owned: BTreeSet<i16>,
-    /// Partitions given up: locked until their events are finished.
-    releasing: BTreeSet<i16>,
+    /// Per sink: events handed to it and not answered.
+    owed: Vec<usize>,
+    /// Per sink: tracked events deferred for it, whose order it must keep.
+    deferring: Vec<BTreeSet<i64>>,
+    /// Payload bytes of the tracked events.
+    held_bytes: u64,
+    /// Partitions this session leases.
+    leases: BTreeMap<i16, Lease>,
     /// Delivered events not yet deleted.
     finished: Vec<i64>,
+    /// Events that stay pending for deferred sinks, with the sinks (a JSON
+    /// array) to add to their `done_sinks`.
+    progress: Vec<(i64, String)>,
     targets: Vec<usize>,
 }
 
@@ -92,6 +153,7 @@ impl Durable {
         stats: Arc<DurableStats>,
         received: ReceivedCounter,
     ) -> Self {
+        let sinks = sink_names.len();
         Self {
             pg,
             config: config.durable.clone(),
@@ -109,9 +171,12 @@ impl Durable {
             stats,
             received,
             tracked: HashMap::new(),
-            owned: BTreeSet::new(),
-            releasing: BTreeSet::new(),
+            owed: vec![0; sinks],
+            deferring: vec![BTreeSet::new(); sinks],
+            held_bytes: 0,
+            leases: BTreeMap::new(),
             finished: Vec::new(),
+            progress: Vec::new(),
             targets: Vec::new(),
         }
     }
@@ -121,42 +186,77 @@ impl Durable {
         Arc::clone(&self.stats)
     }
 
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.config.lease_ttl_ms)
+    }
+
+    /// Until when a lease renewed by a request sent at `sent` is surely
+    /// ours: the database counts its TTL from a later moment, and the margin
+    /// covers clock drift and the time a lane needs to notice.
+    fn valid_until(&self, sent: Instant) -> Instant {
+        sent + self.ttl() - self.ttl() / 5
+    }
+
     /// Connects to the event log and reports its backlog.
     pub async fn open(&self) -> Result<Session, DurableError> {
-        let (store, wake) = Store::connect(&self.pg).await.map_err(DurableError)?;
-        let backlog = store.backlog().await.map_err(DurableError)?;
+        let (store, wake) = Store::connect(&self.pg, self.ttl())
+            .await
+            .map_err(|e| DurableError(e.to_string()))?;
+        let backlog = store
+            .backlog()
+            .await
+            .map_err(|e| DurableError(e.to_string()))?;
         self.stats.link.set(true);
         info!(
             pending = backlog.pending,
             dead_letters = backlog.dead,
             oldest_pending_s = backlog.oldest_s.round() as u64,
+            session = store.session(),
             "durable mode: reading skor.event_log"
         );
         Ok(Session { store, wake })
     }
 
-    /// Delivers events until `shutdown`, reconnecting when the connection
-    /// is lost; then waits for the sinks to answer for the events already
-    /// handed to them, and finishes those.
+    /// Delivers events until `shutdown`, retrying failed statements on the
+    /// same connection and reconnecting when it is lost; then waits for the
+    /// sinks to answer for the events already handed to them, and finishes
+    /// those.
     pub async fn run(mut self, mut session: Session, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
         loop {
-            let Err(reason) = self.serve(&mut session, &shutdown).await else {
-                return;
+            let started = Instant::now();
+            let error = match self.serve(&mut session, &shutdown).await {
+                Ok(()) => return,
+                Err(error) => error,
             };
-            self.stats.link.set(false);
-            warn!(error = %reason, "lost the event log connection, reconnecting; \
-                  events already handed to sinks are finished once it is back");
-            // Our locks went with the connection.
-            self.owned.clear();
-            self.releasing.clear();
-            match self.reconnect(&shutdown).await {
-                Some(next) => session = next,
-                None => {
-                    info!(
-                        unfinished = self.tracked.len(),
-                        "stopped reconnecting: unfinished events stay pending in the log"
-                    );
-                    return;
+            match error {
+                StoreError::Statement(error) => {
+                    if started.elapsed() > STATEMENT_RETRY_MAX {
+                        failures = 0;
+                    }
+                    failures += 1;
+                    let delay = (Duration::from_millis(100) * 2u32.pow(failures.min(10) - 1))
+                        .min(STATEMENT_RETRY_MAX);
+                    warn!(%error, failures, retry_in_ms = delay.as_millis() as u64,
+                          "a statement on the event log failed; retrying on the same connection");
+                    tokio::select! {
+                        () = shutdown.cancelled(), if self.tracked.is_empty() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                StoreError::Lost(error) => {
+                    self.stats.link.set(false);
+                    let held: Vec<i16> = self.leases.keys().copied().collect();
+                    self.lose(&held, "the event log connection was lost");
+                    warn!(%error, "lost the event log connection, reconnecting; a new session \
+                          takes partitions once their leases expire");
+                    match self.reconnect(&shutdown).await {
+                        Some(next) => session = next,
+                        None => {
+                            info!("stopped reconnecting: unfinished events stay pending in the log");
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -166,21 +266,21 @@ impl Durable {
         let mut delay = Duration::from_millis(100);
         for attempt in 1u64.. {
             let opened = tokio::select! {
-                () = shutdown.cancelled(), if self.tracked.is_empty() => return None,
-                opened = Store::connect(&self.pg) => opened,
+                () = shutdown.cancelled() => return None,
+                opened = Store::connect(&self.pg, self.ttl()) => opened,
             };
             match opened {
                 Ok((store, wake)) => {
                     self.stats.link.set(true);
                     self.stats.link.reconnects.incr();
-                    info!("event log connection back");
+                    info!(session = store.session(), "event log connection back");
                     return Some(Session { store, wake });
                 }
                 Err(e) => warn!(attempt, retry_in_ms = delay.as_millis() as u64, error = %e,
                                 "cannot reconnect to the event log yet"),
             }
             tokio::select! {
-                () = shutdown.cancelled(), if self.tracked.is_empty() => return None,
+                () = shutdown.cancelled() => return None,
                 () = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(self.max_backoff);
@@ -193,19 +293,21 @@ impl Durable {
         &mut self,
         session: &mut Session,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let store = &session.store;
         let mut poll = tokio::time::interval(Duration::from_millis(self.config.poll_interval_ms));
         let mut rebalance = tokio::time::interval(REBALANCE_INTERVAL);
+        let mut renew = tokio::time::interval(self.ttl() / 5);
         let backlog_every = Duration::from_millis(self.config.backlog_log_interval_ms.max(1));
         let mut backlog = tokio::time::interval_at(Instant::now() + backlog_every, backlog_every);
-        for timer in [&mut poll, &mut rebalance, &mut backlog] {
+        for timer in [&mut poll, &mut rebalance, &mut renew, &mut backlog] {
             timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         // Look at once: nothing waits for a wake-up that came while away.
         let mut due = true;
         let mut flush_at: Option<Instant> = None;
         loop {
+            self.expire_leases();
             let stopping = shutdown.is_cancelled();
             if stopping && !self.queues.is_empty() {
                 // Closing the queues lets the workers finish.
@@ -217,32 +319,36 @@ impl Durable {
             }
             if stopping && self.tracked.is_empty() {
                 self.flush(store).await?;
+                store.leave().await?;
                 return Ok(());
             }
             // Deletes go in batches: a full one, or what gathered in a
             // moment, so a steady trickle is not one round trip per event.
-            if self.finished.len() >= FLUSH_BATCH || flush_at.is_some_and(|at| at <= Instant::now())
-            {
+            let gathered = self.finished.len() + self.progress.len();
+            if gathered >= FLUSH_BATCH || flush_at.is_some_and(|at| at <= Instant::now()) {
                 self.flush(store).await?;
             }
             flush_at = match flush_at {
-                _ if self.finished.is_empty() => None,
+                _ if self.finished.is_empty() && self.progress.is_empty() => None,
                 None => Some(Instant::now() + FLUSH_LINGER),
                 at => at,
             };
             self.release_idle(store).await?;
-            // Claims go in batches too: once half the window is free.
-            if due && !stopping && self.tracked.len() <= self.config.batch_size / 2 {
+            if due && !stopping && self.wants_claim() {
+                // Claims leave out events by their done sinks: those must
+                // be written first.
                 self.flush(store).await?;
                 flush_at = None;
                 due = self.claim(store).await?;
             }
+            let next_expiry = self.leases.values().map(|l| l.valid_until).min();
             tokio::select! {
                 biased;
                 outcome = self.outcomes.recv() => {
                     let Some(outcome) = outcome else {
                         // Every worker stopped: what is left stays pending.
                         self.flush(store).await?;
+                        store.leave().await?;
                         return Ok(());
                     };
                     self.record(store, outcome).await?;
@@ -253,10 +359,12 @@ impl Durable {
                 () = shutdown.cancelled(), if !stopping => {}
                 wake = session.wake.recv() => {
                     if wake.is_none() {
-                        return Err("the server closed the connection".into());
+                        return Err(StoreError::Lost("the server closed the connection".into()));
                     }
                     due = true;
                 }
+                _ = renew.tick() => self.renew(store).await?,
+                () = sleep_until_some(next_expiry) => {}
                 _ = poll.tick() => due = true,
                 _ = rebalance.tick(), if !stopping => {
                     if self.rebalance(store).await? {
@@ -272,29 +380,87 @@ impl Durable {
         }
     }
 
-    /// Claims events up to the batch size; true if there may be more.
-    async fn claim(&mut self, store: &Store) -> Result<bool, String> {
-        // Finished events count until deleted: together they bound what a
-        // crash can deliver twice.
-        let room = self
-            .config
-            .batch_size
-            .saturating_sub(self.tracked.len() + self.finished.len());
-        if room == 0 || self.owned.is_empty() {
-            return Ok(room == 0 && !self.owned.is_empty());
-        }
-        let parts: Vec<i16> = self.owned.iter().copied().collect();
-        let claimed: Vec<i64> = self.tracked.keys().copied().collect();
-        let events = store.claim(&parts, &claimed, room as i64).await?;
-        let full = events.len() == room;
-        for claimed in events {
-            self.stats.claimed.incr();
-            self.dispatch(claimed).await;
-        }
-        Ok(full)
+    /// Whether a claim is worth making: some sink has half its window free
+    /// and half the byte budget is free (or nothing is held).
+    fn wants_claim(&self) -> bool {
+        let half = self.config.batch_size / 2;
+        let bytes_free = self.tracked.is_empty()
+            || self.held_bytes <= self.config.max_claim_bytes / 2;
+        bytes_free && self.owed.iter().any(|&owed| owed <= half)
     }
 
-    async fn dispatch(&mut self, claimed: store::Claimed) {
+    /// Claims events up to the free window and byte budget; true if there
+    /// may be more.
+    async fn claim(&mut self, store: &Store) -> Result<bool, StoreError> {
+        let window = self.config.batch_size;
+        let open: Vec<String> = self
+            .sink_names
+            .iter()
+            .zip(&self.owed)
+            .filter(|(_, &owed)| owed < window)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let room = self
+            .owed
+            .iter()
+            .map(|&owed| window.saturating_sub(owed))
+            .max()
+            .unwrap_or(0);
+        let parts: Vec<i16> = self
+            .leases
+            .iter()
+            .filter(|(_, lease)| !lease.releasing)
+            .map(|(&part, _)| part)
+            .collect();
+        if room == 0 || parts.is_empty() {
+            return Ok(false);
+        }
+        let budget = self.config.max_claim_bytes.saturating_sub(self.held_bytes);
+        if budget == 0 && !self.tracked.is_empty() {
+            return Ok(false);
+        }
+        let claimed: Vec<i64> = self.tracked.keys().copied().collect();
+        let budget = i64::try_from(budget).unwrap_or(i64::MAX);
+        let rows = store
+            .claim(&parts, &claimed, &open, room as i64, budget)
+            .await?;
+        let mut bytes = 0;
+        let full = rows.len() == room;
+        for row in rows {
+            self.stats.claimed.incr();
+            match row {
+                Ok((event, size)) => {
+                    bytes += size.max(0) as u64;
+                    self.dispatch(store, event, size.max(0) as u64).await?;
+                }
+                Err(bad) => {
+                    self.stats.unparseable.incr();
+                    self.stats.dead_lettered.incr();
+                    warn!(id = bad.id, part = bad.part, reason = %bad.reason,
+                          "row of skor.event_log is not an event: moved to the dead letters");
+                    store.dead(bad.id, 0, &bad.reason, &[]).await?;
+                }
+            }
+        }
+        self.stats
+            .peak_claimed_bytes
+            .fetch_max(self.held_bytes, Ordering::Relaxed);
+        debug!(
+            claimed_bytes = bytes,
+            held_bytes = self.held_bytes,
+            "claimed events"
+        );
+        // Held back by the byte budget: more may wait, claimed once the
+        // sinks have freed half of it.
+        Ok(full || self.held_bytes.saturating_mul(2) >= self.config.max_claim_bytes)
+    }
+
+    async fn dispatch(
+        &mut self,
+        store: &Store,
+        claimed: store::Claimed,
+        bytes: u64,
+    ) -> Result<(), StoreError> {
         let store::Claimed {
             id,
             channel,
@@ -317,15 +483,42 @@ impl Durable {
         self.received.count(&channel, &schema, &table, op);
         self.router
             .targets(&channel, &schema, &table, op, &mut self.targets);
-        let names = &self.sink_names;
-        self.targets
-            .retain(|&index| !done_sinks.contains(&names[index]));
         if self.targets.is_empty() {
-            debug!(id, %channel, schema, table, %op, "no route matches this event");
+            // A route may be missing by mistake (a partition's name, a
+            // typo): the event waits for `skor dead-letters replay`.
             self.stats.unrouted.incr();
-            self.finished.push(id);
-            return;
+            self.stats.dead_lettered.incr();
+            warn!(id, %channel, schema, table, %op,
+                  "no route matches this durable event: moved to the dead letters");
+            let attempts = u32::try_from(attempts).unwrap_or(0);
+            return store.dead(id, attempts, "no route", &[]).await;
         }
+        let routed = self.targets.clone();
+        let mut waiting = Vec::new();
+        let mut deferred = Vec::new();
+        for &sink in &routed {
+            if done_sinks.contains(&self.sink_names[sink]) {
+                continue;
+            }
+            let older_waits = self.deferring[sink].first().is_some_and(|&older| older < id);
+            if self.owed[sink] < self.config.batch_size && !older_waits {
+                waiting.push(sink);
+            } else {
+                deferred.push(sink);
+            }
+        }
+        if waiting.is_empty() && deferred.is_empty() {
+            // Every routed sink has it already (a replayed dead letter).
+            self.finished.push(id);
+            return Ok(());
+        }
+        if waiting.is_empty() {
+            self.park(id, &routed, done_sinks);
+            return Ok(());
+        }
+        let Some(fence) = self.leases.get(&part).map(|l| l.fence.clone()) else {
+            return Ok(());
+        };
         let payload = match &self.config.id_field {
             Some(field) => with_id_field(&payload, field, id),
             None => payload,
@@ -344,74 +537,126 @@ impl Durable {
             attempts: attempts as u32,
             at: Instant::now() + Duration::from_millis(due_in_ms.max(0) as u64),
         });
+        for &sink in &deferred {
+            self.deferring[sink].insert(id);
+        }
+        for &sink in &waiting {
+            self.owed[sink] += 1;
+        }
+        self.held_bytes += bytes;
         self.tracked.insert(
             id,
             Tracked {
                 part,
-                remaining: self.targets.len(),
+                bytes,
+                routed,
+                waiting: waiting.clone(),
+                deferred,
                 done: done_sinks,
                 failed: None,
             },
         );
-        for &index in &self.targets {
-            let job = Job::new(Arc::clone(&event), resume);
-            if !self.queues[index].send(job).await {
+        for sink in waiting {
+            let job = Job::new(Arc::clone(&event), resume).fenced(fence.clone());
+            if !self.queues[sink].send(job).await {
                 // The worker is gone (shutdown deadline): the event stays
                 // pending and is delivered by the next run.
-                self.tracked.remove(&id);
-                return;
+                self.untrack(id);
+                return Ok(());
             }
         }
+        Ok(())
     }
 
-    async fn record(&mut self, store: &Store, outcome: Outcome) -> Result<(), String> {
-        let (id, sink) = match outcome {
+    /// Leaves an event pending for its deferred sinks, marking the others
+    /// done so claims for them pass it by.
+    fn park(&mut self, id: i64, routed: &[usize], mut done: Vec<String>) {
+        for (index, name) in self.sink_names.iter().enumerate() {
+            if !routed.contains(&index) && !done.contains(name) {
+                done.push(name.clone());
+            }
+        }
+        let done = serde_json::to_string(&done).expect("strings serialise");
+        self.progress.push((id, done));
+    }
+
+    /// Forgets a tracked event and what it held.
+    fn untrack(&mut self, id: i64) -> Option<Tracked> {
+        let tracked = self.tracked.remove(&id)?;
+        for &sink in &tracked.waiting {
+            self.owed[sink] -= 1;
+        }
+        for &sink in &tracked.deferred {
+            self.deferring[sink].remove(&id);
+        }
+        self.held_bytes -= tracked.bytes;
+        Some(tracked)
+    }
+
+    async fn record(&mut self, store: &Store, outcome: Outcome) -> Result<(), StoreError> {
+        let (id, sink, failed) = match outcome {
             Outcome::Retrying {
                 id,
                 attempts,
                 delay,
                 error,
             } => return store.retrying(id, attempts, delay, &error).await,
-            Outcome::Delivered { id, sink } => {
-                if let Some(tracked) = self.tracked.get_mut(&id) {
-                    tracked.done.push(self.sink_names[sink].clone());
-                }
-                (id, sink)
-            }
+            Outcome::Delivered { id, sink } => (id, sink, None),
             Outcome::Failed {
                 id,
                 sink,
                 attempts,
                 error,
-            } => {
-                if let Some(tracked) = self.tracked.get_mut(&id) {
-                    let error = format!("sink {}: {error}", self.sink_names[sink]);
-                    tracked.failed = Some((attempts, error));
-                }
-                (id, sink)
-            }
+            } => (id, sink, Some((attempts, error))),
         };
+        let name = &self.sink_names[sink];
         let Some(tracked) = self.tracked.get_mut(&id) else {
-            debug!(id, sink, "outcome of an event no longer tracked");
+            debug!(id, sink = %name, "outcome of an event no longer tracked");
             return Ok(());
         };
-        tracked.remaining -= 1;
-        if tracked.remaining > 0 {
+        let Some(at) = tracked.waiting.iter().position(|&s| s == sink) else {
+            debug!(id, sink = %name, "outcome of an event this sink no longer owes");
+            return Ok(());
+        };
+        tracked.waiting.swap_remove(at);
+        self.owed[sink] -= 1;
+        match failed {
+            None => tracked.done.push(name.clone()),
+            Some((attempts, error)) => {
+                tracked.failed = Some((attempts, format!("sink {name}: {error}")));
+            }
+        }
+        if !tracked.waiting.is_empty() {
             return Ok(());
         }
-        let tracked = self.tracked.remove(&id).expect("present");
+        let tracked = self.untrack(id).expect("present");
         match tracked.failed {
-            None => self.finished.push(id),
             Some((attempts, error)) => {
                 self.stats.dead_lettered.incr();
-                store.dead(id, attempts, &error, &tracked.done).await?;
+                // Only the routed sinks that confirmed: a replay after a
+                // route was added must reach the new sinks.
+                let confirmed: Vec<String> = tracked
+                    .routed
+                    .iter()
+                    .map(|&s| self.sink_names[s].clone())
+                    .filter(|name| tracked.done.contains(name))
+                    .collect();
+                store.dead(id, attempts, &error, &confirmed).await?;
             }
+            None if !tracked.deferred.is_empty() => self.park(id, &tracked.routed, tracked.done),
+            None => self.finished.push(id),
         }
         Ok(())
     }
 
-    /// Deletes (or marks) the events every sink confirmed.
-    async fn flush(&mut self, store: &Store) -> Result<(), String> {
+    /// Deletes (or marks) the events every sink confirmed, and records the
+    /// confirmations of events that wait for other sinks.
+    async fn flush(&mut self, store: &Store) -> Result<(), StoreError> {
+        if !self.progress.is_empty() {
+            let (ids, done): (Vec<i64>, Vec<String>) = self.progress.iter().cloned().unzip();
+            store.progress(&ids, &done).await?;
+            self.progress.clear();
+        }
         if self.finished.is_empty() {
             return Ok(());
         }
@@ -423,39 +668,134 @@ impl Durable {
         Ok(())
     }
 
-    /// Takes or gives up partitions so each daemon owns its share; true if
-    /// it took some.
-    async fn rebalance(&mut self, store: &Store) -> Result<bool, String> {
+    /// Renews this session's leases; those the database no longer gives
+    /// are lost.
+    async fn renew(&mut self, store: &Store) -> Result<(), StoreError> {
+        let sent = Instant::now();
+        let renewed = store.renew().await?;
+        let until = self.valid_until(sent);
+        let lost: Vec<i16> = self
+            .leases
+            .keys()
+            .copied()
+            .filter(|part| !renewed.contains(part))
+            .collect();
+        if !lost.is_empty() {
+            self.lose(&lost, "the lease expired before it was renewed");
+        }
+        for part in renewed {
+            let lease = self.leases.entry(part).or_insert_with(|| Lease {
+                // Still ours by the database's clock after a local expiry:
+                // a new fence, the old one's jobs are gone.
+                fence: Fence::until(until),
+                valid_until: until,
+                releasing: false,
+            });
+            lease.fence.extend(until);
+            lease.valid_until = until;
+        }
+        Ok(())
+    }
+
+    /// Fences off the partitions whose lease this daemon can no longer
+    /// prove it holds.
+    fn expire_leases(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<i16> = self
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.valid_until <= now)
+            .map(|(&part, _)| part)
+            .collect();
+        if !expired.is_empty() {
+            self.lose(&expired, "no renewal came back in time");
+        }
+    }
+
+    /// Gives up `parts`: revokes their fences, so the lanes drop their
+    /// unsent jobs, and forgets their unfinished events, which stay pending
+    /// for the next holder.
+    fn lose(&mut self, parts: &[i16], reason: &str) {
+        let mut lost = Vec::new();
+        for part in parts {
+            if let Some(lease) = self.leases.remove(part) {
+                lease.fence.revoke();
+                lost.push(*part);
+            }
+        }
+        if lost.is_empty() {
+            return;
+        }
+        let dropped: Vec<i64> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| lost.contains(&t.part))
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &dropped {
+            self.untrack(id);
+        }
+        warn!(partitions = ?lost, unfinished = dropped.len(), reason,
+              "lost partition leases: stopped delivering their events, which stay pending \
+               for the next holder");
+    }
+
+    /// Takes or gives up partitions so each daemon leases its share; true
+    /// if it took some.
+    async fn rebalance(&mut self, store: &Store) -> Result<bool, StoreError> {
         let members = store.members().await?.max(1);
         let share = (i64::from(PARTITIONS) + members - 1) / members;
-        let owned = self.owned.len() as i64;
+        let owned = self.leases.values().filter(|l| !l.releasing).count() as i64;
         if owned < share {
             // Start from a place of our own so daemons do not all race for
             // the same partitions.
-            let start = (store.member().rem_euclid(i32::from(PARTITIONS))) as i16;
+            let start = store
+                .session()
+                .bytes()
+                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+                % PARTITIONS as u32;
             let candidates: Vec<i16> = (0..PARTITIONS)
-                .map(|i| (start + i) % PARTITIONS)
-                .filter(|p| !self.owned.contains(p) && !self.releasing.contains(p))
+                .map(|i| (start as i16 + i) % PARTITIONS)
+                .filter(|p| !self.leases.contains_key(p))
                 .collect();
-            let got = store.lock_partitions(&candidates, share - owned).await?;
+            let sent = Instant::now();
+            let got = store.take(&candidates, share - owned).await?;
             if !got.is_empty() {
-                self.owned.extend(got);
+                let until = self.valid_until(sent);
+                for part in got {
+                    self.leases.insert(
+                        part,
+                        Lease {
+                            fence: Fence::until(until),
+                            valid_until: until,
+                            releasing: false,
+                        },
+                    );
+                }
                 info!(
-                    owned = self.owned.len(),
+                    owned = self.leases.len(),
                     daemons = members,
-                    "took key partitions"
+                    "leased key partitions"
                 );
                 return Ok(true);
             }
         } else if owned > share {
             let surplus = (owned - share) as usize;
-            let given: Vec<i16> = self.owned.iter().rev().take(surplus).copied().collect();
+            let given: Vec<i16> = self
+                .leases
+                .iter()
+                .filter(|(_, l)| !l.releasing)
+                .map(|(&p, _)| p)
+                .rev()
+                .take(surplus)
+                .collect();
             for part in given {
-                self.owned.remove(&part);
-                self.releasing.insert(part);
+                if let Some(lease) = self.leases.get_mut(&part) {
+                    lease.releasing = true;
+                }
             }
             info!(
-                owned = self.owned.len(),
+                owned = owned as usize - surplus,
                 daemons = members,
                 "giving key partitions to other daemons once their events are finished"
             );
@@ -463,42 +803,59 @@ impl Durable {
         Ok(false)
     }
 
-    /// Unlocks given-up partitions that have no unfinished event left, so
-    /// their next owner starts after this daemon's last event of each key.
-    async fn release_idle(&mut self, store: &Store) -> Result<(), String> {
-        if self.releasing.is_empty() {
+    /// Releases given-up partitions that have no unfinished event left, so
+    /// their next holder starts after this daemon's last event of each key.
+    async fn release_idle(&mut self, store: &Store) -> Result<(), StoreError> {
+        if !self.leases.values().any(|l| l.releasing) {
             return Ok(());
         }
         let busy: BTreeSet<i16> = self.tracked.values().map(|t| t.part).collect();
-        let idle: Vec<i16> = self.releasing.difference(&busy).copied().collect();
+        let idle: Vec<i16> = self
+            .leases
+            .iter()
+            .filter(|(p, l)| l.releasing && !busy.contains(p))
+            .map(|(&p, _)| p)
+            .collect();
         if !idle.is_empty() {
-            // Delivered events must be gone before the next owner looks.
+            // Delivered events must be gone before the next holder looks.
             self.flush(store).await?;
         }
         for part in idle {
-            store.unlock_partition(part).await?;
-            self.releasing.remove(&part);
+            store.release(part).await?;
+            if let Some(lease) = self.leases.remove(&part) {
+                lease.fence.revoke();
+            }
         }
         Ok(())
     }
 
-    async fn clean(&mut self, store: &Store) -> Result<(), String> {
+    /// Removes delivered events past their retention: batch after batch
+    /// while they come back full, so removal keeps up with the write rate,
+    /// but boundedly per tick so claims go on meanwhile.
+    async fn clean(&mut self, store: &Store) -> Result<(), StoreError> {
         let retention = Duration::from_millis(self.config.retention_ms);
-        let removed = store.clean(retention, CLEAN_BATCH).await?;
+        let mut removed = 0;
+        for _ in 0..CLEAN_ROUNDS {
+            let batch = store.clean(retention, CLEAN_BATCH).await?;
+            removed += batch;
+            if batch < CLEAN_BATCH as u64 {
+                break;
+            }
+        }
         if removed > 0 {
             debug!(removed, "removed delivered events past their retention");
         }
         Ok(())
     }
 
-    async fn log_backlog(&mut self, store: &Store) -> Result<(), String> {
+    async fn log_backlog(&mut self, store: &Store) -> Result<(), StoreError> {
         let backlog = store.backlog().await?;
         if backlog.pending > 0 || backlog.dead > 0 {
             info!(
                 pending = backlog.pending,
                 dead_letters = backlog.dead,
                 oldest_pending_s = backlog.oldest_s.round() as u64,
-                owned_partitions = self.owned.len(),
+                owned_partitions = self.leases.len(),
                 "durable backlog"
             );
         }

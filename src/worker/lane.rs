@@ -78,22 +78,24 @@ impl Deliverer {
                     let submitted = tokio::select! {
                         biased;
                         () = deadline.cancelled() => break batch.len() + in_flight_events,
-                        submitted = self.submit_when_due(&batch) => submitted,
+                        submitted = self.submit_when_due(&mut batch) => submitted,
                     };
                     match submitted {
-                        Ok(confirmation) => {
+                        None => continue,
+                        Some(Ok(confirmation)) => {
                             in_flight_events += batch.len();
                             in_flight.push_back(Box::pin(async move { (batch, confirmation.await) }));
                             continue;
                         }
-                        Err(error) => (batch, Err(error)),
+                        Some(Err(error)) => (batch, Err(error)),
                     }
                 }
             };
+            let mut batch = batch;
             tokio::select! {
                 biased;
                 () = deadline.cancelled() => break batch.len() + in_flight_events,
-                () = self.settle(&batch, result) => {}
+                () = self.settle(&mut batch, result) => {}
             }
         } as u64;
         rx.close();
@@ -127,12 +129,30 @@ impl Deliverer {
     }
 
     /// Submits `batch`, first waiting out the retry delay a durable event
-    /// still had when it was claimed.
-    async fn submit_when_due(&self, batch: &Batch) -> Result<Confirmation, SinkError> {
+    /// still had when it was claimed; `None` if every job was fenced off.
+    async fn submit_when_due(&self, batch: &mut Batch) -> Option<Result<Confirmation, SinkError>> {
         if let Some(at) = batch.iter().filter_map(|j| j.resume.map(|r| r.at)).max() {
             tokio::time::sleep_until(at).await;
         }
-        self.submit(batch).await
+        if !self.drop_fenced(batch) {
+            return None;
+        }
+        Some(self.submit(batch).await)
+    }
+
+    /// Drops the jobs whose durable session lost its partition lease:
+    /// another daemon owns their events now, and an attempt from here could
+    /// overtake its deliveries. False if nothing is left to send.
+    fn drop_fenced(&self, batch: &mut Batch) -> bool {
+        let before = batch.len();
+        batch.retain(|job| !job.is_fenced());
+        let dropped = before - batch.len();
+        if dropped > 0 {
+            self.stats.unqueued(dropped);
+            debug!(sink = %self.name, events = dropped,
+                   "dropped unsent events of a partition lease this daemon lost");
+        }
+        !batch.is_empty()
     }
 
     async fn submit(&self, batch: &Batch) -> Result<Confirmation, SinkError> {
@@ -148,9 +168,8 @@ impl Deliverer {
 
     /// Counts a delivered batch, or retries a failed one as the policy
     /// allows and logs and counts its events if they cannot be delivered.
-    async fn settle(&self, batch: &Batch, mut result: Result<(), SinkError>) {
-        let first = &*batch[0].event;
-        let events = batch.len();
+    async fn settle(&self, batch: &mut Batch, mut result: Result<(), SinkError>) {
+        let first = Arc::clone(&batch[0].event);
         let resumed = batch
             .iter()
             .filter_map(|j| j.resume.map(|r| r.attempts))
@@ -158,6 +177,7 @@ impl Deliverer {
         let mut attempt: u32 = 1 + resumed.unwrap_or(0);
         let mut outage: u32 = 0;
         loop {
+            let events = batch.len();
             let error = match result {
                 Ok(()) => return self.delivered(batch, attempt),
                 Err(error) => error,
@@ -192,6 +212,9 @@ impl Deliverer {
                 attempt += 1;
             }
             tokio::time::sleep(delay).await;
+            if !self.drop_fenced(batch) {
+                return;
+            }
             result = match self.submit(batch).await {
                 Ok(confirmation) => confirmation.await,
                 Err(error) => Err(error),

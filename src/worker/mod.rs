@@ -6,6 +6,7 @@ mod lane;
 mod queue;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +33,10 @@ pub struct Job {
     pub resume: Option<Resume>,
     /// When the event entered this sink's queue, for the latency metric.
     pub queued_at: Instant,
+    /// A durable event's fence: lanes drop the job instead of starting an
+    /// attempt once it no longer holds, since another daemon may be
+    /// delivering the same event by then.
+    pub fence: Option<Fence>,
 }
 
 impl Job {
@@ -41,7 +46,68 @@ impl Job {
             event,
             resume,
             queued_at: Instant::now(),
+            fence: None,
         }
+    }
+
+    /// This job, dropped unsent once `fence` no longer holds.
+    pub fn fenced(self, fence: Fence) -> Self {
+        Self {
+            fence: Some(fence),
+            ..self
+        }
+    }
+
+    /// Whether the job must not be attempted any more.
+    pub fn is_fenced(&self) -> bool {
+        self.fence.as_ref().is_some_and(|fence| !fence.holds())
+    }
+}
+
+/// Whether a durable daemon may still start attempts for the events of one
+/// partition: until the local deadline of its lease, which each renewal
+/// moves on, and never again once revoked. The lanes read the clock
+/// themselves, so a coordinator stuck on a statement cannot keep them going
+/// past the lease.
+#[derive(Clone, Debug)]
+pub struct Fence(Arc<FenceState>);
+
+#[derive(Debug)]
+struct FenceState {
+    base: Instant,
+    /// The deadline, in milliseconds after `base`.
+    until_ms: AtomicU64,
+    revoked: AtomicBool,
+}
+
+impl Fence {
+    /// A fence that holds until `at`.
+    pub fn until(at: Instant) -> Self {
+        let base = Instant::now();
+        let fence = Self(Arc::new(FenceState {
+            base,
+            until_ms: AtomicU64::new(0),
+            revoked: AtomicBool::new(false),
+        }));
+        fence.extend(at);
+        fence
+    }
+
+    /// Moves the deadline to `at` (a renewal).
+    pub fn extend(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.0.base).as_millis() as u64;
+        self.0.until_ms.store(ms, Ordering::Release);
+    }
+
+    /// Ends it for good: the lease is lost.
+    pub fn revoke(&self) {
+        self.0.revoked.store(true, Ordering::Release);
+    }
+
+    /// Whether attempts may still start.
+    pub fn holds(&self) -> bool {
+        !self.0.revoked.load(Ordering::Acquire)
+            && (self.0.base.elapsed().as_millis() as u64) < self.0.until_ms.load(Ordering::Acquire)
     }
 }
 
