@@ -933,7 +933,7 @@ async fn a_row_skor_cannot_parse_is_a_dead_letter_and_stalls_nothing() {
     let reasons: Vec<String> = db
         .client
         .query(
-            "SELECT last_error FROM skor.event_log ORDER BY id",
+            "SELECT last_error FROM skor.event_log WHERE state = 'dead' ORDER BY id",
             &[],
         )
         .await

@@ -132,6 +132,8 @@ pub struct Durable {
     /// Events that stay pending for deferred sinks, with the sinks (a JSON
     /// array) to add to their `done_sinks`.
     progress: Vec<(i64, String)>,
+    /// Tracked events every sink they were handed to has answered.
+    answered: Vec<i64>,
     targets: Vec<usize>,
 }
 
@@ -177,6 +179,7 @@ impl Durable {
             leases: BTreeMap::new(),
             finished: Vec::new(),
             progress: Vec::new(),
+            answered: Vec::new(),
             targets: Vec::new(),
         }
     }
@@ -342,8 +345,9 @@ impl Durable {
                 due = self.claim(store).await?;
             }
             let next_expiry = self.leases.values().map(|l| l.valid_until).min();
+            // Not biased: a sink retrying fast sends a stream of outcomes
+            // that must not starve the lease renewal.
             tokio::select! {
-                biased;
                 outcome = self.outcomes.recv() => {
                     let Some(outcome) = outcome else {
                         // Every worker stopped: what is left stays pending.
@@ -351,9 +355,14 @@ impl Durable {
                         store.leave().await?;
                         return Ok(());
                     };
-                    self.record(store, outcome).await?;
+                    let mut retrying = HashMap::new();
+                    self.record(outcome, &mut retrying, &mut due);
                     while let Ok(outcome) = self.outcomes.try_recv() {
-                        self.record(store, outcome).await?;
+                        self.record(outcome, &mut retrying, &mut due);
+                    }
+                    self.settle(store).await?;
+                    if !retrying.is_empty() {
+                        store.retrying(retrying).await?;
                     }
                 }
                 () = shutdown.cancelled(), if !stopping => {}
@@ -593,14 +602,25 @@ impl Durable {
         Some(tracked)
     }
 
-    async fn record(&mut self, store: &Store, outcome: Outcome) -> Result<(), StoreError> {
+    /// Applies what a sink did with an event: failed attempts gather in
+    /// `retrying` (the latest per event), to be written in one statement;
+    /// `due` is set when the sink's window has room for a claim again.
+    fn record(
+        &mut self,
+        outcome: Outcome,
+        retrying: &mut HashMap<i64, (u32, Duration, String)>,
+        due: &mut bool,
+    ) {
         let (id, sink, failed) = match outcome {
             Outcome::Retrying {
                 id,
                 attempts,
                 delay,
                 error,
-            } => return store.retrying(id, attempts, delay, &error).await,
+            } => {
+                retrying.insert(id, (attempts, delay, error));
+                return;
+            }
             Outcome::Delivered { id, sink } => (id, sink, None),
             Outcome::Failed {
                 id,
@@ -612,39 +632,54 @@ impl Durable {
         let name = &self.sink_names[sink];
         let Some(tracked) = self.tracked.get_mut(&id) else {
             debug!(id, sink = %name, "outcome of an event no longer tracked");
-            return Ok(());
+            return;
         };
         let Some(at) = tracked.waiting.iter().position(|&s| s == sink) else {
             debug!(id, sink = %name, "outcome of an event this sink no longer owes");
-            return Ok(());
+            return;
         };
         tracked.waiting.swap_remove(at);
         self.owed[sink] -= 1;
+        if self.owed[sink] == self.config.batch_size / 2 {
+            *due = true;
+        }
         match failed {
             None => tracked.done.push(name.clone()),
             Some((attempts, error)) => {
                 tracked.failed = Some((attempts, format!("sink {name}: {error}")));
             }
         }
-        if !tracked.waiting.is_empty() {
-            return Ok(());
+        if tracked.waiting.is_empty() {
+            self.answered.push(id);
         }
-        let tracked = self.untrack(id).expect("present");
-        match tracked.failed {
-            Some((attempts, error)) => {
-                self.stats.dead_lettered.incr();
-                // Only the routed sinks that confirmed: a replay after a
-                // route was added must reach the new sinks.
-                let confirmed: Vec<String> = tracked
-                    .routed
-                    .iter()
-                    .map(|&s| self.sink_names[s].clone())
-                    .filter(|name| tracked.done.contains(name))
-                    .collect();
-                store.dead(id, attempts, &error, &confirmed).await?;
+    }
+
+    /// Settles the events every sink they were handed to has answered:
+    /// finished, left pending for deferred sinks, or dead-lettered.
+    async fn settle(&mut self, store: &Store) -> Result<(), StoreError> {
+        // One at a time: after a failed statement the others still wait.
+        while let Some(id) = self.answered.pop() {
+            let Some(tracked) = self.untrack(id) else {
+                continue;
+            };
+            match tracked.failed {
+                Some((attempts, error)) => {
+                    self.stats.dead_lettered.incr();
+                    // Only the routed sinks that confirmed: a replay after a
+                    // route was added must reach the new sinks.
+                    let confirmed: Vec<String> = tracked
+                        .routed
+                        .iter()
+                        .map(|&s| self.sink_names[s].clone())
+                        .filter(|name| tracked.done.contains(name))
+                        .collect();
+                    store.dead(id, attempts, &error, &confirmed).await?;
+                }
+                None if !tracked.deferred.is_empty() => {
+                    self.park(id, &tracked.routed, tracked.done);
+                }
+                None => self.finished.push(id),
             }
-            None if !tracked.deferred.is_empty() => self.park(id, &tracked.routed, tracked.done),
-            None => self.finished.push(id),
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! events, and the leases (`skor.daemon`, `skor.partition_lease`) that give
 //! one daemon session a key partition.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures_util::future::poll_fn;
@@ -333,7 +333,7 @@ impl Store {
                            WHERE state = 'pending' AND part IN (SELECT part FROM held) \
                              AND id <> ALL($2) AND NOT (done_sinks @> $3) \
                            ORDER BY id LIMIT $4), \
-                 upto AS (SELECT id, size, sum(size) OVER (ORDER BY id) AS bytes, \
+                 upto AS (SELECT id, size, (sum(size) OVER (ORDER BY id))::int8 AS bytes, \
                                  row_number() OVER (ORDER BY id) AS n FROM next) \
             SELECT e.id, e.channel, e.schema_name, e.table_name, e.op, e.row_key, e.part, e.payload, \
                    e.attempts, \
@@ -433,32 +433,41 @@ impl Store {
         Ok(())
     }
 
-    /// Records a failed attempt and when the next one is due, if the event
-    /// is still pending in a partition this session leases.
+    /// Records failed attempts (`id` → attempts, delay, error) and when the
+    /// next ones are due, for the events still pending in a partition this
+    /// session leases.
     pub async fn retrying(
         &self,
-        id: i64,
-        attempts: u32,
-        delay: Duration,
-        error: &str,
+        failed: HashMap<i64, (u32, Duration, String)>,
     ) -> StoreResult<()> {
         const SQL: &str = "\
-            UPDATE skor.event_log e SET attempts = $2, last_error = $4, \
-                   next_attempt_at = now() + $3 * interval '1 millisecond' \
-             WHERE id = $1 AND state = 'pending' AND EXISTS ( \
+            UPDATE skor.event_log e SET attempts = u.attempts, last_error = u.error, \
+                   next_attempt_at = now() + u.delay * interval '1 millisecond' \
+              FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::text[]) \
+                   AS u(id, attempts, delay, error) \
+             WHERE e.id = u.id AND e.state = 'pending' AND EXISTS ( \
                    SELECT 1 FROM skor.partition_lease l WHERE l.part = e.part \
                       AND l.holder = $5::text::uuid AND l.expires_at > now())";
-        let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-        let delay = delay.as_millis() as f64;
+        let mut ids = Vec::with_capacity(failed.len());
+        let mut attempts = Vec::with_capacity(failed.len());
+        let mut delays = Vec::with_capacity(failed.len());
+        let mut errors = Vec::with_capacity(failed.len());
+        for (id, (tries, delay, error)) in failed {
+            ids.push(id);
+            attempts.push(i32::try_from(tries).unwrap_or(i32::MAX));
+            delays.push(delay.as_millis() as f64);
+            errors.push(error);
+        }
         let matched = self
             .client
-            .execute(SQL, &[&id, &attempts, &delay, &error, &self.session])
+            .execute(SQL, &[&ids, &attempts, &delays, &errors, &self.session])
             .await
             .map_err(|e| self.error(&e))?;
-        if matched == 0 {
+        if matched < ids.len() as u64 {
             warn!(
-                id,
-                "failed attempt not recorded: the event is no longer pending under this daemon's lease"
+                events = ids.len(),
+                matched,
+                "failed attempts not recorded: events no longer pending under this daemon's lease"
             );
         }
         Ok(())
