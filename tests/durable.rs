@@ -987,3 +987,37 @@ async fn claims_stay_within_the_byte_budget() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn retention_removal_keeps_up_with_a_large_backlog() {
+    let db = items_db().await;
+    let hook = Hook::start().await;
+    let config = format!(
+        "{}\n[durable]\nretention_ms = 1000\n",
+        hook_config(&db, DURABLE_ITEMS, &hook, "")
+    );
+    install(&db, &config).await;
+    // 30,000 events delivered an hour ago, as a busy hour leaves them.
+    db.exec(
+        "INSERT INTO skor.event_log (channel, schema_name, table_name, op, row_key, part, \
+                                    payload, state, delivered_at) \
+         SELECT 'skor', 'public', 'items', 'INSERT', '{\"id\":' || g || '}', g % 64, \
+                '{\"table\":\"items\",\"schema\":\"public\",\"op\":\"INSERT\",\"data\":{}}', \
+                'delivered', now() - interval '1 hour' \
+           FROM generate_series(1, 30000) g",
+    )
+    .await;
+    let daemon = Running::start(&config).await;
+    // Removing 1000 a second would take 30 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&db, "SELECT count(*) FROM skor.event_log").await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} delivered events left after 10 s",
+            count(&db, "SELECT count(*) FROM skor.event_log").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(hook.count(), 0, "delivered events are not sent again");
+    daemon.stop().await;
+}

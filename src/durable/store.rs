@@ -325,12 +325,15 @@ impl Store {
         max_bytes: i64,
     ) -> StoreResult<Vec<Result<(Claimed, i64), Unparseable>>> {
         // Sizes first, from the TOAST header without reading the payload;
-        // the payloads of the events within the budget after.
+        // the payloads of the events within the budget after. The leased
+        // partitions are an array computed once, so the scan stays the
+        // pending index in id order, stopping at the limit.
         const SQL: &str = "\
-            WITH held AS (SELECT part FROM skor.partition_lease \
-                           WHERE part = ANY($1) AND holder = $6::text::uuid AND expires_at > now()), \
-                 next AS (SELECT id, octet_length(payload)::int8 AS size FROM skor.event_log \
-                           WHERE state = 'pending' AND part IN (SELECT part FROM held) \
+            WITH next AS (SELECT id, octet_length(payload)::int8 AS size FROM skor.event_log \
+                           WHERE state = 'pending' \
+                             AND part = ANY(ARRAY(SELECT part FROM skor.partition_lease \
+                                  WHERE part = ANY($1) AND holder = $6::text::uuid \
+                                    AND expires_at > now())) \
                              AND id <> ALL($2) AND NOT (done_sinks @> $3) \
                            ORDER BY id LIMIT $4), \
                  upto AS (SELECT id, size, (sum(size) OVER (ORDER BY id))::int8 AS bytes, \
