@@ -60,7 +60,15 @@ impl From<tokio_postgres::Error> for InstallError {
 
 /// The whole install script for `config`, as `skor sql` prints it.
 pub fn install_sql(config: &Config) -> String {
-    let mut sql = [LOCK_SQL, INSTALL_SQL, "\n", LEASES_SQL, "\n", DROP_TRIGGERS_SQL].concat();
+    let mut sql = [
+        LOCK_SQL,
+        INSTALL_SQL,
+        "\n",
+        LEASES_SQL,
+        "\n",
+        DROP_TRIGGERS_SQL,
+    ]
+    .concat();
     sql.push_str("\n-- One trigger per captured table and operation.\n");
     for table in &config.tables {
         let name = TableName::parse(&table.name).expect("validated");

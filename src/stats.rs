@@ -201,6 +201,8 @@ pub struct DurableStats {
     pub unrouted: Counter,
     /// Rows of the log that are not events skor can parse.
     pub unparseable: Counter,
+    /// Statements on the event log that failed on an open connection.
+    pub statement_errors: Counter,
     /// The most payload bytes held claimed at once, since start.
     pub peak_claimed_bytes: AtomicU64,
     /// The event log's connection.
@@ -216,6 +218,7 @@ impl DurableStats {
             dead_lettered: Counter::default(),
             unrouted: metrics.unrouted.clone().into(),
             unparseable: Counter::default(),
+            statement_errors: Counter::default(),
             peak_claimed_bytes: AtomicU64::new(0),
             link: Link::registered(metrics, Connection::EventLog),
         }

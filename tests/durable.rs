@@ -907,8 +907,7 @@ async fn a_row_skor_cannot_parse_is_a_dead_letter_and_stalls_nothing() {
         )
     };
     let event = r#"{"table":"items","schema":"public","op":"INSERT","data":{"id":1}}"#;
-    db.exec(&insert("INSERT", "NULL", "\"not an event\""))
-        .await;
+    db.exec(&insert("INSERT", "NULL", "\"not an event\"")).await;
     db.exec(&insert("INSERT", "'{\"id\":1'", event)).await;
     db.exec(&format!(
         "DO $$ BEGIN {}; EXCEPTION WHEN check_violation THEN NULL; END $$",
@@ -945,7 +944,10 @@ async fn a_row_skor_cannot_parse_is_a_dead_letter_and_stalls_nothing() {
         reasons[0].contains("payload is not a JSON object"),
         "{reasons:?}"
     );
-    assert!(reasons[1].contains("row_key is not a JSON object"), "{reasons:?}");
+    assert!(
+        reasons[1].contains("row_key is not a JSON object"),
+        "{reasons:?}"
+    );
     if bad == 3 {
         assert_eq!(reasons[2], "unparseable event: unknown op \"TRUNCATE\"");
     }
@@ -1019,5 +1021,36 @@ async fn retention_removal_keeps_up_with_a_large_backlog() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(hook.count(), 0, "delivered events are not sent again");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_statement_is_retried_without_reconnecting() {
+    let db = items_db().await;
+    let hook = Hook::start().await;
+    let config = format!(
+        "{}\n[durable]\npoll_interval_ms = 50\n",
+        hook_config(&db, DURABLE_ITEMS, &hook, "")
+    );
+    install(&db, &config).await;
+    let daemon = Running::start(&config).await;
+    db.exec("INSERT INTO items (id) VALUES (1)").await;
+    hook.wait_for(1).await;
+    let durable = daemon.stats.durable.clone().unwrap();
+    // The log is away for a moment: statements on it fail with a SQLSTATE
+    // on a connection that stays open.
+    db.exec("ALTER TABLE skor.event_log RENAME TO event_log_away")
+        .await;
+    common::eventually("a statement on the event log failed", || {
+        durable.statement_errors.get() > 0
+    })
+    .await;
+    db.exec("ALTER TABLE skor.event_log_away RENAME TO event_log")
+        .await;
+    db.exec("INSERT INTO items (id) VALUES (2)").await;
+    let requests = hook.wait_for(2).await;
+    assert_eq!(row_id(&requests[1].body), 2);
+    assert_eq!(durable.link.reconnects.get(), 0, "the session was kept");
+    eventually_empty(&db).await;
     daemon.stop().await;
 }

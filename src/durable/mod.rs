@@ -234,6 +234,7 @@ impl Durable {
             };
             match error {
                 StoreError::Statement(error) => {
+                    self.stats.statement_errors.incr();
                     if started.elapsed() > STATEMENT_RETRY_MAX {
                         failures = 0;
                     }
@@ -256,7 +257,9 @@ impl Durable {
                     match self.reconnect(&shutdown).await {
                         Some(next) => session = next,
                         None => {
-                            info!("stopped reconnecting: unfinished events stay pending in the log");
+                            info!(
+                                "stopped reconnecting: unfinished events stay pending in the log"
+                            );
                             return;
                         }
                     }
@@ -393,8 +396,8 @@ impl Durable {
     /// and half the byte budget is free (or nothing is held).
     fn wants_claim(&self) -> bool {
         let half = self.config.batch_size / 2;
-        let bytes_free = self.tracked.is_empty()
-            || self.held_bytes <= self.config.max_claim_bytes / 2;
+        let bytes_free =
+            self.tracked.is_empty() || self.held_bytes <= self.config.max_claim_bytes / 2;
         bytes_free && self.owed.iter().any(|&owed| owed <= half)
     }
 
@@ -509,7 +512,9 @@ impl Durable {
             if done_sinks.contains(&self.sink_names[sink]) {
                 continue;
             }
-            let older_waits = self.deferring[sink].first().is_some_and(|&older| older < id);
+            let older_waits = self.deferring[sink]
+                .first()
+                .is_some_and(|&older| older < id);
             if self.owed[sink] < self.config.batch_size && !older_waits {
                 waiting.push(sink);
             } else {

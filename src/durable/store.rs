@@ -127,11 +127,19 @@ fn problem(op: &str, key: Option<&str>, payload: &str) -> Option<String> {
         return Some("unparseable event: row_key is not a JSON object".into());
     }
     match serde_json::from_str::<BTreeMap<String, IgnoredAny>>(payload) {
-        Ok(fields) if ["table", "schema", "op"].iter().all(|f| fields.contains_key(*f)) => None,
-        Ok(_) => Some(
-            "unparseable event: payload is a JSON object without table, schema and op".into(),
-        ),
-        Err(e) => Some(format!("unparseable event: payload is not a JSON object: {e}")),
+        Ok(fields)
+            if ["table", "schema", "op"]
+                .iter()
+                .all(|f| fields.contains_key(*f)) =>
+        {
+            None
+        }
+        Ok(_) => {
+            Some("unparseable event: payload is a JSON object without table, schema and op".into())
+        }
+        Err(e) => Some(format!(
+            "unparseable event: payload is not a JSON object: {e}"
+        )),
     }
 }
 
@@ -288,7 +296,8 @@ impl Store {
 
     /// Hands a partition back to the other daemons.
     pub async fn release(&self, part: i16) -> StoreResult<()> {
-        const SQL: &str = "UPDATE skor.partition_lease SET holder = NULL, expires_at = '-infinity' \
+        const SQL: &str =
+            "UPDATE skor.partition_lease SET holder = NULL, expires_at = '-infinity' \
                             WHERE part = $2 AND holder = $1::text::uuid";
         self.client
             .execute(SQL, &[&self.session, &part])
@@ -439,10 +448,7 @@ impl Store {
     /// Records failed attempts (`id` → attempts, delay, error) and when the
     /// next ones are due, for the events still pending in a partition this
     /// session leases.
-    pub async fn retrying(
-        &self,
-        failed: HashMap<i64, (u32, Duration, String)>,
-    ) -> StoreResult<()> {
+    pub async fn retrying(&self, failed: HashMap<i64, (u32, Duration, String)>) -> StoreResult<()> {
         const SQL: &str = "\
             UPDATE skor.event_log e SET attempts = u.attempts, last_error = u.error, \
                    next_attempt_at = now() + u.delay * interval '1 millisecond' \
@@ -523,9 +529,7 @@ impl Store {
 
     /// How many events wait, and for how long the oldest has.
     pub async fn backlog(&self) -> StoreResult<Backlog> {
-        read_backlog(&self.client)
-            .await
-            .map_err(|e| self.error(&e))
+        read_backlog(&self.client).await.map_err(|e| self.error(&e))
     }
 }
 

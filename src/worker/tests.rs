@@ -329,3 +329,58 @@ async fn a_batch_waits_its_linger_for_more_events() {
         "the second event joined the first's batch"
     );
 }
+
+/// Runs one durable job behind `fence` against `answers`; returns the stats
+/// and when the sink was called.
+async fn run_fenced(
+    answers: Vec<Result<(), SinkError>>,
+    fence: Fence,
+) -> (Arc<SinkStats>, Vec<Duration>) {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let sink = Scripted {
+        answers: Mutex::new(answers.into()),
+        calls: Arc::clone(&calls),
+    };
+    let (queue, worker) = worker(
+        "test",
+        Box::new(sink),
+        &DeliveryConfig::default(),
+        Arc::default(),
+    );
+    let stats = worker.stats();
+    assert!(queue.send(Job::new(event(), None).fenced(fence)).await);
+    drop(queue);
+    let started = Instant::now();
+    assert_eq!(worker.run(CancellationToken::new()).await, 0);
+    let offsets = calls.lock().unwrap().iter().map(|t| *t - started).collect();
+    (stats, offsets)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_fence_drops_the_job_unsent() {
+    let fence = Fence::until(Instant::now() + Duration::from_secs(60));
+    fence.revoke();
+    let (stats, calls) = run_fenced(vec![Ok(())], fence).await;
+    assert!(calls.is_empty(), "attempted at {calls:?}");
+    assert_eq!((stats.delivered.get(), stats.depth.get()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_runs_out_stops_the_retries() {
+    let fence = Fence::until(Instant::now() + Duration::from_millis(50));
+    let fail = || Err(SinkError::retryable("HTTP 503"));
+    let (stats, calls) = run_fenced(vec![fail(), Ok(())], fence).await;
+    // The first attempt, then none at 100 ms: the lease ran out at 50 ms.
+    assert_eq!(calls, vec![Duration::ZERO]);
+    assert_eq!((stats.delivered.get(), stats.depth.get()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewed_fence_keeps_retrying() {
+    let fence = Fence::until(Instant::now() + Duration::from_millis(50));
+    fence.extend(Instant::now() + Duration::from_secs(1));
+    let fail = || Err(SinkError::retryable("HTTP 503"));
+    let (stats, calls) = run_fenced(vec![fail(), Ok(())], fence).await;
+    assert_eq!(calls, vec![Duration::ZERO, Duration::from_millis(100)]);
+    assert_eq!(stats.delivered.get(), 1);
+}
