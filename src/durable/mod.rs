@@ -11,12 +11,12 @@
 //! the live daemons (`skor.daemon`) hold a fair share each.
 //!
 //! Fencing: a session stops delivering a partition once it cannot prove it
-//! still holds its lease, locally at (start of the last successful renewal)
-//! + TTL - TTL/5, before the database lets another session take it at (that
-//! renewal's server time) + TTL. Each queued job carries its partition's
-//! [`Fence`]; lanes drop a job whose fence no longer holds instead of
-//! starting an attempt. A lost connection revokes every fence of its
-//! session at once: the next session starts with new leases.
+//! still holds its lease: locally, at the start of its last successful
+//! renewal plus TTL minus TTL/5, earlier than the database lets another
+//! session take it (that renewal's server time plus TTL). Each queued job
+//! carries its partition's [`Fence`]; lanes drop a job whose fence no longer
+//! holds instead of starting an attempt. A lost connection revokes every
+//! fence of its session at once: the next session starts with new leases.
 //!
 //! Per-sink window: each sink may have at most `batch_size` events handed to
 //! it and not yet answered. An event is handed to each routed sink that has
