@@ -31,5 +31,8 @@ INSERT INTO skor.partition_lease (part)
 SELECT g::smallint FROM pg_catalog.generate_series(0, 63) AS g
 ON CONFLICT (part) DO NOTHING;
 
+-- Nobody but the owner. A daemon running as another role needs
+-- SELECT, INSERT, UPDATE, DELETE ON skor.daemon and SELECT, UPDATE ON
+-- skor.partition_lease, granted to that role by name.
 REVOKE ALL ON skor.daemon FROM PUBLIC;
 REVOKE ALL ON skor.partition_lease FROM PUBLIC;
