@@ -74,6 +74,14 @@ pub struct SourceConfig {
     /// How tables capture their changes unless a `[[table]]` says otherwise.
     #[serde(default)]
     pub mode: Mode,
+    /// Largest oversized notify-mode payload fetched from the database;
+    /// larger ones stay in `skor.oversized_payload` and are reported.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: u64,
+}
+
+const fn default_max_payload_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// How a table's changes reach skor.
@@ -112,6 +120,10 @@ pub struct TableConfig {
     pub key: Option<Vec<String>>,
     /// Notify or durable; `source.mode` if unset.
     pub mode: Option<Mode>,
+    /// Adds `"skor_seq" : N` to every payload, so PostgreSQL never merges
+    /// two identical notifications of one transaction.
+    #[serde(default)]
+    pub unique_payloads: bool,
 }
 
 /// One named destination: its type and options, and how the worker drives it.
@@ -339,6 +351,7 @@ impl Config {
                 channels: default_channels(),
                 reconnect_max_backoff_ms: default_reconnect_max_backoff_ms(),
                 mode: Mode::Notify,
+                max_payload_bytes: default_max_payload_bytes(),
             },
             tables: Vec::new(),
             sinks: BTreeMap::from([("webhook".to_string(), sink)]),
