@@ -216,30 +216,35 @@ mod tests {
         .unwrap();
         let sql = install_sql(&config);
         assert!(sql.contains(
-            "CREATE TRIGGER \"skor_insert\" AFTER INSERT ON \"public\".\"orders\" FOR EACH ROW EXECUTE FUNCTION skor.notify('skor');"
+            "SELECT skor.create_trigger('\"public\".\"orders\"', 'skor_insert', 'INSERT', 'notify', 'skor', NULL, ARRAY[]::text[], false);"
         ), "{sql}");
         assert!(sql.contains(
-            "CREATE TRIGGER \"skor_delete\" AFTER DELETE ON \"public\".\"orders\" FOR EACH ROW EXECUTE FUNCTION skor.notify('skor', 'id');"
+            "SELECT skor.create_trigger('\"public\".\"orders\"', 'skor_delete', 'DELETE', 'notify', 'skor', NULL, ARRAY['id']::text[], false);"
         ), "{sql}");
-        assert!(!sql.contains("AFTER UPDATE"));
+        assert!(!sql.contains("'skor_update'"));
+        assert!(
+            sql.trim_end()
+                .ends_with("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA skor FROM PUBLIC;"),
+            "privileges are taken back last: {sql}"
+        );
     }
 
     #[test]
     fn durable_tables_get_capture_triggers_with_their_key() {
         let config = Config::from_toml(
             "[source]\ndsn = \"host=localhost\"\nmode = \"durable\"\n\
-             [[table]]\nname = \"shop.orders\"\nops = [\"INSERT\"]\n\
-             [[table]]\nname = \"notes\"\nops = [\"DELETE\"]\nkey = [\"author\", \"at\"]\ncolumns = [\"body\"]\n",
+             [[table]]\nname = \"shop.orders\"\nops = [\"INSERT\"]\nunique_payloads = true\n\
+             [[table]]\nname = \"notes\"\nops = [\"DELETE\"]\nkey = [\"author\", \"at\"]\ncolumns = [\"author\", \"at\", \"body\"]\n",
             "t.toml",
         )
         .unwrap();
         let sql = install_sql(&config);
         assert!(sql.contains(
-            "SELECT skor.create_capture_trigger('\"shop\".\"orders\"', 'skor_insert', 'INSERT', 'skor', NULL, ARRAY[]::text[]);"
+            "SELECT skor.create_trigger('\"shop\".\"orders\"', 'skor_insert', 'INSERT', 'capture', 'skor', NULL, ARRAY[]::text[], true);"
         ), "{sql}");
         assert!(sql.contains(
-            "SELECT skor.create_capture_trigger('\"public\".\"notes\"', 'skor_delete', 'DELETE', 'skor', ARRAY['author', 'at']::text[], ARRAY['body']::text[]);"
+            "SELECT skor.create_trigger('\"public\".\"notes\"', 'skor_delete', 'DELETE', 'capture', 'skor', ARRAY['author', 'at']::text[], ARRAY['author', 'at', 'body']::text[], false);"
         ), "{sql}");
-        assert!(!sql.contains("EXECUTE FUNCTION skor.notify('skor')"));
+        assert!(!sql.contains("'notify', 'skor'"));
     }
 }
