@@ -110,7 +110,8 @@ async fn serve(mut socket: TcpStream, script: Script, seen: Arc<Mutex<Vec<Seen>>
                 }
             }
             Answer::Endless(status) => {
-                let head = format!("HTTP/1.1 {status} Whatever\r\nContent-Length: 1000000000000\r\n\r\n");
+                let head =
+                    format!("HTTP/1.1 {status} Whatever\r\nContent-Length: 1000000000000\r\n\r\n");
                 let _ = socket.write_all(head.as_bytes()).await;
                 let chunk = vec![b'x'; 16 * 1024];
                 while socket.write_all(&chunk).await.is_ok() {}
@@ -188,9 +189,10 @@ fn event() -> Event {
 /// A config for `url` with an auth header and a signing secret.
 fn config(url: String) -> WebhookConfig {
     let mut config = WebhookConfig::new(url);
-    config
-        .headers
-        .insert("Authorization".into(), Redacted::new("Bearer s3cret".into()));
+    config.headers.insert(
+        "Authorization".into(),
+        Redacted::new("Bearer s3cret".into()),
+    );
     config.secret = vec![Redacted::new("a signing secret of 24+ bytes".into())];
     config
 }
@@ -222,7 +224,10 @@ async fn a_302_is_final_names_its_location_and_no_get_follows() {
     assert!(!error.message.contains("secret-token"), "{error}");
     let seen = server.seen();
     assert_eq!(seen.len(), 1, "nothing follows the 302: {seen:#?}");
-    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("POST", "/hook"));
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("POST", "/hook")
+    );
 }
 
 #[tokio::test]
@@ -251,7 +256,10 @@ async fn a_307_to_the_same_origin_delivers_the_post_and_its_body_there() {
     let seen = server.seen();
     assert_eq!(seen.len(), 2, "{seen:#?}");
     let moved = &seen[1];
-    assert_eq!((moved.method.as_str(), moved.path.as_str()), ("POST", "/v2/hook"));
+    assert_eq!(
+        (moved.method.as_str(), moved.path.as_str()),
+        ("POST", "/v2/hook")
+    );
     assert_eq!(moved.body, PAYLOAD);
     // Same origin: the configured headers and the signature go along.
     assert_eq!(moved.header("authorization"), Some("Bearer s3cret"));
@@ -303,7 +311,10 @@ async fn an_opted_in_cross_origin_307_arrives_without_headers_or_signature() {
     let seen = other.seen();
     assert_eq!(seen.len(), 1, "{seen:#?}");
     let moved = &seen[0];
-    assert_eq!((moved.method.as_str(), moved.body.as_str()), ("POST", PAYLOAD));
+    assert_eq!(
+        (moved.method.as_str(), moved.body.as_str()),
+        ("POST", PAYLOAD)
+    );
     assert_eq!(moved.header("content-type"), Some("application/json"));
     for header in [
         "authorization",
@@ -311,7 +322,11 @@ async fn an_opted_in_cross_origin_307_arrives_without_headers_or_signature() {
         "webhook-timestamp",
         "webhook-signature",
     ] {
-        assert_eq!(moved.header(header), None, "{header} went to another origin");
+        assert_eq!(
+            moved.header(header),
+            None,
+            "{header} went to another origin"
+        );
     }
 }
 
@@ -353,9 +368,16 @@ async fn an_endless_error_body_is_cut_short_and_quoted_briefly() {
     let started = Instant::now();
     let error = failure(send(&config).await);
     // Reading to the end would have taken the whole timeout.
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(error.kind, ErrorKind::Retryable);
-    let expected = format!("HTTP 503 Service Unavailable, body: \"{}...\"", "x".repeat(200));
+    let expected = format!(
+        "HTTP 503 Service Unavailable, body: \"{}...\"",
+        "x".repeat(200)
+    );
     assert_eq!(error.message, expected);
 }
 
