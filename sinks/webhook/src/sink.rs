@@ -348,10 +348,14 @@ fn quote(body: &[u8]) -> String {
 fn has_io_error(error: &reqwest::Error, kinds: &[io::ErrorKind]) -> bool {
     let mut source = error.source();
     while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<io::Error>() {
-            if kinds.contains(&io.kind()) {
+        // An I/O error may wrap another (reqwest's connector wraps the TLS
+        // stream's InvalidData in Other), and `source` skips the wrapped one.
+        let mut io = cause.downcast_ref::<io::Error>();
+        while let Some(inner) = io {
+            if kinds.contains(&inner.kind()) {
                 return true;
             }
+            io = inner.get_ref().and_then(|e| e.downcast_ref::<io::Error>());
         }
         source = cause.source();
     }
