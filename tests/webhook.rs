@@ -278,6 +278,23 @@ async fn a_302_fails_without_a_get_while_a_same_origin_307_delivers_the_post() {
 }
 
 #[tokio::test]
+async fn a_zero_timeout_is_a_config_error_naming_the_key() {
+    let file = config_file(
+        "[source]\ndsn = \"host=127.0.0.1\"\n\
+         [sink.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\ntimeout_ms = 0\n",
+    );
+    let output = run(&["--config", file.path().to_str().unwrap(), "check"]).await;
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(
+        text.contains(
+            ":6:14: key `sink.hook.timeout_ms`: expected 1 to 86400000 ms (a day), got 0"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_requests_keep_each_rows_versions_in_commit_order() {
     // 2 ms per answer: with one request at a time this would take 1.6 s,
     // so requests overlap across the sink's lanes.

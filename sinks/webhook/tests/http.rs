@@ -342,6 +342,14 @@ async fn a_closed_port_is_an_outage_not_a_failed_attempt() {
 }
 
 #[tokio::test]
+async fn a_name_that_does_not_resolve_is_an_outage() {
+    // `.invalid` never resolves (RFC 6761).
+    let error = failure(send(&config("http://skor-test.invalid/hook".into())).await);
+    assert_eq!(error.kind, ErrorKind::Disconnected, "{error}");
+    assert!(error.message.starts_with("unreachable: "), "{error}");
+}
+
+#[tokio::test]
 async fn a_connection_closed_before_an_answer_is_an_outage() {
     let server = Server::start(|_| Answer::Close).await;
     let error = failure(send(&config(server.url("/hook"))).await);
