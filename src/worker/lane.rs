@@ -158,6 +158,10 @@ impl Deliverer {
             .max();
         let mut attempt: u32 = 1 + resumed.unwrap_or(0);
         let mut outage: u32 = 0;
+        // When this batch first found the sink unreachable: the sink-wide
+        // clock restarts whenever another lane delivers, which must not let
+        // a batch that only ever fails this way wait forever.
+        let mut waiting_since: Option<Instant> = None;
         loop {
             let mut error = match result {
                 Ok(()) => return self.delivered(batch, attempt),
@@ -165,7 +169,8 @@ impl Deliverer {
             };
             let delay = match error.kind {
                 ErrorKind::Disconnected => {
-                    let down = self.lost_broker(&error);
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    let down = self.lost_broker(&error).max(since.elapsed());
                     match self.policy.max_outage {
                         // Past the limit, the outage is a failure like any
                         // other: each attempt counts against the retries.

@@ -367,3 +367,45 @@ async fn a_batch_waits_its_linger_for_more_events() {
         "the second event joined the first's batch"
     );
 }
+
+/// A sink with lanes that cannot deliver key `poison` (its connection is
+/// closed before an answer, every time) and delivers other keys at once.
+struct Poison;
+
+#[async_trait::async_trait]
+impl Sink for Poison {
+    async fn send(&self, event: &Event) -> Result<(), SinkError> {
+        if event.key.as_deref() == Some(b"poison") {
+            return Err(SinkError::disconnected("closed before an answer"));
+        }
+        Ok(())
+    }
+
+    fn concurrency(&self) -> skor_sink_api::Concurrency {
+        skor_sink_api::Concurrency::Lanes
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_outage_ms_bounds_an_event_that_only_ever_finds_the_sink_unreachable() {
+    let delivery = DeliveryConfig {
+        max_outage_ms: Some(1_000),
+        ..DeliveryConfig::default()
+    };
+    let (queue, worker) = worker("test", Box::new(Poison), &delivery, Arc::default());
+    let stats = worker.stats();
+    let run = tokio::spawn(worker.run(CancellationToken::new()));
+    queue.push(&keyed("poison", 0)).await;
+    // Other keys keep being delivered meanwhile, each ending the sink-wide
+    // outage; the poisoned event must still give up after its own limit
+    // and its retries (1 s + 1.5 s).
+    for n in 1..=40 {
+        queue.push(&keyed(&format!("key{n}"), n)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stats.failed.get(), 1, "given up on while others flowed");
+    assert_eq!(stats.retried.get(), 5);
+    drop(queue);
+    assert_eq!(run.await.unwrap(), 0);
+    assert_eq!(stats.delivered.get(), 40);
+}
