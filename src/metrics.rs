@@ -71,6 +71,7 @@ pub struct SinkSeries {
     pub dead_lettered: stats::Counter,
     pub dropped: stats::Counter,
     pub depth: Gauge,
+    pub disconnected: Gauge,
     pub latency: Histogram,
 }
 
@@ -102,6 +103,7 @@ pub struct Metrics {
     dead_lettered: Family<SinkLabel, Counter>,
     dropped: Family<SinkLabel, Counter>,
     depth: Family<SinkLabel, Gauge>,
+    disconnected: Family<SinkLabel, Gauge>,
     capacity: Family<SinkLabel, Gauge>,
     latency: Family<SinkLabel, Histogram, fn() -> Histogram>,
     reconnects: Family<ConnectionLabel, Counter>,
@@ -127,6 +129,7 @@ impl Metrics {
             dead_lettered: Family::default(),
             dropped: Family::default(),
             depth: Family::default(),
+            disconnected: Family::default(),
             capacity: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             reconnects: Family::default(),
@@ -166,7 +169,7 @@ impl Metrics {
         );
         r.register(
             "sink_retried",
-            "Events sent again after a failed attempt",
+            "Events sent again after a failed attempt; waiting out an outage retries none",
             metrics.retried.clone(),
         );
         r.register(
@@ -188,6 +191,11 @@ impl Metrics {
             "sink_queue_depth",
             "Events queued for the sink or being delivered, not yet settled",
             metrics.depth.clone(),
+        );
+        r.register(
+            "sink_disconnected",
+            "1 while the sink is unreachable and its events wait out the outage",
+            metrics.disconnected.clone(),
         );
         r.register(
             "sink_queue_capacity",
@@ -259,6 +267,7 @@ impl Metrics {
             dead_lettered: self.dead_lettered.get_or_create_owned(&label).into(),
             dropped: self.dropped.get_or_create_owned(&label).into(),
             depth: self.depth.get_or_create_owned(&label),
+            disconnected: self.disconnected.get_or_create_owned(&label),
             latency: self.latency.get_or_create_owned(&label),
         }
     }
@@ -386,6 +395,7 @@ mod tests {
             r#"skor_events_received_total{channel="skor",table="other",op="INSERT"} 100"#,
             r#"skor_sink_delivered_total{sink="hook"} 3"#,
             r#"skor_sink_queue_capacity{sink="hook"} 100"#,
+            r#"skor_sink_disconnected{sink="hook"} 0"#,
             r#"skor_sink_delivery_seconds_bucket{sink="hook",le="0.004"} 1"#,
             r#"skor_sink_delivery_seconds_count{sink="hook"} 1"#,
         ] {

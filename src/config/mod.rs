@@ -193,6 +193,11 @@ pub struct DeliveryConfig {
     /// requests, one per lane of row keys (webhook; default 16).
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// How long an unreachable sink (refused, reset, DNS failure, connect
+    /// timeout, broker gone) is waited for, in milliseconds, before each
+    /// further attempt counts against `retries`; unset waits without limit.
+    #[serde(default)]
+    pub max_outage_ms: Option<u64>,
 }
 
 impl Default for DeliveryConfig {
@@ -205,6 +210,7 @@ impl Default for DeliveryConfig {
             queue_capacity: default_queue_capacity(),
             when_full: WhenFull::default(),
             max_in_flight: None,
+            max_outage_ms: None,
         }
     }
 }
