@@ -16,6 +16,9 @@ pub struct RetryPolicy {
     pub backoff: Backoff,
     /// Upper bound of one delay.
     pub max: Duration,
+    /// How long an outage is waited out before attempts count; `None`
+    /// waits without limit.
+    pub max_outage: Option<Duration>,
 }
 
 impl RetryPolicy {
@@ -26,6 +29,7 @@ impl RetryPolicy {
             base: Duration::from_millis(config.backoff_ms),
             backoff: config.backoff,
             max: Duration::from_millis(config.max_backoff_ms),
+            max_outage: config.max_outage_ms.map(Duration::from_millis),
         }
     }
 
@@ -81,6 +85,7 @@ mod tests {
             base: Duration::from_millis(100),
             backoff: Backoff::Exponential,
             max: Duration::from_millis(1_000),
+            max_outage: None,
         };
         assert_eq!(schedule(&policy), vec![100, 200, 400, 800, 1_000, 1_000]);
     }

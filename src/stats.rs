@@ -105,7 +105,8 @@ fn now_ms() -> u64 {
 pub struct SinkStats {
     /// Events the sink confirmed.
     pub delivered: Counter,
-    /// Retries after a failed attempt.
+    /// Retries after a failed attempt; the attempts that wait out an
+    /// outage are not counted.
     pub retried: Counter,
     /// Events given up on after a permanent error or the last retry.
     pub failed: Counter,
@@ -115,6 +116,8 @@ pub struct SinkStats {
     pub dropped: Counter,
     /// Events queued or being delivered, not yet settled.
     pub depth: Gauge,
+    /// 1 while the sink is unreachable and its events wait out the outage.
+    pub disconnected: Gauge,
     /// Seconds from queueing to confirmation, retries included.
     pub latency: Histogram,
     /// When (`now_ms`) the sink last settled an event or got work while
@@ -132,6 +135,7 @@ impl Default for SinkStats {
             dead_lettered: Counter::default(),
             dropped: Counter::default(),
             depth: Gauge::default(),
+            disconnected: Gauge::default(),
             latency: crate::metrics::latency_histogram(),
             progress_ms: AtomicU64::new(now_ms()),
         }
@@ -149,6 +153,7 @@ impl SinkStats {
             dead_lettered: sink.dead_lettered,
             dropped: sink.dropped,
             depth: sink.depth,
+            disconnected: sink.disconnected,
             latency: sink.latency,
             progress_ms: AtomicU64::new(now_ms()),
         }

@@ -134,8 +134,12 @@ async fn a_missing_exchange_holds_events_until_it_exists() {
     let daemon = start_installed(&db, &cfg).await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("a failed connect attempt", || sink.retried.get() >= 1).await;
-    assert_eq!(sink.failed.get(), 0, "a missing exchange costs no retries");
+    eventually("a failed connect attempt", || sink.disconnected.get() == 1).await;
+    assert_eq!(
+        (sink.retried.get(), sink.failed.get()),
+        (0, 0),
+        "a missing exchange costs no retries"
+    );
     // Now create it and bind the test's queue: the held event arrives.
     rabbit.add_exchange(&missing).await;
     let messages = rabbit.take(1).await;
@@ -143,6 +147,43 @@ async fn a_missing_exchange_holds_events_until_it_exists() {
     eventually("delivered", || sink.delivered.get() == 1).await;
     daemon.stop().await;
     rabbit.delete_exchange(&missing).await;
+    rabbit.delete().await;
+}
+
+#[tokio::test]
+async fn a_publish_the_broker_closes_the_channel_for_spends_retries_then_fails() {
+    let rabbit = Rabbit::new().await;
+    let db = TestDb::new().await;
+    db.exec(TABLE).await;
+    // It exists, so connecting succeeds; each publish to it is refused.
+    let internal = format!("{}_internal", rabbit.exchange);
+    rabbit.add_internal_exchange(&internal).await;
+    let cfg = config(
+        &db,
+        &format!(
+            "[[table]]\nname = \"items\"\n[sink.bus]\ntype = \"amqp\"\nurl = \"{}\"\n\
+             exchange = \"{internal}\"\ndeclare_exchange = false\nretries = 2\nbackoff_ms = 10\n",
+            common::amqp::url()
+        ),
+    );
+    let daemon = start_installed(&db, &cfg).await;
+    db.exec("INSERT INTO items (id) VALUES (1)").await;
+    let sink = daemon.stats.sink("bus").unwrap();
+    eventually("the refused event is given up on", || {
+        sink.failed.get() == 1
+    })
+    .await;
+    assert_eq!((sink.retried.get(), sink.delivered.get()), (2, 0));
+    // Once the exchange accepts publishes, later events flow again.
+    rabbit.delete_exchange(&internal).await;
+    rabbit.add_exchange(&internal).await;
+    db.exec("INSERT INTO items (id) VALUES (2)").await;
+    let messages = rabbit.take(1).await;
+    assert!(messages[0].body.contains(r#""id":2"#), "{messages:?}");
+    eventually("delivered", || sink.delivered.get() == 1).await;
+    assert_eq!(sink.failed.get(), 1);
+    daemon.stop().await;
+    rabbit.delete_exchange(&internal).await;
     rabbit.delete().await;
 }
 

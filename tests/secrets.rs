@@ -9,7 +9,7 @@ use common::bin::{config_file, run, sigterm_and_wait, skor, stderr};
 use common::{server_dsn, status, Hook, TestDb};
 
 /// Every secret the config below holds.
-const SECRETS: [&str; 6] = [
+const SECRETS: [&str; 8] = [
     "pg-pass-4e1f",
     "signing-key-of-at-least-24-bytes-1a9f",
     // The `whsec_` secret, and the key it encodes (base64 of "0123456789abcdef01234567").
@@ -17,6 +17,9 @@ const SECRETS: [&str; 6] = [
     "url-pass-9b2c",
     "header-token-7d3a",
     "down-pass-5c8e",
+    // Tokens in a webhook URL's path and query, as Slack and others use.
+    "path-token-3f6a",
+    "query-token-8e1b",
 ];
 
 /// A config whose DSN, sink URLs and headers all hold secrets.
@@ -39,10 +42,11 @@ backoff_ms = 10
 
 [sink.down]
 type = "webhook"
-url = "http://skor:down-pass-5c8e@127.0.0.1:1/hook"
+url = "http://skor:down-pass-5c8e@127.0.0.1:1/services/T000/path-token-3f6a?token=query-token-8e1b"
 secret = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3"
 retries = 1
 backoff_ms = 10
+max_outage_ms = 100
 "#,
         db = db.name,
         addr = hook.addr,
@@ -75,6 +79,12 @@ async fn no_secret_reaches_the_logs_or_the_command_line_output() {
     );
     assert!(
         check_out.contains("(headers Authorization) signed"),
+        "{check_out}"
+    );
+    assert!(
+        check_out.contains(
+            "down: webhook http://skor:<redacted>@127.0.0.1:1/services/<redacted>?token=<redacted> signed"
+        ),
         "{check_out}"
     );
 

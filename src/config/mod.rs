@@ -74,6 +74,14 @@ pub struct SourceConfig {
     /// How tables capture their changes unless a `[[table]]` says otherwise.
     #[serde(default)]
     pub mode: Mode,
+    /// Largest oversized notify-mode payload fetched from the database;
+    /// larger ones stay in `skor.oversized_payload` and are reported.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: u64,
+}
+
+const fn default_max_payload_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// How a table's changes reach skor.
@@ -112,6 +120,10 @@ pub struct TableConfig {
     pub key: Option<Vec<String>>,
     /// Notify or durable; `source.mode` if unset.
     pub mode: Option<Mode>,
+    /// Adds `"skor_seq" : N` to every payload, so PostgreSQL never merges
+    /// two identical notifications of one transaction.
+    #[serde(default)]
+    pub unique_payloads: bool,
 }
 
 /// One named destination: its type and options, and how the worker drives it.
@@ -181,6 +193,11 @@ pub struct DeliveryConfig {
     /// requests, one per lane of row keys (webhook; default 16).
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// How long an unreachable sink (refused, reset, DNS failure, connect
+    /// timeout, broker gone) is waited for, in milliseconds, before each
+    /// further attempt counts against `retries`; unset waits without limit.
+    #[serde(default)]
+    pub max_outage_ms: Option<u64>,
 }
 
 impl Default for DeliveryConfig {
@@ -193,6 +210,7 @@ impl Default for DeliveryConfig {
             queue_capacity: default_queue_capacity(),
             when_full: WhenFull::default(),
             max_in_flight: None,
+            max_outage_ms: None,
         }
     }
 }
@@ -346,6 +364,17 @@ pub struct AdminConfig {
 }
 
 impl Config {
+    /// The configured tables' names, by schema.
+    pub fn known_tables(&self) -> crate::metrics::KnownTables {
+        let mut known = crate::metrics::KnownTables::new();
+        for table in &self.tables {
+            if let Ok(name) = TableName::parse(&table.name) {
+                known.entry(name.schema).or_default().insert(name.name);
+            }
+        }
+        known
+    }
+
     /// The config the original command line `skor DSN URL` stands for: LISTEN
     /// on `skor` and POST every payload to `url`.
     pub fn legacy(dsn: String, url: String) -> Self {
@@ -359,6 +388,7 @@ impl Config {
                 channels: default_channels(),
                 reconnect_max_backoff_ms: default_reconnect_max_backoff_ms(),
                 mode: Mode::Notify,
+                max_payload_bytes: default_max_payload_bytes(),
             },
             tables: Vec::new(),
             sinks: BTreeMap::from([("webhook".to_string(), sink)]),

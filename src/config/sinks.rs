@@ -8,7 +8,7 @@ use super::validate::Invalid;
 use super::{Config, DeliveryConfig, SinkConfig, SinkKind};
 
 /// The keys of [`DeliveryConfig`], which every sink type accepts.
-const DELIVERY_KEYS: [&str; 7] = [
+const DELIVERY_KEYS: [&str; 8] = [
     "retries",
     "backoff_ms",
     "backoff",
@@ -16,6 +16,7 @@ const DELIVERY_KEYS: [&str; 7] = [
     "queue_capacity",
     "when_full",
     "max_in_flight",
+    "max_outage_ms",
 ];
 
 /// The sink types this build knows, for error messages.

@@ -257,3 +257,92 @@ fn the_dsn_takes_libpq_sslmodes_and_rejects_others() {
         "{got}"
     );
 }
+
+#[test]
+fn zero_or_absurd_delivery_values_name_their_key() {
+    let hook = "[sink.hook]\ntype = \"webhook\"\nurl = \"http://h/\"\n";
+    let cases = [
+        (
+            "timeout_ms = 0",
+            "key `sink.hook.timeout_ms`: expected 1 to 86400000 ms (a day), got 0",
+        ),
+        (
+            "connect_timeout_ms = 0",
+            "key `sink.hook.connect_timeout_ms`: expected 1 to 86400000 ms (a day), got 0",
+        ),
+        (
+            "timeout_ms = 86400001",
+            "key `sink.hook.timeout_ms`: expected 1 to 86400000 ms (a day), got 86400001",
+        ),
+        (
+            "backoff_ms = 0",
+            "key `sink.hook.backoff_ms`: expected 1 to 86400000 ms (a day), got 0",
+        ),
+        (
+            "backoff_ms = 500\nmax_backoff_ms = 100",
+            "key `sink.hook.max_backoff_ms`: expected at least backoff_ms (500), got 100",
+        ),
+        (
+            "max_in_flight = 0",
+            "key `sink.hook.max_in_flight`: expected 1 to 100000, got 0",
+        ),
+        (
+            "max_in_flight = 100001",
+            "key `sink.hook.max_in_flight`: expected 1 to 100000, got 100001",
+        ),
+        (
+            "queue_capacity = 0",
+            "key `sink.hook.queue_capacity`: expected 1 to 10000000 events, got 0",
+        ),
+        (
+            "max_outage_ms = 0",
+            "key `sink.hook.max_outage_ms`: expected at least 1, or remove the key",
+        ),
+        (
+            "batch_timeout_ms = 86400001",
+            "key `sink.hook.batch_timeout_ms`: expected at most 86400000 ms (a day)",
+        ),
+    ];
+    for (option, expected) in cases {
+        let got = sink_error(&format!("{hook}{option}\n"));
+        assert!(
+            got.contains(expected),
+            "{option}\nexpected: {expected}\n     got: {got}"
+        );
+    }
+    let fine = format!(
+        "[source]\ndsn = \"host=h\"\n{hook}max_outage_ms = 60000\nmax_in_flight = 100000\n"
+    );
+    let config = Config::from_toml(&fine, "skor.toml").unwrap();
+    assert_eq!(config.sinks["hook"].delivery.max_outage_ms, Some(60_000));
+    assert_eq!(
+        parse(&format!("{SOURCE}{hook}")).unwrap().sinks["hook"]
+            .delivery
+            .max_outage_ms,
+        None
+    );
+}
+
+#[cfg(feature = "amqp")]
+#[test]
+fn a_zero_amqp_connect_timeout_is_refused() {
+    let got = sink_error(
+        "[sink.q]\ntype = \"amqp\"\nurl = \"amqp://h\"\nexchange = \"x\"\nconnect_timeout_ms = 0\n",
+    );
+    assert!(
+        got.contains("key `sink.q.connect_timeout_ms`: expected 1 to"),
+        "{got}"
+    );
+}
+
+#[cfg(feature = "kafka")]
+#[test]
+fn a_zero_kafka_message_timeout_is_refused() {
+    let got = sink_error(
+        "[sink.k]\ntype = \"kafka\"\nbrokers = \"h:9092\"\ntopic = \"t\"\nmessage_timeout_ms = 0\n",
+    );
+    assert!(
+        got.contains("key `sink.k.message_timeout_ms`: expected 1 to"),
+        "{got}"
+    );
+}

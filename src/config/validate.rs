@@ -7,7 +7,7 @@ use std::fmt;
 use skor_sink_api::Op;
 use skor_sink_webhook::{WebhookError, WebhookSink};
 
-use super::{Config, Mode, SinkKind, TableConfig};
+use super::{Config, SinkKind, TableConfig};
 
 /// A validation failure: the key path it is about, and what is wrong.
 #[derive(Debug)]
@@ -137,6 +137,14 @@ impl Config {
                 "expected at least one channel",
             ));
         }
+        // PostgreSQL's text values end at 1 GB; below 8000 bytes nothing is
+        // oversized.
+        if !(8_000..=1 << 30).contains(&source.max_payload_bytes) {
+            return Err(invalid(
+                &["source", "max_payload_bytes"],
+                "expected 8000 to 1073741824 bytes",
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, channel) in source.channels.iter().enumerate() {
             let index = format!("[{i}]");
@@ -173,7 +181,7 @@ impl Config {
             }
             check_ops(&table.ops).map_err(|m| at("ops", m))?;
             if let Some(key) = &table.key {
-                check_key(key, table, self.table_mode(table)).map_err(|m| at("key", m))?;
+                check_key(key, table).map_err(|m| at("key", m))?;
             }
             let channel = self.table_channel(table);
             if !self.source.channels.iter().any(|c| c == channel) {
@@ -191,18 +199,9 @@ impl Config {
 
     fn validate_sinks(&self) -> Result<(), Invalid> {
         for (name, sink) in &self.sinks {
-            if sink.delivery.max_in_flight == Some(0) {
-                return Err(invalid(
-                    &["sink", name, "max_in_flight"],
-                    "expected at least 1",
-                ));
-            }
-            if sink.delivery.queue_capacity == 0 {
-                return Err(invalid(
-                    &["sink", name, "queue_capacity"],
-                    "expected at least 1",
-                ));
-            }
+            check_delivery(&sink.delivery)
+                .and_then(|()| check_sink_timeouts(&sink.kind))
+                .map_err(|(key, message)| invalid(&["sink", name.as_str(), key], message))?;
             match &sink.kind {
                 SinkKind::Webhook(webhook) => {
                     WebhookSink::new(webhook).map_err(|e| {
@@ -297,15 +296,95 @@ impl Config {
     }
 }
 
-/// A key must name columns; in notify mode, columns that every captured
-/// operation publishes, since skor reads the key out of the payload.
-fn check_key(key: &[String], table: &TableConfig, mode: Mode) -> Result<(), String> {
+/// The longest delay or timeout a key accepts: a day. More is a typo (a
+/// value in microseconds, an extra zero) that would stall a sink silently.
+const MAX_DELAY_MS: u64 = 86_400_000;
+
+/// The most deliveries a sink may have in flight: each lane is a task and
+/// each pipelined confirmation holds its event in memory.
+const MAX_IN_FLIGHT: usize = 100_000;
+
+/// The most events a sink's queue may hold.
+const MAX_QUEUE_CAPACITY: usize = 10_000_000;
+
+/// A value in `min..=max`, or the message saying what was expected.
+fn within<T: PartialOrd + fmt::Display>(
+    value: T,
+    min: T,
+    max: T,
+    unit: &str,
+) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!("expected {min} to {max}{unit}, got {value}"));
+    }
+    Ok(())
+}
+
+/// A milliseconds key that must be positive and at most a day.
+fn delay_ms(key: &'static str, value: u64) -> Result<(), (&'static str, String)> {
+    within(value, 1, MAX_DELAY_MS, " ms (a day)").map_err(|m| (key, m))
+}
+
+/// Bounds of the delivery keys every sink accepts, with the key at fault.
+fn check_delivery(delivery: &super::DeliveryConfig) -> Result<(), (&'static str, String)> {
+    // Also the first wait of an outage: 0 would retry in a busy loop.
+    delay_ms("backoff_ms", delivery.backoff_ms)?;
+    delay_ms("max_backoff_ms", delivery.max_backoff_ms)?;
+    if delivery.max_backoff_ms < delivery.backoff_ms {
+        return Err((
+            "max_backoff_ms",
+            format!(
+                "expected at least backoff_ms ({}), got {}",
+                delivery.backoff_ms, delivery.max_backoff_ms
+            ),
+        ));
+    }
+    within(delivery.queue_capacity, 1, MAX_QUEUE_CAPACITY, " events")
+        .map_err(|m| ("queue_capacity", m))?;
+    if let Some(in_flight) = delivery.max_in_flight {
+        within(in_flight, 1, MAX_IN_FLIGHT, "").map_err(|m| ("max_in_flight", m))?;
+    }
+    if delivery.max_outage_ms == Some(0) {
+        return Err((
+            "max_outage_ms",
+            "expected at least 1, or remove the key to wait out outages without limit".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Bounds of the sink types' own timeouts, with the key at fault.
+fn check_sink_timeouts(kind: &SinkKind) -> Result<(), (&'static str, String)> {
+    match kind {
+        SinkKind::Webhook(webhook) => {
+            delay_ms("timeout_ms", webhook.timeout_ms)?;
+            delay_ms("connect_timeout_ms", webhook.connect_timeout_ms)?;
+            if webhook.batch_timeout_ms > MAX_DELAY_MS {
+                return Err((
+                    "batch_timeout_ms",
+                    format!(
+                        "expected at most {MAX_DELAY_MS} ms (a day), got {}",
+                        webhook.batch_timeout_ms
+                    ),
+                ));
+            }
+        }
+        SinkKind::Stdout(_) => {}
+        #[cfg(feature = "amqp")]
+        SinkKind::Amqp(amqp) => delay_ms("connect_timeout_ms", amqp.connect_timeout_ms)?,
+        // librdkafka reads 0 as "wait forever".
+        #[cfg(feature = "kafka")]
+        SinkKind::Kafka(kafka) => delay_ms("message_timeout_ms", kafka.message_timeout_ms)?,
+    }
+    Ok(())
+}
+
+/// A key must name columns that every captured operation publishes: skor
+/// reads the key out of the payload in notify mode, and consumers need it
+/// in every event of a row in both modes.
+fn check_key(key: &[String], table: &TableConfig) -> Result<(), String> {
     if key.is_empty() {
         return Err("list at least one column, or remove `key` to use the primary key".into());
-    }
-    if mode == Mode::Durable {
-        // The trigger reads the key from the whole row.
-        return Ok(());
     }
     for op in &table.ops {
         let Some(published) = table.columns.for_op(*op) else {

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use skor_sink_api::{confirmed, Batching, Confirmation, ErrorKind, Event, Sink, SinkError};
@@ -176,17 +177,42 @@ impl Deliverer {
             .max();
         let mut attempt: u32 = 1 + resumed.unwrap_or(0);
         let mut outage: u32 = 0;
+        // When this batch first found the sink unreachable: the sink-wide
+        // clock restarts whenever another lane delivers, which must not let
+        // a batch that only ever fails this way wait forever.
+        let mut waiting_since: Option<Instant> = None;
         loop {
             let events = batch.len();
-            let error = match result {
+            let mut error = match result {
                 Ok(()) => return self.delivered(batch, attempt),
                 Err(error) => error,
             };
             let delay = match error.kind {
                 ErrorKind::Disconnected => {
-                    outage += 1;
-                    self.lost_broker(&error);
-                    Some(self.policy.reconnect_delay(outage))
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    let down = self.lost_broker(&error).max(since.elapsed());
+                    match self.policy.max_outage {
+                        // Past the limit, the outage is a failure like any
+                        // other: each attempt counts against the retries.
+                        Some(max) if down >= max => {
+                            error = SinkError::retryable(format!(
+                                "unreachable for {} ms, longer than max_outage_ms = {}: {}",
+                                down.as_millis(),
+                                max.as_millis(),
+                                error.message
+                            ));
+                            self.policy.delay(attempt)
+                        }
+                        // Wake up when the limit is reached, not after it.
+                        Some(max) => {
+                            outage += 1;
+                            Some(self.policy.reconnect_delay(outage).min(max - down))
+                        }
+                        None => {
+                            outage += 1;
+                            Some(self.policy.reconnect_delay(outage))
+                        }
+                    }
                 }
                 ErrorKind::Retryable => self.policy.delay(attempt),
                 ErrorKind::Permanent => None,
@@ -194,8 +220,9 @@ impl Deliverer {
             let Some(delay) = delay else {
                 return self.give_up(batch, attempt, &error);
             };
-            self.stats.retried.add(events as u64);
+            // Waiting out an outage spends no retry and counts none.
             if error.kind != ErrorKind::Disconnected {
+                self.stats.retried.add(events as u64);
                 warn!(sink = %self.name, schema = %first.schema, table = %first.table,
                       op = %first.op, events, attempt, retry_in_ms = delay.as_millis() as u64,
                       error = %error, "delivery failed, retrying");
@@ -266,6 +293,7 @@ impl Deliverer {
         }
         let back = self.disconnected_since.lock().expect("not poisoned").take();
         if let Some(since) = back {
+            self.stats.disconnected.set(0);
             info!(sink = %self.name, down_ms = since.elapsed().as_millis() as u64,
                   "sink reachable again, delivering");
         }
@@ -276,15 +304,22 @@ impl Deliverer {
         }
     }
 
-    /// Logs the start of an outage once; events wait in the queue meanwhile.
-    fn lost_broker(&self, error: &SinkError) {
+    /// Logs the start of an outage once and returns how long the sink has
+    /// been unreachable; events wait in the queue meanwhile.
+    fn lost_broker(&self, error: &SinkError) -> Duration {
         let mut since = self.disconnected_since.lock().expect("not poisoned");
-        if since.is_none() {
-            *since = Some(Instant::now());
-            warn!(sink = %self.name, error = %error,
-                  "sink unreachable; events wait in its queue while it reconnects");
-        } else {
-            debug!(sink = %self.name, error = %error, "sink still unreachable");
+        match *since {
+            None => {
+                *since = Some(Instant::now());
+                self.stats.disconnected.set(1);
+                warn!(sink = %self.name, error = %error,
+                      "sink unreachable; events wait in its queue until it is back");
+                Duration::ZERO
+            }
+            Some(at) => {
+                debug!(sink = %self.name, error = %error, "sink still unreachable");
+                at.elapsed()
+            }
         }
     }
 }

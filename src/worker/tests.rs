@@ -36,17 +36,19 @@ fn event() -> Arc<Event> {
 }
 
 async fn run_script(answers: Vec<Result<(), SinkError>>) -> (Arc<SinkStats>, Vec<Duration>) {
+    run_script_with(answers, &DeliveryConfig::default()).await
+}
+
+async fn run_script_with(
+    answers: Vec<Result<(), SinkError>>,
+    delivery: &DeliveryConfig,
+) -> (Arc<SinkStats>, Vec<Duration>) {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let sink = Scripted {
         answers: Mutex::new(answers.into()),
         calls: Arc::clone(&calls),
     };
-    let (queue, worker) = worker(
-        "test",
-        Box::new(sink),
-        &DeliveryConfig::default(),
-        Arc::default(),
-    );
+    let (queue, worker) = worker("test", Box::new(sink), delivery, Arc::default());
     let stats = worker.stats();
     queue.push(&event()).await;
     drop(queue);
@@ -103,7 +105,43 @@ async fn a_lost_broker_is_waited_for_without_spending_retries() {
         ms,
         vec![0, 100, 300, 700, 1_500, 3_100, 6_300, 11_300, 16_300, 21_300]
     );
-    assert_eq!((stats.delivered.get(), stats.failed.get()), (1, 0));
+    assert_eq!(
+        (
+            stats.delivered.get(),
+            stats.retried.get(),
+            stats.failed.get()
+        ),
+        (1, 0, 0)
+    );
+    assert_eq!(stats.disconnected.get(), 0, "back once delivered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_longer_than_max_outage_ms_spends_the_retries() {
+    let answers = (0..20)
+        .map(|_| Err(SinkError::disconnected("connection refused")))
+        .collect();
+    let delivery = DeliveryConfig {
+        max_outage_ms: Some(1_000),
+        ..DeliveryConfig::default()
+    };
+    let (stats, calls) = run_script_with(answers, &delivery).await;
+    let ms: Vec<u128> = calls.iter().map(|d| d.as_millis()).collect();
+    // Waited out with doubling delays up to the limit (woken at it), then
+    // the five linear retries, then given up.
+    assert_eq!(
+        ms,
+        vec![0, 100, 300, 700, 1_000, 1_100, 1_300, 1_600, 2_000, 2_500]
+    );
+    assert_eq!(
+        (
+            stats.delivered.get(),
+            stats.retried.get(),
+            stats.failed.get()
+        ),
+        (0, 5, 1)
+    );
+    assert_eq!(stats.disconnected.get(), 1, "still unreachable");
 }
 
 /// A sink whose confirmations arrive only when the test releases them.
@@ -383,4 +421,46 @@ async fn a_renewed_fence_keeps_retrying() {
     let (stats, calls) = run_fenced(vec![fail(), Ok(())], fence).await;
     assert_eq!(calls, vec![Duration::ZERO, Duration::from_millis(100)]);
     assert_eq!(stats.delivered.get(), 1);
+}
+
+/// A sink with lanes that cannot deliver key `poison` (its connection is
+/// closed before an answer, every time) and delivers other keys at once.
+struct Poison;
+
+#[async_trait::async_trait]
+impl Sink for Poison {
+    async fn send(&self, event: &Event) -> Result<(), SinkError> {
+        if event.key.as_deref() == Some(b"poison") {
+            return Err(SinkError::disconnected("closed before an answer"));
+        }
+        Ok(())
+    }
+
+    fn concurrency(&self) -> skor_sink_api::Concurrency {
+        skor_sink_api::Concurrency::Lanes
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_outage_ms_bounds_an_event_that_only_ever_finds_the_sink_unreachable() {
+    let delivery = DeliveryConfig {
+        max_outage_ms: Some(1_000),
+        ..DeliveryConfig::default()
+    };
+    let (queue, worker) = worker("test", Box::new(Poison), &delivery, Arc::default());
+    let stats = worker.stats();
+    let run = tokio::spawn(worker.run(CancellationToken::new()));
+    queue.push(&keyed("poison", 0)).await;
+    // Other keys keep being delivered meanwhile, each ending the sink-wide
+    // outage; the poisoned event must still give up after its own limit
+    // and its retries (1 s + 1.5 s).
+    for n in 1..=40 {
+        queue.push(&keyed(&format!("key{n}"), n)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stats.failed.get(), 1, "given up on while others flowed");
+    assert_eq!(stats.retried.get(), 5);
+    drop(queue);
+    assert_eq!(run.await.unwrap(), 0);
+    assert_eq!(stats.delivered.get(), 40);
 }

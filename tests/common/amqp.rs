@@ -166,6 +166,24 @@ impl Rabbit {
             .expect("bind queue");
     }
 
+    /// Declares an internal exchange, one clients may not publish to: the
+    /// broker closes the channel of a publish to it (403).
+    pub async fn add_internal_exchange(&self, name: &str) {
+        self.channel
+            .exchange_declare(
+                name.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    internal: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare internal exchange");
+    }
+
     /// Deletes an exchange made by `add_exchange`.
     pub async fn delete_exchange(&self, name: &str) {
         let _ = self

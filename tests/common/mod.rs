@@ -179,6 +179,8 @@ struct HookState {
 pub struct Hook {
     pub addr: SocketAddr,
     state: Arc<HookState>,
+    /// Stops the server that listens now, and waits for it to be gone.
+    server: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
 }
 
 async fn receive(
@@ -215,13 +217,48 @@ impl Hook {
             requests: Mutex::new(Vec::new()),
             arrived: Notify::new(),
         });
-        let app = axum::Router::new()
-            .fallback(receive)
-            .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { addr, state }
+        let hook = Self {
+            addr,
+            state,
+            server: Mutex::new(None),
+        };
+        hook.serve(listener);
+        hook
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let app = axum::Router::new()
+            .fallback(receive)
+            .with_state(Arc::clone(&self.state));
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let handle = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await;
+        });
+        *self.server.lock().unwrap() = Some((stop, handle));
+    }
+
+    /// Takes the receiver down: the port is closed and every connection,
+    /// kept-alive ones included, is closed once its answer is sent.
+    pub async fn stop(&self) {
+        let (stop, handle) = self.server.lock().unwrap().take().expect("running");
+        stop.cancel();
+        tokio::time::timeout(PATIENCE, handle)
+            .await
+            .expect("the receiver stops")
+            .unwrap();
+    }
+
+    /// Brings the receiver back on the same port.
+    pub async fn restart(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("the receiver's port is free again");
+        self.serve(listener);
     }
 
     /// From now on, answer every request with `reply`.

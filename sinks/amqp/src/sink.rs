@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::protocol::AMQPErrorKind;
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{
@@ -209,6 +210,24 @@ fn describe(error: &lapin::Error) -> String {
     }
 }
 
+/// Classifies a failed publish. A channel the broker closed with a soft
+/// error (403 access refused, 404 no exchange, 406 precondition failed...)
+/// answers a publish, not a lost connection: it spends retries, so a
+/// message the broker refuses ends failed instead of being waited on
+/// forever. Not permanent: every confirmation pending on the channel fails
+/// with the same error, and only one of those messages was at fault.
+/// Everything else (I/O, a closed connection, a hard error such as 320
+/// connection forced) is an outage: wait for the broker.
+fn publish_error(what: &str, error: &lapin::Error) -> SinkError {
+    let message = format!("{what}: {}", describe(error));
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(_)) => {
+            SinkError::retryable(format!("{message}; the broker closed the channel"))
+        }
+        _ => SinkError::disconnected(message),
+    }
+}
+
 #[async_trait::async_trait]
 impl Sink for AmqpSink {
     async fn send(&self, event: &Event) -> Result<(), SinkError> {
@@ -235,7 +254,7 @@ impl Sink for AmqpSink {
                 properties,
             )
             .await
-            .map_err(|e| SinkError::disconnected(format!("publishing: {}", describe(&e))))?;
+            .map_err(|e| publish_error("publishing", &e))?;
         let exchange = self.config.exchange.clone();
         Ok(Box::pin(async move {
             match confirm.await {
@@ -250,10 +269,7 @@ impl Sink for AmqpSink {
                 Ok(lapin::Confirmation::Nack(_)) => Err(SinkError::retryable(
                     "the broker refused the message (nack)",
                 )),
-                Err(e) => Err(SinkError::disconnected(format!(
-                    "waiting for the broker's confirmation: {}",
-                    describe(&e)
-                ))),
+                Err(e) => Err(publish_error("waiting for the broker's confirmation", &e)),
             }
         }))
     }
@@ -262,9 +278,45 @@ impl Sink for AmqpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::protocol::{AMQPError, AMQPHardError, AMQPSoftError};
 
     fn error(config: &AmqpConfig) -> String {
         AmqpSink::new(config).err().expect("refused").to_string()
+    }
+
+    #[test]
+    fn a_channel_the_broker_closed_spends_retries_a_lost_connection_does_not() {
+        let protocol = |kind: AMQPErrorKind, text: &str| {
+            lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
+                kind,
+                text.into(),
+            )))
+        };
+        let refused = publish_error(
+            "waiting for the broker's confirmation",
+            &protocol(
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+                "PRECONDITION_FAILED - message size 200000000 is larger than configured max size 134217728",
+            ),
+        );
+        assert_eq!(refused.kind, skor_sink_api::ErrorKind::Retryable);
+        assert!(
+            refused.message.contains("message size") && refused.message.contains("(406)"),
+            "{refused}"
+        );
+        let forced = publish_error(
+            "publishing",
+            &protocol(
+                AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED),
+                "CONNECTION_FORCED - broker forced connection closure",
+            ),
+        );
+        assert_eq!(forced.kind, skor_sink_api::ErrorKind::Disconnected);
+        let io = lapin::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(
+            publish_error("publishing", &io).kind,
+            skor_sink_api::ErrorKind::Disconnected
+        );
     }
 
     #[test]

@@ -10,6 +10,10 @@ const fn default_timeout_ms() -> u64 {
     5_000
 }
 
+const fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+
 const fn default_max_redirects() -> usize {
     1
 }
@@ -30,9 +34,20 @@ pub struct WebhookConfig {
     /// How long one request may take, connection included, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// How many redirects to follow (the original skor followed one).
+    /// How long opening a connection (TLS included) may take, in
+    /// milliseconds, within `timeout_ms`: past it the endpoint counts as
+    /// unreachable and its outage is waited out.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// How many 307/308 redirects to follow (the original skor followed
+    /// one); 301, 302 and 303 are never followed, they would turn the POST
+    /// into a GET.
     #[serde(default = "default_max_redirects")]
     pub max_redirects: usize,
+    /// Follow 307/308 redirects to another origin (scheme, host, port) too;
+    /// such a request carries neither `headers` nor signatures.
+    #[serde(default)]
+    pub follow_cross_origin_redirects: bool,
     /// Events per request: above 1, the body is a JSON array of the
     /// original payloads, in commit order per row.
     #[serde(default = "default_batch_size")]
@@ -99,7 +114,9 @@ impl WebhookConfig {
             url: url.into(),
             headers: BTreeMap::new(),
             timeout_ms: default_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
             max_redirects: default_max_redirects(),
+            follow_cross_origin_redirects: false,
             batch_size: default_batch_size(),
             batch_timeout_ms: 0,
             secret: Vec::new(),
@@ -109,19 +126,61 @@ impl WebhookConfig {
         }
     }
 
-    /// The URL with any password replaced, fit for a log line.
+    /// The URL fit for a log line: see [`redact_url`].
     pub fn redacted_url(&self) -> String {
         match reqwest::Url::parse(&self.url) {
-            Ok(mut url) => {
-                if url.password().is_some() {
-                    let _ = url.set_password(Some("<redacted>"));
-                }
-                // The URL type percent-encodes the marker; show it as written.
-                url.to_string().replacen("%3Credacted%3E", "<redacted>", 1)
-            }
+            Ok(url) => redact_url(&url),
             Err(_) => "<invalid url>".to_string(),
         }
     }
+}
+
+/// What replaces a secret in a shown URL.
+const REDACTED: &str = "<redacted>";
+
+/// A URL fit for a log line. Webhook URLs often carry their token in the
+/// path (`https://hooks.slack.com/services/T000/B000/XXXX`) or the query
+/// (`?token=...`), so only the scheme, the user name, the host, the port
+/// and the first path segment are shown; the rest of the path, every query
+/// value, the fragment and the password become `<redacted>`. A user name
+/// without a password is redacted too: it is then usually the token.
+pub(crate) fn redact_url(url: &reqwest::Url) -> String {
+    let mut shown = format!("{}://", url.scheme());
+    match (url.username(), url.password()) {
+        ("", None) => {}
+        (_, None) => shown.push_str(&format!("{REDACTED}@")),
+        (user, Some(_)) => shown.push_str(&format!("{user}:{REDACTED}@")),
+    }
+    if let Some(host) = url.host_str() {
+        shown.push_str(host);
+    }
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    let path = url.path();
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    match rest.split_once('/') {
+        Some((first, more)) if !more.is_empty() => {
+            shown.push_str(&format!("/{first}/{REDACTED}"));
+        }
+        _ => shown.push_str(path),
+    }
+    if let Some(query) = url.query() {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}={REDACTED}"),
+                // A bare `?token` is a value too.
+                None => REDACTED.to_string(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    if url.fragment().is_some() {
+        shown.push_str(&format!("#{REDACTED}"));
+    }
+    shown
 }
 
 impl fmt::Debug for WebhookConfig {
@@ -130,7 +189,12 @@ impl fmt::Debug for WebhookConfig {
             .field("url", &self.redacted_url())
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("timeout_ms", &self.timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("max_redirects", &self.max_redirects)
+            .field(
+                "follow_cross_origin_redirects",
+                &self.follow_cross_origin_redirects,
+            )
             .field("batch_size", &self.batch_size)
             .field("batch_timeout_ms", &self.batch_timeout_ms)
             .field("secrets", &self.secret.len())
@@ -156,6 +220,30 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("Authorization"), "{shown}");
+    }
+
+    #[test]
+    fn tokens_in_paths_and_queries_are_redacted() {
+        let shown = |url: &str| WebhookConfig::new(url).redacted_url();
+        assert_eq!(
+            shown("https://hooks.slack.com/services/T000/B000/XXXX"),
+            "https://hooks.slack.com/services/<redacted>"
+        );
+        assert_eq!(
+            shown("https://example.com:8443/hook?token=abc&x=1"),
+            "https://example.com:8443/hook?token=<redacted>&x=<redacted>"
+        );
+        assert_eq!(
+            shown("http://skor:pw@127.0.0.1:9000/hook"),
+            "http://skor:<redacted>@127.0.0.1:9000/hook"
+        );
+        assert_eq!(
+            shown("https://ghp_token@example.com/?key#frag"),
+            "https://<redacted>@example.com/?<redacted>#<redacted>"
+        );
+        assert_eq!(shown("http://example.com"), "http://example.com/");
+        assert_eq!(shown("http://example.com/a/"), "http://example.com/a/");
+        assert_eq!(shown("not a url"), "<invalid url>");
     }
 
     #[test]

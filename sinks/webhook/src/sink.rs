@@ -2,13 +2,15 @@
 
 use std::error::Error as _;
 use std::fmt::Write as _;
+use std::io;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION};
 use reqwest::{redirect, StatusCode};
 use skor_sink_api::{Batching, Bytes, Concurrency, ErrorKind, Event, Sink, SinkError};
 
+use crate::config::redact_url;
 use crate::signing::{self, Signer};
 use crate::tls::with_tls;
 use crate::{WebhookConfig, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER};
@@ -47,12 +49,25 @@ pub enum WebhookError {
     },
 }
 
+/// Bytes of a response body read before the response is dropped: enough
+/// for any answer a webhook gives, while an endless body cannot hold an
+/// attempt until its timeout. A body cut short costs its connection, not
+/// the pool.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Bytes of a response body quoted in an error message.
+const QUOTED_BODY_BYTES: usize = 200;
+
 /// POSTs payloads to one URL over a pooled, keep-alive HTTP client.
 pub struct WebhookSink {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// The configured headers, sent only to the configured origin.
     headers: HeaderMap,
     timeout: Duration,
+    connect_timeout: Duration,
+    max_redirects: usize,
+    cross_origin: bool,
     batching: Batching,
     signer: Option<Signer>,
 }
@@ -69,7 +84,6 @@ impl WebhookSink {
             )));
         }
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         for (name, value) in &config.headers {
             let header_error = |reason: String| WebhookError::Header {
                 name: name.clone(),
@@ -91,9 +105,16 @@ impl WebhookSink {
         };
         let signer = Signer::new(&config.secret).map_err(WebhookError::Secret)?;
         let timeout = Duration::from_millis(config.timeout_ms);
+        // Within the request's own timeout, so that a connect that hangs is
+        // told apart from an answer that does not come.
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms).min(timeout);
         let builder = reqwest::Client::builder()
             .timeout(timeout)
-            .redirect(redirect::Policy::limited(config.max_redirects))
+            .connect_timeout(connect_timeout)
+            // Redirects are followed by hand (see `next_hop`): reqwest's
+            // policies would turn a POST into a GET on 301/302/303 and
+            // carry custom headers and signatures to any origin.
+            .redirect(redirect::Policy::none())
             .user_agent(concat!("skor/", env!("CARGO_PKG_VERSION")));
         let client = with_tls(builder, config)?
             .build()
@@ -103,26 +124,32 @@ impl WebhookSink {
             url,
             headers,
             timeout,
+            connect_timeout,
+            max_redirects: config.max_redirects,
+            cross_origin: config.follow_cross_origin_redirects,
             batching,
             signer,
         })
     }
 
     /// POSTs `body`, with `ids` in the event-id header when there are any,
-    /// signed as `webhook_id()` when a secret is set.
+    /// signed as `webhook_id()` when a secret is set, following 307/308
+    /// redirects as the config allows.
     async fn post(
         &self,
         body: Bytes,
         ids: Option<String>,
         webhook_id: impl FnOnce() -> String,
     ) -> Result<(), SinkError> {
-        let mut request = self
-            .client
-            .post(self.url.clone())
-            .headers(self.headers.clone());
+        let mut common = HeaderMap::new();
+        common.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(ids) = ids {
-            request = request.header(EVENT_ID_HEADER, ids);
+            if let Ok(value) = HeaderValue::from_str(&ids) {
+                common.insert(EVENT_ID_HEADER, value);
+            }
         }
+        // Configured headers and signatures: for the configured origin only.
+        let mut trusted = self.headers.clone();
         if let Some(signer) = &self.signer {
             // The attempt's own time, as the spec asks: a retry is signed
             // afresh, so receivers may reject stale timestamps.
@@ -131,41 +158,231 @@ impl WebhookSink {
                 .map_or(0, |d| d.as_secs());
             let id = webhook_id();
             let signature = signer.sign(&id, timestamp, &body);
-            request = request
-                .header(WEBHOOK_ID_HEADER, id)
-                .header(WEBHOOK_TIMESTAMP_HEADER, timestamp)
-                .header(WEBHOOK_SIGNATURE_HEADER, signature);
-        }
-        let response = match request.body(body).send().await {
-            Ok(response) => response,
-            Err(error) => {
-                let error = error.without_url();
-                if error.is_timeout() {
-                    let waited = self.timeout.as_millis();
-                    return Err(SinkError::retryable(format!(
-                        "no answer within {waited} ms"
-                    )));
+            for (name, value) in [
+                (WEBHOOK_ID_HEADER, id),
+                (WEBHOOK_TIMESTAMP_HEADER, timestamp.to_string()),
+                (WEBHOOK_SIGNATURE_HEADER, signature),
+            ] {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    trusted.insert(name, value);
                 }
-                // Too many redirects will not change by retrying; every
-                // transport failure (refused, reset) may pass.
-                return Err(if error.is_redirect() || error.is_builder() {
-                    SinkError::permanent(describe(&error))
-                } else {
-                    SinkError::retryable(describe(&error))
-                });
             }
-        };
-        let status = response.status();
-        // Reading the body to its end lets the connection go back to the pool.
-        let _ = response.bytes().await;
-        match status_error_kind(status) {
-            None => Ok(()),
-            Some(kind) => Err(SinkError {
-                kind,
-                message: format!("HTTP {status}"),
-            }),
+        }
+        let deadline = Instant::now() + self.timeout;
+        let mut url = self.url.clone();
+        let mut same_origin = true;
+        let mut redirects = 0;
+        loop {
+            let mut headers = common.clone();
+            if same_origin {
+                headers.extend(trusted.clone());
+            }
+            let request = self
+                .client
+                .post(url.clone())
+                .headers(headers)
+                // One timeout for the attempt, redirects included.
+                .timeout(deadline.saturating_duration_since(Instant::now()))
+                .body(body.clone());
+            let response = request
+                .send()
+                .await
+                // The URL may carry credentials and tokens: keep it out.
+                .map_err(|e| self.transport_error(&e.without_url()))?;
+            let status = response.status();
+            if status.is_redirection() {
+                let location = response.headers().get(LOCATION).cloned();
+                drain(response).await;
+                let next = self.next_hop(status, &url, location.as_ref(), redirects)?;
+                same_origin = same_origin && next.origin() == url.origin();
+                url = next;
+                redirects += 1;
+                continue;
+            }
+            let answer = drain(response).await;
+            return match status_error_kind(status) {
+                None => Ok(()),
+                Some(kind) => Err(SinkError {
+                    kind,
+                    message: format!("HTTP {status}{}", quote(&answer)),
+                }),
+            };
         }
     }
+
+    /// Where a redirect answer leads, if skor may follow it; else the final
+    /// error, naming the `Location` (redacted like the configured URL).
+    fn next_hop(
+        &self,
+        status: StatusCode,
+        from: &reqwest::Url,
+        location: Option<&HeaderValue>,
+        followed: usize,
+    ) -> Result<reqwest::Url, SinkError> {
+        let target = location
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| from.join(text).ok());
+        let Some(target) = target else {
+            return Err(SinkError::permanent(format!(
+                "HTTP {status} without a usable Location header"
+            )));
+        };
+        let shown = redact_url(&target);
+        let refuse = |why: String| {
+            SinkError::permanent(format!(
+                "HTTP {status} redirects to {shown}, not followed: {why}"
+            ))
+        };
+        match status {
+            StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT => {}
+            StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND | StatusCode::SEE_OTHER => {
+                return Err(refuse(
+                    "it would turn the POST into a GET without its body; \
+                     point the sink's url at the new address"
+                        .into(),
+                ))
+            }
+            _ => return Err(refuse("only 307 and 308 are followed".into())),
+        }
+        if !matches!(target.scheme(), "http" | "https") {
+            return Err(refuse("the scheme must be http or https".into()));
+        }
+        if target.origin() != from.origin() && !self.cross_origin {
+            return Err(refuse(
+                "another origin (scheme, host, port); set \
+                 follow_cross_origin_redirects = true to follow it"
+                    .into(),
+            ));
+        }
+        if followed >= self.max_redirects {
+            return Err(refuse(format!(
+                "max_redirects = {} already followed",
+                self.max_redirects
+            )));
+        }
+        Ok(target)
+    }
+
+    /// Classifies a request that got no answer. An endpoint that cannot be
+    /// reached (refused, DNS, connect timeout, connection closed before an
+    /// answer) is an outage the worker waits out; a timeout once the
+    /// request was sent is a failed attempt.
+    fn transport_error(&self, error: &reqwest::Error) -> SinkError {
+        let text = describe(error);
+        if error.is_connect() {
+            if has_io_error(error, &[io::ErrorKind::InvalidData]) {
+                // A TLS handshake the server refused (certificate, protocol)
+                // will not fix itself while we wait: spend retries on it.
+                return SinkError::retryable(format!("TLS handshake failed: {text}"));
+            }
+            if error.is_timeout() {
+                return SinkError::disconnected(format!(
+                    "unreachable: no connection within {} ms",
+                    self.connect_timeout.as_millis()
+                ));
+            }
+            return SinkError::disconnected(format!("unreachable: {text}"));
+        }
+        if error.is_timeout() {
+            return SinkError::retryable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ));
+        }
+        if closed_before_answer(error) {
+            // A server going down resets what it holds. It may have taken
+            // the event first: delivery is at-least-once, the retry after
+            // the outage may duplicate it.
+            return SinkError::disconnected(format!(
+                "unreachable: the connection closed before an answer: {text}"
+            ));
+        }
+        if error.is_builder() {
+            return SinkError::permanent(text);
+        }
+        SinkError::retryable(text)
+    }
+}
+
+/// Reads a response's body up to [`MAX_BODY_BYTES`], then drops the
+/// response; returns the first [`QUOTED_BODY_BYTES`] bytes. A body that
+/// fails midway is left at what arrived: the status already answered.
+async fn drain(mut response: reqwest::Response) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut read = 0;
+    while read < MAX_BODY_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                read += chunk.len();
+                let room = (QUOTED_BODY_BYTES + 1).saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    kept
+}
+
+/// `, body: "..."` with the start of a response body, on one line, or
+/// nothing for an empty body.
+fn quote(body: &[u8]) -> String {
+    let cut = body.len() > QUOTED_BODY_BYTES;
+    let text = String::from_utf8_lossy(&body[..body.len().min(QUOTED_BODY_BYTES)]);
+    let mut line: String = text
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.is_empty() {
+        return String::new();
+    }
+    if cut {
+        // The cut may have split a character into a replacement mark.
+        line = line.trim_end_matches('\u{fffd}').to_string();
+        line.push_str("...");
+    }
+    format!(", body: {line:?}")
+}
+
+/// Whether the chain of `error` holds an I/O error of one of `kinds`.
+fn has_io_error(error: &reqwest::Error, kinds: &[io::ErrorKind]) -> bool {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        // An I/O error may wrap another (reqwest's connector wraps the TLS
+        // stream's InvalidData in Other), and `source` skips the wrapped one.
+        let mut io = cause.downcast_ref::<io::Error>();
+        while let Some(inner) = io {
+            if kinds.contains(&inner.kind()) {
+                return true;
+            }
+            io = inner.get_ref().and_then(|e| e.downcast_ref::<io::Error>());
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Whether the connection broke before any answer arrived: hyper's
+/// "connection closed before message completed", or a reset.
+fn closed_before_answer(error: &reqwest::Error) -> bool {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
+            if hyper.is_incomplete_message() || hyper.is_canceled() {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    has_io_error(
+        error,
+        &[
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::UnexpectedEof,
+        ],
+    )
 }
 
 /// The body of a batch: a JSON array of the payloads as received.
