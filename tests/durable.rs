@@ -1054,3 +1054,52 @@ async fn a_failing_statement_is_retried_without_reconnecting() {
     eventually_empty(&db).await;
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_role_that_can_only_connect_cannot_hold_or_take_partitions() {
+    let db = items_db().await;
+    let hook = Hook::start().await;
+    let config = hook_config(&db, DURABLE_ITEMS, &hook, "");
+    install(&db, &config).await;
+    let role = format!("skor_conn_{}", &db.name["skor_test_".len()..]);
+    db.exec(&format!("CREATE ROLE {role} LOGIN")).await;
+    let intruder = common::connect(&format!("{} user={role}", db.dsn())).await;
+    // What stopped delivery before leases: every partition's advisory lock
+    // and a member lock, held for the whole test.
+    intruder
+        .batch_execute(
+            "SELECT pg_advisory_lock(1936420722, p) FROM generate_series(0, 63) p; \
+             SELECT pg_advisory_lock(1936420723, pg_backend_pid());",
+        )
+        .await
+        .unwrap();
+    for attack in [
+        "UPDATE skor.partition_lease SET holder = gen_random_uuid(), \
+                expires_at = now() + interval '1 day'",
+        "INSERT INTO skor.daemon (id, expires_at) \
+         SELECT gen_random_uuid(), now() + interval '1 day' FROM generate_series(1, 1000)",
+        "DELETE FROM skor.daemon",
+    ] {
+        let error = intruder.batch_execute(attack).await.unwrap_err();
+        assert!(
+            error
+                .as_db_error()
+                .is_some_and(|e| e.message().contains("permission denied")),
+            "{attack}: {error:?}"
+        );
+    }
+
+    let daemon = Running::start(&config).await;
+    db.exec(&common::inserts(1, 20)).await;
+    let bodies = delivered_ids(&hook, 20, PATIENCE).await;
+    assert_eq!(assert_every_id(bodies.iter().map(String::as_str), 20), 0);
+    eventually_empty(&db).await;
+    daemon.stop().await;
+    drop(intruder);
+    drop(db);
+    let admin = common::connect(&format!("{} dbname=postgres", common::server_dsn())).await;
+    admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+        .await
+        .unwrap();
+}
