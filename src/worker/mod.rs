@@ -111,6 +111,8 @@ pub fn worker(
         when_full: delivery.when_full,
         stats: Arc::clone(&stats),
         waits: Arc::default(),
+        drops: Arc::default(),
+        shedding: Arc::default(),
     };
     let concurrency = sink.concurrency();
     let in_flight = delivery

@@ -9,6 +9,7 @@ pub mod https;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod pg_server;
+pub mod proxy;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

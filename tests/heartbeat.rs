@@ -1,0 +1,90 @@
+//! The listener notices a dead connection: through a proxy that stops
+//! forwarding without closing anything, the heartbeat goes unanswered,
+//! `/readyz` says so, and once the path works again skor reconnects.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::proxy::Proxy;
+use common::{eventually, install, Hook, Running, TestDb, PATIENCE};
+use tokio::time::Instant;
+
+async fn readyz(addr: SocketAddr) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// Polls `/readyz` until it answers `status`; returns its body.
+async fn wait_for_readyz(addr: SocketAddr, status: u16) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (now, body) = readyz(addr).await;
+        if now == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still answers {now}, not {status}: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The shared server's address, for the proxy to forward to.
+fn server_addr() -> SocketAddr {
+    let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = std::env::var("PGPORT").unwrap_or_else(|_| "5432".into());
+    format!("{host}:{port}").parse().expect("PGHOST is an IP address")
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_noticed_and_replaced() {
+    let db = TestDb::new().await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY)").await;
+    let hook = Hook::start().await;
+    let proxy = Proxy::start(server_addr()).await;
+    let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+    let config = format!(
+        "[source]\n\
+         dsn = \"host=127.0.0.1 port={} user={user} dbname={} connect_timeout=2\"\n\
+         heartbeat_interval_ms = 500\nquery_timeout_ms = 1000\n\
+         [[table]]\nname = \"items\"\n\
+         [sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        proxy.addr.port(),
+        db.name,
+        hook.url()
+    );
+    // Installed directly: only the daemon goes through the proxy.
+    install(&db, &common::config(&db, "[[table]]\nname = \"items\"\n")).await;
+    let daemon = Running::start(&config).await;
+    let admin = daemon.admin.expect("admin endpoint");
+    db.exec("INSERT INTO items VALUES (1)").await;
+    hook.wait_for(1).await;
+    assert_eq!(readyz(admin).await.0, 200);
+
+    proxy.black_hole();
+    let lost_at = Instant::now();
+    let body = wait_for_readyz(admin, 503).await;
+    assert!(
+        body.contains("not listening: the connection to PostgreSQL is down"),
+        "{body}"
+    );
+    // Heartbeat every 500 ms, answer within 1 s: noticed in seconds.
+    assert!(lost_at.elapsed().as_secs() < 5, "{:?}", lost_at.elapsed());
+
+    proxy.resume();
+    wait_for_readyz(admin, 200).await;
+    let link = &daemon.stats.source.link;
+    eventually("one reconnection", || link.reconnects.get() == 1).await;
+
+    db.exec("INSERT INTO items VALUES (2)").await;
+    let requests = hook.wait_for(2).await;
+    assert!(
+        requests.iter().any(|r| r.body.contains(r#""id":2"#)),
+        "{requests:#?}"
+    );
+    daemon.stop().await;
+}
