@@ -230,7 +230,7 @@ impl Listener {
             client.query(PRIMARY_KEYS_SQL, &[]),
         )
         .await?
-            .map_err(|e| SourceError(format!("reading primary keys: {}", describe(&e))))?;
+        .map_err(|e| SourceError(format!("reading primary keys: {}", describe(&e))))?;
         // LISTEN last: from here on, events are heard.
         drive(&mut conn, self.query_timeout, client.batch_execute(&sql))
             .await?
@@ -310,7 +310,11 @@ impl Listener {
     /// Handles messages until shutdown (`None`) or until the connection is
     /// lost (`Some(reason)`): it closed, failed, or left a heartbeat
     /// unanswered for `query_timeout`.
-    async fn pump(&mut self, session: &mut Session, shutdown: &CancellationToken) -> Option<String> {
+    async fn pump(
+        &mut self,
+        session: &mut Session,
+        shutdown: &CancellationToken,
+    ) -> Option<String> {
         let Session { client, conn, .. } = session;
         let mut heartbeat: Option<Heartbeat<'_>> = None;
         let mut due = Instant::now() + self.heartbeat_interval;
@@ -478,6 +482,7 @@ impl Listener {
     async fn fetch_oversized(&mut self, id: i64) -> Result<Option<String>, String> {
         const SQL: &str = "DELETE FROM skor.oversized_payload WHERE id = $1 RETURNING payload";
         let mut last_error = String::new();
+        let timeout = self.query_timeout;
         for _ in 0..2 {
             let client = match self.fetcher().await {
                 Ok(client) => client,
@@ -487,14 +492,10 @@ impl Listener {
                 }
             };
             // A server that does not answer must not stop the listener.
-            let Ok(fetched) = tokio::time::timeout(self.query_timeout, client.query_opt(SQL, &[&id]))
-                .await
+            let Ok(fetched) = tokio::time::timeout(timeout, client.query_opt(SQL, &[&id])).await
             else {
                 self.fetcher = None;
-                last_error = format!(
-                    "PostgreSQL did not answer in {} ms",
-                    self.query_timeout.as_millis()
-                );
+                last_error = format!("PostgreSQL did not answer in {} ms", timeout.as_millis());
                 break;
             };
             match fetched {

@@ -36,7 +36,9 @@ async fn wait_for_readyz(addr: SocketAddr, status: u16) -> String {
 fn server_addr() -> SocketAddr {
     let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
     let port = std::env::var("PGPORT").unwrap_or_else(|_| "5432".into());
-    format!("{host}:{port}").parse().expect("PGHOST is an IP address")
+    format!("{host}:{port}")
+        .parse()
+        .expect("PGHOST is an IP address")
 }
 
 #[tokio::test]

@@ -9,9 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::pg_server::PgServer;
-use common::{
-    config, connect, eventually, install, slow, status, Hook, Running, TestDb, PATIENCE,
-};
+use common::{config, connect, eventually, install, slow, status, Hook, Running, TestDb, PATIENCE};
 use tokio::time::Instant;
 
 /// Every log line of this test binary's daemons.
@@ -65,7 +63,8 @@ async fn past_the_threshold_the_listener_sheds_load_and_writes_keep_succeeding()
         "[source]\ndsn = \"{}\"\nshed_notify_queue_usage = 0.0002\n\
          [[table]]\nname = \"items\"\n\
          [sink.shed_hook]\ntype = \"webhook\"\nurl = \"{}\"\n\
-         queue_capacity = 10\nmax_in_flight = 1\n",
+         queue_capacity = 10\nmax_in_flight = 1\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
         server.dsn(),
         hook.url()
     );
@@ -100,6 +99,12 @@ async fn past_the_threshold_the_listener_sheds_load_and_writes_keep_succeeding()
         lines_with(&["past shed_notify_queue_usage: shedding load"]).len(),
         1
     );
+    let readyz = reqwest::get(format!("http://{}/readyz", daemon.admin.unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status().as_u16(), 503);
+    let body = readyz.text().await.unwrap();
+    assert!(body.contains("shedding load"), "{body}");
     let shed_since = Instant::now();
     // Writes go on succeeding while skor sheds.
     for _ in 0..4 {
@@ -129,18 +134,20 @@ async fn past_the_threshold_the_listener_sheds_load_and_writes_keep_succeeding()
 
     // The sink recovers: shedding stops and later events arrive.
     hook.answer(status(200));
-    eventually("shedding stops", || {
-        daemon.stats.source.shedding.get() == 0
-    })
-    .await;
-    assert_eq!(lines_with(&["stopped shedding load"]).len(), 1);
+    eventually("shedding stops", || daemon.stats.source.shedding.get() == 0).await;
+    // Each episode is said when it starts and when it stops.
+    let starts = lines_with(&["past shed_notify_queue_usage: shedding load"]);
+    assert_eq!(lines_with(&["stopped shedding load"]).len(), starts.len());
     admin
         .batch_execute("INSERT INTO items VALUES (0, 'after')")
         .await
         .unwrap();
     let deadline = Instant::now() + PATIENCE;
     while !hook.bodies().iter().any(|b| b.contains(r#""pad":"after""#)) {
-        assert!(Instant::now() < deadline, "the event after recovery arrives");
+        assert!(
+            Instant::now() < deadline,
+            "the event after recovery arrives"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eventually("every event delivered or dropped", || {
