@@ -253,6 +253,9 @@ impl Listener {
     /// Routes notifications until `shutdown`, reconnecting whenever the
     /// connection is lost. Dropping the listener closes the sink queues.
     pub async fn run(mut self, mut session: Session, shutdown: CancellationToken) {
+        for queue in &mut self.queues {
+            queue.stop_waiting_on(shutdown.clone());
+        }
         let stop_watch = shutdown.child_token();
         let _stop_watch_on_return = stop_watch.clone().drop_guard();
         tokio::spawn(shed::watch(

@@ -113,6 +113,7 @@ pub fn worker(
         waits: Arc::default(),
         drops: Arc::default(),
         shedding: Arc::default(),
+        shutdown: CancellationToken::new(),
     };
     let concurrency = sink.concurrency();
     let in_flight = delivery

@@ -7,6 +7,7 @@ use std::time::Duration;
 use skor_sink_api::Event;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::Job;
@@ -28,6 +29,8 @@ pub struct SinkQueue {
     pub(super) waits: Arc<Mutex<Waits>>,
     pub(super) drops: Arc<Mutex<Drops>>,
     pub(super) shedding: Arc<Shedding>,
+    /// Ends a wait for room: a stuck sink must not hold up shutdown.
+    pub(super) shutdown: CancellationToken,
 }
 
 /// How often the listener waited for room, to say so at most every 10 s.
@@ -84,12 +87,19 @@ enum Why {
     Full,
     /// PostgreSQL's notification queue is past the shedding threshold.
     Shedding,
+    /// skor is shutting down.
+    Shutdown,
 }
 
 impl SinkQueue {
     /// Shares `shedding` with the watch on PostgreSQL's notification queue.
     pub fn shed_with(&mut self, shedding: Arc<Shedding>) {
         self.shedding = shedding;
+    }
+
+    /// Stops waiting for room, dropping the event, once `shutdown` fires.
+    pub fn stop_waiting_on(&mut self, shutdown: CancellationToken) {
+        self.shutdown = shutdown;
     }
 
     /// Queues an event for this sink, applying `when_full` if there is no
@@ -123,14 +133,15 @@ impl SinkQueue {
         // Shedding starts while the listener waits when the sink stays
         // stuck: waiting on would let PostgreSQL's queue fill.
         let permit = tokio::select! {
-            permit = self.tx.reserve() => Some(permit),
-            () = self.shedding.started() => None,
+            permit = self.tx.reserve() => Ok(permit),
+            () = self.shedding.started() => Err(Why::Shedding),
+            () = self.shutdown.cancelled() => Err(Why::Shutdown),
         };
         self.stats.blocked.set(0);
         match permit {
-            Some(Ok(permit)) => permit.send(Job::new(event, None)),
-            Some(Err(_)) => return self.stopped(&event),
-            None => return self.drop_event(&event, Why::Shedding),
+            Ok(Ok(permit)) => permit.send(Job::new(event, None)),
+            Ok(Err(_)) => return self.stopped(&event),
+            Err(why) => return self.drop_event(&event, why),
         }
         if suppressed.is_some() {
             info!(sink = %self.name, waited_ms = started.elapsed().as_millis() as u64,
@@ -166,6 +177,7 @@ impl SinkQueue {
                 "its queue is full and PostgreSQL's notification queue is past \
                  shed_notify_queue_usage"
             }
+            Why::Shutdown => "its queue is full and skor is shutting down",
         };
         error!(sink = %self.name, dropped, capacity, reason,
                sample_schema = %event.schema, sample_table = %event.table,

@@ -226,6 +226,35 @@ async fn a_full_queue_waits_by_default_until_shedding_starts() {
     assert_eq!(stats.dropped.get(), 2, "no wait at all while shedding");
 }
 
+#[tokio::test]
+async fn shutdown_ends_a_wait_for_room() {
+    let delivery = DeliveryConfig {
+        queue_capacity: 1,
+        ..DeliveryConfig::default()
+    };
+    let (mut queue, worker) = worker(
+        "test",
+        Box::new(skor_sink_api::StdoutSink),
+        &delivery,
+        Arc::default(),
+    );
+    let shutdown = CancellationToken::new();
+    queue.stop_waiting_on(shutdown.clone());
+    let stats = worker.stats();
+    queue.push(&event()).await;
+    let second = tokio::spawn(async move { queue.push(&event()).await });
+    while stats.blocked.get() == 0 {
+        tokio::task::yield_now().await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("shutdown ends the wait")
+        .unwrap();
+    assert_eq!(stats.dropped.get(), 1, "counted, not lost silently");
+    assert_eq!(stats.depth.get(), 1, "the queued event stays to be drained");
+}
+
 /// A sink with lanes that records each delivery's keys when it finishes;
 /// events of key `slow` take 100 ms.
 struct Recorder {
