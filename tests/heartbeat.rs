@@ -1,13 +1,14 @@
-//! The listener notices a dead connection: through a proxy that stops
-//! forwarding without closing anything, the heartbeat goes unanswered,
-//! `/readyz` says so, and once the path works again skor reconnects.
+//! The listener never waits forever on PostgreSQL: through a proxy that
+//! stops forwarding without closing anything, the heartbeat goes
+//! unanswered, `/readyz` says so, and once the path works again skor
+//! reconnects; an oversized-payload fetch that gets no answer gives up.
 
 mod common;
 
 use std::net::SocketAddr;
 
 use common::proxy::Proxy;
-use common::{eventually, install, Hook, Running, TestDb, PATIENCE};
+use common::{eventually, hook_config, install, start_installed, Hook, Running, TestDb, PATIENCE};
 use tokio::time::Instant;
 
 async fn readyz(addr: SocketAddr) -> (u16, String) {
@@ -88,5 +89,36 @@ async fn a_silent_connection_is_noticed_and_replaced() {
         requests.iter().any(|r| r.body.contains(r#""id":2"#)),
         "{requests:#?}"
     );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn an_unanswered_oversized_fetch_gives_up_and_later_events_arrive() {
+    let db = TestDb::new().await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, note text)")
+        .await;
+    let hook = Hook::start().await;
+    let config = hook_config(&db, "name = \"items\"", &hook, "")
+        .replace("[[table]]", "query_timeout_ms = 1000\n[[table]]");
+    let daemon = start_installed(&db, &config).await;
+    // A server that takes a minute to take the stored payload out.
+    db.exec(
+        "CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(60); RETURN OLD; END $$;
+         CREATE TRIGGER stall BEFORE DELETE OR UPDATE ON skor.oversized_payload \
+         FOR EACH ROW EXECUTE FUNCTION stall();",
+    )
+    .await;
+    let big = "x".repeat(9_000);
+    db.exec(&format!("INSERT INTO items VALUES (1, '{big}')"))
+        .await;
+    db.exec("INSERT INTO items VALUES (2, 'small')").await;
+    let requests = hook.wait_for(1).await;
+    assert!(
+        requests[0].body.contains(r#""id":2"#),
+        "{}",
+        requests[0].body
+    );
+    assert_eq!(daemon.stats.source.lost.get(), 1, "counted as lost");
     daemon.stop().await;
 }
