@@ -1,69 +1,171 @@
 -- skor: objects shared by every captured table. Idempotent; `skor install`
 -- runs it in one transaction after taking skor's install lock, followed by
--- drop_triggers.sql and one CREATE TRIGGER per table and operation.
--- Everything skor creates lives in the schema `skor`.
+-- drop_triggers.sql and one trigger per table and operation.
+-- Everything skor creates lives in the schema `skor`, owned by the role that
+-- installs it.
+--
+-- Security model (README, "Security model"): the trigger functions run
+-- inside other roles' transactions, so they are SECURITY DEFINER with a
+-- pinned search_path and call only schema-qualified pg_catalog objects; no
+-- other role gets any privilege on skor's schema, tables, sequences or
+-- functions. A writer of a captured table needs nothing from skor: the
+-- trigger writes as skor's owner.
+
+-- Refuse to build on objects another role owns: whoever owns them could
+-- change what runs inside every captured write.
+DO $skor$
+DECLARE
+    found record;
+BEGIN
+    FOR found IN
+        SELECT 'schema skor' AS what, n.nspowner AS owner
+          FROM pg_catalog.pg_namespace n
+         WHERE n.nspname OPERATOR(pg_catalog.=) 'skor'
+        UNION ALL
+        SELECT pg_catalog.format('%s skor.%I',
+                   CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index'
+                                  WHEN 'v' THEN 'view' ELSE 'table' END, c.relname),
+               c.relowner
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+         WHERE n.nspname OPERATOR(pg_catalog.=) 'skor'
+        UNION ALL
+        SELECT pg_catalog.format('function %s', p.oid::pg_catalog.regprocedure), p.proowner
+          FROM pg_catalog.pg_proc p
+          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+         WHERE n.nspname OPERATOR(pg_catalog.=) 'skor'
+        UNION ALL
+        SELECT pg_catalog.format('type skor.%I', t.typname), t.typowner
+          FROM pg_catalog.pg_type t
+          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.typnamespace
+         WHERE n.nspname OPERATOR(pg_catalog.=) 'skor'
+           AND t.typrelid OPERATOR(pg_catalog.=) 0 AND t.typelem OPERATOR(pg_catalog.=) 0
+    LOOP
+        IF found.owner OPERATOR(pg_catalog.<>) current_user::pg_catalog.regrole::pg_catalog.oid THEN
+            RAISE EXCEPTION 'skor install: % belongs to role %, not to %',
+                found.what, found.owner::pg_catalog.regrole, current_user
+                USING HINT = 'install as the role that owns skor''s objects, or have an administrator '
+                             'check and drop the object: it would run inside every captured write';
+        END IF;
+    END LOOP;
+END
+$skor$;
 
 CREATE SCHEMA IF NOT EXISTS skor;
 
 -- Payloads too large for NOTIFY (8000 bytes or more) wait here; the
--- notification carries only their id and the daemon deletes each row as it
--- fetches it.
+-- notification carries their id, channel and a random token, and the daemon
+-- deletes the row as it fetches it after checking all three.
 CREATE TABLE IF NOT EXISTS skor.oversized_payload (
     id bigserial PRIMARY KEY,
     created_at timestamptz NOT NULL DEFAULT now(),
     payload text NOT NULL
 );
+-- Added to installs made before the reference carried them.
+ALTER TABLE skor.oversized_payload ADD COLUMN IF NOT EXISTS channel text NOT NULL DEFAULT '';
+ALTER TABLE skor.oversized_payload ADD COLUMN IF NOT EXISTS token text NOT NULL DEFAULT '';
 
--- Any role that writes to a captured table runs the trigger, so any role
--- may add a payload (never read one back).
-GRANT USAGE ON SCHEMA skor TO PUBLIC;
-GRANT INSERT ON skor.oversized_payload TO PUBLIC;
-GRANT USAGE ON SEQUENCE skor.oversized_payload_id_seq TO PUBLIC;
+-- Numbers that make payloads unique where a table asks for it
+-- (`unique_payloads`): PostgreSQL merges identical notifications of one
+-- transaction.
+CREATE SEQUENCE IF NOT EXISTS skor.payload_seq;
 
 -- `data` of an event: the whole row, or the listed columns in the listed
 -- order. Built as text from row_to_json's own output so the keys keep the
 -- configured order and the compact formatting of row_to_json; a column
 -- dropped since install yields null instead of an error in the user's
 -- transaction.
-CREATE OR REPLACE FUNCTION skor.pick(row_json json, columns text[]) RETURNS json
-LANGUAGE sql IMMUTABLE AS $skor$
-    SELECT CASE WHEN coalesce(cardinality(columns), 0) = 0 THEN row_json ELSE
-        (SELECT ('{' || string_agg(to_json(c.col)::text || ':'
-                       || coalesce(row_json -> c.col, 'null'::json)::text,
-                       ',' ORDER BY c.pos) || '}')::json
-           FROM unnest(columns) WITH ORDINALITY AS c(col, pos))
+CREATE OR REPLACE FUNCTION skor.pick(row_json pg_catalog.json, columns pg_catalog.text[])
+RETURNS pg_catalog.json
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $skor$
+    SELECT CASE WHEN coalesce(pg_catalog.cardinality(columns), 0) OPERATOR(pg_catalog.=) 0 THEN row_json ELSE
+        (SELECT ('{' OPERATOR(pg_catalog.||) pg_catalog.string_agg(
+                        pg_catalog.to_json(c.col)::pg_catalog.text OPERATOR(pg_catalog.||) ':'
+                        OPERATOR(pg_catalog.||)
+                        coalesce(row_json OPERATOR(pg_catalog.->) c.col, 'null'::pg_catalog.json)::pg_catalog.text,
+                        ',' ORDER BY c.pos) OPERATOR(pg_catalog.||) '}')::pg_catalog.json
+           FROM pg_catalog.unnest(columns) WITH ORDINALITY AS c(col, pos))
     END
 $skor$;
 
--- Notify mode's trigger function. Arguments: the NOTIFY channel, then the
--- columns to publish (none means every column). The payload is byte for
--- byte the one the original skor's generated functions produced.
-CREATE OR REPLACE FUNCTION skor.notify() RETURNS trigger
-LANGUAGE plpgsql AS $skor$
+-- The event's payload, byte for byte the one the original skor's generated
+-- functions produced, plus the opt-in fields. Shared by both trigger
+-- functions; its arguments are theirs (see skor.notify()).
+CREATE OR REPLACE FUNCTION skor.payload(
+    op pg_catalog.text, table_schema pg_catalog.text, table_name pg_catalog.text,
+    args pg_catalog.text[], new_row pg_catalog.json, old_row pg_catalog.json
+) RETURNS pg_catalog.text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $skor$
 DECLARE
-    row_json json;
-    data json;
-    payload text;
-    ref bigint;
+    -- `args` is TG_ARGV, whose subscripts start at 0.
+    flags pg_catalog.text := args[1];
+    key_count pg_catalog.int4 := args[4]::pg_catalog.int4;
+    first_column pg_catalog.int4 := 5 OPERATOR(pg_catalog.+) key_count;
+    data pg_catalog.json;
+    payload pg_catalog.text;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        row_json := row_to_json(OLD);
+    IF pg_catalog.array_upper(args, 1) OPERATOR(pg_catalog.<) first_column THEN
+        data := new_row;
     ELSE
-        row_json := row_to_json(NEW);
+        data := skor.pick(new_row, args[first_column:]);
     END IF;
-    IF TG_NARGS <= 1 THEN
-        data := row_json;
-    ELSE
-        data := skor.pick(row_json, TG_ARGV[1:TG_NARGS - 1]);
+    payload := pg_catalog.json_build_object('table', table_name, 'schema', table_schema,
+                                            'op', op, 'data', data)::pg_catalog.text;
+    IF flags OPERATOR(pg_catalog.=) '' THEN
+        RETURN payload;
     END IF;
-    payload := json_build_object('table', TG_TABLE_NAME, 'schema', TG_TABLE_SCHEMA,
-                                 'op', TG_OP, 'data', data)::text;
-    IF octet_length(payload) < 8000 THEN
-        PERFORM pg_notify(TG_ARGV[0], payload);
+    -- Extra fields go last, in json_build_object's own spacing.
+    payload := pg_catalog."left"(payload, -1);
+    IF pg_catalog.strpos(flags, 'k') OPERATOR(pg_catalog.>) 0 THEN
+        payload := payload OPERATOR(pg_catalog.||) ', "old_key" : '
+                   OPERATOR(pg_catalog.||) skor.pick(old_row, args[5:4 OPERATOR(pg_catalog.+) key_count])::pg_catalog.text;
+    END IF;
+    IF pg_catalog.strpos(flags, 'u') OPERATOR(pg_catalog.>) 0 THEN
+        payload := payload OPERATOR(pg_catalog.||) ', "skor_seq" : '
+                   OPERATOR(pg_catalog.||) pg_catalog.nextval('skor.payload_seq'::pg_catalog.regclass)::pg_catalog.text;
+    END IF;
+    RETURN payload OPERATOR(pg_catalog.||) '}';
+END
+$skor$;
+
+-- Notify mode's trigger function. Arguments, shared with skor.capture():
+--   1 the channel;
+--   2 flags: `k` on the UPDATE trigger that fires when the row key changes
+--     (the payload gains "old_key"), `u` for unique payloads;
+--   3, 4 the schema and name events carry: a partitioned table's own, so
+--     its partitions' events name it; empty means the trigger's table;
+--   5 the number k of key columns, 6.. the k key columns;
+--   then the columns to publish (none means every column).
+CREATE OR REPLACE FUNCTION skor.notify() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $skor$
+DECLARE
+    new_row pg_catalog.json;
+    old_row pg_catalog.json;
+    payload pg_catalog.text;
+    token pg_catalog.text;
+    ref pg_catalog.int8;
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        new_row := pg_catalog.row_to_json(OLD);
     ELSE
-        ref := nextval('skor.oversized_payload_id_seq');
-        INSERT INTO skor.oversized_payload (id, payload) VALUES (ref, payload);
-        PERFORM pg_notify(TG_ARGV[0], json_build_object('skor_ref', ref)::text);
+        new_row := pg_catalog.row_to_json(NEW);
+        IF pg_catalog.strpos(TG_ARGV[1], 'k') OPERATOR(pg_catalog.>) 0 THEN
+            old_row := pg_catalog.row_to_json(OLD);
+        END IF;
+    END IF;
+    payload := skor.payload(TG_OP,
+                            coalesce(NULLIF(TG_ARGV[2], ''), TG_TABLE_SCHEMA),
+                            coalesce(NULLIF(TG_ARGV[3], ''), TG_TABLE_NAME),
+                            TG_ARGV, new_row, old_row);
+    IF pg_catalog.octet_length(payload) OPERATOR(pg_catalog.<) 8000 THEN
+        PERFORM pg_catalog.pg_notify(TG_ARGV[0], payload);
+    ELSE
+        token := pg_catalog.gen_random_uuid()::pg_catalog.text;
+        INSERT INTO skor.oversized_payload (channel, token, payload)
+        VALUES (TG_ARGV[0], token, payload)
+        RETURNING id INTO ref;
+        PERFORM pg_catalog.pg_notify(TG_ARGV[0], pg_catalog.json_build_object(
+            'skor_ref', ref, 'channel', TG_ARGV[0], 'token', token)::pg_catalog.text);
     END IF;
     RETURN NULL;
 END
@@ -100,67 +202,147 @@ CREATE INDEX IF NOT EXISTS event_log_dead ON skor.event_log (id) WHERE state = '
 CREATE INDEX IF NOT EXISTS event_log_delivered
     ON skor.event_log (delivered_at) WHERE state = 'delivered';
 
--- Writers of durable tables add events; only the owner reads them.
-GRANT INSERT ON skor.event_log TO PUBLIC;
-GRANT USAGE ON SEQUENCE skor.event_log_id_seq TO PUBLIC;
-
--- Durable mode's trigger function. Arguments: the table's channel, the
--- number k of key columns, the k key columns, then the columns to publish
--- (none means every column). The payload is the one notify mode sends; the
--- NOTIFY that follows carries nothing and only wakes the daemon up.
-CREATE OR REPLACE FUNCTION skor.capture() RETURNS trigger
-LANGUAGE plpgsql AS $skor$
+-- What the daemon relies on when it reads a row, checked when it is
+-- written. Added by name so that installs made before them gain them too.
+DO $skor$
 DECLARE
-    row_json json;
-    data json;
-    key_count integer := TG_ARGV[1]::integer;
-    row_key text;
+    wanted record;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        row_json := row_to_json(OLD);
+    FOR wanted IN
+        SELECT * FROM (VALUES
+            ('event_log_op', 'CHECK (op IN (''INSERT'', ''UPDATE'', ''DELETE''))'),
+            ('event_log_part', 'CHECK (part BETWEEN 0 AND 63)'),
+            ('event_log_names', 'CHECK (channel <> '''' AND schema_name <> '''' AND table_name <> '''')'),
+            ('event_log_attempts', 'CHECK (attempts >= 0)'),
+            ('event_log_delivered_at', 'CHECK ((state = ''delivered'') = (delivered_at IS NOT NULL))')
+        ) AS w(name, definition)
+    LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_constraint
+                        WHERE conrelid OPERATOR(pg_catalog.=) 'skor.event_log'::pg_catalog.regclass
+                          AND conname OPERATOR(pg_catalog.=) wanted.name) THEN
+            EXECUTE pg_catalog.format('ALTER TABLE skor.event_log ADD CONSTRAINT %I %s',
+                                      wanted.name, wanted.definition);
+        END IF;
+    END LOOP;
+END
+$skor$;
+
+-- Durable mode's trigger function; arguments as skor.notify()'s. The
+-- payload is the one notify mode sends; the NOTIFY that follows carries
+-- nothing and only wakes the daemon up.
+CREATE OR REPLACE FUNCTION skor.capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $skor$
+DECLARE
+    new_row pg_catalog.json;
+    old_row pg_catalog.json;
+    key_count pg_catalog.int4 := TG_ARGV[4]::pg_catalog.int4;
+    table_schema pg_catalog.text := coalesce(NULLIF(TG_ARGV[2], ''), TG_TABLE_SCHEMA);
+    table_name pg_catalog.text := coalesce(NULLIF(TG_ARGV[3], ''), TG_TABLE_NAME);
+    row_key pg_catalog.text;
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        new_row := pg_catalog.row_to_json(OLD);
     ELSE
-        row_json := row_to_json(NEW);
+        new_row := pg_catalog.row_to_json(NEW);
+        IF pg_catalog.strpos(TG_ARGV[1], 'k') OPERATOR(pg_catalog.>) 0 THEN
+            old_row := pg_catalog.row_to_json(OLD);
+        END IF;
     END IF;
-    IF key_count > 0 THEN
-        row_key := skor.pick(row_json, TG_ARGV[2:1 + key_count])::text;
-    END IF;
-    IF TG_NARGS <= 2 + key_count THEN
-        data := row_json;
-    ELSE
-        data := skor.pick(row_json, TG_ARGV[2 + key_count:TG_NARGS - 1]);
+    IF key_count OPERATOR(pg_catalog.>) 0 THEN
+        row_key := skor.pick(new_row, TG_ARGV[5:4 OPERATOR(pg_catalog.+) key_count])::pg_catalog.text;
     END IF;
     INSERT INTO skor.event_log (channel, schema_name, table_name, op, row_key, part, payload)
-    VALUES (TG_ARGV[0], TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, row_key,
-            hashtext(coalesce(row_key, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME)) & 63,
-            json_build_object('table', TG_TABLE_NAME, 'schema', TG_TABLE_SCHEMA, 'op', TG_OP,
-                              'data', data)::text);
-    PERFORM pg_notify('skor_event_log', '');
+    VALUES (TG_ARGV[0], table_schema, table_name, TG_OP, row_key,
+            pg_catalog.hashtext(coalesce(row_key, table_schema OPERATOR(pg_catalog.||) '.'
+                                                  OPERATOR(pg_catalog.||) table_name))
+                OPERATOR(pg_catalog.&) 63,
+            skor.payload(TG_OP, table_schema, table_name, TG_ARGV, new_row, old_row));
+    PERFORM pg_catalog.pg_notify('skor_event_log', '');
     RETURN NULL;
 END
 $skor$;
 
--- Creates the durable trigger `name` for `op` on `tbl`. `key_columns` NULL
--- means the table's primary key, looked up now; a table without one is
--- ordered as a whole.
-CREATE OR REPLACE FUNCTION skor.create_capture_trigger(
-    tbl regclass, name text, op text, channel text, key_columns text[], columns text[]
+-- Creates the trigger `name` calling `func` (skor.notify or skor.capture)
+-- for `op` on `tbl`. `key_columns` NULL means the table's primary key,
+-- looked up now; a table without one is ordered as a whole. An UPDATE
+-- trigger of a keyed table comes in two: one for updates that keep the
+-- key, one (`<name>_key`, whose payload names the old key) for updates
+-- that change it; their WHEN clauses cost one comparison per row.
+CREATE OR REPLACE FUNCTION skor.create_trigger(
+    tbl pg_catalog.regclass, name pg_catalog.text, op pg_catalog.text, func pg_catalog.text,
+    channel pg_catalog.text, key_columns pg_catalog.text[], columns pg_catalog.text[],
+    unique_payloads pg_catalog.bool
 ) RETURNS void
-LANGUAGE plpgsql AS $skor$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $skor$
 DECLARE
-    args text[];
+    flags pg_catalog.text := CASE WHEN unique_payloads THEN 'u' ELSE '' END;
+    root_schema pg_catalog.text := '';
+    root_name pg_catalog.text := '';
+    old_key pg_catalog.text;
+    new_key pg_catalog.text;
 BEGIN
     IF key_columns IS NULL THEN
-        SELECT coalesce(array_agg(a.attname::text ORDER BY k.ord), '{}')
+        SELECT coalesce(pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY k.ord), '{}')
           INTO key_columns
-          FROM pg_index i
-         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-         WHERE i.indrelid = tbl AND i.indisprimary;
+          FROM pg_catalog.pg_index i
+         CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+          JOIN pg_catalog.pg_attribute a
+            ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) k.attnum
+         WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisprimary;
     END IF;
-    args := ARRAY[channel, cardinality(key_columns)::text] || key_columns || columns;
-    EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION skor.capture(%s)',
-                   name, op, tbl,
-                   (SELECT string_agg(quote_literal(a), ', ' ORDER BY o)
-                      FROM unnest(args) WITH ORDINALITY AS x(a, o)));
+    -- A partitioned table's trigger is cloned onto its partitions; their
+    -- events carry the partitioned table's name, as logical replication's
+    -- publish_via_partition_root does.
+    SELECT n.nspname, c.relname INTO root_schema, root_name
+      FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE c.oid OPERATOR(pg_catalog.=) tbl AND c.relkind OPERATOR(pg_catalog.=) 'p';
+    root_schema := coalesce(root_schema, '');
+    root_name := coalesce(root_name, '');
+    IF op OPERATOR(pg_catalog.=) 'UPDATE'
+       AND pg_catalog.cardinality(key_columns) OPERATOR(pg_catalog.>) 0 THEN
+        SELECT pg_catalog.string_agg('OLD.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c), ', '),
+               pg_catalog.string_agg('NEW.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c), ', ')
+          INTO old_key, new_key
+          FROM pg_catalog.unnest(key_columns) AS c;
+        PERFORM skor.execute_create_trigger(tbl, name, op, func,
+            pg_catalog.format('ROW(%s) IS NOT DISTINCT FROM ROW(%s)', old_key, new_key),
+            ARRAY[channel, flags, root_schema, root_name,
+                  pg_catalog.cardinality(key_columns)::pg_catalog.text]
+                OPERATOR(pg_catalog.||) key_columns OPERATOR(pg_catalog.||) columns);
+        PERFORM skor.execute_create_trigger(tbl, name OPERATOR(pg_catalog.||) '_key', op, func,
+            pg_catalog.format('ROW(%s) IS DISTINCT FROM ROW(%s)', old_key, new_key),
+            ARRAY[channel, flags OPERATOR(pg_catalog.||) 'k', root_schema, root_name,
+                  pg_catalog.cardinality(key_columns)::pg_catalog.text]
+                OPERATOR(pg_catalog.||) key_columns OPERATOR(pg_catalog.||) columns);
+    ELSE
+        PERFORM skor.execute_create_trigger(tbl, name, op, func, NULL,
+            ARRAY[channel, flags, root_schema, root_name,
+                  pg_catalog.cardinality(key_columns)::pg_catalog.text]
+                OPERATOR(pg_catalog.||) key_columns OPERATOR(pg_catalog.||) columns);
+    END IF;
 END
 $skor$;
+
+-- One CREATE TRIGGER, every identifier and argument quoted.
+CREATE OR REPLACE FUNCTION skor.execute_create_trigger(
+    tbl pg_catalog.regclass, name pg_catalog.text, op pg_catalog.text, func pg_catalog.text,
+    condition pg_catalog.text, args pg_catalog.text[]
+) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $skor$
+BEGIN
+    IF func OPERATOR(pg_catalog.<>) ALL (ARRAY['notify', 'capture'])
+       OR op OPERATOR(pg_catalog.<>) ALL (ARRAY['INSERT', 'UPDATE', 'DELETE']) THEN
+        RAISE EXCEPTION 'skor: cannot create a trigger calling % for %', func, op;
+    END IF;
+    EXECUTE pg_catalog.format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW %s EXECUTE FUNCTION skor.%I(%s)',
+        name, op, tbl,
+        CASE WHEN condition IS NULL THEN '' ELSE 'WHEN (' OPERATOR(pg_catalog.||) condition OPERATOR(pg_catalog.||) ')' END,
+        func,
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_literal(a), ', ' ORDER BY o)
+           FROM pg_catalog.unnest(args) WITH ORDINALITY AS x(a, o)));
+END
+$skor$;
+
+-- Objects of earlier versions.
+DROP FUNCTION IF EXISTS skor.create_capture_trigger(regclass, text, text, text, text[], text[]);

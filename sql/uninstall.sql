@@ -6,9 +6,13 @@
 DROP FUNCTION IF EXISTS skor.notify();
 DROP FUNCTION IF EXISTS skor.capture();
 DROP FUNCTION IF EXISTS skor.create_capture_trigger(regclass, text, text, text, text[], text[]);
+DROP FUNCTION IF EXISTS skor.create_trigger(regclass, text, text, text, text, text[], text[], bool);
+DROP FUNCTION IF EXISTS skor.execute_create_trigger(regclass, text, text, text, text, text[]);
+DROP FUNCTION IF EXISTS skor.payload(text, text, text, text[], json, json);
 DROP FUNCTION IF EXISTS skor.pick(json, text[]);
 DROP TABLE IF EXISTS skor.oversized_payload;
 DROP TABLE IF EXISTS skor.event_log;
+DROP SEQUENCE IF EXISTS skor.payload_seq;
 
 -- The schema goes too, unless somebody put objects of their own in it.
 DO $skor$

@@ -12,7 +12,7 @@ use tracing::{error, info};
 use crate::config::Config;
 use crate::daemon::{pg_config, target, Daemon};
 use crate::logging::{self, LogFormat};
-use crate::{dead_letters, sql};
+use crate::{dead_letters, oversized, sql};
 
 /// skor: sends PostgreSQL row changes to webhooks and message brokers.
 #[derive(Debug, Parser)]
@@ -61,6 +61,35 @@ pub enum Command {
     /// Durable events that could not be delivered: list or replay them.
     #[command(subcommand)]
     DeadLetters(DeadLetters),
+    /// Notify-mode payloads too large for NOTIFY whose notification nobody
+    /// heard: list, deliver or drop them.
+    #[command(subcommand)]
+    Oversized(Oversized),
+}
+
+/// `skor oversized` actions.
+#[derive(Debug, Subcommand)]
+pub enum Oversized {
+    /// Print the waiting payloads, oldest first.
+    List,
+    /// Notify them again, so the running daemon fetches and delivers them.
+    Deliver {
+        /// The id of a payload; repeat for several.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        id: Vec<i64>,
+        /// Every waiting payload.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete them: their events are given up.
+    Drop {
+        /// The id of a payload; repeat for several.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        id: Vec<i64>,
+        /// Every waiting payload.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// `skor dead-letters` actions.
@@ -83,13 +112,14 @@ pub enum DeadLetters {
     },
 }
 
-const COMMANDS: [&str; 7] = [
+const COMMANDS: [&str; 8] = [
     "run",
     "install",
     "uninstall",
     "sql",
     "check",
     "dead-letters",
+    "oversized",
     "help",
 ];
 
@@ -224,6 +254,39 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow!("cannot replay dead letters: {e}"))?;
             println!("queued {count} dead letters again");
+            Ok(())
+        }
+        Command::Oversized(action) => {
+            let mut client = connect(&config).await?;
+            let which = |id: Vec<i64>, all: bool| {
+                if all {
+                    oversized::Which::All
+                } else {
+                    oversized::Which::Ids(id)
+                }
+            };
+            match action {
+                Oversized::List => {
+                    let waiting = oversized::list(&client)
+                        .await
+                        .map_err(|e| anyhow!("cannot list oversized payloads: {e}"))?;
+                    print!("{}", oversized::render(&waiting));
+                }
+                Oversized::Deliver { id, all } => {
+                    let count = oversized::deliver(&mut client, &which(id, all))
+                        .await
+                        .map_err(|e| anyhow!("cannot deliver oversized payloads: {e}"))?;
+                    println!(
+                        "notified {count} oversized payloads again; a running skor delivers them"
+                    );
+                }
+                Oversized::Drop { id, all } => {
+                    let count = oversized::drop(&mut client, &which(id, all))
+                        .await
+                        .map_err(|e| anyhow!("cannot drop oversized payloads: {e}"))?;
+                    println!("dropped {count} oversized payloads");
+                }
+            }
             Ok(())
         }
         Command::Sql => {

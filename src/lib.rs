@@ -12,6 +12,7 @@ pub mod dead_letters;
 pub mod durable;
 pub mod logging;
 pub mod metrics;
+pub mod oversized;
 pub mod payload;
 pub mod postgres;
 pub mod retry;

@@ -21,7 +21,20 @@ pub enum Notification<'a> {
         data: Option<&'a RawValue>,
     },
     /// A payload too large for NOTIFY, waiting in `skor.oversized_payload`.
-    Reference(i64),
+    Reference(Reference<'a>),
+}
+
+/// Where an oversized payload waits: its row, and the channel and random
+/// token the trigger stored with it, which a fetch must match, so a forged
+/// reference can neither take another channel's payload nor guess one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reference<'a> {
+    /// The row's id in `skor.oversized_payload`.
+    pub id: i64,
+    /// The channel the trigger notified.
+    pub channel: Cow<'a, str>,
+    /// The token stored with the row.
+    pub token: Cow<'a, str>,
 }
 
 #[derive(serde::Deserialize)]
@@ -34,13 +47,22 @@ struct Fields<'a> {
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     skor_ref: Option<i64>,
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// Parses a payload; `data` and any other field are skipped, not built.
 pub fn parse(payload: &str) -> Result<Notification<'_>, String> {
     let fields: Fields = serde_json::from_str(payload).map_err(|e| e.to_string())?;
     if let Some(id) = fields.skor_ref {
-        return Ok(Notification::Reference(id));
+        return match (fields.channel, fields.token) {
+            (Some(channel), Some(token)) => {
+                Ok(Notification::Reference(Reference { id, channel, token }))
+            }
+            _ => Err("a reference without its channel and token".to_string()),
+        };
     }
     match (fields.schema, fields.table, fields.op) {
         (Some(schema), Some(table), Some(op)) => Ok(Notification::Event {
@@ -130,10 +152,18 @@ mod tests {
         };
         assert_eq!((&*schema, &*table, op), ("public", "t", Op::Delete));
         assert_eq!(data.unwrap().get(), r#"{"id":1,"x":{"op":"no"}}"#);
-        assert!(matches!(
-            parse(r#"{"skor_ref":42}"#),
-            Ok(Notification::Reference(42))
-        ));
+        let Ok(Notification::Reference(reference)) =
+            parse(r#"{"skor_ref" : 42, "channel" : "skor", "token" : "t0k"}"#)
+        else {
+            panic!("not a reference");
+        };
+        assert_eq!(
+            (reference.id, &*reference.channel, &*reference.token),
+            (42, "skor", "t0k")
+        );
+        // The original reference, without channel and token, is refused:
+        // anyone could forge one.
+        assert!(parse(r#"{"skor_ref":42}"#).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, TableName};
 use crate::metrics::ReceivedCounter;
-use crate::payload::{self, Notification};
+use crate::payload::{self, Notification, Reference};
 use crate::postgres::{PgConnection, Postgres};
 use crate::router::Router;
 use crate::shed::{self, Shedding};
@@ -40,6 +40,16 @@ const KEEPALIVES_RETRIES: u32 = 3;
 
 /// The heartbeat's `SELECT 1`, in flight on the listening connection.
 type Heartbeat<'a> = BoxFuture<'a, Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>>;
+
+/// What fetching an oversized payload found.
+enum Fetched {
+    /// The payload, now taken out of the table.
+    Payload(String),
+    /// No row with that id, channel and token.
+    Missing,
+    /// A row larger than `max_payload_bytes`, left in the table.
+    TooLarge(u64),
+}
 
 /// Why the listener could not connect or LISTEN.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +163,8 @@ pub struct Listener {
     shed_threshold: f64,
     /// Shared with the sink queues, which drop instead of waiting while on.
     shedding: Arc<Shedding>,
+    /// Largest oversized payload fetched.
+    max_payload_bytes: u64,
 }
 
 impl Listener {
@@ -204,6 +216,7 @@ impl Listener {
             query_timeout: Duration::from_millis(config.source.query_timeout_ms),
             shed_threshold: config.source.shed_notify_queue_usage,
             shedding,
+            max_payload_bytes: config.source.max_payload_bytes,
         }
     }
 
@@ -433,7 +446,9 @@ impl Listener {
                 self.dispatch(channel, schema, table, op, payload, key)
                     .await;
             }
-            Ok(Notification::Reference(id)) => self.handle_oversized(channel, id).await,
+            Ok(Notification::Reference(reference)) => {
+                self.handle_oversized(channel, reference).await
+            }
             Err(error) => self.skip(channel, text, &error),
         }
     }
@@ -444,21 +459,40 @@ impl Listener {
               "skipping a notification that is not a skor event");
     }
 
-    async fn handle_oversized(&mut self, channel: &str, id: i64) {
-        let text = match self.fetch_oversized(id).await {
-            Ok(Some(text)) => text,
-            Ok(None) => {
+    async fn handle_oversized(&mut self, channel: &str, reference: Reference<'_>) {
+        let id = reference.id;
+        if reference.channel != channel {
+            // The trigger names the channel it notified: this reference was
+            // forged to move another channel's payload to this one.
+            self.skip(
+                channel,
+                &format!("{{\"skor_ref\":{id},\"channel\":{:?}}}", reference.channel),
+                "a reference to another channel's payload",
+            );
+            return;
+        }
+        let text = match self.fetch_oversized(&reference).await {
+            Ok(Fetched::Payload(text)) => text,
+            Ok(Fetched::Missing) => {
                 self.skip(
                     channel,
                     &format!("{{\"skor_ref\":{id}}}"),
-                    "no such oversized payload",
+                    "no such oversized payload with this channel and token: delivered already, or forged",
                 );
+                return;
+            }
+            Ok(Fetched::TooLarge(bytes)) => {
+                self.stats.lost.incr();
+                error!(channel, id, bytes, max_payload_bytes = self.max_payload_bytes,
+                       "oversized payload larger than source.max_payload_bytes: not delivered, it stays in \
+                        skor.oversized_payload; raise the limit and run `skor oversized deliver`");
                 return;
             }
             Err(error) => {
                 self.stats.lost.incr();
                 error!(channel, id, %error,
-                       "cannot fetch an oversized payload: event not delivered, it stays in skor.oversized_payload");
+                       "cannot fetch an oversized payload: not delivered, it stays in skor.oversized_payload; \
+                        `skor oversized deliver` sends it again");
                 return;
             }
         };
@@ -480,10 +514,20 @@ impl Listener {
         }
     }
 
-    /// Takes an oversized payload out of its table, reconnecting once if the
-    /// fetching connection has gone.
-    async fn fetch_oversized(&mut self, id: i64) -> Result<Option<String>, String> {
-        const SQL: &str = "DELETE FROM skor.oversized_payload WHERE id = $1 RETURNING payload";
+    /// Takes an oversized payload out of its table if its channel and
+    /// token match and it is within the size limit, reconnecting once if
+    /// the fetching connection has gone.
+    async fn fetch_oversized(&mut self, reference: &Reference<'_>) -> Result<Fetched, String> {
+        // The second subquery sees the table as it was before the DELETE,
+        // so it tells a payload over the limit from one that is not there.
+        const SQL: &str = "\
+            WITH taken AS (DELETE FROM skor.oversized_payload \
+                            WHERE id = $1 AND channel = $2 AND token = $3 AND octet_length(payload) <= $4 \
+                        RETURNING payload) \
+            SELECT (SELECT payload FROM taken), \
+                   (SELECT octet_length(payload) FROM skor.oversized_payload \
+                     WHERE id = $1 AND channel = $2 AND token = $3)";
+        let limit = i32::try_from(self.max_payload_bytes).unwrap_or(i32::MAX);
         let mut last_error = String::new();
         let timeout = self.query_timeout;
         for _ in 0..2 {
@@ -494,15 +538,27 @@ impl Listener {
                     continue;
                 }
             };
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+                &reference.id,
+                &&*reference.channel,
+                &&*reference.token,
+                &limit,
+            ];
             // A server that does not answer must not stop the listener.
-            let Ok(fetched) = tokio::time::timeout(timeout, client.query_opt(SQL, &[&id])).await
+            let Ok(fetched) = tokio::time::timeout(timeout, client.query_one(SQL, &params)).await
             else {
                 self.fetcher = None;
                 last_error = format!("PostgreSQL did not answer in {} ms", timeout.as_millis());
                 break;
             };
             match fetched {
-                Ok(row) => return Ok(row.map(|r| r.get(0))),
+                Ok(row) => {
+                    return Ok(match (row.get(0), row.get::<_, Option<i32>>(1)) {
+                        (Some(text), _) => Fetched::Payload(text),
+                        (None, Some(bytes)) => Fetched::TooLarge(bytes as u64),
+                        (None, None) => Fetched::Missing,
+                    })
+                }
                 Err(e) => {
                     last_error = describe(&e);
                     if client.is_closed() {
@@ -536,20 +592,22 @@ impl Listener {
 
     /// Warns about oversized payloads whose notification nobody received.
     async fn report_leftovers(&mut self) {
-        const SQL: &str = "SELECT count(*) FROM skor.oversized_payload \
-                           WHERE created_at < now() - interval '1 minute'";
+        const SQL: &str = "SELECT count(*), coalesce(sum(octet_length(payload)), 0)::int8 \
+                             FROM skor.oversized_payload WHERE created_at < now() - interval '1 minute'";
         let Ok(client) = self.fetcher().await else {
             return;
         };
         // The table exists only once `skor install` ran; without it there is
         // nothing to report.
         if let Ok(row) = client.query_one(SQL, &[]).await {
-            let count: i64 = row.get(0);
+            let (count, bytes): (i64, i64) = (row.get(0), row.get(1));
             if count > 0 {
                 warn!(
                     count,
-                    "oversized payloads of events committed while skor was not listening \
-                              remain in skor.oversized_payload; notify mode does not deliver them"
+                    bytes,
+                    "oversized payloads of events committed while skor was not listening wait in \
+                     skor.oversized_payload: `skor oversized list` shows them, `skor oversized deliver` \
+                     sends them to this daemon, `skor oversized drop` deletes them"
                 );
             }
         }

@@ -14,6 +14,7 @@ const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtext('skor install'));\
 const INSTALL_SQL: &str = include_str!("../sql/install.sql");
 const DROP_TRIGGERS_SQL: &str = include_str!("../sql/drop_triggers.sql");
 const UNINSTALL_SQL: &str = include_str!("../sql/uninstall.sql");
+const PRIVILEGES_SQL: &str = include_str!("../sql/privileges.sql");
 
 /// `ident` quoted as a PostgreSQL identifier.
 pub fn quote_ident(ident: &str) -> String {
@@ -59,50 +60,41 @@ impl From<tokio_postgres::Error> for InstallError {
 /// The whole install script for `config`, as `skor sql` prints it.
 pub fn install_sql(config: &Config) -> String {
     let mut sql = [LOCK_SQL, INSTALL_SQL, "\n", DROP_TRIGGERS_SQL].concat();
-    sql.push_str("\n-- One trigger per captured table and operation.\n");
+    sql.push_str(
+        "\n-- One trigger per captured table and operation (two for UPDATE of a keyed table).\n",
+    );
     for table in &config.tables {
         let name = TableName::parse(&table.name).expect("validated");
         let qualified = format!("{}.{}", quote_ident(&name.schema), quote_ident(&name.name));
-        let channel = config.table_channel(table);
+        let function = match config.table_mode(table) {
+            Mode::Notify => "notify",
+            Mode::Durable => "capture",
+        };
+        let key = table
+            .key
+            .as_deref()
+            .map_or_else(|| "NULL".to_string(), text_array);
         for &op in &table.ops {
             let columns = table.columns.for_op(op).unwrap_or_default();
-            let trigger = trigger_name(op);
-            match config.table_mode(table) {
-                Mode::Notify => {
-                    let mut args = quote_literal(channel);
-                    for column in columns {
-                        args.push_str(", ");
-                        args.push_str(&quote_literal(column));
-                    }
-                    let _ = writeln!(
-                        sql,
-                        "CREATE TRIGGER {trigger} AFTER {op} ON {qualified} \
-                         FOR EACH ROW EXECUTE FUNCTION skor.notify({args});",
-                        trigger = quote_ident(&trigger),
-                    );
-                }
-                Mode::Durable => {
-                    let key = table
-                        .key
-                        .as_deref()
-                        .map_or_else(|| "NULL".to_string(), text_array);
-                    let _ = writeln!(
-                        sql,
-                        "SELECT skor.create_capture_trigger({table}, {trigger}, '{op}', {channel}, {key}, {columns});",
-                        table = quote_literal(&qualified),
-                        trigger = quote_literal(&trigger),
-                        channel = quote_literal(channel),
-                        columns = text_array(columns),
-                    );
-                }
-            }
+            let _ = writeln!(
+                sql,
+                "SELECT skor.create_trigger({table}, {trigger}, '{op}', '{function}', {channel}, {key}, {columns}, {unique});",
+                table = quote_literal(&qualified),
+                trigger = quote_literal(&trigger_name(op)),
+                channel = quote_literal(config.table_channel(table)),
+                columns = text_array(columns),
+                unique = table.unique_payloads,
+            );
         }
     }
+    sql.push('\n');
+    sql.push_str(PRIVILEGES_SQL);
     sql
 }
 
 /// Checks that every configured table exists and has its columns, so the
-/// triggers never fail a user's statement.
+/// triggers never fail a user's statement, and that every published column
+/// list holds the row key, so a row's key is the same whatever happens to it.
 pub async fn check_tables(
     client: &impl GenericClient,
     config: &Config,
@@ -110,7 +102,11 @@ pub async fn check_tables(
     const SQL: &str = "SELECT c.relkind::text, \
                               array(SELECT a.attname::text FROM pg_attribute a \
                                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                                     ORDER BY a.attnum) \
+                                     ORDER BY a.attnum), \
+                              array(SELECT a.attname::text FROM pg_index i \
+                                     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                                     WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord) \
                          FROM pg_class c WHERE c.oid = to_regclass($1)";
     for table in &config.tables {
         let name = TableName::parse(&table.name).expect("validated");
@@ -140,6 +136,23 @@ pub async fn check_tables(
                         "table {name} has no column \"{column}\" (configured for {op}); its columns are {existing:?}"
                     )));
                 }
+            }
+        }
+        let primary_key: Vec<String> = row.get(2);
+        let (key, what) = match &table.key {
+            Some(key) => (key.as_slice(), "`key`"),
+            None => (primary_key.as_slice(), "primary key"),
+        };
+        for &op in &table.ops {
+            let Some(published) = table.columns.for_op(op) else {
+                continue;
+            };
+            let missing: Vec<&String> = key.iter().filter(|k| !published.contains(k)).collect();
+            if !missing.is_empty() {
+                return Err(InstallError::Schema(format!(
+                    "table {name}: the columns published on {op} lack its {what} column(s) {missing:?}; \
+                     add them to `columns`, so every event of a row carries its key"
+                )));
             }
         }
     }
@@ -203,30 +216,35 @@ mod tests {
         .unwrap();
         let sql = install_sql(&config);
         assert!(sql.contains(
-            "CREATE TRIGGER \"skor_insert\" AFTER INSERT ON \"public\".\"orders\" FOR EACH ROW EXECUTE FUNCTION skor.notify('skor');"
+            "SELECT skor.create_trigger('\"public\".\"orders\"', 'skor_insert', 'INSERT', 'notify', 'skor', NULL, ARRAY[]::text[], false);"
         ), "{sql}");
         assert!(sql.contains(
-            "CREATE TRIGGER \"skor_delete\" AFTER DELETE ON \"public\".\"orders\" FOR EACH ROW EXECUTE FUNCTION skor.notify('skor', 'id');"
+            "SELECT skor.create_trigger('\"public\".\"orders\"', 'skor_delete', 'DELETE', 'notify', 'skor', NULL, ARRAY['id']::text[], false);"
         ), "{sql}");
-        assert!(!sql.contains("AFTER UPDATE"));
+        assert!(!sql.contains("'skor_update'"));
+        assert!(
+            sql.trim_end()
+                .ends_with("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA skor FROM PUBLIC;"),
+            "privileges are taken back last: {sql}"
+        );
     }
 
     #[test]
     fn durable_tables_get_capture_triggers_with_their_key() {
         let config = Config::from_toml(
             "[source]\ndsn = \"host=localhost\"\nmode = \"durable\"\n\
-             [[table]]\nname = \"shop.orders\"\nops = [\"INSERT\"]\n\
-             [[table]]\nname = \"notes\"\nops = [\"DELETE\"]\nkey = [\"author\", \"at\"]\ncolumns = [\"body\"]\n",
+             [[table]]\nname = \"shop.orders\"\nops = [\"INSERT\"]\nunique_payloads = true\n\
+             [[table]]\nname = \"notes\"\nops = [\"DELETE\"]\nkey = [\"author\", \"at\"]\ncolumns = [\"author\", \"at\", \"body\"]\n",
             "t.toml",
         )
         .unwrap();
         let sql = install_sql(&config);
         assert!(sql.contains(
-            "SELECT skor.create_capture_trigger('\"shop\".\"orders\"', 'skor_insert', 'INSERT', 'skor', NULL, ARRAY[]::text[]);"
+            "SELECT skor.create_trigger('\"shop\".\"orders\"', 'skor_insert', 'INSERT', 'capture', 'skor', NULL, ARRAY[]::text[], true);"
         ), "{sql}");
         assert!(sql.contains(
-            "SELECT skor.create_capture_trigger('\"public\".\"notes\"', 'skor_delete', 'DELETE', 'skor', ARRAY['author', 'at']::text[], ARRAY['body']::text[]);"
+            "SELECT skor.create_trigger('\"public\".\"notes\"', 'skor_delete', 'DELETE', 'capture', 'skor', ARRAY['author', 'at']::text[], ARRAY['author', 'at', 'body']::text[], false);"
         ), "{sql}");
-        assert!(!sql.contains("EXECUTE FUNCTION skor.notify('skor')"));
+        assert!(!sql.contains("'notify', 'skor'"));
     }
 }

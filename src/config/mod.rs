@@ -101,6 +101,14 @@ pub struct SourceConfig {
     /// keep succeeding.
     #[serde(default = "default_shed_notify_queue_usage")]
     pub shed_notify_queue_usage: f64,
+    /// Largest oversized notify-mode payload fetched from the database;
+    /// larger ones stay in `skor.oversized_payload` and are reported.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: u64,
+}
+
+const fn default_max_payload_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// How a table's changes reach skor.
@@ -139,6 +147,10 @@ pub struct TableConfig {
     pub key: Option<Vec<String>>,
     /// Notify or durable; `source.mode` if unset.
     pub mode: Option<Mode>,
+    /// Adds `"skor_seq" : N` to every payload, so PostgreSQL never merges
+    /// two identical notifications of one transaction.
+    #[serde(default)]
+    pub unique_payloads: bool,
 }
 
 /// One named destination: its type and options, and how the worker drives it.
@@ -370,6 +382,7 @@ impl Config {
                 heartbeat_interval_ms: default_heartbeat_interval_ms(),
                 query_timeout_ms: default_query_timeout_ms(),
                 shed_notify_queue_usage: default_shed_notify_queue_usage(),
+                max_payload_bytes: default_max_payload_bytes(),
             },
             tables: Vec::new(),
             sinks: BTreeMap::from([("webhook".to_string(), sink)]),

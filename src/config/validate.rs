@@ -7,7 +7,7 @@ use std::fmt;
 use skor_sink_api::Op;
 use skor_sink_webhook::{WebhookError, WebhookSink};
 
-use super::{Config, Mode, SinkKind, TableConfig};
+use super::{Config, SinkKind, TableConfig};
 
 /// A validation failure: the key path it is about, and what is wrong.
 #[derive(Debug)]
@@ -125,6 +125,14 @@ impl Config {
                 "expected at least one channel",
             ));
         }
+        // PostgreSQL's text values end at 1 GB; below 8000 bytes nothing is
+        // oversized.
+        if !(8_000..=1 << 30).contains(&source.max_payload_bytes) {
+            return Err(invalid(
+                &["source", "max_payload_bytes"],
+                "expected 8000 to 1073741824 bytes",
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, channel) in source.channels.iter().enumerate() {
             let index = format!("[{i}]");
@@ -179,7 +187,7 @@ impl Config {
             }
             check_ops(&table.ops).map_err(|m| at("ops", m))?;
             if let Some(key) = &table.key {
-                check_key(key, table, self.table_mode(table)).map_err(|m| at("key", m))?;
+                check_key(key, table).map_err(|m| at("key", m))?;
             }
             let channel = self.table_channel(table);
             if !self.source.channels.iter().any(|c| c == channel) {
@@ -303,15 +311,12 @@ impl Config {
     }
 }
 
-/// A key must name columns; in notify mode, columns that every captured
-/// operation publishes, since skor reads the key out of the payload.
-fn check_key(key: &[String], table: &TableConfig, mode: Mode) -> Result<(), String> {
+/// A key must name columns that every captured operation publishes: skor
+/// reads the key out of the payload in notify mode, and consumers need it
+/// in every event of a row in both modes.
+fn check_key(key: &[String], table: &TableConfig) -> Result<(), String> {
     if key.is_empty() {
         return Err("list at least one column, or remove `key` to use the primary key".into());
-    }
-    if mode == Mode::Durable {
-        // The trigger reads the key from the whole row.
-        return Ok(());
     }
     for op in &table.ops {
         let Some(published) = table.columns.for_op(*op) else {
