@@ -159,6 +159,7 @@ impl Daemon {
             }
             None => None,
         };
+        let known_tables = Arc::new(config.known_tables());
         let durable = match &stats.durable {
             Some(durable_stats) => {
                 let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
@@ -172,7 +173,7 @@ impl Daemon {
                     queues.clone(),
                     outcomes,
                     Arc::clone(durable_stats),
-                    metrics.received(),
+                    metrics.received(Arc::clone(&known_tables)),
                 );
                 let session = durable.open().await?;
                 Some((durable, session))
@@ -188,7 +189,7 @@ impl Daemon {
                 Router::new(config, &names),
                 queues,
                 Arc::clone(&stats.source),
-                metrics.received(),
+                metrics.received(Arc::clone(&known_tables)),
             );
             let session = listener.open().await?;
             Some((listener, session))

@@ -2,7 +2,7 @@
 //! listener, the sink workers and durable mode update as they go, and the
 //! gauges read from PostgreSQL when `/metrics` is scraped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -293,11 +293,15 @@ impl Metrics {
             .into()
     }
 
-    /// A counter of events received, per channel, table and operation.
-    pub fn received(self: &Arc<Self>) -> ReceivedCounter {
+    /// A counter of events received, per channel, table and operation;
+    /// tables other than `known` (table names by schema) share one `other`
+    /// label.
+    pub fn received(self: &Arc<Self>, known: Arc<KnownTables>) -> ReceivedCounter {
         ReceivedCounter {
             metrics: Arc::clone(self),
+            known,
             cache: HashMap::new(),
+            others: HashMap::new(),
         }
     }
 
@@ -313,11 +317,22 @@ impl Metrics {
 /// Counters of one schema's tables, by table, then op.
 type TableCounters = HashMap<String, [Option<Counter>; 3]>;
 
+/// Table names by schema.
+pub type KnownTables = HashMap<String, HashSet<String>>;
+
+/// The `table` label of events from tables no `[[table]]` names: a
+/// notification anyone can send must not grow the metrics without bound.
+pub const OTHER_TABLE: &str = "other";
+
 /// Counts received events by channel, then `schema.table`, then op, keeping
 /// the counters it found so the hot path neither allocates nor locks.
 pub struct ReceivedCounter {
     metrics: Arc<Metrics>,
+    /// The configured tables, which get labels of their own.
+    known: Arc<KnownTables>,
     cache: HashMap<Arc<str>, HashMap<String, TableCounters>>,
+    /// The `other` counters, by channel.
+    others: HashMap<Arc<str>, [Option<Counter>; 3]>,
 }
 
 impl ReceivedCounter {
@@ -331,6 +346,20 @@ impl ReceivedCounter {
             .and_then(|tables| tables.get_mut(table));
         if let Some(Some(counter)) = counters.map(|c| &c[slot]) {
             counter.inc();
+            return;
+        }
+        if !self.known.get(schema).is_some_and(|t| t.contains(table)) {
+            let others = self.others.entry(Arc::clone(channel)).or_default();
+            let metrics = &self.metrics;
+            others[slot]
+                .get_or_insert_with(|| {
+                    metrics.received.get_or_create_owned(&ReceivedLabels {
+                        channel: channel.to_string(),
+                        table: OTHER_TABLE.to_string(),
+                        op: op.as_str(),
+                    })
+                })
+                .inc();
             return;
         }
         let counter = self.metrics.received.get_or_create_owned(&ReceivedLabels {
@@ -356,11 +385,15 @@ mod tests {
     #[test]
     fn exports_counters_with_their_labels() {
         let metrics = Arc::new(Metrics::new(false));
-        let mut received = metrics.received();
+        let known = KnownTables::from([("public".into(), HashSet::from(["orders".into()]))]);
+        let mut received = metrics.received(Arc::new(known));
         let channel: Arc<str> = Arc::from("skor");
         received.count(&channel, "public", "orders", Op::Insert);
         received.count(&channel, "public", "orders", Op::Insert);
         received.count(&channel, "public", "orders", Op::Delete);
+        for forged in 0..100 {
+            received.count(&channel, "public", &format!("forged_{forged}"), Op::Insert);
+        }
         let sink = metrics.sink("hook", 100);
         sink.delivered.add(3);
         sink.latency.observe(0.003);
@@ -368,6 +401,7 @@ mod tests {
         for line in [
             r#"skor_events_received_total{channel="skor",table="public.orders",op="INSERT"} 2"#,
             r#"skor_events_received_total{channel="skor",table="public.orders",op="DELETE"} 1"#,
+            r#"skor_events_received_total{channel="skor",table="other",op="INSERT"} 100"#,
             r#"skor_sink_delivered_total{sink="hook"} 3"#,
             r#"skor_sink_queue_capacity{sink="hook"} 100"#,
             r#"skor_sink_blocked{sink="hook"} 0"#,
@@ -378,5 +412,6 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
         }
         assert!(!text.contains("skor_durable_"), "{text}");
+        assert!(!text.contains("forged"), "{text}");
     }
 }

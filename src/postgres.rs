@@ -665,6 +665,25 @@ fn strip_from_keywords(dsn: &str, tls: &mut TlsSettings) -> Result<String, DsnEr
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_bad_dsn_never_echoes_its_password() {
+        for dsn in [
+            "host=db password='sekret",
+            "host=db password=sekret port=nope",
+            "host=db password=sekret nonsense",
+            "host=db password=sekret sslmode=strict",
+            "host=db password=sekret sslrootcert=/nonexistent/ca.pem sslmode=verify-full",
+            "postgres://skor:sekret@db:nope/app",
+            "postgres://skor:sekret@db/app?sslmode=strict",
+            "postgres://skor:sekret@db/app?nonsense=1",
+        ] {
+            let Err(error) = Postgres::from_dsn(dsn) else {
+                panic!("{dsn} parsed");
+            };
+            assert!(!error.to_string().contains("sek"), "{dsn}: {error}");
+        }
+    }
+
     fn settings(dsn: &str) -> (String, TlsSettings) {
         let mut tls = TlsSettings::default();
         let rest = strip_tls_settings(dsn, &mut tls).unwrap();

@@ -126,7 +126,13 @@ fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
         } else if let Some(body) = after.strip_prefix("${") {
             let end = body
                 .find('}')
-                .ok_or_else(|| format!("`${{` without a closing `}}` in \"{input}\""))?;
+                // The value is not quoted: it may hold a secret.
+                .ok_or_else(|| {
+                    format!(
+                        "`${{` at byte {} of the value has no closing `}}`",
+                        input.len() - after.len()
+                    )
+                })?;
             let (name, default) = match body[..end].split_once(":-") {
                 Some((name, default)) => (name, Some(default)),
                 None => (&body[..end], None),
@@ -193,6 +199,18 @@ mod tests {
         assert_eq!(value["source"]["channels"][0].as_str(), Some("db"));
         assert_eq!(value["source"]["channels"][1].as_str(), Some("${HOST}"));
         assert_eq!(out.lines().count(), text.lines().count());
+    }
+
+    #[test]
+    fn an_unclosed_variable_is_reported_without_the_value() {
+        let text = "[source]\ndsn = \"host=db password=sekret${HOST\"\n";
+        let error = interpolate(text, "skor.toml", &lookup)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "skor.toml:2:7: key `source.dsn`: `${` at byte 23 of the value has no closing `}`"
+        );
     }
 
     #[test]

@@ -366,6 +366,17 @@ pub struct AdminConfig {
 }
 
 impl Config {
+    /// The configured tables' names, by schema.
+    pub fn known_tables(&self) -> crate::metrics::KnownTables {
+        let mut known = crate::metrics::KnownTables::new();
+        for table in &self.tables {
+            if let Ok(name) = TableName::parse(&table.name) {
+                known.entry(name.schema).or_default().insert(name.name);
+            }
+        }
+        known
+    }
+
     /// The config the original command line `skor DSN URL` stands for: LISTEN
     /// on `skor` and POST every payload to `url`.
     pub fn legacy(dsn: String, url: String) -> Self {
