@@ -139,6 +139,13 @@ impl AdminState {
         if self.listens && !self.stats.source.link.is_up() {
             problems.push("not listening: the connection to PostgreSQL is down".to_string());
         }
+        if self.listens && self.stats.source.shedding.get() == 1 {
+            problems.push(
+                "shedding load: PostgreSQL's notification queue is past \
+                 shed_notify_queue_usage, events that find a full sink queue are dropped"
+                    .to_string(),
+            );
+        }
         if let Some(durable) = &self.stats.durable {
             if !durable.link.is_up() {
                 problems.push("the connection to the event log is down".to_string());

@@ -17,6 +17,7 @@ pub mod payload;
 pub mod postgres;
 pub mod retry;
 pub mod router;
+pub mod shed;
 pub mod source;
 pub mod sql;
 pub mod stats;

@@ -72,6 +72,7 @@ pub struct SinkSeries {
     pub dropped: stats::Counter,
     pub depth: Gauge,
     pub disconnected: Gauge,
+    pub blocked: Gauge,
     pub latency: Histogram,
 }
 
@@ -104,6 +105,8 @@ pub struct Metrics {
     dropped: Family<SinkLabel, Counter>,
     depth: Family<SinkLabel, Gauge>,
     disconnected: Family<SinkLabel, Gauge>,
+    blocked: Family<SinkLabel, Gauge>,
+    pub(crate) shedding: Gauge,
     capacity: Family<SinkLabel, Gauge>,
     latency: Family<SinkLabel, Histogram, fn() -> Histogram>,
     reconnects: Family<ConnectionLabel, Counter>,
@@ -130,6 +133,8 @@ impl Metrics {
             dropped: Family::default(),
             depth: Family::default(),
             disconnected: Family::default(),
+            blocked: Family::default(),
+            shedding: Gauge::default(),
             capacity: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             reconnects: Family::default(),
@@ -184,8 +189,20 @@ impl Metrics {
         );
         r.register(
             "sink_dropped",
-            "Events not queued because the sink's queue was full (when_full = \"drop\")",
+            "Events not queued because the sink's queue was full: when_full = \"drop\", \
+             or shedding load (skor_listener_shedding)",
             metrics.dropped.clone(),
+        );
+        r.register(
+            "sink_blocked",
+            "1 while the listener waits for room in the sink's queue (when_full = \"block\")",
+            metrics.blocked.clone(),
+        );
+        r.register(
+            "listener_shedding",
+            "1 while PostgreSQL's notification queue is past shed_notify_queue_usage and \
+             events that find a full sink queue are dropped",
+            metrics.shedding.clone(),
         );
         r.register(
             "sink_queue_depth",
@@ -268,6 +285,7 @@ impl Metrics {
             dropped: self.dropped.get_or_create_owned(&label).into(),
             depth: self.depth.get_or_create_owned(&label),
             disconnected: self.disconnected.get_or_create_owned(&label),
+            blocked: self.blocked.get_or_create_owned(&label),
             latency: self.latency.get_or_create_owned(&label),
         }
     }
@@ -396,6 +414,8 @@ mod tests {
             r#"skor_sink_delivered_total{sink="hook"} 3"#,
             r#"skor_sink_queue_capacity{sink="hook"} 100"#,
             r#"skor_sink_disconnected{sink="hook"} 0"#,
+            r#"skor_sink_blocked{sink="hook"} 0"#,
+            "skor_listener_shedding 0",
             r#"skor_sink_delivery_seconds_bucket{sink="hook",le="0.004"} 1"#,
             r#"skor_sink_delivery_seconds_count{sink="hook"} 1"#,
         ] {

@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::poll_fn;
+use futures_util::future::{poll_fn, BoxFuture};
+use futures_util::FutureExt as _;
 use serde_json::value::RawValue;
 use skor_sink_api::{Bytes, Event, Op};
 use tokio::time::Instant;
-use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -20,6 +21,7 @@ use crate::metrics::ReceivedCounter;
 use crate::payload::{self, Notification, Reference};
 use crate::postgres::{PgConnection, Postgres};
 use crate::router::Router;
+use crate::shed::{self, Shedding};
 use crate::sql::quote_ident;
 use crate::stats::SourceStats;
 use crate::worker::SinkQueue;
@@ -29,6 +31,15 @@ type Conn = PgConnection;
 
 /// Most bytes of a rejected payload quoted in its log line.
 const LOGGED_PAYLOAD_BYTES: usize = 256;
+
+/// TCP keepalives of skor's connections unless the DSN sets them: the
+/// kernel gives up on a silent peer after about 25 s instead of hours.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVES_RETRIES: u32 = 3;
+
+/// The heartbeat's `SELECT 1`, in flight on the listening connection.
+type Heartbeat<'a> = BoxFuture<'a, Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>>;
 
 /// What fetching an oversized payload found.
 enum Fetched {
@@ -67,7 +78,7 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
 
 /// One live LISTEN session: the client must live as long as its connection.
 pub struct Session {
-    _client: Client,
+    client: Client,
     conn: Conn,
     /// Primary-key columns of every table that has triggers, read at connect.
     primary_keys: KeyColumns,
@@ -91,14 +102,20 @@ GROUP BY 1, 2";
 
 /// Polls `conn` while `request` runs: the connection only makes progress
 /// while polled, and notifications that arrive meanwhile are of no use yet.
+/// A server that does not answer within `timeout` counts as gone.
 async fn drive<T>(
     conn: &mut Conn,
+    timeout: Duration,
     request: impl std::future::Future<Output = T>,
 ) -> Result<T, SourceError> {
     tokio::pin!(request);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
     loop {
         tokio::select! {
             result = &mut request => return Ok(result),
+            () = &mut deadline => return Err(SourceError(format!(
+                "PostgreSQL did not answer in {} ms", timeout.as_millis()))),
             message = poll_fn(|cx| conn.poll_message(cx)) => match message {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(SourceError(describe(&e))),
@@ -138,6 +155,14 @@ pub struct Listener {
     configured_keys: KeyColumns,
     /// The key columns events are keyed by: primary keys and configured keys.
     keys: KeyColumns,
+    /// Silence on the listening connection after which a heartbeat checks it.
+    heartbeat_interval: Duration,
+    /// How long PostgreSQL may take to answer the listener's queries.
+    query_timeout: Duration,
+    /// `pg_notification_queue_usage()` past which the listener sheds load.
+    shed_threshold: f64,
+    /// Shared with the sink queues, which drop instead of waiting while on.
+    shedding: Arc<Shedding>,
     /// Largest oversized payload fetched.
     max_payload_bytes: u64,
 }
@@ -146,14 +171,31 @@ impl Listener {
     /// A listener for the notify-mode channels of `config`; it does not
     /// connect yet.
     pub fn new(
-        pg: Postgres,
+        mut pg: Postgres,
         config: &Config,
         router: Router,
-        queues: Vec<SinkQueue>,
+        mut queues: Vec<SinkQueue>,
         stats: Arc<SourceStats>,
         received: ReceivedCounter,
     ) -> Self {
         let configured_keys = configured_keys(config);
+        let settings = pg.config_mut();
+        // A connection whose peer vanished (a crashed host, a dropped NAT
+        // entry) is otherwise noticed only by the heartbeat, and the server
+        // keeps a LISTEN session that holds up its notification queue.
+        if settings.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            settings.keepalives_idle(KEEPALIVES_IDLE);
+        }
+        if settings.get_keepalives_interval().is_none() {
+            settings.keepalives_interval(KEEPALIVES_INTERVAL);
+        }
+        if settings.get_keepalives_retries().is_none() {
+            settings.keepalives_retries(KEEPALIVES_RETRIES);
+        }
+        let shedding = Arc::new(Shedding::new(stats.shedding.clone()));
+        for queue in &mut queues {
+            queue.shed_with(Arc::clone(&shedding));
+        }
         Self {
             pg,
             channels: config
@@ -170,27 +212,40 @@ impl Listener {
             targets: Vec::new(),
             keys: configured_keys.clone(),
             configured_keys,
+            heartbeat_interval: Duration::from_millis(config.source.heartbeat_interval_ms),
+            query_timeout: Duration::from_millis(config.source.query_timeout_ms),
+            shed_threshold: config.source.shed_notify_queue_usage,
+            shedding,
             max_payload_bytes: config.source.max_payload_bytes,
         }
     }
 
     /// Connects, LISTENs on every channel and reads the tables' primary keys.
     pub async fn open(&self) -> Result<Session, SourceError> {
-        let (client, mut conn) = self
-            .pg
-            .connect()
+        let patience = self.connect_patience();
+        let (client, mut conn) = tokio::time::timeout(patience, self.pg.connect())
             .await
+            .map_err(|_| {
+                SourceError(format!(
+                    "PostgreSQL did not answer in {} ms",
+                    patience.as_millis()
+                ))
+            })?
             .map_err(|e| SourceError(e.to_string()))?;
         let sql: String = self
             .channels
             .iter()
             .map(|c| format!("LISTEN {};", quote_ident(c)))
             .collect();
-        let rows = drive(&mut conn, client.query(PRIMARY_KEYS_SQL, &[]))
-            .await?
-            .map_err(|e| SourceError(format!("reading primary keys: {}", describe(&e))))?;
+        let rows = drive(
+            &mut conn,
+            self.query_timeout,
+            client.query(PRIMARY_KEYS_SQL, &[]),
+        )
+        .await?
+        .map_err(|e| SourceError(format!("reading primary keys: {}", describe(&e))))?;
         // LISTEN last: from here on, events are heard.
-        drive(&mut conn, client.batch_execute(&sql))
+        drive(&mut conn, self.query_timeout, client.batch_execute(&sql))
             .await?
             .map_err(|e| SourceError(format!("LISTEN failed: {}", describe(&e))))?;
         let mut primary_keys = KeyColumns::new();
@@ -202,7 +257,7 @@ impl Listener {
                 .insert(row.get(1), Arc::from(columns));
         }
         Ok(Session {
-            _client: client,
+            client,
             conn,
             primary_keys,
         })
@@ -211,16 +266,31 @@ impl Listener {
     /// Routes notifications until `shutdown`, reconnecting whenever the
     /// connection is lost. Dropping the listener closes the sink queues.
     pub async fn run(mut self, mut session: Session, shutdown: CancellationToken) {
+        for queue in &mut self.queues {
+            queue.stop_waiting_on(shutdown.clone());
+        }
+        let stop_watch = shutdown.child_token();
+        let _stop_watch_on_return = stop_watch.clone().drop_guard();
+        tokio::spawn(shed::watch(
+            self.pg.named("skor-watch"),
+            Arc::clone(&self.shedding),
+            self.shed_threshold,
+            self.query_timeout,
+            stop_watch,
+        ));
         self.stats.link.set(true);
-        self.report_leftovers().await;
+        self.leftovers().await;
         loop {
             self.use_keys(std::mem::take(&mut session.primary_keys));
-            let Some(reason) = self.pump(&mut session.conn, &shutdown).await else {
+            let Some(reason) = self.pump(&mut session, &shutdown).await else {
                 info!("stopped listening");
                 return;
             };
             self.stats.link.set(false);
             warn!(error = %reason, "lost the connection to PostgreSQL, reconnecting");
+            // Closed now, so the server ends a session that could still
+            // hold up its notification queue.
+            drop(session);
             let down_since = Instant::now();
             let Some(next) = self.reconnect(&shutdown).await else {
                 info!("stopped reconnecting: shutting down");
@@ -233,18 +303,61 @@ impl Listener {
                 disconnected_ms = down_since.elapsed().as_millis() as u64,
                 "reconnected and listening again; events committed while disconnected were not captured"
             );
-            self.report_leftovers().await;
+            self.leftovers().await;
+        }
+    }
+
+    /// Reports leftover oversized payloads, unless PostgreSQL does not
+    /// answer in time: the listener must get back to listening.
+    async fn leftovers(&mut self) {
+        let timeout = self.query_timeout;
+        if tokio::time::timeout(timeout, self.report_leftovers())
+            .await
+            .is_err()
+        {
+            self.fetcher = None;
+            debug!(
+                timeout_ms = timeout.as_millis() as u64,
+                "no answer about leftover oversized payloads"
+            );
         }
     }
 
     /// Handles messages until shutdown (`None`) or until the connection is
-    /// lost (`Some(reason)`).
-    async fn pump(&mut self, conn: &mut Conn, shutdown: &CancellationToken) -> Option<String> {
+    /// lost (`Some(reason)`): it closed, failed, or left a heartbeat
+    /// unanswered for `query_timeout`.
+    async fn pump(
+        &mut self,
+        session: &mut Session,
+        shutdown: &CancellationToken,
+    ) -> Option<String> {
+        let Session { client, conn, .. } = session;
+        let mut heartbeat: Option<Heartbeat<'_>> = None;
+        let mut due = Instant::now() + self.heartbeat_interval;
         loop {
             let message = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return None,
                 message = poll_fn(|cx| conn.poll_message(cx)) => message,
+                answer = async { heartbeat.as_mut().expect("checked").await }, if heartbeat.is_some() => {
+                    heartbeat = None;
+                    if let Err(e) = answer {
+                        return Some(format!("the heartbeat failed: {}", describe(&e)));
+                    }
+                    due = Instant::now() + self.heartbeat_interval;
+                    continue;
+                }
+                () = tokio::time::sleep_until(due) => {
+                    if heartbeat.is_some() {
+                        return Some(format!(
+                            "no answer to the heartbeat in {} ms",
+                            self.query_timeout.as_millis()
+                        ));
+                    }
+                    heartbeat = Some(client.simple_query("SELECT 1").boxed());
+                    due = Instant::now() + self.query_timeout;
+                    continue;
+                }
             };
             match message {
                 Some(Ok(AsyncMessage::Notification(n))) => {
@@ -257,7 +370,23 @@ impl Listener {
                 Some(Err(e)) => return Some(describe(&e)),
                 None => return Some("the server closed the connection".into()),
             }
+            // A message shows the connection alive, and the heartbeat's
+            // answer may queue behind the notifications; time spent handling
+            // (waiting for a full sink queue) is not the server's delay.
+            due = Instant::now()
+                + if heartbeat.is_some() {
+                    self.query_timeout
+                } else {
+                    self.heartbeat_interval
+                };
         }
+    }
+
+    /// How long opening a connection may take: the DSN's `connect_timeout`
+    /// covers only the TCP connect, not the server's answer.
+    fn connect_patience(&self) -> Duration {
+        let connect = self.pg.config().get_connect_timeout().copied();
+        connect.unwrap_or(Duration::from_secs(10)) + self.query_timeout
     }
 
     async fn reconnect(&self, shutdown: &CancellationToken) -> Option<Session> {
@@ -400,6 +529,7 @@ impl Listener {
                      WHERE id = $1 AND channel = $2 AND token = $3)";
         let limit = i32::try_from(self.max_payload_bytes).unwrap_or(i32::MAX);
         let mut last_error = String::new();
+        let timeout = self.query_timeout;
         for _ in 0..2 {
             let client = match self.fetcher().await {
                 Ok(client) => client,
@@ -414,7 +544,14 @@ impl Listener {
                 &&*reference.token,
                 &limit,
             ];
-            match client.query_one(SQL, &params).await {
+            // A server that does not answer must not stop the listener.
+            let Ok(fetched) = tokio::time::timeout(timeout, client.query_one(SQL, &params)).await
+            else {
+                self.fetcher = None;
+                last_error = format!("PostgreSQL did not answer in {} ms", timeout.as_millis());
+                break;
+            };
+            match fetched {
                 Ok(row) => {
                     return Ok(match (row.get(0), row.get::<_, Option<i32>>(1)) {
                         (Some(text), _) => Fetched::Payload(text),
@@ -438,7 +575,11 @@ impl Listener {
     async fn fetcher(&mut self) -> Result<&Client, String> {
         if self.fetcher.as_ref().is_none_or(Client::is_closed) {
             let pg = self.pg.named("skor-fetch");
-            let (client, conn) = pg.connect().await.map_err(|e| e.to_string())?;
+            let patience = self.connect_patience();
+            let (client, conn) = tokio::time::timeout(patience, pg.connect())
+                .await
+                .map_err(|_| format!("PostgreSQL did not answer in {} ms", patience.as_millis()))?
+                .map_err(|e| e.to_string())?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     debug!(error = %describe(&e), "fetching connection closed");

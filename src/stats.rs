@@ -79,6 +79,8 @@ pub struct SourceStats {
     pub lost: Counter,
     /// The LISTEN connection.
     pub link: Link,
+    /// 1 while the listener sheds load (see `shed.rs`).
+    pub shedding: Gauge,
 }
 
 impl SourceStats {
@@ -90,6 +92,7 @@ impl SourceStats {
             unrouted: metrics.unrouted.clone().into(),
             lost: metrics.lost.clone().into(),
             link: Link::registered(metrics, Connection::Listener),
+            shedding: metrics.shedding.clone(),
         }
     }
 }
@@ -112,12 +115,15 @@ pub struct SinkStats {
     pub failed: Counter,
     /// Of the failed events, those kept in the dead letters (durable mode).
     pub dead_lettered: Counter,
-    /// Events not queued because the queue was full (`when_full = "drop"`).
+    /// Events not queued because the queue was full: `when_full = "drop"`,
+    /// or shedding load while PostgreSQL's notification queue fills.
     pub dropped: Counter,
     /// Events queued or being delivered, not yet settled.
     pub depth: Gauge,
     /// 1 while the sink is unreachable and its events wait out the outage.
     pub disconnected: Gauge,
+    /// 1 while the listener waits for room in the queue.
+    pub blocked: Gauge,
     /// Seconds from queueing to confirmation, retries included.
     pub latency: Histogram,
     /// When (`now_ms`) the sink last settled an event or got work while
@@ -136,6 +142,7 @@ impl Default for SinkStats {
             dropped: Counter::default(),
             depth: Gauge::default(),
             disconnected: Gauge::default(),
+            blocked: Gauge::default(),
             latency: crate::metrics::latency_histogram(),
             progress_ms: AtomicU64::new(now_ms()),
         }
@@ -154,6 +161,7 @@ impl SinkStats {
             dropped: sink.dropped,
             depth: sink.depth,
             disconnected: sink.disconnected,
+            blocked: sink.blocked,
             latency: sink.latency,
             progress_ms: AtomicU64::new(now_ms()),
         }

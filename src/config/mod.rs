@@ -55,6 +55,18 @@ const fn default_reconnect_max_backoff_ms() -> u64 {
     10_000
 }
 
+const fn default_heartbeat_interval_ms() -> u64 {
+    5_000
+}
+
+const fn default_query_timeout_ms() -> u64 {
+    5_000
+}
+
+const fn default_shed_notify_queue_usage() -> f64 {
+    0.5
+}
+
 fn default_channels() -> Vec<String> {
     vec![DEFAULT_CHANNEL.to_string()]
 }
@@ -74,6 +86,21 @@ pub struct SourceConfig {
     /// How tables capture their changes unless a `[[table]]` says otherwise.
     #[serde(default)]
     pub mode: Mode,
+    /// After this long without a message on the listening connection, in
+    /// milliseconds, a `SELECT 1` checks that it is alive.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// How long the listener waits for PostgreSQL to answer the heartbeat,
+    /// LISTEN or an oversized-payload fetch, in milliseconds; past it the
+    /// connection counts as lost.
+    #[serde(default = "default_query_timeout_ms")]
+    pub query_timeout_ms: u64,
+    /// `pg_notification_queue_usage()` (0 to 1) past which the listener
+    /// stops waiting for full sink queues and drops what does not fit, so
+    /// PostgreSQL's notification queue never fills and NOTIFYing commits
+    /// keep succeeding.
+    #[serde(default = "default_shed_notify_queue_usage")]
+    pub shed_notify_queue_usage: f64,
     /// Largest oversized notify-mode payload fetched from the database;
     /// larger ones stay in `skor.oversized_payload` and are reported.
     #[serde(default = "default_max_payload_bytes")]
@@ -230,12 +257,13 @@ pub enum Backoff {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WhenFull {
-    /// Do not queue it for this sink: log it at error level with its payload
-    /// and count it; other sinks are not held up.
-    #[default]
+    /// Do not queue it for this sink: count it and log the drops at most
+    /// once a second with one sample; other sinks are not held up.
     Drop,
     /// Wait for room: nothing is dropped, but every sink waits meanwhile
-    /// (PostgreSQL's notification queue holds the backlog).
+    /// (PostgreSQL's notification queue holds the backlog) until that queue
+    /// passes `source.shed_notify_queue_usage`.
+    #[default]
     Block,
 }
 
@@ -388,6 +416,9 @@ impl Config {
                 channels: default_channels(),
                 reconnect_max_backoff_ms: default_reconnect_max_backoff_ms(),
                 mode: Mode::Notify,
+                heartbeat_interval_ms: default_heartbeat_interval_ms(),
+                query_timeout_ms: default_query_timeout_ms(),
+                shed_notify_queue_usage: default_shed_notify_queue_usage(),
                 max_payload_bytes: default_max_payload_bytes(),
             },
             tables: Vec::new(),

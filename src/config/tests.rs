@@ -60,12 +60,48 @@ fn defaults_fill_what_is_left_out() {
     let sink = &config.sinks["hook"];
     assert_eq!(sink.delivery.retries, 5);
     assert_eq!(sink.delivery.backoff_ms, 100);
-    assert_eq!(sink.delivery.when_full, WhenFull::Drop);
+    // The listener waits for a full queue (PostgreSQL's notification queue
+    // holds the backlog) rather than drop a burst.
+    assert_eq!(sink.delivery.when_full, WhenFull::Block);
+    assert_eq!(config.source.heartbeat_interval_ms, 5_000);
+    assert_eq!(config.source.query_timeout_ms, 5_000);
+    assert_eq!(config.source.shed_notify_queue_usage, 0.5);
+    let legacy = Config::legacy("host=db".into(), "http://h/".into());
+    assert_eq!(
+        legacy.sinks["webhook"].delivery.when_full,
+        WhenFull::Block,
+        "the original command line never drops a burst"
+    );
     let SinkKind::Webhook(hook) = &sink.kind else {
         panic!()
     };
     assert_eq!(hook.timeout_ms, 5_000);
     assert_eq!(config.daemon.drain_timeout_ms, 10_000);
+}
+
+#[test]
+fn listener_timeouts_and_the_shedding_threshold_are_checked() {
+    for (rest, expected) in [
+        (
+            "heartbeat_interval_ms = 0\n",
+            "key `source.heartbeat_interval_ms`: expected a number of milliseconds above 0",
+        ),
+        (
+            "query_timeout_ms = 0\n",
+            "key `source.query_timeout_ms`: expected a number of milliseconds above 0",
+        ),
+        (
+            "shed_notify_queue_usage = 1.5\n",
+            "key `source.shed_notify_queue_usage`: expected a fraction above 0 and at most 1, got 1.5",
+        ),
+        (
+            "shed_notify_queue_usage = 0.0\n",
+            "key `source.shed_notify_queue_usage`: expected a fraction above 0 and at most 1, got 0",
+        ),
+    ] {
+        let error = error(rest);
+        assert!(error.contains(expected), "{rest}: {error}");
+    }
 }
 
 #[test]

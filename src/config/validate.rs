@@ -161,6 +161,24 @@ impl Config {
                 ));
             }
         }
+        for (key, value) in [
+            ("heartbeat_interval_ms", source.heartbeat_interval_ms),
+            ("query_timeout_ms", source.query_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    &["source", key],
+                    "expected a number of milliseconds above 0",
+                ));
+            }
+        }
+        let usage = source.shed_notify_queue_usage;
+        if !(usage > 0.0 && usage <= 1.0) {
+            return Err(invalid(
+                &["source", "shed_notify_queue_usage"],
+                format!("expected a fraction above 0 and at most 1, got {usage}"),
+            ));
+        }
         Ok(())
     }
 

@@ -177,6 +177,9 @@ pub fn worker(
         when_full: delivery.when_full,
         stats: Arc::clone(&stats),
         waits: Arc::default(),
+        drops: Arc::default(),
+        shedding: Arc::default(),
+        shutdown: CancellationToken::new(),
     };
     let concurrency = sink.concurrency();
     let in_flight = delivery

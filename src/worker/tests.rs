@@ -208,9 +208,10 @@ async fn confirmations_are_awaited_together_and_drained_at_shutdown() {
 }
 
 #[tokio::test]
-async fn a_full_queue_drops_and_counts_by_default() {
+async fn a_full_queue_drops_and_counts_when_asked_to() {
     let delivery = DeliveryConfig {
         queue_capacity: 1,
+        when_full: crate::config::WhenFull::Drop,
         ..DeliveryConfig::default()
     };
     let (queue, worker) = worker(
@@ -223,6 +224,73 @@ async fn a_full_queue_drops_and_counts_by_default() {
     queue.push(&event()).await;
     assert_eq!(worker.stats().depth.get(), 1, "one queued, one dropped");
     assert_eq!(worker.stats().dropped.get(), 1);
+}
+
+#[tokio::test]
+async fn a_full_queue_waits_by_default_until_shedding_starts() {
+    let delivery = DeliveryConfig {
+        queue_capacity: 1,
+        ..DeliveryConfig::default()
+    };
+    let (mut queue, worker) = worker(
+        "test",
+        Box::new(skor_sink_api::StdoutSink),
+        &delivery,
+        Arc::default(),
+    );
+    let shedding = Arc::new(crate::shed::Shedding::default());
+    queue.shed_with(Arc::clone(&shedding));
+    let stats = worker.stats();
+    queue.push(&event()).await;
+    let second = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.push(&event()).await }
+    });
+    while stats.blocked.get() == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!second.is_finished(), "the listener waits for room");
+    assert_eq!(stats.dropped.get(), 0);
+    shedding.set(true);
+    tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("shedding ends the wait")
+        .unwrap();
+    assert_eq!(stats.blocked.get(), 0);
+    assert_eq!(stats.dropped.get(), 1);
+    assert_eq!(shedding.shed(), 1);
+    assert_eq!(stats.depth.get(), 1, "one queued, one shed");
+    queue.push(&event()).await;
+    assert_eq!(stats.dropped.get(), 2, "no wait at all while shedding");
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_wait_for_room() {
+    let delivery = DeliveryConfig {
+        queue_capacity: 1,
+        ..DeliveryConfig::default()
+    };
+    let (mut queue, worker) = worker(
+        "test",
+        Box::new(skor_sink_api::StdoutSink),
+        &delivery,
+        Arc::default(),
+    );
+    let shutdown = CancellationToken::new();
+    queue.stop_waiting_on(shutdown.clone());
+    let stats = worker.stats();
+    queue.push(&event()).await;
+    let second = tokio::spawn(async move { queue.push(&event()).await });
+    while stats.blocked.get() == 0 {
+        tokio::task::yield_now().await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("shutdown ends the wait")
+        .unwrap();
+    assert_eq!(stats.dropped.get(), 1, "counted, not lost silently");
+    assert_eq!(stats.depth.get(), 1, "the queued event stays to be drained");
 }
 
 /// A sink with lanes that records each delivery's keys when it finishes;

@@ -9,6 +9,7 @@ pub mod https;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod pg_server;
+pub mod proxy;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -88,8 +89,9 @@ impl TestDb {
         let rows = self
             .client
             .query(
+                // After a quiet spell the listener's last query is its heartbeat.
                 "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'skor' \
-                 AND query LIKE 'LISTEN%' AND state = 'idle'",
+                 AND (query LIKE 'LISTEN%' OR query = 'SELECT 1') AND state = 'idle'",
                 &[&self.name],
             )
             .await
