@@ -77,7 +77,7 @@ CREATE SEQUENCE IF NOT EXISTS skor.payload_seq;
 -- transaction.
 CREATE OR REPLACE FUNCTION skor.pick(row_json pg_catalog.json, columns pg_catalog.text[])
 RETURNS pg_catalog.json
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $skor$
+LANGUAGE sql IMMUTABLE AS $skor$
     SELECT CASE WHEN coalesce(pg_catalog.cardinality(columns), 0) OPERATOR(pg_catalog.=) 0 THEN row_json ELSE
         (SELECT ('{' OPERATOR(pg_catalog.||) pg_catalog.string_agg(
                         pg_catalog.to_json(c.col)::pg_catalog.text OPERATOR(pg_catalog.||) ':'
@@ -91,11 +91,15 @@ $skor$;
 -- The event's payload, byte for byte the one the original skor's generated
 -- functions produced, plus the opt-in fields. Shared by both trigger
 -- functions; its arguments are theirs (see skor.notify()).
+-- Neither this function nor skor.pick() has a SET search_path: they run only
+-- inside the trigger functions, whose pinned search_path they inherit (a SET
+-- costs a configuration save and restore per call, per row), every name in
+-- them is schema-qualified, and no other role may call them.
 CREATE OR REPLACE FUNCTION skor.payload(
     op pg_catalog.text, table_schema pg_catalog.text, table_name pg_catalog.text,
     args pg_catalog.text[], new_row pg_catalog.json, old_row pg_catalog.json
 ) RETURNS pg_catalog.text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $skor$
+LANGUAGE plpgsql AS $skor$
 DECLARE
     -- `args` is TG_ARGV, whose subscripts start at 0.
     flags pg_catalog.text := args[1];
@@ -153,10 +157,19 @@ BEGIN
             old_row := pg_catalog.row_to_json(OLD);
         END IF;
     END IF;
-    payload := skor.payload(TG_OP,
-                            coalesce(NULLIF(TG_ARGV[2], ''), TG_TABLE_SCHEMA),
-                            coalesce(NULLIF(TG_ARGV[3], ''), TG_TABLE_NAME),
-                            TG_ARGV, new_row, old_row);
+    -- The common case inline: no opt-in field, every column.
+    IF TG_ARGV[1] OPERATOR(pg_catalog.=) ''
+       AND TG_NARGS OPERATOR(pg_catalog.=) (5 OPERATOR(pg_catalog.+) TG_ARGV[4]::pg_catalog.int4) THEN
+        payload := pg_catalog.json_build_object(
+            'table', coalesce(NULLIF(TG_ARGV[3], ''), TG_TABLE_NAME),
+            'schema', coalesce(NULLIF(TG_ARGV[2], ''), TG_TABLE_SCHEMA),
+            'op', TG_OP, 'data', new_row)::pg_catalog.text;
+    ELSE
+        payload := skor.payload(TG_OP,
+                                coalesce(NULLIF(TG_ARGV[2], ''), TG_TABLE_SCHEMA),
+                                coalesce(NULLIF(TG_ARGV[3], ''), TG_TABLE_NAME),
+                                TG_ARGV, new_row, old_row);
+    END IF;
     IF pg_catalog.octet_length(payload) OPERATOR(pg_catalog.<) 8000 THEN
         PERFORM pg_catalog.pg_notify(TG_ARGV[0], payload);
     ELSE
@@ -239,6 +252,7 @@ DECLARE
     table_schema pg_catalog.text := coalesce(NULLIF(TG_ARGV[2], ''), TG_TABLE_SCHEMA);
     table_name pg_catalog.text := coalesce(NULLIF(TG_ARGV[3], ''), TG_TABLE_NAME);
     row_key pg_catalog.text;
+    payload pg_catalog.text;
 BEGIN
     IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         new_row := pg_catalog.row_to_json(OLD);
@@ -251,12 +265,20 @@ BEGIN
     IF key_count OPERATOR(pg_catalog.>) 0 THEN
         row_key := skor.pick(new_row, TG_ARGV[5:4 OPERATOR(pg_catalog.+) key_count])::pg_catalog.text;
     END IF;
+    -- The common case inline: no opt-in field, every column.
+    IF TG_ARGV[1] OPERATOR(pg_catalog.=) ''
+       AND TG_NARGS OPERATOR(pg_catalog.=) (5 OPERATOR(pg_catalog.+) key_count) THEN
+        payload := pg_catalog.json_build_object('table', table_name, 'schema', table_schema,
+                                                'op', TG_OP, 'data', new_row)::pg_catalog.text;
+    ELSE
+        payload := skor.payload(TG_OP, table_schema, table_name, TG_ARGV, new_row, old_row);
+    END IF;
     INSERT INTO skor.event_log (channel, schema_name, table_name, op, row_key, part, payload)
     VALUES (TG_ARGV[0], table_schema, table_name, TG_OP, row_key,
             pg_catalog.hashtext(coalesce(row_key, table_schema OPERATOR(pg_catalog.||) '.'
                                                   OPERATOR(pg_catalog.||) table_name))
                 OPERATOR(pg_catalog.&) 63,
-            skor.payload(TG_OP, table_schema, table_name, TG_ARGV, new_row, old_row));
+            payload);
     PERFORM pg_catalog.pg_notify('skor_event_log', '');
     RETURN NULL;
 END
