@@ -20,6 +20,8 @@ struct Fixture {
     mallory: String,
     /// May CREATE in `public`, which is on the writer's search_path.
     creator: String,
+    /// Runs the daemon with the README's grants and nothing else.
+    daemon: String,
 }
 
 impl Fixture {
@@ -31,6 +33,7 @@ impl Fixture {
             writer: format!("app_writer_{suffix}"),
             mallory: format!("mallory_{suffix}"),
             creator: format!("creator_{suffix}"),
+            daemon: format!("skor_daemon_{suffix}"),
             db,
         };
         let Fixture {
@@ -39,6 +42,7 @@ impl Fixture {
             writer,
             mallory,
             creator,
+            ..
         } = &fixture;
         db.exec(&format!(
             "CREATE ROLE {owner} LOGIN; CREATE ROLE {writer} LOGIN; \
@@ -64,8 +68,14 @@ impl Fixture {
     }
 
     /// `orders` in notify mode (with a column list, so the trigger calls
-    /// `cardinality`), `ledger` in durable mode, both to `hook`.
+    /// `cardinality`), `ledger` in durable mode, both to `hook`; the daemon
+    /// connects as the owner.
     fn config(&self, hook: &Hook) -> String {
+        self.config_as(hook, &self.owner)
+    }
+
+    /// The same config, for a daemon connecting as `role`.
+    fn config_as(&self, hook: &Hook, role: &str) -> String {
         format!(
             "[source]\ndsn = \"{dsn}\"\nchannels = [\"skor\", \"audit\"]\n\
              [[table]]\nname = \"orders\"\ncolumns = [\"id\", \"status\", \"note\"]\n\
@@ -74,7 +84,7 @@ impl Fixture {
              [sink.audit]\ntype = \"webhook\"\nurl = \"{url}/audit\"\n\
              [[route]]\nchannel = \"skor\"\nsinks = [\"hook\"]\n\
              [[route]]\nchannel = \"audit\"\nsinks = [\"audit\"]\n",
-            dsn = self.dsn(&self.owner),
+            dsn = self.dsn(role),
             url = hook.url(),
         )
     }
@@ -91,7 +101,14 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let name = self.db.name.clone();
-        let roles = [&self.owner, &self.writer, &self.mallory, &self.creator].map(String::clone);
+        let roles = [
+            &self.owner,
+            &self.writer,
+            &self.mallory,
+            &self.creator,
+            &self.daemon,
+        ]
+        .map(String::clone);
         // Roles own objects in the database: it goes first.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -407,4 +424,91 @@ async fn install_refuses_a_skor_schema_that_another_role_owns() {
         )),
         "{error}"
     );
+}
+
+/// The README's GRANTs for a daemon role of its own, for `role`.
+fn readme_daemon_grants(role: &str) -> String {
+    let readme = include_str!("../README.md");
+    let section = &readme[readme
+        .find("**The daemon runs with least privilege.**")
+        .expect("README has the daemon's grants")..];
+    let block = &section[section.find("```sql").unwrap() + "```sql".len()..];
+    let block = &block[..block.find("```").unwrap()];
+    block
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with("CREATE ROLE") && !line.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("skor_daemon", role)
+}
+
+#[tokio::test]
+async fn a_daemon_role_with_only_the_readmes_grants_delivers_every_mode() {
+    let fixture = Fixture::new().await;
+    let hook = Hook::start().await;
+    fixture
+        .install(&fixture.config(&hook))
+        .await
+        .expect("install");
+    let grants = readme_daemon_grants(&fixture.daemon);
+    assert!(grants.contains("GRANT"), "{grants}");
+    fixture
+        .db
+        .exec(&format!("CREATE ROLE {} LOGIN; {grants}", fixture.daemon))
+        .await;
+    let daemon = Running::start(&fixture.config_as(&hook, &fixture.daemon)).await;
+    let writer = fixture.as_role(&fixture.writer).await;
+    let note = "x".repeat(9000);
+    writer
+        .execute("INSERT INTO orders VALUES (1, 'big', $1)", &[&note])
+        .await
+        .unwrap();
+    writer
+        .batch_execute("INSERT INTO ledger VALUES (1, 10); UPDATE ledger SET amount = 20;")
+        .await
+        .unwrap();
+    let requests = hook.wait_for(3).await;
+    daemon.stop().await;
+    let mut seen: Vec<(String, i64)> = requests
+        .iter()
+        .map(|r| {
+            let event: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            (
+                format!(
+                    "{} {}",
+                    event["table"].as_str().unwrap(),
+                    event["op"].as_str().unwrap()
+                ),
+                event["data"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("ledger INSERT".to_string(), 1),
+            ("ledger UPDATE".to_string(), 1),
+            ("orders INSERT".to_string(), 1)
+        ]
+    );
+    // The daemon's role can do what it needs and no more.
+    let as_daemon = fixture.as_role(&fixture.daemon).await;
+    for attack in [
+        "INSERT INTO skor.event_log (channel, schema_name, table_name, op, part, payload) \
+         VALUES ('skor', 'public', 'ledger', 'INSERT', 0, '{}')",
+        "CREATE TABLE skor.squat (id int)",
+        "DROP TRIGGER skor_insert ON ledger",
+    ] {
+        refused(&as_daemon, attack).await;
+    }
+    let left: i64 = fixture
+        .db
+        .client
+        .query_one("SELECT count(*) FROM skor.event_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the daemon's role finished every event");
 }
