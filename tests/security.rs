@@ -201,6 +201,20 @@ async fn a_role_that_can_only_connect_cannot_forge_break_or_read_durable_events(
         assert!(message.contains("permission denied"), "{attack}: {message}");
     }
 
+    // Even the owner cannot write a row the daemon could not deliver: an
+    // unknown op, or a partition no daemon claims.
+    for (bad, constraint) in [
+        ("'TRUNCATE', 0", "event_log_op"),
+        ("'INSERT', 64", "event_log_part"),
+    ] {
+        let sql = format!(
+            "INSERT INTO skor.event_log (channel, schema_name, table_name, op, part, payload) \
+             VALUES ('skor', 'public', 'ledger', {bad}, '{{}}')"
+        );
+        let message = refused(&fixture.db.client, &sql).await;
+        assert!(message.contains(constraint), "{sql}: {message}");
+    }
+
     // Listening on the wake-up channel shows that something changed, not what.
     let (_ears, mut heard) = eavesdrop(&fixture.dsn(&fixture.mallory), &["skor_event_log"]).await;
     writer
