@@ -100,34 +100,21 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let name = self.db.name.clone();
-        let roles = [
+        // Roles own objects in the database: it goes first.
+        let mut statements = vec![format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.db.name
+        )];
+        for role in [
             &self.owner,
             &self.writer,
             &self.mallory,
             &self.creator,
             &self.daemon,
-        ]
-        .map(String::clone);
-        // Roles own objects in the database: it goes first.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let admin = connect(&format!("{} dbname=postgres", server_dsn())).await;
-                let _ = admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-                for role in roles {
-                    let _ = admin
-                        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
-                        .await;
-                }
-            });
-        })
-        .join();
+        ] {
+            statements.push(format!("DROP ROLE IF EXISTS {role}"));
+        }
+        common::on_postgres_db(statements);
     }
 }
 

@@ -123,22 +123,30 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside async; a thread with its own runtime does the I/O.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let admin = connect(&format!("{} dbname=postgres", server_dsn())).await;
-                let _ = admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
-        })
-        .join();
+        on_postgres_db(vec![format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )]);
     }
+}
+
+/// Runs `statements` in order on the `postgres` database, ignoring their
+/// errors: cleanup for `Drop`, which runs outside async, so a thread with
+/// its own runtime does the I/O.
+pub fn on_postgres_db(statements: Vec<String>) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let admin = connect(&format!("{} dbname=postgres", server_dsn())).await;
+            for statement in statements {
+                let _ = admin.batch_execute(&statement).await;
+            }
+        });
+    })
+    .join();
 }
 
 /// How the receiver answers one request.
