@@ -743,8 +743,7 @@ async fn a_daemon_whose_session_is_gone_stops_before_another_takes_over() {
     // Daemon A logs in as a role of its own, so the test can keep it from
     // coming back once its session is terminated.
     let role = format!("skor_fence_{}", &db.name["skor_test_".len()..]);
-    db.exec(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))
-        .await;
+    let _roles = common::TestRoles::create(&db, &[format!("{role} LOGIN SUPERUSER")]).await;
     let hook = Hook::scripted(Vec::new(), slow(200, Duration::from_millis(300))).await;
     let daemon_config = |dsn: String, name: &str| {
         format!(
@@ -801,12 +800,6 @@ async fn a_daemon_whose_session_is_gone_stops_before_another_takes_over() {
     eventually_empty(&db).await;
     a.stop().await;
     b.stop().await;
-    drop(db);
-    let admin = common::connect(&format!("{} dbname=postgres", common::server_dsn())).await;
-    admin
-        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -1062,7 +1055,7 @@ async fn a_role_that_can_only_connect_cannot_hold_or_take_partitions() {
     let config = hook_config(&db, DURABLE_ITEMS, &hook, "");
     install(&db, &config).await;
     let role = format!("skor_conn_{}", &db.name["skor_test_".len()..]);
-    db.exec(&format!("CREATE ROLE {role} LOGIN")).await;
+    let _roles = common::TestRoles::create(&db, &[format!("{role} LOGIN")]).await;
     let intruder = common::connect(&format!("{} user={role}", db.dsn())).await;
     // What stopped delivery before leases: every partition's advisory lock
     // and a member lock, held for the whole test.
@@ -1096,10 +1089,4 @@ async fn a_role_that_can_only_connect_cannot_hold_or_take_partitions() {
     eventually_empty(&db).await;
     daemon.stop().await;
     drop(intruder);
-    drop(db);
-    let admin = common::connect(&format!("{} dbname=postgres", common::server_dsn())).await;
-    admin
-        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
-        .await
-        .unwrap();
 }

@@ -130,6 +130,46 @@ impl Drop for TestDb {
     }
 }
 
+/// Roles a test created, dropped with its database when the guard goes,
+/// whether the test passed or not (roles belong to the whole server).
+pub struct TestRoles {
+    database: String,
+    roles: Vec<String>,
+}
+
+impl TestRoles {
+    /// Creates `roles` (each `NAME OPTIONS`, e.g. `"alice LOGIN"`) on `db`'s
+    /// server.
+    pub async fn create(db: &TestDb, roles: &[String]) -> Self {
+        for role in roles {
+            db.exec(&format!("CREATE ROLE {role}")).await;
+        }
+        Self {
+            database: db.name.clone(),
+            roles: roles
+                .iter()
+                .map(|r| r.split(' ').next().unwrap_or_default().to_string())
+                .collect(),
+        }
+    }
+}
+
+impl Drop for TestRoles {
+    fn drop(&mut self) {
+        // What the roles were granted in the database goes with it first.
+        let mut statements = vec![format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.database
+        )];
+        statements.extend(
+            self.roles
+                .iter()
+                .map(|r| format!("DROP ROLE IF EXISTS {r}")),
+        );
+        on_postgres_db(statements);
+    }
+}
+
 /// Runs `statements` in order on the `postgres` database, ignoring their
 /// errors: cleanup for `Drop`, which runs outside async, so a thread with
 /// its own runtime does the I/O.
