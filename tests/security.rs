@@ -191,8 +191,8 @@ async fn a_role_that_can_only_connect_cannot_forge_break_or_read_durable_events(
     // Even the owner cannot write a row the daemon could not deliver: an
     // unknown op, or a partition no daemon claims.
     for (bad, constraint) in [
-        ("'TRUNCATE', 0", "event_log_op"),
-        ("'INSERT', 64", "event_log_part"),
+        ("'TRUNCATE', 0", "event_log_valid"),
+        ("'INSERT', 64", "event_log_valid"),
     ] {
         let sql = format!(
             "INSERT INTO skor.event_log (channel, schema_name, table_name, op, part, payload) \
