@@ -138,7 +138,20 @@ impl Deliverer {
         if !self.drop_fenced(batch) {
             return None;
         }
-        Some(self.submit(batch).await)
+        let submitted = within_fences(batch, self.submit(batch)).await;
+        if submitted.is_none() {
+            self.cancelled_by_fence(batch);
+        }
+        submitted
+    }
+
+    /// Counts and says that an attempt was cut short because the leases of
+    /// its events ran out while it was under way.
+    fn cancelled_by_fence(&self, batch: &Batch) {
+        self.stats.unqueued(batch.len());
+        warn!(sink = %self.name, events = batch.len(),
+              "cancelled an attempt under way when its partition lease ran out: \
+               the partition's next owner delivers these events");
     }
 
     /// Drops the jobs whose durable session lost its partition lease:
@@ -242,9 +255,16 @@ impl Deliverer {
             if !self.drop_fenced(batch) {
                 return;
             }
-            result = match self.submit(batch).await {
-                Ok(confirmation) => confirmation.await,
-                Err(error) => Err(error),
+            let batch_ref: &Batch = batch;
+            let attempt = async {
+                match self.submit(batch_ref).await {
+                    Ok(confirmation) => confirmation.await,
+                    Err(error) => Err(error),
+                }
+            };
+            result = match within_fences(batch_ref, attempt).await {
+                Some(result) => result,
+                None => return self.cancelled_by_fence(batch),
             };
         }
     }
@@ -319,6 +339,36 @@ impl Deliverer {
             Some(at) => {
                 debug!(sink = %self.name, error = %error, "sink still unreachable");
                 at.elapsed()
+            }
+        }
+    }
+}
+
+/// Runs `attempt` while the partition leases of `batch`'s durable events
+/// hold, and cancels it when one runs out: a request still being sent then
+/// could reach the sink after the partition's next owner delivered. `None`
+/// when it was cancelled. A pipelined sink's confirmation is only awaited
+/// here; what its client library already holds may still go out.
+async fn within_fences<T>(batch: &Batch, attempt: impl Future<Output = T>) -> Option<T> {
+    let fences: Vec<&super::Fence> = batch.iter().filter_map(|j| j.fence.as_ref()).collect();
+    if fences.is_empty() {
+        return Some(attempt.await);
+    }
+    tokio::pin!(attempt);
+    loop {
+        // Renewals move the deadlines on; look again when the nearest passes.
+        let deadline = fences
+            .iter()
+            .map(|f| f.deadline())
+            .min()
+            .expect("not empty");
+        tokio::select! {
+            biased;
+            out = &mut attempt => return Some(out),
+            () = tokio::time::sleep_until(deadline) => {
+                if fences.iter().any(|f| !f.holds()) {
+                    return None;
+                }
             }
         }
     }

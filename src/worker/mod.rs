@@ -104,6 +104,15 @@ impl Fence {
         self.0.revoked.store(true, Ordering::Release);
     }
 
+    /// When attempts must have stopped: the deadline, or at once when
+    /// revoked.
+    pub fn deadline(&self) -> Instant {
+        if self.0.revoked.load(Ordering::Acquire) {
+            return self.0.base;
+        }
+        self.0.base + Duration::from_millis(self.0.until_ms.load(Ordering::Acquire))
+    }
+
     /// Whether attempts may still start.
     pub fn holds(&self) -> bool {
         !self.0.revoked.load(Ordering::Acquire)

@@ -491,6 +491,86 @@ async fn a_renewed_fence_keeps_retrying() {
     assert_eq!(stats.delivered.get(), 1);
 }
 
+/// A sink whose every attempt takes ten seconds; says whether one ever
+/// finished.
+struct Slow {
+    finished: Arc<Mutex<u32>>,
+}
+
+#[async_trait::async_trait]
+impl Sink for Slow {
+    async fn send(&self, _event: &Event) -> Result<(), SinkError> {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        *self.finished.lock().unwrap() += 1;
+        Ok(())
+    }
+
+    fn concurrency(&self) -> skor_sink_api::Concurrency {
+        skor_sink_api::Concurrency::Lanes
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_under_way_is_cancelled_when_its_lease_runs_out() {
+    let finished = Arc::new(Mutex::new(0));
+    let sink = Slow {
+        finished: Arc::clone(&finished),
+    };
+    let (queue, slow) = worker(
+        "test",
+        Box::new(sink),
+        &DeliveryConfig::default(),
+        Arc::default(),
+    );
+    let stats = slow.stats();
+    let fence = Fence::until(Instant::now() + Duration::from_secs(1));
+    assert!(
+        queue
+            .send(Job::new(event(), None).fenced(fence.clone()))
+            .await
+    );
+    drop(queue);
+    let started = Instant::now();
+    assert_eq!(slow.run(CancellationToken::new()).await, 0);
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(1),
+        "cut at the lease's end"
+    );
+    assert_eq!(*finished.lock().unwrap(), 0, "the attempt never completed");
+    assert_eq!(
+        (stats.delivered.get(), stats.failed.get(), stats.depth.get()),
+        (0, 0, 0)
+    );
+
+    // A lease renewed while the attempt runs lets it finish.
+    let finished = Arc::new(Mutex::new(0));
+    let (queue, slow) = worker(
+        "test",
+        Box::new(Slow {
+            finished: Arc::clone(&finished),
+        }),
+        &DeliveryConfig::default(),
+        Arc::default(),
+    );
+    let fence = Fence::until(Instant::now() + Duration::from_secs(1));
+    assert!(
+        queue
+            .send(Job::new(event(), None).fenced(fence.clone()))
+            .await
+    );
+    drop(queue);
+    let renewer = tokio::spawn(async move {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            fence.extend(Instant::now() + Duration::from_secs(1));
+        }
+    });
+    assert_eq!(slow.run(CancellationToken::new()).await, 0);
+    assert_eq!(*finished.lock().unwrap(), 1);
+    renewer.abort();
+}
+
 /// A sink with lanes that cannot deliver key `poison` (its connection is
 /// closed before an answer, every time) and delivers other keys at once.
 struct Poison;
