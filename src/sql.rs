@@ -9,8 +9,11 @@ use tokio_postgres::{Client, GenericClient};
 use crate::config::{Config, Mode, TableName};
 use crate::source::describe;
 
-/// Serialises concurrent installs and uninstalls on one database.
-const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtext('skor install'));\n\n";
+/// Serialises concurrent installs and uninstalls on one database, and keeps
+/// PostgreSQL's notices ("already exists, skipping"), which only say what
+/// the idempotent script expects, out of the log.
+const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtext('skor install'));\n\
+                        SET LOCAL client_min_messages = warning;\n\n";
 const INSTALL_SQL: &str = include_str!("../sql/install.sql");
 /// Durable mode's partition leases, installed after the shared objects.
 const LEASES_SQL: &str = include_str!("../sql/leases.sql");
