@@ -5,19 +5,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skor_sink_api::{Sink, StdoutConfig, StdoutSink};
-use skor_sink_webhook::WebhookSink;
+use skor_sink_api::{Sink, SinkConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use tokio::sync::mpsc;
 
 use crate::admin::{Admin, AdminError};
-use crate::config::{Config, DeliveryConfig, SinkKind};
+use crate::config::{Config, DeliveryConfig};
 use crate::durable::{self, Durable, DurableError};
 use crate::metrics::Metrics;
 use crate::postgres::{DsnError, Postgres};
 use crate::router::Router;
+use crate::sinks::StdoutConfig;
 use crate::source::{Listener, Session, SourceError};
 use crate::stats::{DurableStats, SinkStats, SourceStats};
 use crate::worker::{worker, Worker};
@@ -86,21 +86,6 @@ pub struct Daemon {
     stats: Stats,
 }
 
-fn build_sink(kind: &SinkKind) -> Result<Box<dyn Sink>, String> {
-    Ok(match kind {
-        SinkKind::Webhook(config) => Box::new(WebhookSink::new(config).map_err(|e| e.to_string())?),
-        SinkKind::Stdout(config) => Box::new(StdoutSink::new(config)),
-        #[cfg(feature = "amqp")]
-        SinkKind::Amqp(config) => {
-            Box::new(skor_sink_amqp::AmqpSink::new(config).map_err(|e| e.to_string())?)
-        }
-        #[cfg(feature = "kafka")]
-        SinkKind::Kafka(config) => {
-            Box::new(skor_sink_kafka::KafkaSink::new(config).map_err(|e| e.to_string())?)
-        }
-    })
-}
-
 impl Daemon {
     /// Builds every sink, connects to PostgreSQL and LISTENs.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
@@ -111,15 +96,17 @@ impl Daemon {
               version = env!("CARGO_PKG_VERSION"), "starting");
         let mut sinks: Vec<(String, Box<dyn Sink>, DeliveryConfig)> = Vec::new();
         for (name, sink) in &config.sinks {
-            let built = build_sink(&sink.kind).map_err(|message| StartError::Sink {
+            let built = sink.options.build().map_err(|error| StartError::Sink {
                 name: name.clone(),
-                message,
+                message: error.to_string(),
             })?;
             sinks.push((name.clone(), built, sink.delivery.clone()));
         }
         if sinks.is_empty() {
             info!("no sink configured: printing events on stdout");
-            let stdout = Box::new(StdoutSink::new(&StdoutConfig::default()));
+            let stdout = StdoutConfig::default()
+                .build()
+                .expect("the stdout sink has no options to refuse");
             sinks.push(("stdout".into(), stdout, DeliveryConfig::default()));
         }
         let names: Vec<String> = sinks.iter().map(|(name, ..)| name.clone()).collect();

@@ -18,6 +18,7 @@ pub mod postgres;
 pub mod retry;
 pub mod router;
 pub mod shed;
+pub mod sinks;
 pub mod source;
 pub mod sql;
 pub mod stats;

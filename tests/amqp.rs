@@ -263,3 +263,34 @@ async fn amqps_to_the_plain_amqp_port_fails_clearly_and_hides_the_password() {
     assert!(shown.contains("does not speak TLS on this port"), "{shown}");
     assert!(!shown.contains(&format!(":{password}@")), "{shown}");
 }
+
+/// The error `skor` gives for a config with this `[sink.NAME]` table.
+fn sink_error(sink: &str) -> String {
+    let text = format!("[source]\ndsn = \"host=h\"\n{sink}");
+    skor::Config::from_toml(&text, "skor.toml")
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn amqp_options_are_checked_where_they_are_written() {
+    assert_eq!(
+        sink_error("[sink.q]\ntype = \"amqp\"\nurl = \"amqp://h\"\nexchange = \"x\"\nrouting_key = \"{schema}.{tabel}\"\n"),
+        "skor.toml:7:15: key `sink.q.routing_key`: unknown placeholder `{tabel}`: expected {schema}, {table}, {op} or {channel}"
+    );
+    assert_eq!(
+        sink_error("[sink.q]\ntype = \"amqp\"\nurl = \"http://guest:pw@h/\"\nexchange = \"x\"\n"),
+        "skor.toml:5:7: key `sink.q.url`: url http://guest:<redacted>@h/: expected amqp://... or amqps://..."
+    );
+}
+
+#[test]
+fn a_zero_amqp_connect_timeout_is_refused() {
+    let got = sink_error(
+        "[sink.q]\ntype = \"amqp\"\nurl = \"amqp://h\"\nexchange = \"x\"\nconnect_timeout_ms = 0\n",
+    );
+    assert!(
+        got.contains("key `sink.q.connect_timeout_ms`: expected 1 to"),
+        "{got}"
+    );
+}

@@ -241,3 +241,30 @@ async fn durable_events_carry_their_id_and_the_same_row_key() {
     eventually("both finished", || durable.finished.get() == 2).await;
     daemon.stop().await;
 }
+
+/// The error `skor` gives for a config with this `[sink.NAME]` table.
+fn sink_error(sink: &str) -> String {
+    let text = format!("[source]\ndsn = \"host=h\"\n{sink}");
+    skor::Config::from_toml(&text, "skor.toml")
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn kafka_options_are_checked_where_they_are_written() {
+    assert_eq!(
+        sink_error("[sink.k]\ntype = \"kafka\"\nbrokers = \"h:9092\"\ntopic = \"t\"\n[sink.k.options]\n\"no.such.property\" = \"s3cret\"\n"),
+        "skor.toml:8:22: key `sink.k.options.no.such.property`: librdkafka refused property \"no.such.property\": No such configuration property: \"no.such.property\""
+    );
+}
+
+#[test]
+fn a_zero_kafka_message_timeout_is_refused() {
+    let got = sink_error(
+        "[sink.k]\ntype = \"kafka\"\nbrokers = \"h:9092\"\ntopic = \"t\"\nmessage_timeout_ms = 0\n",
+    );
+    assert!(
+        got.contains("key `sink.k.message_timeout_ms`: expected 1 to"),
+        "{got}"
+    );
+}

@@ -11,7 +11,8 @@ mod validate;
 
 use std::collections::BTreeMap;
 
-use skor_sink_api::{Op, Redacted, StdoutConfig};
+use skor_sink_api::Op;
+use skor_sink_kit::Redacted;
 use skor_sink_webhook::WebhookConfig;
 
 pub use columns::Columns;
@@ -33,7 +34,7 @@ pub struct Config {
     pub tables: Vec<TableConfig>,
     /// Destinations, by name; read from `raw_sinks` once the file parsed.
     #[serde(skip)]
-    pub sinks: BTreeMap<String, SinkConfig>,
+    pub sinks: BTreeMap<String, ConfiguredSink>,
     /// The `[sink.NAME]` tables as written, split by `sinks::parse_sink`
     /// so an error in one names its exact key.
     #[serde(default, rename = "sink")]
@@ -153,28 +154,15 @@ pub struct TableConfig {
     pub unique_payloads: bool,
 }
 
-/// One named destination: its type and options, and how the worker drives it.
+/// One named destination: its type's own options, and how the worker
+/// drives it.
 #[derive(Debug)]
-pub struct SinkConfig {
+pub struct ConfiguredSink {
     /// Retry and queue settings shared by every sink type.
     pub delivery: DeliveryConfig,
-    /// The sink type and its own options.
-    pub kind: SinkKind,
-}
-
-/// The sink types compiled into this binary, by their `type` key.
-#[derive(Debug)]
-pub enum SinkKind {
-    /// POST each event to a URL.
-    Webhook(WebhookConfig),
-    /// Print each event as one line on standard output.
-    Stdout(StdoutConfig),
-    /// Publish each event to an AMQP exchange.
-    #[cfg(feature = "amqp")]
-    Amqp(skor_sink_amqp::AmqpConfig),
-    /// Produce each event to a Kafka topic.
-    #[cfg(feature = "kafka")]
-    Kafka(skor_sink_kafka::KafkaConfig),
+    /// The sink type's own options; the type checks, outlines and builds
+    /// itself (see `crate::sinks` for the types this build knows).
+    pub options: Box<dyn skor_sink_api::SinkConfig>,
 }
 
 const fn default_retries() -> u32 {
@@ -406,9 +394,9 @@ impl Config {
     /// The config the original command line `skor DSN URL` stands for: LISTEN
     /// on `skor` and POST every payload to `url`.
     pub fn legacy(dsn: String, url: String) -> Self {
-        let sink = SinkConfig {
+        let sink = ConfiguredSink {
             delivery: DeliveryConfig::default(),
-            kind: SinkKind::Webhook(WebhookConfig::new(url)),
+            options: Box::new(WebhookConfig::new(url)),
         };
         Self {
             source: SourceConfig {

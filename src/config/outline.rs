@@ -1,7 +1,7 @@
 //! A short description of a config's source, sinks and routes for the
 //! start-up log line and `skor check`: passwords and secrets never appear.
 
-use super::{Config, SinkKind};
+use super::Config;
 
 /// What a config connects to and where it sends events, redacted.
 #[derive(Debug, PartialEq, Eq)]
@@ -12,35 +12,6 @@ pub struct Outline {
     pub sinks: String,
     /// Each route: `channel table-patterns ops -> sinks`.
     pub routes: String,
-}
-
-impl SinkKind {
-    /// The sink's type and where it delivers, with any password replaced.
-    pub fn outline(&self) -> String {
-        match self {
-            SinkKind::Webhook(webhook) => {
-                let mut text = format!("webhook {}", webhook.redacted_url());
-                if !webhook.headers.is_empty() {
-                    let names: Vec<&str> = webhook.headers.keys().map(String::as_str).collect();
-                    text.push_str(&format!(" (headers {})", names.join(", ")));
-                }
-                if !webhook.secret.is_empty() {
-                    text.push_str(" signed");
-                }
-                if webhook.client_cert.is_some() {
-                    text.push_str(" with a client certificate");
-                }
-                text
-            }
-            SinkKind::Stdout(_) => "stdout".to_string(),
-            #[cfg(feature = "amqp")]
-            SinkKind::Amqp(amqp) => {
-                format!("amqp {} exchange {:?}", amqp.redacted_url(), amqp.exchange)
-            }
-            #[cfg(feature = "kafka")]
-            SinkKind::Kafka(kafka) => format!("kafka {}", kafka.brokers),
-        }
-    }
 }
 
 impl Config {
@@ -61,7 +32,7 @@ impl Config {
         } else {
             self.sinks
                 .iter()
-                .map(|(name, sink)| format!("{name}: {}", sink.kind.outline()))
+                .map(|(name, sink)| format!("{name}: {}", sink.options.outline()))
                 .collect::<Vec<_>>()
                 .join("; ")
         };

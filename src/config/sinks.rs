@@ -5,7 +5,8 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use super::validate::Invalid;
-use super::{Config, DeliveryConfig, SinkConfig, SinkKind};
+use super::{Config, ConfiguredSink, DeliveryConfig};
+use crate::sinks::{ParseError, SinkType, SINK_TYPES};
 
 /// The keys of [`DeliveryConfig`], which every sink type accepts.
 const DELIVERY_KEYS: [&str; 8] = [
@@ -21,14 +22,12 @@ const DELIVERY_KEYS: [&str; 8] = [
 
 /// The sink types this build knows, for error messages.
 fn types() -> String {
-    let mut types = vec!["\"webhook\"", "\"stdout\""];
-    if cfg!(feature = "amqp") {
-        types.push("\"amqp\"");
-    }
-    if cfg!(feature = "kafka") {
-        types.push("\"kafka\"");
-    }
-    types.join(", ")
+    SINK_TYPES
+        .iter()
+        .filter(|t| t.parse.is_some())
+        .map(|t| format!("\"{}\"", t.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Config {
@@ -42,7 +41,7 @@ impl Config {
     }
 }
 
-fn parse_sink(name: &str, mut table: Table) -> Result<SinkConfig, Invalid> {
+fn parse_sink(name: &str, mut table: Table) -> Result<ConfiguredSink, Invalid> {
     let at = |key: &str, message: String| Invalid {
         path: ["sink", name, key]
             .iter()
@@ -65,56 +64,51 @@ fn parse_sink(name: &str, mut table: Table) -> Result<SinkConfig, Invalid> {
         .into_iter()
         .partition(|(key, _)| DELIVERY_KEYS.contains(&key.as_str()));
     let delivery: DeliveryConfig = typed(name, delivery)?;
-    let kind = match kind.as_str() {
-        "webhook" => SinkKind::Webhook(typed(name, own)?),
-        "stdout" => SinkKind::Stdout(typed(name, own)?),
-        #[cfg(feature = "amqp")]
-        "amqp" => SinkKind::Amqp(typed(name, own)?),
-        #[cfg(feature = "kafka")]
-        "kafka" => SinkKind::Kafka(typed(name, own)?),
-        // Reached only for the sinks this build left out.
-        #[allow(unreachable_patterns)]
-        feature @ ("amqp" | "kafka") => {
-            return Err(at(
-                "type",
-                format!(
-                    "this skor was built without the `{feature}` sink; \
-                     build it with `cargo build --release --features {feature}`"
-                ),
-            ))
-        }
-        other => {
-            return Err(at(
-                "type",
-                format!("unknown sink type \"{other}\"; expected one of {}", types()),
-            ))
-        }
+    let Some(sink_type) = SinkType::named(&kind) else {
+        return Err(at(
+            "type",
+            format!("unknown sink type \"{kind}\"; expected one of {}", types()),
+        ));
     };
-    Ok(SinkConfig { delivery, kind })
+    let Some(parse) = sink_type.parse else {
+        let feature = sink_type.feature.unwrap_or(sink_type.name);
+        return Err(at(
+            "type",
+            format!(
+                "this skor was built without the `{feature}` sink; \
+                 build it with `cargo build --release --features {feature}`"
+            ),
+        ));
+    };
+    let options = parse(own).map_err(|error| located(name, error))?;
+    Ok(ConfiguredSink { delivery, options })
 }
 
 /// Deserializes part of a sink's table, naming the key that is wrong.
 fn typed<T: DeserializeOwned>(name: &str, table: Table) -> Result<T, Invalid> {
-    serde_path_to_error::deserialize(Value::Table(table)).map_err(|error| {
-        let mut path = vec!["sink".to_string(), name.to_string()];
-        let inner = error.path().to_string();
-        let full = error.into_inner().to_string();
-        // toml appends "in `key`"; the path already says it.
-        let mut message = full.lines().next().unwrap_or_default().to_string();
-        let unknown = unknown_field(&message);
-        if inner != "." {
-            path.extend(inner.split('.').map(str::to_string));
-        } else if let Some(field) = &unknown {
-            path.push(field.clone());
-        }
-        if unknown.is_some() {
-            message.push_str(&format!(
-                ", or one of the keys every sink accepts: `{}`",
-                DELIVERY_KEYS.join("`, `")
-            ));
-        }
-        Invalid { path, message }
-    })
+    serde_path_to_error::deserialize(Value::Table(table)).map_err(|error| located(name, error))
+}
+
+/// A sink table's deserialization error as an error at its full key.
+fn located(name: &str, error: ParseError) -> Invalid {
+    let mut path = vec!["sink".to_string(), name.to_string()];
+    let inner = error.path().to_string();
+    let full = error.into_inner().to_string();
+    // toml appends "in `key`"; the path already says it.
+    let mut message = full.lines().next().unwrap_or_default().to_string();
+    let unknown = unknown_field(&message);
+    if inner != "." {
+        path.extend(inner.split('.').map(str::to_string));
+    } else if let Some(field) = &unknown {
+        path.push(field.clone());
+    }
+    if unknown.is_some() {
+        message.push_str(&format!(
+            ", or one of the keys every sink accepts: `{}`",
+            DELIVERY_KEYS.join("`, `")
+        ));
+    }
+    Invalid { path, message }
 }
 
 /// The key named by serde's "unknown field `x`" message.

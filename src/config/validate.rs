@@ -4,10 +4,9 @@
 use std::collections::HashSet;
 use std::fmt;
 
+use super::{Config, TableConfig};
 use skor_sink_api::Op;
-use skor_sink_webhook::{WebhookError, WebhookSink};
-
-use super::{Config, SinkKind, TableConfig};
+use skor_sink_kit::MAX_DELAY_MS;
 
 /// A validation failure: the key path it is about, and what is wrong.
 #[derive(Debug)]
@@ -218,49 +217,11 @@ impl Config {
     fn validate_sinks(&self) -> Result<(), Invalid> {
         for (name, sink) in &self.sinks {
             check_delivery(&sink.delivery)
-                .and_then(|()| check_sink_timeouts(&sink.kind))
                 .map_err(|(key, message)| invalid(&["sink", name.as_str(), key], message))?;
-            match &sink.kind {
-                SinkKind::Webhook(webhook) => {
-                    WebhookSink::new(webhook).map_err(|e| {
-                        let key = match &e {
-                            WebhookError::Header { name: header, .. } => {
-                                vec!["headers", header.as_str()]
-                            }
-                            WebhookError::Url(_) => vec!["url"],
-                            WebhookError::Client(_) => vec![],
-                            WebhookError::BatchSize => vec!["batch_size"],
-                            WebhookError::Secret(_) => vec!["secret"],
-                            WebhookError::Tls { key, .. } => vec![*key],
-                        };
-                        let mut path = vec!["sink", name.as_str()];
-                        path.extend(key);
-                        invalid(&path, e.to_string())
-                    })?;
-                }
-                SinkKind::Stdout(_) => {}
-                #[cfg(feature = "amqp")]
-                SinkKind::Amqp(config) => {
-                    skor_sink_amqp::AmqpSink::new(config).map_err(|e| {
-                        let key = match &e {
-                            skor_sink_amqp::AmqpError::Tls { key, .. } => key,
-                            skor_sink_amqp::AmqpError::Url { .. } => "url",
-                        };
-                        invalid(&["sink", name.as_str(), key], e.to_string())
-                    })?;
-                }
-                #[cfg(feature = "kafka")]
-                SinkKind::Kafka(config) => {
-                    skor_sink_kafka::KafkaSink::check(config).map_err(|e| {
-                        let mut path = vec!["sink", name.as_str()];
-                        if let skor_sink_kafka::KafkaError::Property { key, .. } = &e {
-                            if config.options.contains_key(key) {
-                                path.extend(["options", key.as_str()]);
-                            }
-                        }
-                        invalid(&path, e.to_string())
-                    })?;
-                }
+            if let Some(error) = sink.options.check().into_iter().next() {
+                let mut path = vec!["sink", name.as_str()];
+                path.extend(error.key.iter().map(String::as_str));
+                return Err(invalid(&path, error.message));
             }
         }
         Ok(())
@@ -314,10 +275,6 @@ impl Config {
     }
 }
 
-/// The longest delay or timeout a key accepts: a day. More is a typo (a
-/// value in microseconds, an extra zero) that would stall a sink silently.
-const MAX_DELAY_MS: u64 = 86_400_000;
-
 /// The most deliveries a sink may have in flight: each lane is a task and
 /// each pipelined confirmation holds its event in memory.
 const MAX_IN_FLIGHT: usize = 100_000;
@@ -367,32 +324,6 @@ fn check_delivery(delivery: &super::DeliveryConfig) -> Result<(), (&'static str,
             "max_outage_ms",
             "expected at least 1, or remove the key to wait out outages without limit".into(),
         ));
-    }
-    Ok(())
-}
-
-/// Bounds of the sink types' own timeouts, with the key at fault.
-fn check_sink_timeouts(kind: &SinkKind) -> Result<(), (&'static str, String)> {
-    match kind {
-        SinkKind::Webhook(webhook) => {
-            delay_ms("timeout_ms", webhook.timeout_ms)?;
-            delay_ms("connect_timeout_ms", webhook.connect_timeout_ms)?;
-            if webhook.batch_timeout_ms > MAX_DELAY_MS {
-                return Err((
-                    "batch_timeout_ms",
-                    format!(
-                        "expected at most {MAX_DELAY_MS} ms (a day), got {}",
-                        webhook.batch_timeout_ms
-                    ),
-                ));
-            }
-        }
-        SinkKind::Stdout(_) => {}
-        #[cfg(feature = "amqp")]
-        SinkKind::Amqp(amqp) => delay_ms("connect_timeout_ms", amqp.connect_timeout_ms)?,
-        // librdkafka reads 0 as "wait forever".
-        #[cfg(feature = "kafka")]
-        SinkKind::Kafka(kafka) => delay_ms("message_timeout_ms", kafka.message_timeout_ms)?,
     }
     Ok(())
 }

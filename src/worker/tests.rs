@@ -216,7 +216,7 @@ async fn a_full_queue_drops_and_counts_when_asked_to() {
     };
     let (queue, worker) = worker(
         "test",
-        Box::new(skor_sink_api::StdoutSink),
+        Box::new(crate::sinks::StdoutSink),
         &delivery,
         Arc::default(),
     );
@@ -234,7 +234,7 @@ async fn a_full_queue_waits_by_default_until_shedding_starts() {
     };
     let (mut queue, worker) = worker(
         "test",
-        Box::new(skor_sink_api::StdoutSink),
+        Box::new(crate::sinks::StdoutSink),
         &delivery,
         Arc::default(),
     );
@@ -272,7 +272,7 @@ async fn shutdown_ends_a_wait_for_room() {
     };
     let (mut queue, worker) = worker(
         "test",
-        Box::new(skor_sink_api::StdoutSink),
+        Box::new(crate::sinks::StdoutSink),
         &delivery,
         Arc::default(),
     );

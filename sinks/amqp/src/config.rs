@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use skor_sink_api::{Redacted, Template};
+use skor_sink_kit::{Redacted, Template};
 
 fn default_routing_key() -> Template {
     Template::parse("{schema}.{table}.{op}").expect("the default template is valid")

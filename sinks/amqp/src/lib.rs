@@ -2,6 +2,7 @@
 //! confirms, so an event counts as delivered only once the broker acked it.
 
 mod config;
+mod plugin;
 mod sink;
 mod tls;
 

@@ -3,7 +3,7 @@
 //! the sink is built so a wrong path fails at start-up.
 
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use skor_sink_api::{TlsFileError, TlsFileOptions};
+use skor_sink_kit::{TlsFileError, TlsFileOptions};
 
 use crate::config::AmqpConfig;
 use crate::sink::AmqpError;
@@ -81,7 +81,7 @@ mod tests {
             "{shown}"
         );
 
-        config.url = skor_sink_api::Redacted::new("amqps://guest:s3cret@localhost/%2f".into());
+        config.url = skor_sink_kit::Redacted::new("amqps://guest:s3cret@localhost/%2f".into());
         assert_eq!(
             error(&config),
             "ca_file: cannot read /nonexistent/ca.pem: No such file or directory (os error 2)"

@@ -1,11 +1,10 @@
 //! The contract between the skor daemon and its sinks: the event it hands
-//! over, the `Sink` trait every destination implements, and the error that
-//! tells the daemon's worker whether a failed delivery is worth retrying.
+//! over, the `Sink` trait every destination implements, the error that
+//! tells the daemon's worker whether a failed delivery is worth retrying,
+//! and the `SinkConfig` trait through which a sink type checks, describes
+//! and builds itself from its `[sink.NAME]` table.
 
-mod redacted;
-mod stdout;
-mod template;
-mod tls_files;
+mod config;
 
 use std::fmt;
 use std::future::Future;
@@ -13,10 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use bytes::Bytes;
-pub use redacted::Redacted;
-pub use stdout::{StdoutConfig, StdoutSink};
-pub use template::{Template, TemplateError};
-pub use tls_files::{ClientIdentity, TlsFileError, TlsFileOptions, TlsFiles};
+pub use config::{OptionError, SinkConfig};
 
 /// A row operation, as `TG_OP` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]

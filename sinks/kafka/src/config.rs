@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use skor_sink_api::{Redacted, Template};
+use skor_sink_kit::{Redacted, Template};
 
 fn default_acks() -> String {
     "all".to_string()

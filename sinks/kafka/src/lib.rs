@@ -2,6 +2,7 @@
 //! producer; an event counts as delivered when its delivery report succeeds.
 
 mod config;
+mod plugin;
 mod sink;
 
 pub use config::{KafkaConfig, OptionValue};

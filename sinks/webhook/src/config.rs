@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use skor_sink_api::Redacted;
+use skor_sink_kit::Redacted;
 
 const fn default_timeout_ms() -> u64 {
     5_000

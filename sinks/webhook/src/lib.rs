@@ -5,6 +5,7 @@
 //! failures are worth retrying.
 
 mod config;
+mod plugin;
 mod signing;
 mod sink;
 mod tls;

@@ -10,7 +10,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
-use skor_sink_api::{Event, Redacted};
+use skor_sink_api::Event;
+use skor_sink_kit::Redacted;
 
 /// The header naming the message, stable across attempts.
 pub const WEBHOOK_ID_HEADER: &str = "webhook-id";

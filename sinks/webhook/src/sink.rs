@@ -506,7 +506,7 @@ mod tests {
         let mut config = WebhookConfig::new("http://example.com/");
         config.headers.insert(
             "X-Token".into(),
-            skor_sink_api::Redacted::new("line\nbreak".into()),
+            skor_sink_kit::Redacted::new("line\nbreak".into()),
         );
         let error = WebhookSink::new(&config).err().unwrap().to_string();
         assert!(
@@ -518,7 +518,7 @@ mod tests {
     #[test]
     fn a_bad_secret_is_a_start_up_error_that_does_not_show_it() {
         let mut config = WebhookConfig::new("https://example.com/");
-        config.secret = vec![skor_sink_api::Redacted::new("whsec_???".into())];
+        config.secret = vec![skor_sink_kit::Redacted::new("whsec_???".into())];
         let error = WebhookSink::new(&config).err().unwrap().to_string();
         assert!(
             error.starts_with("invalid secret:")
@@ -526,10 +526,10 @@ mod tests {
                 && !error.contains("???"),
             "{error}"
         );
-        config.secret = vec![skor_sink_api::Redacted::new("short".into())];
+        config.secret = vec![skor_sink_kit::Redacted::new("short".into())];
         let error = WebhookSink::new(&config).err().unwrap().to_string();
         assert!(error.contains("5 bytes"), "{error}");
-        config.secret = vec![skor_sink_api::Redacted::new("x".repeat(32))];
+        config.secret = vec![skor_sink_kit::Redacted::new("x".repeat(32))];
         assert!(WebhookSink::new(&config).is_ok());
     }
 }

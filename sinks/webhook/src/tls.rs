@@ -2,7 +2,7 @@
 //! a client identity for mutual TLS (`client_cert`, `client_key`), read
 //! from their PEM files when the sink is built.
 
-use skor_sink_api::{TlsFileError, TlsFileOptions};
+use skor_sink_kit::{TlsFileError, TlsFileOptions};
 
 use crate::sink::{describe, WebhookError};
 use crate::WebhookConfig;

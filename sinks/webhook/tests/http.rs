@@ -6,7 +6,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use skor_sink_api::{Bytes, ErrorKind, Event, Op, Redacted, Sink, SinkError};
+use skor_sink_api::{Bytes, ErrorKind, Event, Op, Sink, SinkError};
+use skor_sink_kit::Redacted;
 use skor_sink_webhook::{WebhookConfig, WebhookSink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use crate::{Event, Sink, SinkError};
+use skor_sink_api::{Event, OptionError, Sink, SinkConfig, SinkError};
 
 /// Options of the stdout sink (it has none yet).
 #[derive(Clone, Debug, Default, serde::Deserialize)]
@@ -13,10 +13,21 @@ pub struct StdoutConfig {}
 #[derive(Debug, Default)]
 pub struct StdoutSink;
 
-impl StdoutSink {
-    /// Creates the sink.
-    pub fn new(_config: &StdoutConfig) -> Self {
-        Self
+impl SinkConfig for StdoutConfig {
+    fn type_name(&self) -> &'static str {
+        "stdout"
+    }
+
+    fn check(&self) -> Vec<OptionError> {
+        Vec::new()
+    }
+
+    fn build(&self) -> Result<Box<dyn Sink>, OptionError> {
+        Ok(Box::new(StdoutSink))
+    }
+
+    fn outline(&self) -> String {
+        "stdout".to_string()
     }
 }
 

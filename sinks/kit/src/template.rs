@@ -1,7 +1,7 @@
 //! Names built from an event's fields, such as an AMQP routing key
 //! `{schema}.{table}.{op}` or a Kafka topic `pg.{schema}.{table}`.
 
-use crate::Event;
+use skor_sink_api::Event;
 
 /// A field of the event that a template can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,7 +104,7 @@ impl<'de> serde::Deserialize<'de> for Template {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Bytes, Op};
+    use skor_sink_api::{Bytes, Op};
 
     fn event() -> Event {
         Event {
