@@ -19,7 +19,7 @@ use crate::postgres::{DsnError, Postgres};
 use crate::router::Router;
 use crate::sinks::StdoutConfig;
 use crate::source::{Listener, Session, SourceError};
-use crate::stats::{DurableStats, SinkStats, SourceStats};
+use crate::stats::{DurableStats, SinkStats, SourceStats, Stats};
 use crate::worker::{worker, Worker};
 
 /// Why the daemon could not start.
@@ -46,27 +46,6 @@ pub enum StartError {
     /// The admin endpoint's address could not be bound.
     #[error("{0}")]
     Admin(#[from] AdminError),
-}
-
-/// Counters of a running daemon, for its summary line and for tests.
-#[derive(Clone, Debug)]
-pub struct Stats {
-    /// What the listener saw.
-    pub source: Arc<SourceStats>,
-    /// What each sink's worker did, by sink name.
-    pub sinks: Vec<(String, Arc<SinkStats>)>,
-    /// What durable mode did, when it runs.
-    pub durable: Option<Arc<DurableStats>>,
-}
-
-impl Stats {
-    /// The counters of the sink called `name`.
-    pub fn sink(&self, name: &str) -> Option<&SinkStats> {
-        self.sinks
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| &**s)
-    }
 }
 
 /// What happened between start and shutdown.

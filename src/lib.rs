@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod counter;
 pub mod daemon;
 pub mod dead_letters;
 pub mod durable;
@@ -25,4 +26,5 @@ pub mod stats;
 pub mod worker;
 
 pub use config::Config;
-pub use daemon::{Daemon, Stats, Summary};
+pub use daemon::{Daemon, Summary};
+pub use stats::Stats;

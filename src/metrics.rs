@@ -15,7 +15,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use skor_sink_api::Op;
 
-use crate::stats;
+use crate::counter;
 
 /// Labels of `skor_events_received_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,11 +65,11 @@ pub fn latency_histogram() -> Histogram {
 
 /// The per-sink series of one sink.
 pub struct SinkSeries {
-    pub delivered: stats::Counter,
-    pub retried: stats::Counter,
-    pub failed: stats::Counter,
-    pub dead_lettered: stats::Counter,
-    pub dropped: stats::Counter,
+    pub delivered: counter::Counter,
+    pub retried: counter::Counter,
+    pub failed: counter::Counter,
+    pub dead_lettered: counter::Counter,
+    pub dropped: counter::Counter,
     pub depth: Gauge,
     pub disconnected: Gauge,
     pub blocked: Gauge,
@@ -296,7 +296,7 @@ impl Metrics {
     }
 
     /// Reconnections of `connection`.
-    pub fn reconnects(&self, connection: Connection) -> stats::Counter {
+    pub fn reconnects(&self, connection: Connection) -> counter::Counter {
         self.reconnects
             .get_or_create_owned(&connection.label())
             .into()

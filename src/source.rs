@@ -19,10 +19,10 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, TableName};
 use crate::metrics::ReceivedCounter;
 use crate::payload::{self, Notification, Reference};
-use crate::postgres::{PgConnection, Postgres};
+use crate::postgres::quote_ident;
+use crate::postgres::{describe, PgConnection, Postgres};
 use crate::router::Router;
 use crate::shed::{self, Shedding};
-use crate::sql::quote_ident;
 use crate::stats::SourceStats;
 use crate::worker::SinkQueue;
 
@@ -55,26 +55,6 @@ enum Fetched {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct SourceError(String);
-
-/// Describes a PostgreSQL error with the server's own words when there are
-/// some; never includes the connection string.
-pub fn describe(error: &tokio_postgres::Error) -> String {
-    if let Some(db) = error.as_db_error() {
-        let mut text = format!("{}: {}", db.severity(), db.message());
-        if let Some(detail) = db.detail() {
-            text.push_str(&format!(" ({detail})"));
-        }
-        return text;
-    }
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 /// One live LISTEN session: the client must live as long as its connection.
 pub struct Session {

@@ -2,41 +2,14 @@
 //! Prometheus metrics (see `metrics.rs`) and tests all read the same ones.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+pub use crate::counter::Counter;
 use crate::metrics::{Connection, Metrics};
-
-/// A counter that many tasks bump; a clone counts into the same total.
-#[derive(Clone, Debug, Default)]
-pub struct Counter(counter::Counter);
-
-impl Counter {
-    /// Adds one.
-    pub fn incr(&self) {
-        self.0.inc();
-    }
-
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.inc_by(n);
-    }
-
-    /// The current count.
-    pub fn get(&self) -> u64 {
-        self.0.get()
-    }
-}
-
-impl From<counter::Counter> for Counter {
-    fn from(counter: counter::Counter) -> Self {
-        Self(counter)
-    }
-}
 
 /// Whether a connection is up, and since when it is down.
 #[derive(Debug, Default)]
@@ -235,5 +208,26 @@ impl DurableStats {
             peak_claimed_bytes: AtomicU64::new(0),
             link: Link::registered(metrics, Connection::EventLog),
         }
+    }
+}
+
+/// Counters of a running daemon, for its summary line and for tests.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// What the listener saw.
+    pub source: Arc<SourceStats>,
+    /// What each sink's worker did, by sink name.
+    pub sinks: Vec<(String, Arc<SinkStats>)>,
+    /// What durable mode did, when it runs.
+    pub durable: Option<Arc<DurableStats>>,
+}
+
+impl Stats {
+    /// The counters of the sink called `name`.
+    pub fn sink(&self, name: &str) -> Option<&SinkStats> {
+        self.sinks
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| &**s)
     }
 }

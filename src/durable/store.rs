@@ -12,8 +12,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client};
 use tracing::{debug, warn};
 
-use crate::postgres::Postgres;
-use crate::source::describe;
+use crate::postgres::{describe, PgError, Postgres};
 
 /// Key partitions: the trigger files each event under `hashtext(key) & 63`.
 pub const PARTITIONS: i16 = 64;
@@ -535,8 +534,8 @@ impl Store {
 
 /// How many events wait in the log `client` reaches, and for how long the
 /// oldest has.
-pub async fn backlog(client: &Client) -> Result<Backlog, String> {
-    read_backlog(client).await.map_err(|e| describe(&e))
+pub async fn backlog(client: &Client) -> Result<Backlog, PgError> {
+    Ok(read_backlog(client).await?)
 }
 
 /// The backlog's statement. Each part reads one partial index (`event_log_pending`,
