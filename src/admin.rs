@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::AdminConfig;
-use crate::durable;
 use crate::metrics::Metrics;
 use crate::postgres::PgError;
 use crate::postgres::Postgres;
+use crate::source::durable;
 use crate::stats::Stats;
 
 /// How long a scrape waits for PostgreSQL's gauges before going without.

@@ -10,7 +10,7 @@ pub mod config;
 pub mod counter;
 pub mod daemon;
 pub mod dead_letters;
-pub mod durable;
+pub mod fanout;
 pub mod logging;
 pub mod metrics;
 pub mod oversized;

@@ -335,6 +335,7 @@ pub const OTHER_TABLE: &str = "other";
 
 /// Counts received events by channel, then `schema.table`, then op, keeping
 /// the counters it found so the hot path neither allocates nor locks.
+#[derive(Clone)]
 pub struct ReceivedCounter {
     metrics: Arc<Metrics>,
     /// The configured tables, which get labels of their own.

@@ -39,15 +39,32 @@ impl Link {
     }
 }
 
-/// What the listener saw.
+/// What the fan-out stage saw, from every source.
 #[derive(Debug, Default)]
-pub struct SourceStats {
-    /// Notifications that were skor events (oversized ones included).
+pub struct EventStats {
+    /// Events the sources handed over: notifications that were skor
+    /// events (oversized ones included) and claimed durable events (a
+    /// claim repeated after a lost lease counts again).
     pub received: Counter,
-    /// Notifications skipped because they were not skor events.
-    pub invalid: Counter,
     /// Events no route matched.
     pub unrouted: Counter,
+}
+
+impl EventStats {
+    /// Counters exported by `metrics`.
+    pub fn registered(metrics: &Metrics) -> Self {
+        Self {
+            received: Counter::default(),
+            unrouted: metrics.unrouted.clone().into(),
+        }
+    }
+}
+
+/// What the notify listener saw.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Notifications skipped because they were not skor events.
+    pub invalid: Counter,
     /// Oversized payloads that could not be fetched.
     pub lost: Counter,
     /// The LISTEN connection.
@@ -60,9 +77,7 @@ impl SourceStats {
     /// Counters exported by `metrics`.
     pub fn registered(metrics: &Metrics) -> Self {
         Self {
-            received: Counter::default(),
             invalid: metrics.invalid.clone().into(),
-            unrouted: metrics.unrouted.clone().into(),
             lost: metrics.lost.clone().into(),
             link: Link::registered(metrics, Connection::Listener),
             shedding: metrics.shedding.clone(),
@@ -183,8 +198,6 @@ pub struct DurableStats {
     pub finished: Counter,
     /// Events moved to the dead letters.
     pub dead_lettered: Counter,
-    /// Claimed events no route matched.
-    pub unrouted: Counter,
     /// Rows of the log that are not events skor can parse.
     pub unparseable: Counter,
     /// Statements on the event log that failed on an open connection.
@@ -202,7 +215,6 @@ impl DurableStats {
             claimed: metrics.claimed.clone().into(),
             finished: metrics.finished.clone().into(),
             dead_lettered: Counter::default(),
-            unrouted: metrics.unrouted.clone().into(),
             unparseable: Counter::default(),
             statement_errors: Counter::default(),
             peak_claimed_bytes: AtomicU64::new(0),
@@ -214,7 +226,9 @@ impl DurableStats {
 /// Counters of a running daemon, for its summary line and for tests.
 #[derive(Clone, Debug)]
 pub struct Stats {
-    /// What the listener saw.
+    /// What the fan-out stage saw, from every source.
+    pub events: Arc<EventStats>,
+    /// What the notify listener saw.
     pub source: Arc<SourceStats>,
     /// What each sink's worker did, by sink name.
     pub sinks: Vec<(String, Arc<SinkStats>)>,

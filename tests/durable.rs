@@ -861,8 +861,7 @@ async fn an_unrouted_event_is_a_dead_letter_until_a_route_takes_it() {
     )
     .await;
     assert_eq!(hook.count(), 0);
-    let stats = daemon.stats.durable.clone().unwrap();
-    assert_eq!(stats.unrouted.get(), 3);
+    assert_eq!(daemon.stats.events.unrouted.get(), 3);
     daemon.stop().await;
 
     // The route is fixed: a replay delivers them.

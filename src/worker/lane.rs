@@ -32,7 +32,8 @@ pub(super) struct Deliverer {
     pub(super) policy: RetryPolicy,
     pub(super) stats: Arc<SinkStats>,
     /// Where durable events' outcomes go, with this sink's index.
-    pub(super) report: Option<(usize, mpsc::UnboundedSender<Outcome>)>,
+    /// This sink's index, in the outcomes it reports.
+    pub(super) index: usize,
     /// Deliveries of one lane that may await their confirmation at once.
     pub(super) window: usize,
     pub(super) batching: Batching,
@@ -239,9 +240,9 @@ impl Deliverer {
                 warn!(sink = %self.name, schema = %first.schema, table = %first.table,
                       op = %first.op, events, attempt, retry_in_ms = delay.as_millis() as u64,
                       error = %error, "delivery failed, retrying");
-                if let Some((_, outcomes)) = &self.report {
-                    for id in batch.iter().filter_map(|j| j.event.id) {
-                        let _ = outcomes.send(Outcome::Retrying {
+                for job in batch.iter() {
+                    if let (Some(id), Some(acks)) = (job.event.id, &job.ack) {
+                        let _ = acks.send(Outcome::Retrying {
                             id,
                             attempts: attempt,
                             delay,
@@ -282,14 +283,14 @@ impl Deliverer {
         };
         for job in batch {
             let event = &*job.event;
-            if let (Some(id), Some((sink, outcomes))) = (event.id, &self.report) {
+            if let (Some(id), Some(acks)) = (event.id, &job.ack) {
                 self.stats.dead_lettered.incr();
                 error!(sink = %self.name, id, schema = %event.schema, table = %event.table,
                        op = %event.op, attempts, error = %error, reason,
                        "event not delivered: moved to the dead letters");
-                let _ = outcomes.send(Outcome::Failed {
+                let _ = acks.send(Outcome::Failed {
                     id,
-                    sink: *sink,
+                    sink: self.index,
                     attempts,
                     error: error.to_string(),
                 });
@@ -306,9 +307,12 @@ impl Deliverer {
         self.stats.delivered.add(batch.len() as u64);
         self.stats
             .settled(batch.iter().map(|j| j.queued_at.elapsed()));
-        if let Some((sink, outcomes)) = &self.report {
-            for id in batch.iter().filter_map(|j| j.event.id) {
-                let _ = outcomes.send(Outcome::Delivered { id, sink: *sink });
+        for job in batch {
+            if let (Some(id), Some(acks)) = (job.event.id, &job.ack) {
+                let _ = acks.send(Outcome::Delivered {
+                    id,
+                    sink: self.index,
+                });
             }
         }
         let back = self.disconnected_since.lock().expect("not poisoned").take();

@@ -48,7 +48,7 @@ async fn run_script_with(
         answers: Mutex::new(answers.into()),
         calls: Arc::clone(&calls),
     };
-    let (queue, worker) = worker("test", Box::new(sink), delivery, Arc::default());
+    let (queue, worker) = worker(0, "test", Box::new(sink), delivery, Arc::default());
     let stats = worker.stats();
     queue.push(&event()).await;
     drop(queue);
@@ -181,7 +181,7 @@ async fn confirmations_are_awaited_together_and_drained_at_shutdown() {
         max_in_flight: Some(3),
         ..DeliveryConfig::default()
     };
-    let (queue, worker) = worker("test", Box::new(sink), &delivery, Arc::default());
+    let (queue, worker) = worker(0, "test", Box::new(sink), &delivery, Arc::default());
     let stats = worker.stats();
     for size in 1..=5 {
         let mut event = (*event()).clone();
@@ -215,6 +215,7 @@ async fn a_full_queue_drops_and_counts_when_asked_to() {
         ..DeliveryConfig::default()
     };
     let (queue, worker) = worker(
+        0,
         "test",
         Box::new(crate::sinks::StdoutSink),
         &delivery,
@@ -233,6 +234,7 @@ async fn a_full_queue_waits_by_default_until_shedding_starts() {
         ..DeliveryConfig::default()
     };
     let (mut queue, worker) = worker(
+        0,
         "test",
         Box::new(crate::sinks::StdoutSink),
         &delivery,
@@ -271,6 +273,7 @@ async fn shutdown_ends_a_wait_for_room() {
         ..DeliveryConfig::default()
     };
     let (mut queue, worker) = worker(
+        0,
         "test",
         Box::new(crate::sinks::StdoutSink),
         &delivery,
@@ -350,6 +353,7 @@ async fn run_lanes(
         batching,
     };
     let (queue, worker) = worker(
+        0,
         "test",
         Box::new(sink),
         &DeliveryConfig::default(),
@@ -415,6 +419,7 @@ async fn a_batch_waits_its_linger_for_more_events() {
         },
     };
     let (queue, worker) = worker(
+        0,
         "test",
         Box::new(sink),
         &DeliveryConfig::default(),
@@ -448,6 +453,7 @@ async fn run_fenced(
         calls: Arc::clone(&calls),
     };
     let (queue, worker) = worker(
+        0,
         "test",
         Box::new(sink),
         &DeliveryConfig::default(),
@@ -517,6 +523,7 @@ async fn an_attempt_under_way_is_cancelled_when_its_lease_runs_out() {
         finished: Arc::clone(&finished),
     };
     let (queue, slow) = worker(
+        0,
         "test",
         Box::new(sink),
         &DeliveryConfig::default(),
@@ -546,6 +553,7 @@ async fn an_attempt_under_way_is_cancelled_when_its_lease_runs_out() {
     // A lease renewed while the attempt runs lets it finish.
     let finished = Arc::new(Mutex::new(0));
     let (queue, slow) = worker(
+        0,
         "test",
         Box::new(Slow {
             finished: Arc::clone(&finished),
@@ -595,7 +603,7 @@ async fn max_outage_ms_bounds_an_event_that_only_ever_finds_the_sink_unreachable
         max_outage_ms: Some(1_000),
         ..DeliveryConfig::default()
     };
-    let (queue, worker) = worker("test", Box::new(Poison), &delivery, Arc::default());
+    let (queue, worker) = worker(0, "test", Box::new(Poison), &delivery, Arc::default());
     let stats = worker.stats();
     let run = tokio::spawn(worker.run(CancellationToken::new()));
     queue.push(&keyed("poison", 0)).await;
