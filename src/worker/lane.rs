@@ -233,8 +233,11 @@ impl Deliverer {
             let Some(delay) = delay else {
                 return self.give_up(batch, attempt, &error);
             };
-            // Waiting out an outage spends no retry and counts none.
-            if error.kind != ErrorKind::Disconnected {
+            // Waiting out an outage spends no retry: it has a counter of its
+            // own, so `retried` keeps meaning attempts the sink failed.
+            if error.kind == ErrorKind::Disconnected {
+                self.stats.outage_waits.add(events as u64);
+            } else {
                 self.stats.retried.add(events as u64);
                 warn!(sink = %self.name, schema = %first.schema, table = %first.table,
                       op = %first.op, events, attempt, retry_in_ms = delay.as_millis() as u64,

@@ -113,6 +113,7 @@ async fn a_lost_broker_is_waited_for_without_spending_retries() {
         ),
         (1, 0, 0)
     );
+    assert_eq!(stats.outage_waits.get(), 9, "each wait counted apart");
     assert_eq!(stats.disconnected.get(), 0, "back once delivered");
 }
 
@@ -141,6 +142,9 @@ async fn an_outage_longer_than_max_outage_ms_spends_the_retries() {
         ),
         (0, 5, 1)
     );
+    // The wake-up at the limit finds the sink still down: that attempt is
+    // the first to count, as a retry.
+    assert_eq!(stats.outage_waits.get(), 4, "the waits before the limit");
     assert_eq!(stats.disconnected.get(), 1, "still unreachable");
 }
 
