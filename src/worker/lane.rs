@@ -1,7 +1,8 @@
 //! One lane of a sink's worker: takes events from its queue in order,
-//! batches them when the sink allows, keeps a window of deliveries awaiting
-//! confirmation, and settles each one: counted, retried, or given up on and
-//! logged.
+//! batches them when the sink allows, keeps a window of a pipelined sink's
+//! deliveries awaiting confirmation (a lane-based sink's request has its
+//! answer when it returns), and settles each one: counted, retried, or
+//! given up on and logged.
 
 use std::future::Future;
 use std::pin::Pin;
