@@ -99,6 +99,9 @@ pub struct SinkStats {
     /// Retries after a failed attempt; the attempts that wait out an
     /// outage are not counted.
     pub retried: Counter,
+    /// Waits for an unreachable sink, per event held: what an outage cost
+    /// instead of retries.
+    pub outage_waits: Counter,
     /// Events given up on after a permanent error or the last retry.
     pub failed: Counter,
     /// Of the failed events, those kept in the dead letters (durable mode).
@@ -125,6 +128,7 @@ impl Default for SinkStats {
         Self {
             delivered: Counter::default(),
             retried: Counter::default(),
+            outage_waits: Counter::default(),
             failed: Counter::default(),
             dead_lettered: Counter::default(),
             dropped: Counter::default(),
@@ -144,6 +148,7 @@ impl SinkStats {
         Self {
             delivered: sink.delivered,
             retried: sink.retried,
+            outage_waits: sink.outage_waits,
             failed: sink.failed,
             dead_lettered: sink.dead_lettered,
             dropped: sink.dropped,

@@ -218,6 +218,7 @@ pub fn worker(
         deliverer: Deliverer {
             name,
             batching: sink.batching(),
+            concurrency,
             sink,
             policy: RetryPolicy::from_config(delivery),
             stats,

@@ -113,6 +113,7 @@ async fn a_lost_broker_is_waited_for_without_spending_retries() {
         ),
         (1, 0, 0)
     );
+    assert_eq!(stats.outage_waits.get(), 9, "each wait counted apart");
     assert_eq!(stats.disconnected.get(), 0, "back once delivered");
 }
 
@@ -141,7 +142,59 @@ async fn an_outage_longer_than_max_outage_ms_spends_the_retries() {
         ),
         (0, 5, 1)
     );
+    // The wake-up at the limit finds the sink still down: that attempt is
+    // the first to count, as a retry.
+    assert_eq!(stats.outage_waits.get(), 4, "the waits before the limit");
     assert_eq!(stats.disconnected.get(), 1, "still unreachable");
+}
+
+/// A lane-based sink that answers from a script in `send` and has no use
+/// for a confirmation: its `submit` must never be called.
+struct Lane(Mutex<VecDeque<Result<(), SinkError>>>);
+
+#[async_trait::async_trait]
+impl Sink for Lane {
+    async fn send(&self, _event: &Event) -> Result<(), SinkError> {
+        self.0.lock().unwrap().pop_front().unwrap_or(Ok(()))
+    }
+
+    async fn submit(&self, _event: &Event) -> Result<Confirmation, SinkError> {
+        panic!("a lane's request is settled from send, not through a confirmation");
+    }
+
+    fn concurrency(&self) -> skor_sink_api::Concurrency {
+        skor_sink_api::Concurrency::Lanes
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lanes_request_is_settled_from_its_answer_without_a_confirmation() {
+    let script = vec![
+        Err(SinkError::disconnected("refused")),
+        Err(SinkError::retryable("HTTP 503")),
+        Ok(()),
+    ];
+    let sink = Lane(Mutex::new(script.into()));
+    let (queue, worker) = worker(
+        "test",
+        Box::new(sink),
+        &DeliveryConfig::default(),
+        Arc::default(),
+    );
+    let stats = worker.stats();
+    queue.push(&event()).await;
+    queue.push(&event()).await;
+    drop(queue);
+    assert_eq!(worker.run(CancellationToken::new()).await, 0);
+    assert_eq!(
+        (
+            stats.delivered.get(),
+            stats.retried.get(),
+            stats.outage_waits.get(),
+            stats.failed.get()
+        ),
+        (2, 1, 1, 0)
+    );
 }
 
 /// A sink whose confirmations arrive only when the test releases them.
