@@ -233,6 +233,7 @@ impl Daemon {
         }
         for (name, sink) in &self.stats.sinks {
             info!(sink = %name, delivered = sink.delivered.get(), retried = sink.retried.get(),
+                  outage_waits = sink.outage_waits.get(),
                   failed = sink.failed.get(), dropped = sink.dropped.get(), "sink totals");
         }
         if let Some(durable) = &self.stats.durable {

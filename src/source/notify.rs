@@ -16,6 +16,7 @@ use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::backoff::Schedule;
 use crate::config::{Config, TableName};
 use crate::fanout::{Fanout, Incoming};
 use crate::payload::{self, Notification, Reference};
@@ -25,6 +26,10 @@ use crate::stats::SourceStats;
 
 /// The listening connection, driven by hand so notifications are not lost.
 type Conn = PgConnection;
+
+/// The wait before the first reconnection attempt; it doubles up to
+/// `source.reconnect_max_backoff_ms`.
+pub const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(100);
 
 /// Most bytes of a rejected payload quoted in its log line.
 const LOGGED_PAYLOAD_BYTES: usize = 256;
@@ -355,8 +360,9 @@ impl Listener {
     }
 
     async fn reconnect(&self, shutdown: &CancellationToken) -> Option<Session> {
-        let mut delay = Duration::from_millis(100);
+        let waits = Schedule::exponential(RECONNECT_FIRST_WAIT, self.max_backoff);
         for attempt in 1u64.. {
+            let delay = waits.delay_u64(attempt);
             let opened = tokio::select! {
                 () = shutdown.cancelled() => return None,
                 opened = self.open() => opened,
@@ -370,7 +376,6 @@ impl Listener {
                 () = shutdown.cancelled() => return None,
                 () = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(self.max_backoff);
         }
         None
     }

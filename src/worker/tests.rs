@@ -176,6 +176,7 @@ async fn a_lanes_request_is_settled_from_its_answer_without_a_confirmation() {
     ];
     let sink = Lane(Mutex::new(script.into()));
     let (queue, worker) = worker(
+        0,
         "test",
         Box::new(sink),
         &DeliveryConfig::default(),

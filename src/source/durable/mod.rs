@@ -49,9 +49,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Schedule;
 use crate::config::{Config, DurableConfig};
 use crate::fanout::{Acks, Fanout, Incoming};
 use crate::postgres::{PgError, Postgres};
+use crate::source::notify::RECONNECT_FIRST_WAIT;
 use crate::stats::DurableStats;
 use crate::worker::{Fence, Job, Outcome, Resume};
 
@@ -218,8 +220,8 @@ impl Durable {
                         failures = 0;
                     }
                     failures += 1;
-                    let delay = (Duration::from_millis(100) * 2u32.pow(failures.min(10) - 1))
-                        .min(STATEMENT_RETRY_MAX);
+                    let delay = Schedule::exponential(RECONNECT_FIRST_WAIT, STATEMENT_RETRY_MAX)
+                        .delay(failures);
                     warn!(%error, failures, retry_in_ms = delay.as_millis() as u64,
                           "a statement on the event log failed; retrying on the same connection");
                     tokio::select! {
@@ -248,8 +250,9 @@ impl Durable {
     }
 
     async fn reconnect(&self, shutdown: &CancellationToken) -> Option<Session> {
-        let mut delay = Duration::from_millis(100);
+        let waits = Schedule::exponential(RECONNECT_FIRST_WAIT, self.max_backoff);
         for attempt in 1u64.. {
+            let delay = waits.delay_u64(attempt);
             let opened = tokio::select! {
                 () = shutdown.cancelled() => return None,
                 opened = Store::connect(&self.pg, self.ttl()) => opened,
@@ -268,7 +271,6 @@ impl Durable {
                 () = shutdown.cancelled() => return None,
                 () = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(self.max_backoff);
         }
         None
     }
