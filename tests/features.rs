@@ -41,6 +41,7 @@ fn the_default_build_pulls_neither_lapin_nor_rdkafka() {
     assert!(has(&default, "reqwest"), "the tree was read: {default}");
     assert!(!has(&default, "lapin"));
     assert!(!has(&default, "rdkafka"));
+    assert!(!has(&default, "redis"));
 }
 
 #[test]
@@ -49,4 +50,8 @@ fn each_feature_pulls_its_own_client_only() {
     assert!(has(&amqp, "lapin") && !has(&amqp, "rdkafka"));
     let kafka = tree(&["kafka"]);
     assert!(has(&kafka, "rdkafka") && !has(&kafka, "lapin"));
+    let redis = tree(&["redis"]);
+    assert!(has(&redis, "redis") && !has(&redis, "lapin") && !has(&redis, "rdkafka"));
+    // redis-rs's rustls gets ring, the provider the rest of skor uses.
+    assert!(has(&redis, "ring") && !has(&redis, "aws-lc-rs"));
 }

@@ -31,6 +31,8 @@ pub enum Target {
     Amqp,
     /// skor produces to tansu; the bench consumes.
     Kafka,
+    /// skor appends to a Redis stream; the bench reads it.
+    Redis,
     /// No skor: the durable-mode triggers only write the event log, whose
     /// rows the bench counts once the load is over.
     DurableLog,
@@ -50,6 +52,7 @@ impl Target {
             Self::WebhookSlow => "webhook-slow",
             Self::Amqp => "amqp",
             Self::Kafka => "kafka",
+            Self::Redis => "redis",
             Self::DurableLog => "durable-log",
             Self::DurableWebhook => "durable-webhook",
             Self::DurableWebhookBatch => "durable-webhook-batch",
@@ -102,6 +105,9 @@ pub fn matrix(scale: f64) -> Vec<Case> {
             }
             if cfg!(feature = "kafka") {
                 targets.push(Target::Kafka);
+            }
+            if cfg!(feature = "redis") {
+                targets.push(Target::Redis);
             }
             targets.extend([Target::DurableLog, Target::DurableWebhook]);
         }
@@ -179,6 +185,8 @@ enum Side {
     Amqp(crate::amqp::Consumer),
     #[cfg(feature = "kafka")]
     Kafka(crate::kafka::Consumer),
+    #[cfg(feature = "redis")]
+    Redis(crate::redis::Consumer),
 }
 
 impl Side {
@@ -192,6 +200,8 @@ impl Side {
                 consumer.stop().await;
                 Ok(())
             }
+            #[cfg(feature = "redis")]
+            Self::Redis(consumer) => consumer.stop().await.map_err(|e| format!("{e:#}")),
         }
     }
 }
@@ -205,6 +215,9 @@ pub struct Runner<'a> {
     /// The RabbitMQ the AMQP cases use.
     #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     pub amqp_url: String,
+    /// The Redis server the Redis case uses.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub redis_url: String,
     /// Where to keep each case's config and log, if anywhere.
     pub keep_logs: Option<PathBuf>,
     /// The run's broker, started by the first Kafka case.
@@ -331,6 +344,13 @@ impl Runner<'_> {
                     .await
                     .map_err(fail)?;
                 (Side::Kafka(consumer), tansu.sink(&topic))
+            }
+            #[cfg(feature = "redis")]
+            Target::Redis => {
+                let consumer = crate::redis::Consumer::start(&self.redis_url, arrivals)
+                    .await
+                    .map_err(fail)?;
+                (Side::Redis(consumer), crate::redis::sink(&self.redis_url))
             }
             #[allow(unreachable_patterns)]
             other => {

@@ -1,5 +1,5 @@
 //! skor-bench: runs the skor binary end to end against PostgreSQL and real
-//! receivers (HTTP, RabbitMQ, Kafka) under several write loads, and prints
+//! receivers (HTTP, RabbitMQ, Kafka, Redis) under several write loads, and prints
 //! a Markdown report of throughput, latency, losses and skor's cost.
 
 #[cfg(feature = "amqp")]
@@ -12,6 +12,8 @@ mod kafka;
 mod listen;
 mod load;
 mod receiver;
+#[cfg(feature = "redis")]
+mod redis;
 mod report;
 mod skor;
 
@@ -40,6 +42,9 @@ struct Args {
     /// The RabbitMQ broker of the AMQP cases.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
+    /// The Redis server of the Redis case.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
     /// Run only the cases whose name (`target/load`) contains this; repeatable.
     #[arg(long)]
     only: Vec<String>,
@@ -104,6 +109,7 @@ async fn bench(args: &Args) -> Result<()> {
         db: &db,
         skor: &skor,
         amqp_url: args.amqp_url.clone(),
+        redis_url: args.redis_url.clone(),
         keep_logs: args.keep_logs.clone(),
         #[cfg(feature = "kafka")]
         tansu: None,
