@@ -163,7 +163,10 @@ mod tests {
         );
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
-        assert_eq!(redact_userinfo("mqtt://localhost/a@b"), "mqtt://localhost/a@b");
+        assert_eq!(
+            redact_userinfo("mqtt://localhost/a@b"),
+            "mqtt://localhost/a@b"
+        );
     }
 
     #[test]

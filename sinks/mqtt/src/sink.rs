@@ -206,7 +206,10 @@ impl MqttSink {
         if !(1..=u64::from(u16::MAX)).contains(&config.keep_alive_secs) {
             return Err(MqttError::Option {
                 key: "keep_alive_secs",
-                message: format!("expected 1 to 65535 seconds, got {}", config.keep_alive_secs),
+                message: format!(
+                    "expected 1 to 65535 seconds, got {}",
+                    config.keep_alive_secs
+                ),
             });
         }
         if config.inflight == 0 {
@@ -242,7 +245,10 @@ impl MqttSink {
             .set_inflight(config.inflight)
             // Incoming packets are acks; outgoing ones carry whole payloads.
             .set_max_packet_size(64 * 1024, MAX_PACKET);
-        let username = config.username.clone().or_else(|| endpoint.username.clone());
+        let username = config
+            .username
+            .clone()
+            .or_else(|| endpoint.username.clone());
         let password = config
             .password
             .as_ref()
@@ -379,14 +385,18 @@ fn describe(error: &ConnectionError, tls: bool) -> String {
         ConnectionError::MqttState(StateError::Io(e)) | ConnectionError::Io(e) => {
             let mut text = e.to_string();
             if tls && text.contains("InvalidContentType") {
-                text.push_str(" (the server does not speak TLS on this port; MQTT over TLS is usually 8883)");
+                text.push_str(
+                    " (the server does not speak TLS on this port; MQTT over TLS is usually 8883)",
+                );
             }
             text
         }
         other => {
             let mut text = other.to_string();
             if tls && text.contains("InvalidContentType") {
-                text.push_str(" (the server does not speak TLS on this port; MQTT over TLS is usually 8883)");
+                text.push_str(
+                    " (the server does not speak TLS on this port; MQTT over TLS is usually 8883)",
+                );
             }
             text
         }
@@ -408,7 +418,10 @@ fn topic_error(topic: &str) -> Option<String> {
         return Some(format!("topic {topic:?} holds a NUL character"));
     }
     if topic.len() > usize::from(u16::MAX) {
-        return Some(format!("the topic is {} bytes, over MQTT's 65535", topic.len()));
+        return Some(format!(
+            "the topic is {} bytes, over MQTT's 65535",
+            topic.len()
+        ));
     }
     None
 }
@@ -591,7 +604,12 @@ mod tests {
         use skor_sink_api::ErrorKind::Disconnected;
         assert_eq!(
             results,
-            [Ok(()), Err(Disconnected), Err(Disconnected), Err(Disconnected)]
+            [
+                Ok(()),
+                Err(Disconnected),
+                Err(Disconnected),
+                Err(Disconnected)
+            ]
         );
     }
 }

@@ -54,7 +54,10 @@ pub(crate) fn parse(url: &str) -> Result<Endpoint, String> {
                 // Not quoted: it is the password.
                 Some(decode(password).map_err(|_| "password: bad %-escape".to_string())?),
             ),
-            None => (Some(decode(info).map_err(|e| format!("user name: {e}"))?), None),
+            None => (
+                Some(decode(info).map_err(|e| format!("user name: {e}"))?),
+                None,
+            ),
         },
     };
     let default_port = if tls { 8883 } else { 1883 };
@@ -64,7 +67,11 @@ pub(crate) fn parse(url: &str) -> Result<Endpoint, String> {
             .ok_or("an IPv6 address needs its closing `]`")?;
         let port = match after {
             "" => None,
-            _ => Some(after.strip_prefix(':').ok_or("expected `:port` after `]`")?),
+            _ => Some(
+                after
+                    .strip_prefix(':')
+                    .ok_or("expected `:port` after `]`")?,
+            ),
         };
         (host, port)
     } else {
@@ -120,10 +127,16 @@ mod tests {
     #[test]
     fn host_port_tls_and_credentials() {
         let plain = parse("mqtt://broker").unwrap();
-        assert_eq!((plain.host.as_str(), plain.port, plain.tls), ("broker", 1883, false));
+        assert_eq!(
+            (plain.host.as_str(), plain.port, plain.tls),
+            ("broker", 1883, false)
+        );
         assert_eq!(plain.username, None);
         let tls = parse("mqtts://skor:p%40ss%3Aw@broker.example:8884/").unwrap();
-        assert_eq!((tls.host.as_str(), tls.port, tls.tls), ("broker.example", 8884, true));
+        assert_eq!(
+            (tls.host.as_str(), tls.port, tls.tls),
+            ("broker.example", 8884, true)
+        );
         assert_eq!(tls.username.as_deref(), Some("skor"));
         assert_eq!(tls.password.as_deref(), Some("p@ss:w"));
         assert!(!format!("{tls:?}").contains("p@ss"));
