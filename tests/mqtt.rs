@@ -295,3 +295,24 @@ fn mqtt_options_are_checked_where_they_are_written() {
         "{got}"
     );
 }
+
+#[test]
+fn the_example_configs_mqtt_sink_parses_once_uncommented() {
+    let example = include_str!("../config.example.toml");
+    let block: String = example
+        .lines()
+        .skip_while(|line| *line != "# [sink.mqtt]")
+        .take_while(|line| !line.is_empty())
+        .map(|line| format!("{}\n", line.strip_prefix("# ").unwrap_or(line)))
+        .collect();
+    assert!(
+        block.starts_with("[sink.mqtt]\ntype = \"mqtt\"\n"),
+        "{block}"
+    );
+    let config = skor::Config::from_toml(
+        &format!("[source]\ndsn = \"host=h\"\n{block}"),
+        "config.example.toml",
+    )
+    .expect("the example's MQTT sink parses");
+    assert!(config.sinks.contains_key("mqtt"));
+}

@@ -238,7 +238,21 @@ impl MqttSink {
             });
         }
         let tls = tls_config(config, endpoint.tls || config.tls)?;
-        let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
+        // rumqttc resolves `host:port` as one string, so an IPv6 address
+        // goes in brackets; with TLS it also names the server, which
+        // brackets would spoil.
+        let host = if endpoint.host.contains(':') {
+            if tls.is_some() {
+                return Err(MqttError::Url {
+                    url: config.redacted_url(),
+                    reason: "TLS to an IPv6 address is not supported: use a host name".into(),
+                });
+            }
+            format!("[{}]", endpoint.host)
+        } else {
+            endpoint.host.clone()
+        };
+        let mut options = MqttOptions::new(client_id, host, endpoint.port);
         options
             .set_keep_alive(Duration::from_secs(config.keep_alive_secs))
             .set_clean_session(true)
