@@ -265,6 +265,74 @@ async fn credentials_come_from_the_environment_and_a_wrong_password_is_waited_ou
     assert_eq!(daemon.stop().await.undelivered, 1);
 }
 
+#[tokio::test]
+async fn mqtts_with_a_private_ca_and_a_client_certificate_delivers() {
+    use common::https::{acceptor, pem_file, TestCa, TlsProxy};
+    let ca = TestCa::new("skor test mqtt CA");
+    let client = ca.client("skor");
+    let (host, port) = shared_broker();
+    let backend = format!("{host}:{port}").parse().expect("an IP address");
+    // Mutual TLS in front of the shared broker, as a load balancer would.
+    let proxy = TlsProxy::start(acceptor(&ca.server(), Some(&ca)), backend).await;
+    let (ca_file, cert, key) = (
+        pem_file(&ca.pem),
+        pem_file(&client.cert_pem),
+        pem_file(&client.key_pem),
+    );
+    let prefix = prefix();
+    let subscriber = shared_subscriber(&prefix).await;
+    let options = format!(
+        "ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+        ca_file.path().display(),
+        cert.path().display(),
+        key.path().display()
+    );
+    let (db, daemon) = setup(&sink_table(
+        &format!("mqtts://{}", proxy.addr),
+        &prefix,
+        &options,
+    ))
+    .await;
+    db.exec("INSERT INTO items (id, name) VALUES (1, 'over tls')")
+        .await;
+    let messages = subscriber.take(1).await;
+    assert!(messages[0].body.contains("over tls"), "{messages:?}");
+    let certs = proxy.client_certs();
+    assert!(
+        !certs.is_empty() && certs.iter().all(Option::is_some),
+        "skor presented its client certificate"
+    );
+    daemon.stop().await;
+
+    // Without the CA, the broker's certificate is not trusted: an outage
+    // whose reason the log can show, no retry spent.
+    let plain = skor_sink_mqtt::MqttSink::new(&skor_sink_mqtt::MqttConfig::new(format!(
+        "mqtts://skor:s3cret@{}",
+        proxy.addr
+    )))
+    .unwrap();
+    let event = skor_sink_api::Event {
+        channel: "skor".into(),
+        schema: "public".into(),
+        table: "items".into(),
+        op: skor_sink_api::Op::Insert,
+        payload: skor_sink_api::Bytes::from_static(b"{}"),
+        key: None,
+        id: None,
+        seq: 1,
+    };
+    use skor_sink_api::Sink;
+    let error = plain.send(&event).await.expect_err("untrusted certificate");
+    assert_eq!(error.kind, skor_sink_api::ErrorKind::Disconnected);
+    let shown = error.to_string();
+    assert!(shown.contains("UnknownIssuer"), "{shown}");
+    assert!(
+        shown.starts_with("connecting to mqtts://skor:<redacted>@"),
+        "{shown}"
+    );
+    subscriber.close().await;
+}
+
 /// The error `skor` gives for a config with this `[sink.NAME]` table.
 fn sink_error(sink: &str) -> String {
     let text = format!("[source]\ndsn = \"host=h\"\n{sink}");
