@@ -31,6 +31,8 @@ pub enum Target {
     Amqp,
     /// skor produces to tansu; the bench consumes.
     Kafka,
+    /// skor publishes to a Mosquitto of the case's own; the bench subscribes.
+    Mqtt,
     /// No skor: the durable-mode triggers only write the event log, whose
     /// rows the bench counts once the load is over.
     DurableLog,
@@ -50,6 +52,7 @@ impl Target {
             Self::WebhookSlow => "webhook-slow",
             Self::Amqp => "amqp",
             Self::Kafka => "kafka",
+            Self::Mqtt => "mqtt",
             Self::DurableLog => "durable-log",
             Self::DurableWebhook => "durable-webhook",
             Self::DurableWebhookBatch => "durable-webhook-batch",
@@ -102,6 +105,9 @@ pub fn matrix(scale: f64) -> Vec<Case> {
             }
             if cfg!(feature = "kafka") {
                 targets.push(Target::Kafka);
+            }
+            if cfg!(feature = "mqtt") {
+                targets.push(Target::Mqtt);
             }
             targets.extend([Target::DurableLog, Target::DurableWebhook]);
         }
@@ -179,12 +185,16 @@ enum Side {
     Amqp(crate::amqp::Consumer),
     #[cfg(feature = "kafka")]
     Kafka(crate::kafka::Consumer),
+    #[cfg(feature = "mqtt")]
+    Mqtt(#[allow(dead_code)] crate::mqtt::Consumer),
 }
 
 impl Side {
     async fn stop(self) -> Result<(), String> {
         match self {
             Self::Listen(_) | Self::Http(_) => Ok(()),
+            #[cfg(feature = "mqtt")]
+            Self::Mqtt(_) => Ok(()),
             #[cfg(feature = "amqp")]
             Self::Amqp(consumer) => consumer.stop().await.map_err(|e| format!("{e:#}")),
             #[cfg(feature = "kafka")]
@@ -331,6 +341,12 @@ impl Runner<'_> {
                     .await
                     .map_err(fail)?;
                 (Side::Kafka(consumer), tansu.sink(&topic))
+            }
+            #[cfg(feature = "mqtt")]
+            Target::Mqtt => {
+                let consumer = crate::mqtt::Consumer::start(arrivals).await.map_err(fail)?;
+                let sink = consumer.sink();
+                (Side::Mqtt(consumer), sink)
             }
             #[allow(unreachable_patterns)]
             other => {

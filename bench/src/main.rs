@@ -11,6 +11,8 @@ mod db;
 mod kafka;
 mod listen;
 mod load;
+#[cfg(feature = "mqtt")]
+mod mqtt;
 mod receiver;
 mod report;
 mod skor;
