@@ -41,6 +41,7 @@ fn the_default_build_pulls_neither_lapin_nor_rdkafka() {
     assert!(has(&default, "reqwest"), "the tree was read: {default}");
     assert!(!has(&default, "lapin"));
     assert!(!has(&default, "rdkafka"));
+    assert!(!has(&default, "rumqttc"));
 }
 
 #[test]
@@ -49,4 +50,7 @@ fn each_feature_pulls_its_own_client_only() {
     assert!(has(&amqp, "lapin") && !has(&amqp, "rdkafka"));
     let kafka = tree(&["kafka"]);
     assert!(has(&kafka, "rdkafka") && !has(&kafka, "lapin"));
+    assert!(!has(&amqp, "rumqttc") && !has(&kafka, "rumqttc"));
+    let mqtt = tree(&["mqtt"]);
+    assert!(has(&mqtt, "rumqttc") && !has(&mqtt, "lapin") && !has(&mqtt, "rdkafka"));
 }
