@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::AdminConfig;
-use crate::daemon::Stats;
-use crate::durable;
 use crate::metrics::Metrics;
+use crate::postgres::PgError;
 use crate::postgres::Postgres;
-use crate::source::describe;
+use crate::source::durable;
+use crate::stats::Stats;
 
 /// How long a scrape waits for PostgreSQL's gauges before going without.
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -168,7 +168,7 @@ impl AdminState {
     async fn refresh_database_gauges(&self) {
         let gauges = &self.metrics.database;
         let read = tokio::time::timeout(DATABASE_TIMEOUT, self.read_database()).await;
-        let read = read.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()));
+        let read = read.unwrap_or(Err(PgError::Timeout(DATABASE_TIMEOUT)));
         match read {
             Ok((usage, backlog)) => {
                 gauges.notify_queue_usage.set(usage);
@@ -192,10 +192,10 @@ impl AdminState {
         }
     }
 
-    async fn read_database(&self) -> Result<(f64, Option<durable::Backlog>), String> {
+    async fn read_database(&self) -> Result<(f64, Option<durable::Backlog>), PgError> {
         let mut db = self.db.lock().await;
         if db.as_ref().is_none_or(|client| client.is_closed()) {
-            let (client, connection) = self.pg.connect().await.map_err(|e| e.to_string())?;
+            let (client, connection) = self.pg.connect().await?;
             tokio::spawn(connection);
             *db = Some(client);
         }
@@ -203,8 +203,7 @@ impl AdminState {
         let read = async {
             let usage: f64 = client
                 .query_one("SELECT pg_notification_queue_usage()", &[])
-                .await
-                .map_err(|e| describe(&e))?
+                .await?
                 .get(0);
             let backlog = match self.stats.durable {
                 Some(_) => Some(durable::backlog(client).await?),

@@ -1,5 +1,6 @@
-//! Wiring and lifecycle: build the sinks and their workers, connect the
-//! listener, run until shutdown, then drain the queues up to a deadline.
+//! Wiring and lifecycle: build the sinks and their workers, the fan-out
+//! stage in front of them and the sources that feed it; run until shutdown,
+//! then drain the queues up to a deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,17 +10,16 @@ use skor_sink_api::{Sink, SinkConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use tokio::sync::mpsc;
-
 use crate::admin::{Admin, AdminError};
 use crate::config::{Config, DeliveryConfig};
-use crate::durable::{self, Durable, DurableError};
+use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::postgres::{DsnError, Postgres};
-use crate::router::Router;
 use crate::sinks::StdoutConfig;
-use crate::source::{Listener, Session, SourceError};
-use crate::stats::{DurableStats, SinkStats, SourceStats};
+use crate::source::durable::{DurableError, DurableSource};
+use crate::source::notify::{NotifySource, OpenError};
+use crate::source::Source;
+use crate::stats::{DurableStats, EventStats, SinkStats, SourceStats, Stats};
 use crate::worker::{worker, Worker};
 
 /// Why the daemon could not start.
@@ -36,7 +36,7 @@ pub enum StartError {
     /// The first connection to PostgreSQL failed; this is not retried, so a
     /// wrong password or database name stops skor at once.
     #[error("cannot listen to PostgreSQL: {0}")]
-    Source(#[from] SourceError),
+    Source(#[from] OpenError),
     /// The DSN could not be used, e.g. its `sslrootcert` file is gone.
     #[error("source.dsn: {0}")]
     Dsn(#[from] DsnError),
@@ -46,27 +46,6 @@ pub enum StartError {
     /// The admin endpoint's address could not be bound.
     #[error("{0}")]
     Admin(#[from] AdminError),
-}
-
-/// Counters of a running daemon, for its summary line and for tests.
-#[derive(Clone, Debug)]
-pub struct Stats {
-    /// What the listener saw.
-    pub source: Arc<SourceStats>,
-    /// What each sink's worker did, by sink name.
-    pub sinks: Vec<(String, Arc<SinkStats>)>,
-    /// What durable mode did, when it runs.
-    pub durable: Option<Arc<DurableStats>>,
-}
-
-impl Stats {
-    /// The counters of the sink called `name`.
-    pub fn sink(&self, name: &str) -> Option<&SinkStats> {
-        self.sinks
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| &**s)
-    }
 }
 
 /// What happened between start and shutdown.
@@ -79,8 +58,7 @@ pub struct Summary {
 /// A daemon that is connected and listening, ready to run.
 pub struct Daemon {
     admin: Option<Admin>,
-    listener: Option<(Listener, Session)>,
-    durable: Option<(Durable, durable::Session)>,
+    sources: Vec<Box<dyn Source>>,
     workers: Vec<Worker>,
     drain_timeout: Duration,
     stats: Stats,
@@ -113,14 +91,15 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new(config.uses_durable()));
         let mut queues = Vec::new();
         let mut workers = Vec::new();
-        for (name, sink, delivery) in sinks {
+        for (index, (name, sink, delivery)) in sinks.into_iter().enumerate() {
             let stats = SinkStats::registered(&metrics, &name, delivery.queue_capacity);
-            let (queue, worker) = worker(&name, sink, &delivery, Arc::new(stats));
+            let (queue, worker) = worker(index, &name, sink, &delivery, Arc::new(stats));
             queues.push(queue);
             workers.push(worker);
         }
         let channels = config.notify_channels();
         let stats = Stats {
+            events: Arc::new(EventStats::registered(&metrics)),
             source: Arc::new(SourceStats::registered(&metrics)),
             sinks: names
                 .iter()
@@ -147,46 +126,38 @@ impl Daemon {
             None => None,
         };
         let known_tables = Arc::new(config.known_tables());
-        let durable = match &stats.durable {
-            Some(durable_stats) => {
-                let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
-                for (index, worker) in workers.iter_mut().enumerate() {
-                    worker.report_to(index, outcomes_tx.clone());
-                }
-                let durable = Durable::new(
-                    pg.clone(),
-                    config,
-                    names.clone(),
-                    queues.clone(),
-                    outcomes,
-                    Arc::clone(durable_stats),
-                    metrics.received(Arc::clone(&known_tables)),
-                );
-                let session = durable.open().await?;
-                Some((durable, session))
-            }
-            None => None,
-        };
-        let listener = if channels.is_empty() {
-            None
-        } else {
-            let listener = Listener::new(
-                pg,
+        let fanout = Fanout::new(
+            config,
+            names.clone(),
+            queues,
+            Arc::clone(&stats.events),
+            metrics.received(known_tables),
+        );
+        // Each source gets its own handle; the stage's queues close once
+        // every source has let go of its handle.
+        let mut sources: Vec<Box<dyn Source>> = Vec::new();
+        if let Some(durable_stats) = &stats.durable {
+            let durable = DurableSource::open(
+                pg.clone(),
                 config,
-                Router::new(config, &names),
-                queues,
-                Arc::clone(&stats.source),
-                metrics.received(Arc::clone(&known_tables)),
-            );
-            let session = listener.open().await?;
-            Some((listener, session))
-        };
-        info!(%database, notify_channels = ?channels, durable = durable.is_some(), sinks = ?names,
+                fanout.clone(),
+                Arc::clone(durable_stats),
+            )
+            .await?;
+            sources.push(Box::new(durable));
+        }
+        if !channels.is_empty() {
+            let notify =
+                NotifySource::open(pg, config, fanout.clone(), Arc::clone(&stats.source)).await?;
+            sources.push(Box::new(notify));
+        }
+        drop(fanout);
+        let names_of_sources: Vec<&str> = sources.iter().map(|s| s.name()).collect();
+        info!(%database, sources = ?names_of_sources, notify_channels = ?channels, sinks = ?names,
               routes = config.routes.len(), "listening");
         Ok(Self {
             admin,
-            listener,
-            durable,
+            sources,
             workers,
             drain_timeout: Duration::from_millis(config.daemon.drain_timeout_ms),
             stats,
@@ -217,16 +188,14 @@ impl Daemon {
             .into_iter()
             .map(|w| tokio::spawn(w.run(deadline.clone())))
             .collect();
-        let durable = self
-            .durable
-            .map(|(durable, session)| tokio::spawn(durable.run(session, shutdown.clone())));
-        // Returns at shutdown; dropping the listener and the durable
-        // source's queues closes them, so each worker stops once its queue
-        // is empty.
-        match self.listener {
-            Some((listener, session)) => listener.run(session, shutdown).await,
-            None => shutdown.cancelled().await,
-        }
+        let sources: Vec<_> = self
+            .sources
+            .into_iter()
+            .map(|source| tokio::spawn(source.run(shutdown.clone())))
+            .collect();
+        // At shutdown each source lets go of the sink queues, so each worker
+        // stops once its queue is empty.
+        shutdown.cancelled().await;
         info!(
             drain_timeout_ms = self.drain_timeout.as_millis() as u64,
             "draining sink queues"
@@ -241,20 +210,20 @@ impl Daemon {
             }
         };
         let undelivered: u64 = results.into_iter().map(|r| r.unwrap_or(0)).sum();
-        if let Some(durable) = durable {
-            // The workers have stopped, so the last outcomes are in; what
-            // is unfinished stays pending in the log for the next run.
-            if tokio::time::timeout(self.drain_timeout, durable)
-                .await
-                .is_err()
-            {
-                warn!("the event log did not answer in time: unfinished events stay pending");
-            }
+        // The workers have stopped, so the last outcomes are in; what a
+        // source has not seen confirmed stays where it was read from.
+        let sources = futures_util::future::join_all(sources);
+        if tokio::time::timeout(self.drain_timeout, sources)
+            .await
+            .is_err()
+        {
+            warn!("a source did not finish in time: unfinished durable events stay pending");
         }
         admin_stop.cancel();
         if let Some(admin) = admin {
             let _ = admin.await;
         }
+        let events = &self.stats.events;
         let source = &self.stats.source;
         if undelivered > 0 {
             warn!(
@@ -275,9 +244,9 @@ impl Daemon {
             );
         }
         info!(
-            received = source.received.get(),
+            received = events.received.get(),
             invalid = source.invalid.get(),
-            unrouted = source.unrouted.get(),
+            unrouted = events.unrouted.get(),
             reconnects = source.link.reconnects.get(),
             undelivered,
             "stopped"

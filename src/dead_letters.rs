@@ -6,9 +6,26 @@ use std::fmt::Write as _;
 
 use tokio_postgres::Client;
 
-use crate::durable::WAKE_CHANNEL;
 use crate::payload;
-use crate::source::describe;
+use crate::postgres::PgError;
+use crate::source::durable::WAKE_CHANNEL;
+
+/// Why an action on dead letters failed; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// PostgreSQL refused or failed.
+    #[error(transparent)]
+    Db(#[from] PgError),
+    /// Some of the ids given name no dead letter.
+    #[error("no dead letter has id {0:?}; nothing was replayed (see `skor dead-letters list`)")]
+    NotFound(Vec<i64>),
+}
+
+impl From<tokio_postgres::Error> for DeadLetterError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::Db(error.into())
+    }
+}
 
 /// Most payload bytes `list` prints per event.
 const LISTED_PAYLOAD_BYTES: usize = 200;
@@ -32,17 +49,13 @@ pub struct DeadLetter {
     pub payload: String,
 }
 
-fn db_error(error: tokio_postgres::Error) -> String {
-    describe(&error)
-}
-
 /// The dead letters, oldest first, at most `limit`.
-pub async fn list(client: &Client, limit: i64) -> Result<Vec<DeadLetter>, String> {
+pub async fn list(client: &Client, limit: i64) -> Result<Vec<DeadLetter>, DeadLetterError> {
     const SQL: &str = "\
         SELECT id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
                schema_name || '.' || table_name, op, attempts, coalesce(last_error, ''), payload \
           FROM skor.event_log WHERE state = 'dead' ORDER BY id LIMIT $1";
-    let rows = client.query(SQL, &[&limit]).await.map_err(db_error)?;
+    let rows = client.query(SQL, &[&limit]).await?;
     Ok(rows
         .iter()
         .map(|row| DeadLetter {
@@ -91,7 +104,7 @@ pub enum Replay {
 /// Queues dead letters again with a fresh retry budget and wakes the
 /// daemons; returns how many. Fails, changing nothing, if an id is not a
 /// dead letter.
-pub async fn replay(client: &mut Client, which: &Replay) -> Result<u64, String> {
+pub async fn replay(client: &mut Client, which: &Replay) -> Result<u64, DeadLetterError> {
     const SQL: &str = "\
         UPDATE skor.event_log SET state = 'pending', attempts = 0, next_attempt_at = now() \
          WHERE state = 'dead' AND ($1 OR id = ANY($2)) RETURNING id";
@@ -99,11 +112,8 @@ pub async fn replay(client: &mut Client, which: &Replay) -> Result<u64, String> 
         Replay::All => (true, Vec::new()),
         Replay::Ids(ids) => (false, ids.clone()),
     };
-    let transaction = client.transaction().await.map_err(db_error)?;
-    let rows = transaction
-        .query(SQL, &[&all, &ids])
-        .await
-        .map_err(db_error)?;
+    let transaction = client.transaction().await?;
+    let rows = transaction.query(SQL, &[&all, &ids]).await?;
     let replayed: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     let missing: Vec<i64> = ids
         .iter()
@@ -111,14 +121,11 @@ pub async fn replay(client: &mut Client, which: &Replay) -> Result<u64, String> 
         .filter(|id| !replayed.contains(id))
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "no dead letter has id {missing:?}; nothing was replayed (see `skor dead-letters list`)"
-        ));
+        return Err(DeadLetterError::NotFound(missing));
     }
     transaction
         .batch_execute(&format!("NOTIFY {WAKE_CHANNEL}"))
-        .await
-        .map_err(db_error)?;
-    transaction.commit().await.map_err(db_error)?;
+        .await?;
+    transaction.commit().await?;
     Ok(replayed.len() as u64)
 }

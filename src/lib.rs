@@ -5,11 +5,13 @@
 //! with retries. The binary in `main.rs` is a thin command line over this.
 
 pub mod admin;
+pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod counter;
 pub mod daemon;
 pub mod dead_letters;
-pub mod durable;
+pub mod fanout;
 pub mod logging;
 pub mod metrics;
 pub mod oversized;
@@ -25,4 +27,5 @@ pub mod stats;
 pub mod worker;
 
 pub use config::Config;
-pub use daemon::{Daemon, Stats, Summary};
+pub use daemon::{Daemon, Summary};
+pub use stats::Stats;

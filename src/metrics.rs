@@ -15,7 +15,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use skor_sink_api::Op;
 
-use crate::stats;
+use crate::counter;
 
 /// Labels of `skor_events_received_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,11 +65,12 @@ pub fn latency_histogram() -> Histogram {
 
 /// The per-sink series of one sink.
 pub struct SinkSeries {
-    pub delivered: stats::Counter,
-    pub retried: stats::Counter,
-    pub failed: stats::Counter,
-    pub dead_lettered: stats::Counter,
-    pub dropped: stats::Counter,
+    pub delivered: counter::Counter,
+    pub retried: counter::Counter,
+    pub outage_waits: counter::Counter,
+    pub failed: counter::Counter,
+    pub dead_lettered: counter::Counter,
+    pub dropped: counter::Counter,
     pub depth: Gauge,
     pub disconnected: Gauge,
     pub blocked: Gauge,
@@ -100,6 +101,7 @@ pub struct Metrics {
     pub(crate) finished: Counter,
     delivered: Family<SinkLabel, Counter>,
     retried: Family<SinkLabel, Counter>,
+    outage_waits: Family<SinkLabel, Counter>,
     failed: Family<SinkLabel, Counter>,
     dead_lettered: Family<SinkLabel, Counter>,
     dropped: Family<SinkLabel, Counter>,
@@ -128,6 +130,7 @@ impl Metrics {
             finished: Counter::default(),
             delivered: Family::default(),
             retried: Family::default(),
+            outage_waits: Family::default(),
             failed: Family::default(),
             dead_lettered: Family::default(),
             dropped: Family::default(),
@@ -176,6 +179,12 @@ impl Metrics {
             "sink_retried",
             "Events sent again after a failed attempt; waiting out an outage retries none",
             metrics.retried.clone(),
+        );
+        r.register(
+            "sink_outage_waits",
+            "Events held back once more because the sink was unreachable, each wait \
+             counted apart from retries",
+            metrics.outage_waits.clone(),
         );
         r.register(
             "sink_failed",
@@ -280,6 +289,7 @@ impl Metrics {
         SinkSeries {
             delivered: self.delivered.get_or_create_owned(&label).into(),
             retried: self.retried.get_or_create_owned(&label).into(),
+            outage_waits: self.outage_waits.get_or_create_owned(&label).into(),
             failed: self.failed.get_or_create_owned(&label).into(),
             dead_lettered: self.dead_lettered.get_or_create_owned(&label).into(),
             dropped: self.dropped.get_or_create_owned(&label).into(),
@@ -296,7 +306,7 @@ impl Metrics {
     }
 
     /// Reconnections of `connection`.
-    pub fn reconnects(&self, connection: Connection) -> stats::Counter {
+    pub fn reconnects(&self, connection: Connection) -> counter::Counter {
         self.reconnects
             .get_or_create_owned(&connection.label())
             .into()
@@ -335,6 +345,7 @@ pub const OTHER_TABLE: &str = "other";
 
 /// Counts received events by channel, then `schema.table`, then op, keeping
 /// the counters it found so the hot path neither allocates nor locks.
+#[derive(Clone)]
 pub struct ReceivedCounter {
     metrics: Arc<Metrics>,
     /// The configured tables, which get labels of their own.
@@ -405,6 +416,7 @@ mod tests {
         }
         let sink = metrics.sink("hook", 100);
         sink.delivered.add(3);
+        sink.outage_waits.add(2);
         sink.latency.observe(0.003);
         let text = metrics.encode();
         for line in [
@@ -412,6 +424,8 @@ mod tests {
             r#"skor_events_received_total{channel="skor",table="public.orders",op="DELETE"} 1"#,
             r#"skor_events_received_total{channel="skor",table="other",op="INSERT"} 100"#,
             r#"skor_sink_delivered_total{sink="hook"} 3"#,
+            r#"skor_sink_outage_waits_total{sink="hook"} 2"#,
+            r#"skor_sink_retried_total{sink="hook"} 0"#,
             r#"skor_sink_queue_capacity{sink="hook"} 100"#,
             r#"skor_sink_disconnected{sink="hook"} 0"#,
             r#"skor_sink_blocked{sink="hook"} 0"#,

@@ -7,7 +7,24 @@ use std::fmt::Write as _;
 
 use tokio_postgres::Client;
 
-use crate::source::describe;
+use crate::postgres::PgError;
+
+/// Why an action on oversized payloads failed; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum OversizedError {
+    /// PostgreSQL refused or failed.
+    #[error(transparent)]
+    Db(#[from] PgError),
+    /// Some of the ids given name no oversized payload.
+    #[error("no oversized payload has id {0:?}; nothing was done (see `skor oversized list`)")]
+    NotFound(Vec<i64>),
+}
+
+impl From<tokio_postgres::Error> for OversizedError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::Db(error.into())
+    }
+}
 
 /// One waiting payload, as `list` shows it.
 #[derive(Debug)]
@@ -22,17 +39,13 @@ pub struct Waiting {
     pub bytes: i32,
 }
 
-fn db_error(error: tokio_postgres::Error) -> String {
-    describe(&error)
-}
-
 /// The waiting payloads, oldest first.
-pub async fn list(client: &Client) -> Result<Vec<Waiting>, String> {
+pub async fn list(client: &Client) -> Result<Vec<Waiting>, OversizedError> {
     const SQL: &str = "\
         SELECT id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
                channel, octet_length(payload) \
           FROM skor.oversized_payload ORDER BY id";
-    let rows = client.query(SQL, &[]).await.map_err(db_error)?;
+    let rows = client.query(SQL, &[]).await?;
     Ok(rows
         .iter()
         .map(|row| Waiting {
@@ -72,7 +85,7 @@ pub enum Which {
 /// Notifies each chosen payload's reference again, on its channel, so a
 /// running daemon fetches and delivers it; returns how many. Changes
 /// nothing if an id is not waiting.
-pub async fn deliver(client: &mut Client, which: &Which) -> Result<u64, String> {
+pub async fn deliver(client: &mut Client, which: &Which) -> Result<u64, OversizedError> {
     const SQL: &str = "\
         SELECT id, pg_notify(channel, json_build_object('skor_ref', id, 'channel', channel, \
                                                         'token', token)::text) \
@@ -81,21 +94,18 @@ pub async fn deliver(client: &mut Client, which: &Which) -> Result<u64, String> 
 }
 
 /// Deletes the chosen payloads: their events are given up; returns how many.
-pub async fn drop(client: &mut Client, which: &Which) -> Result<u64, String> {
+pub async fn drop(client: &mut Client, which: &Which) -> Result<u64, OversizedError> {
     const SQL: &str = "DELETE FROM skor.oversized_payload WHERE $1 OR id = ANY($2) RETURNING id";
     act(client, which, SQL).await
 }
 
-async fn act(client: &mut Client, which: &Which, sql: &str) -> Result<u64, String> {
+async fn act(client: &mut Client, which: &Which, sql: &str) -> Result<u64, OversizedError> {
     let (all, ids) = match which {
         Which::All => (true, Vec::new()),
         Which::Ids(ids) => (false, ids.clone()),
     };
-    let transaction = client.transaction().await.map_err(db_error)?;
-    let rows = transaction
-        .query(sql, &[&all, &ids])
-        .await
-        .map_err(db_error)?;
+    let transaction = client.transaction().await?;
+    let rows = transaction.query(sql, &[&all, &ids]).await?;
     let found: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     let missing: Vec<i64> = ids
         .iter()
@@ -103,10 +113,8 @@ async fn act(client: &mut Client, which: &Which, sql: &str) -> Result<u64, Strin
         .filter(|id| !found.contains(id))
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "no oversized payload has id {missing:?}; nothing was done (see `skor oversized list`)"
-        ));
+        return Err(OversizedError::NotFound(missing));
     }
-    transaction.commit().await.map_err(db_error)?;
+    transaction.commit().await?;
     Ok(found.len() as u64)
 }

@@ -1,8 +1,11 @@
 //! How long to wait before each retry. Whether to retry is the sink's call
-//! (`SinkError::is_retryable`); when and how often is this policy's.
+//! (`SinkError::is_retryable`); when and how often is this policy's. The
+//! delays themselves come from `backoff::Schedule`, like every other wait
+//! in skor.
 
 use std::time::Duration;
 
+use crate::backoff::{Growth, Schedule};
 use crate::config::{Backoff, DeliveryConfig};
 
 /// The retry schedule of one sink.
@@ -10,12 +13,9 @@ use crate::config::{Backoff, DeliveryConfig};
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub retries: u32,
-    /// Delay before the first retry.
-    pub base: Duration,
-    /// How the delay grows.
-    pub backoff: Backoff,
-    /// Upper bound of one delay.
-    pub max: Duration,
+    /// The delays between attempts: `backoff_ms`, grown as `backoff` says,
+    /// up to `max_backoff_ms`.
+    pub schedule: Schedule,
     /// How long an outage is waited out before attempts count; `None`
     /// waits without limit.
     pub max_outage: Option<Duration>,
@@ -24,11 +24,17 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// The policy a sink's `[sink.NAME]` options describe.
     pub fn from_config(config: &DeliveryConfig) -> Self {
+        let growth = match config.backoff {
+            Backoff::Linear => Growth::Linear,
+            Backoff::Exponential => Growth::Exponential,
+        };
         Self {
             retries: config.retries,
-            base: Duration::from_millis(config.backoff_ms),
-            backoff: config.backoff,
-            max: Duration::from_millis(config.max_backoff_ms),
+            schedule: Schedule::new(
+                Duration::from_millis(config.backoff_ms),
+                growth,
+                Duration::from_millis(config.max_backoff_ms),
+            ),
             max_outage: config.max_outage_ms.map(Duration::from_millis),
         }
     }
@@ -39,22 +45,19 @@ impl RetryPolicy {
         if retry == 0 || retry > self.retries {
             return None;
         }
-        let factor = match self.backoff {
-            Backoff::Linear => retry,
-            Backoff::Exponential => 1u32.checked_shl(retry - 1).unwrap_or(u32::MAX),
-        };
-        Some(self.base.saturating_mul(factor).min(self.max))
+        Some(self.schedule.delay(retry))
     }
 
     /// The wait before reconnection attempt `n` (from 1) to a broker: it
     /// doubles from the base delay up to the smaller of the policy's cap and
-    /// five seconds, so a broker that comes back is found again quickly.
-    /// Reconnecting never runs out.
+    /// five seconds, whatever `backoff` says, so a broker that comes back
+    /// is found again quickly. Reconnecting never runs out.
     pub fn reconnect_delay(&self, n: u32) -> Duration {
-        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
-        self.base
-            .saturating_mul(factor)
-            .min(self.max.min(MAX_RECONNECT_DELAY))
+        Schedule::exponential(
+            self.schedule.base,
+            self.schedule.cap.min(MAX_RECONNECT_DELAY),
+        )
+        .delay(n)
     }
 }
 
@@ -82,9 +85,10 @@ mod tests {
     fn exponential_doubles_and_is_capped() {
         let policy = RetryPolicy {
             retries: 6,
-            base: Duration::from_millis(100),
-            backoff: Backoff::Exponential,
-            max: Duration::from_millis(1_000),
+            schedule: Schedule::exponential(
+                Duration::from_millis(100),
+                Duration::from_millis(1_000),
+            ),
             max_outage: None,
         };
         assert_eq!(schedule(&policy), vec![100, 200, 400, 800, 1_000, 1_000]);

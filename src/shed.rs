@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::postgres::Postgres;
-use crate::source::describe;
+use crate::postgres::{describe, PgError};
 
 /// How often the watch reads `pg_notification_queue_usage()`.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -121,12 +121,7 @@ pub async fn watch(
         }
         let read = tokio::time::timeout(timeout, read_usage(&pg, &mut client))
             .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "PostgreSQL did not answer in {} ms",
-                    timeout.as_millis()
-                ))
-            });
+            .unwrap_or(Err(PgError::Timeout(timeout)));
         let usage = match read {
             Ok(usage) => usage,
             Err(error) => {
@@ -171,7 +166,7 @@ pub async fn watch(
 
 /// Forgets the connection after an error and says so on the first one of
 /// a run; shedding stays as it is meanwhile.
-fn fail(client: &mut Option<Client>, failing: &mut bool, error: String) {
+fn fail(client: &mut Option<Client>, failing: &mut bool, error: PgError) {
     *client = None;
     if !std::mem::replace(failing, true) {
         warn!(%error, "cannot read the notification queue's usage: shedding stays as it is");
@@ -180,9 +175,9 @@ fn fail(client: &mut Option<Client>, failing: &mut bool, error: String) {
     }
 }
 
-async fn read_usage(pg: &Postgres, client: &mut Option<Client>) -> Result<f64, String> {
+async fn read_usage(pg: &Postgres, client: &mut Option<Client>) -> Result<f64, PgError> {
     if client.as_ref().is_none_or(Client::is_closed) {
-        let (new, connection) = pg.connect().await.map_err(|e| e.to_string())?;
+        let (new, connection) = pg.connect().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!(error = %describe(&e), "usage watch connection closed");
@@ -193,8 +188,7 @@ async fn read_usage(pg: &Postgres, client: &mut Option<Client>) -> Result<f64, S
     let client = client.as_ref().expect("connected above");
     let row = client
         .query_one("SELECT pg_notification_queue_usage()", &[])
-        .await
-        .map_err(|e| describe(&e))?;
+        .await?;
     Ok(row.get(0))
 }
 

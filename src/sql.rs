@@ -7,7 +7,7 @@ use skor_sink_api::Op;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{Config, Mode, TableName};
-use crate::source::describe;
+use crate::postgres::{describe, quote_ident, quote_literal, text_array};
 
 /// Serialises concurrent installs and uninstalls on one database, and keeps
 /// PostgreSQL's notices ("already exists, skipping"), which only say what
@@ -20,22 +20,6 @@ const LEASES_SQL: &str = include_str!("../sql/leases.sql");
 const DROP_TRIGGERS_SQL: &str = include_str!("../sql/drop_triggers.sql");
 const UNINSTALL_SQL: &str = include_str!("../sql/uninstall.sql");
 const PRIVILEGES_SQL: &str = include_str!("../sql/privileges.sql");
-
-/// `ident` quoted as a PostgreSQL identifier.
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// `text` quoted as a PostgreSQL string literal.
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-/// `items` as a PostgreSQL `text[]` expression.
-fn text_array(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|item| quote_literal(item)).collect();
-    format!("ARRAY[{}]::text[]", quoted.join(", "))
-}
 
 /// The trigger that captures `op` on a table.
 fn trigger_name(op: Op) -> String {
@@ -212,12 +196,6 @@ pub async fn uninstall(client: &mut Client, drop_events: bool) -> Result<(), Ins
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quotes_identifiers_and_literals() {
-        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
-    }
 
     #[test]
     fn one_trigger_per_table_and_op_with_its_columns() {

@@ -2,41 +2,14 @@
 //! Prometheus metrics (see `metrics.rs`) and tests all read the same ones.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+pub use crate::counter::Counter;
 use crate::metrics::{Connection, Metrics};
-
-/// A counter that many tasks bump; a clone counts into the same total.
-#[derive(Clone, Debug, Default)]
-pub struct Counter(counter::Counter);
-
-impl Counter {
-    /// Adds one.
-    pub fn incr(&self) {
-        self.0.inc();
-    }
-
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.inc_by(n);
-    }
-
-    /// The current count.
-    pub fn get(&self) -> u64 {
-        self.0.get()
-    }
-}
-
-impl From<counter::Counter> for Counter {
-    fn from(counter: counter::Counter) -> Self {
-        Self(counter)
-    }
-}
 
 /// Whether a connection is up, and since when it is down.
 #[derive(Debug, Default)]
@@ -66,15 +39,32 @@ impl Link {
     }
 }
 
-/// What the listener saw.
+/// What the fan-out stage saw, from every source.
 #[derive(Debug, Default)]
-pub struct SourceStats {
-    /// Notifications that were skor events (oversized ones included).
+pub struct EventStats {
+    /// Events the sources handed over: notifications that were skor
+    /// events (oversized ones included) and claimed durable events (a
+    /// claim repeated after a lost lease counts again).
     pub received: Counter,
-    /// Notifications skipped because they were not skor events.
-    pub invalid: Counter,
     /// Events no route matched.
     pub unrouted: Counter,
+}
+
+impl EventStats {
+    /// Counters exported by `metrics`.
+    pub fn registered(metrics: &Metrics) -> Self {
+        Self {
+            received: Counter::default(),
+            unrouted: metrics.unrouted.clone().into(),
+        }
+    }
+}
+
+/// What the notify listener saw.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Notifications skipped because they were not skor events.
+    pub invalid: Counter,
     /// Oversized payloads that could not be fetched.
     pub lost: Counter,
     /// The LISTEN connection.
@@ -87,9 +77,7 @@ impl SourceStats {
     /// Counters exported by `metrics`.
     pub fn registered(metrics: &Metrics) -> Self {
         Self {
-            received: Counter::default(),
             invalid: metrics.invalid.clone().into(),
-            unrouted: metrics.unrouted.clone().into(),
             lost: metrics.lost.clone().into(),
             link: Link::registered(metrics, Connection::Listener),
             shedding: metrics.shedding.clone(),
@@ -111,6 +99,9 @@ pub struct SinkStats {
     /// Retries after a failed attempt; the attempts that wait out an
     /// outage are not counted.
     pub retried: Counter,
+    /// Waits for an unreachable sink, per event held: what an outage cost
+    /// instead of retries.
+    pub outage_waits: Counter,
     /// Events given up on after a permanent error or the last retry.
     pub failed: Counter,
     /// Of the failed events, those kept in the dead letters (durable mode).
@@ -137,6 +128,7 @@ impl Default for SinkStats {
         Self {
             delivered: Counter::default(),
             retried: Counter::default(),
+            outage_waits: Counter::default(),
             failed: Counter::default(),
             dead_lettered: Counter::default(),
             dropped: Counter::default(),
@@ -156,6 +148,7 @@ impl SinkStats {
         Self {
             delivered: sink.delivered,
             retried: sink.retried,
+            outage_waits: sink.outage_waits,
             failed: sink.failed,
             dead_lettered: sink.dead_lettered,
             dropped: sink.dropped,
@@ -210,8 +203,6 @@ pub struct DurableStats {
     pub finished: Counter,
     /// Events moved to the dead letters.
     pub dead_lettered: Counter,
-    /// Claimed events no route matched.
-    pub unrouted: Counter,
     /// Rows of the log that are not events skor can parse.
     pub unparseable: Counter,
     /// Statements on the event log that failed on an open connection.
@@ -229,11 +220,33 @@ impl DurableStats {
             claimed: metrics.claimed.clone().into(),
             finished: metrics.finished.clone().into(),
             dead_lettered: Counter::default(),
-            unrouted: metrics.unrouted.clone().into(),
             unparseable: Counter::default(),
             statement_errors: Counter::default(),
             peak_claimed_bytes: AtomicU64::new(0),
             link: Link::registered(metrics, Connection::EventLog),
         }
+    }
+}
+
+/// Counters of a running daemon, for its summary line and for tests.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// What the fan-out stage saw, from every source.
+    pub events: Arc<EventStats>,
+    /// What the notify listener saw.
+    pub source: Arc<SourceStats>,
+    /// What each sink's worker did, by sink name.
+    pub sinks: Vec<(String, Arc<SinkStats>)>,
+    /// What durable mode did, when it runs.
+    pub durable: Option<Arc<DurableStats>>,
+}
+
+impl Stats {
+    /// The counters of the sink called `name`.
+    pub fn sink(&self, name: &str) -> Option<&SinkStats> {
+        self.sinks
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| &**s)
     }
 }

@@ -199,8 +199,17 @@ async fn durable_mode_exports_its_backlog_and_its_age() {
     db.exec("INSERT INTO items SELECT generate_series(1, 5)")
         .await;
     hook.wait_for(2).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let scrape = Scrape::of(admin).await;
+    // The oldest event's age is read from the log at each scrape: it must
+    // pass a second while the sink keeps failing.
+    let deadline = Instant::now() + PATIENCE;
+    let scrape = loop {
+        let scrape = Scrape::of(admin).await;
+        if scrape.value("skor_durable_oldest_pending_seconds") >= 1.0 {
+            break scrape;
+        }
+        assert!(Instant::now() < deadline, "the oldest event never aged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(scrape.value("skor_durable_backlog_events"), 5.0);
     assert_eq!(scrape.value("skor_durable_dead_letters"), 0.0);
     let age = scrape.value("skor_durable_oldest_pending_seconds");

@@ -103,7 +103,7 @@ async fn a_notification_that_is_not_json_is_skipped_and_counted() {
     let bodies = hook.wait_for(1).await;
     assert!(bodies[0].body.contains(r#""id":7"#), "{}", bodies[0].body);
     assert_eq!(daemon.stats.source.invalid.get(), 3);
-    assert_eq!(daemon.stats.source.received.get(), 1);
+    assert_eq!(daemon.stats.events.received.get(), 1);
     daemon.stop().await;
     assert_eq!(hook.requests().len(), 1);
 }

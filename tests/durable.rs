@@ -233,6 +233,8 @@ async fn a_failing_webhook_dead_letters_events_and_replay_delivers_them() {
         id += 1;
         db.exec(&format!("INSERT INTO items (id) VALUES ({id})"))
             .await;
+        // Paced on purpose: events must keep arriving all through the
+        // outage, some early enough to run out of retries before it ends.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     hook.answer(status(200));
@@ -366,6 +368,8 @@ async fn a_spoofed_notify_delivers_nothing() {
     .await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     hook.wait_for(1).await;
+    // Time passes on purpose: nothing forged may arrive after the real
+    // event either, and there is no event to wait for that proves it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ids: Vec<i64> = hook.bodies().iter().map(|b| row_id(b)).collect();
     assert_eq!(ids, vec![1], "only the committed change arrived");
@@ -473,6 +477,8 @@ async fn daemons_share_the_log(daemons: usize, kill: bool) {
             signal(&children[0], "KILL");
             children[0].wait().await.unwrap();
         }
+        // Paced on purpose: the updates span the daemons' claims, so the
+        // kill lands while the log is being worked through.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -861,8 +867,7 @@ async fn an_unrouted_event_is_a_dead_letter_until_a_route_takes_it() {
     )
     .await;
     assert_eq!(hook.count(), 0);
-    let stats = daemon.stats.durable.clone().unwrap();
-    assert_eq!(stats.unrouted.get(), 3);
+    assert_eq!(daemon.stats.events.unrouted.get(), 3);
     daemon.stop().await;
 
     // The route is fixed: a replay delivers them.

@@ -140,6 +140,8 @@ async fn a_broker_paused_for_seconds_loses_no_event() {
     tansu.consume(&topic, 1, 100).await;
     tansu.pause();
     db.exec(&inserts(101, 200)).await;
+    // The outage's length is the point: librdkafka must hold the events
+    // for seconds, and the sink shows no state that says it is doing so.
     tokio::time::sleep(Duration::from_secs(3)).await;
     tansu.resume();
     db.exec(&inserts(201, 300)).await;
@@ -185,6 +187,7 @@ async fn a_broker_killed_and_restarted_loses_no_event() {
     tansu.kill();
     // During: events keep coming while nothing listens on the broker port.
     db.exec(&inserts(101, 200)).await;
+    // The outage's length is the point, as above: nothing to wait for.
     tokio::time::sleep(Duration::from_secs(3)).await;
     tansu.restart().await;
     tansu.create_topic(&topic, 1).await;

@@ -46,7 +46,7 @@ async fn two_routes_fan_one_table_out_to_two_webhooks_and_another_to_one() {
     assert_eq!(b_bodies, vec![note.to_string(), order(1), order(3)]);
     let a_bodies = sorted(a.wait_for(2).await);
     assert_eq!(a_bodies, vec![order(1), order(3)]);
-    assert_eq!(daemon.stats.source.unrouted.get(), 1);
+    assert_eq!(daemon.stats.events.unrouted.get(), 1);
     daemon.stop().await;
     assert_eq!(a.requests().len(), 2);
     assert_eq!(b.requests().len(), 3);

@@ -121,7 +121,7 @@ async fn past_the_threshold_the_listener_sheds_load_and_writes_keep_succeeding()
     }
     // Every event is delivered, dropped and counted, or on its way.
     eventually("every event received", || {
-        daemon.stats.source.received.get() == rows as u64
+        daemon.stats.events.received.get() == rows as u64
     })
     .await;
     let drop_lines = lines_with(&["events dropped for this sink", "sink=shed_hook"]);
@@ -180,7 +180,7 @@ async fn dropped_events_are_logged_once_a_second_with_a_count_and_a_sample() {
     db.exec("INSERT INTO items SELECT g FROM generate_series(1, 3000) g")
         .await;
     eventually("every event received", || {
-        daemon.stats.source.received.get() == 3000
+        daemon.stats.events.received.get() == 3000
     })
     .await;
     let elapsed = started.elapsed();

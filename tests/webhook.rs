@@ -104,7 +104,8 @@ async fn a_webhook_down_for_3_seconds_loses_nothing_and_spends_no_retry() {
     eventually("the outage is seen", || sink.disconnected.get() == 1).await;
     let down = Instant::now();
     // Events keep coming while the receiver is down; versions of one row
-    // must still arrive in commit order.
+    // must still arrive in commit order. The sleeps are the point: the
+    // outage must outlast what five retries would have waited.
     for version in 2..=4 {
         db.exec(&format!("UPDATE items SET name = 'v{version}'"))
             .await;
@@ -137,6 +138,10 @@ async fn a_webhook_down_for_3_seconds_loses_nothing_and_spends_no_retry() {
         (sink.retried.get(), sink.failed.get()),
         (0, 0),
         "the outage cost no retry"
+    );
+    assert!(
+        sink.outage_waits.get() > 0,
+        "the outage was waited out, and counted as such"
     );
     assert_eq!(sink.disconnected.get(), 0, "back");
     daemon.stop().await;
@@ -175,6 +180,7 @@ async fn an_unreachable_webhook_is_waited_for_up_to_max_outage_ms_then_failed() 
         started.elapsed()
     );
     assert_eq!((dead.retried.get(), dead.delivered.get()), (2, 0));
+    assert!(dead.outage_waits.get() > 0, "waited before the limit");
     daemon.stop().await;
 }
 

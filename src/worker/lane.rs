@@ -1,7 +1,8 @@
 //! One lane of a sink's worker: takes events from its queue in order,
-//! batches them when the sink allows, keeps a window of deliveries awaiting
-//! confirmation, and settles each one: counted, retried, or given up on and
-//! logged.
+//! batches them when the sink allows, keeps a window of a pipelined sink's
+//! deliveries awaiting confirmation (a lane-based sink's request has its
+//! answer when it returns), and settles each one: counted, retried, or
+//! given up on and logged.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use skor_sink_api::{confirmed, Batching, Confirmation, ErrorKind, Event, Sink, SinkError};
+use skor_sink_api::{
+    confirmed, Batching, Concurrency, Confirmation, ErrorKind, Event, Sink, SinkError,
+};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,10 +35,14 @@ pub(super) struct Deliverer {
     pub(super) policy: RetryPolicy,
     pub(super) stats: Arc<SinkStats>,
     /// Where durable events' outcomes go, with this sink's index.
-    pub(super) report: Option<(usize, mpsc::UnboundedSender<Outcome>)>,
+    /// This sink's index, in the outcomes it reports.
+    pub(super) index: usize,
     /// Deliveries of one lane that may await their confirmation at once.
     pub(super) window: usize,
     pub(super) batching: Batching,
+    /// Lanes make one request at a time each and have its answer when it
+    /// returns: they settle it there, without a confirmation to await.
+    pub(super) concurrency: Concurrency,
     /// When the sink lost its broker, while it is without one: shared so
     /// that an outage is logged once, not once per lane.
     pub(super) disconnected_since: Mutex<Option<Instant>>,
@@ -76,19 +83,33 @@ impl Deliverer {
                     if self.batching.max_events > 1 {
                         open = self.fill(&mut rx, &mut batch).await;
                     }
-                    let submitted = tokio::select! {
-                        biased;
-                        () = deadline.cancelled() => break batch.len() + in_flight_events,
-                        submitted = self.submit_when_due(&mut batch) => submitted,
-                    };
-                    match submitted {
-                        None => continue,
-                        Some(Ok(confirmation)) => {
-                            in_flight_events += batch.len();
-                            in_flight.push_back(Box::pin(async move { (batch, confirmation.await) }));
-                            continue;
+                    if self.concurrency == Concurrency::Lanes {
+                        let sent = tokio::select! {
+                            biased;
+                            () = deadline.cancelled() => break batch.len() + in_flight_events,
+                            sent = self.send_when_due(&mut batch) => sent,
+                        };
+                        match sent {
+                            None => continue,
+                            Some(result) => (batch, result),
                         }
-                        Some(Err(error)) => (batch, Err(error)),
+                    } else {
+                        let submitted = tokio::select! {
+                            biased;
+                            () = deadline.cancelled() => break batch.len() + in_flight_events,
+                            submitted = self.submit_when_due(&mut batch) => submitted,
+                        };
+                        match submitted {
+                            None => continue,
+                            Some(Ok(confirmation)) => {
+                                in_flight_events += batch.len();
+                                in_flight.push_back(Box::pin(async move {
+                                    (batch, confirmation.await)
+                                }));
+                                continue;
+                            }
+                            Some(Err(error)) => (batch, Err(error)),
+                        }
                     }
                 }
             };
@@ -129,20 +150,41 @@ impl Deliverer {
         true
     }
 
-    /// Submits `batch`, first waiting out the retry delay a durable event
-    /// still had when it was claimed; `None` if every job was fenced off.
+    /// Submits `batch` once it is due (see `due`); `None` if every job was
+    /// fenced off.
     async fn submit_when_due(&self, batch: &mut Batch) -> Option<Result<Confirmation, SinkError>> {
+        if !self.due(batch).await {
+            return None;
+        }
+        self.within_leases(batch, self.submit(batch)).await
+    }
+
+    /// Sends `batch` once it is due (see `due`) and returns the sink's
+    /// answer; `None` if every job was fenced off.
+    async fn send_when_due(&self, batch: &mut Batch) -> Option<Result<(), SinkError>> {
+        if !self.due(batch).await {
+            return None;
+        }
+        self.within_leases(batch, self.send(batch)).await
+    }
+
+    /// Waits out the retry delay a durable event still had when it was
+    /// claimed, then drops what was fenced off meanwhile. False if nothing
+    /// is left to send.
+    async fn due(&self, batch: &mut Batch) -> bool {
         if let Some(at) = batch.iter().filter_map(|j| j.resume.map(|r| r.at)).max() {
             tokio::time::sleep_until(at).await;
         }
-        if !self.drop_fenced(batch) {
-            return None;
-        }
-        let submitted = within_fences(batch, self.submit(batch)).await;
-        if submitted.is_none() {
+        self.drop_fenced(batch)
+    }
+
+    /// `within_fences`, counted and logged when a lease cut it short.
+    async fn within_leases<T>(&self, batch: &Batch, attempt: impl Future<Output = T>) -> Option<T> {
+        let out = within_fences(batch, attempt).await;
+        if out.is_none() {
             self.cancelled_by_fence(batch);
         }
-        submitted
+        out
     }
 
     /// Counts and says that an attempt was cut short because the leases of
@@ -169,15 +211,40 @@ impl Deliverer {
         !batch.is_empty()
     }
 
+    /// Hands `batch` over; a pipelined sink's answer may still be to come.
     async fn submit(&self, batch: &Batch) -> Result<Confirmation, SinkError> {
-        // A batching sink gets a batch even of one, so its receiver always
-        // sees the same shape of body.
-        if let ([job], false) = (batch.as_slice(), self.batching.max_events > 1) {
+        if let Some(job) = self.single(batch) {
             return self.sink.submit(&job.event).await;
         }
-        let events: Vec<Arc<Event>> = batch.iter().map(|j| Arc::clone(&j.event)).collect();
-        self.sink.send_batch(&events).await?;
+        self.send(batch).await?;
         Ok(confirmed())
+    }
+
+    /// Delivers `batch` and returns the sink's answer.
+    async fn send(&self, batch: &Batch) -> Result<(), SinkError> {
+        if let Some(job) = self.single(batch) {
+            return self.sink.send(&job.event).await;
+        }
+        let events: Vec<Arc<Event>> = batch.iter().map(|j| Arc::clone(&j.event)).collect();
+        self.sink.send_batch(&events).await
+    }
+
+    /// One attempt at `batch`, to its answer.
+    async fn attempt(&self, batch: &Batch) -> Result<(), SinkError> {
+        match self.concurrency {
+            Concurrency::Lanes => self.send(batch).await,
+            Concurrency::Pipelined => self.submit(batch).await?.await,
+        }
+    }
+
+    /// The job of a batch of one, for a sink that does not batch: a
+    /// batching sink gets a batch even of one, so its receiver always sees
+    /// the same shape of body.
+    fn single<'a>(&self, batch: &'a Batch) -> Option<&'a Job> {
+        match batch.as_slice() {
+            [job] if self.batching.max_events <= 1 => Some(job),
+            _ => None,
+        }
     }
 
     /// Counts a delivered batch, or retries a failed one as the policy
@@ -233,15 +300,18 @@ impl Deliverer {
             let Some(delay) = delay else {
                 return self.give_up(batch, attempt, &error);
             };
-            // Waiting out an outage spends no retry and counts none.
-            if error.kind != ErrorKind::Disconnected {
+            // Waiting out an outage spends no retry: it has a counter of its
+            // own, so `retried` keeps meaning attempts the sink failed.
+            if error.kind == ErrorKind::Disconnected {
+                self.stats.outage_waits.add(events as u64);
+            } else {
                 self.stats.retried.add(events as u64);
                 warn!(sink = %self.name, schema = %first.schema, table = %first.table,
                       op = %first.op, events, attempt, retry_in_ms = delay.as_millis() as u64,
                       error = %error, "delivery failed, retrying");
-                if let Some((_, outcomes)) = &self.report {
-                    for id in batch.iter().filter_map(|j| j.event.id) {
-                        let _ = outcomes.send(Outcome::Retrying {
+                for job in batch.iter() {
+                    if let (Some(id), Some(acks)) = (job.event.id, &job.ack) {
+                        let _ = acks.send(Outcome::Retrying {
                             id,
                             attempts: attempt,
                             delay,
@@ -255,16 +325,10 @@ impl Deliverer {
             if !self.drop_fenced(batch) {
                 return;
             }
-            let batch_ref: &Batch = batch;
-            let attempt = async {
-                match self.submit(batch_ref).await {
-                    Ok(confirmation) => confirmation.await,
-                    Err(error) => Err(error),
-                }
-            };
-            result = match within_fences(batch_ref, attempt).await {
+            let batch: &Batch = batch;
+            result = match self.within_leases(batch, self.attempt(batch)).await {
                 Some(result) => result,
-                None => return self.cancelled_by_fence(batch),
+                None => return,
             };
         }
     }
@@ -282,14 +346,14 @@ impl Deliverer {
         };
         for job in batch {
             let event = &*job.event;
-            if let (Some(id), Some((sink, outcomes))) = (event.id, &self.report) {
+            if let (Some(id), Some(acks)) = (event.id, &job.ack) {
                 self.stats.dead_lettered.incr();
                 error!(sink = %self.name, id, schema = %event.schema, table = %event.table,
                        op = %event.op, attempts, error = %error, reason,
                        "event not delivered: moved to the dead letters");
-                let _ = outcomes.send(Outcome::Failed {
+                let _ = acks.send(Outcome::Failed {
                     id,
-                    sink: *sink,
+                    sink: self.index,
                     attempts,
                     error: error.to_string(),
                 });
@@ -306,9 +370,12 @@ impl Deliverer {
         self.stats.delivered.add(batch.len() as u64);
         self.stats
             .settled(batch.iter().map(|j| j.queued_at.elapsed()));
-        if let Some((sink, outcomes)) = &self.report {
-            for id in batch.iter().filter_map(|j| j.event.id) {
-                let _ = outcomes.send(Outcome::Delivered { id, sink: *sink });
+        for job in batch {
+            if let (Some(id), Some(acks)) = (job.event.id, &job.ack) {
+                let _ = acks.send(Outcome::Delivered {
+                    id,
+                    sink: self.index,
+                });
             }
         }
         let back = self.disconnected_since.lock().expect("not poisoned").take();

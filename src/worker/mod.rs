@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliveryConfig;
+use crate::fanout::Acks;
 use crate::retry::RetryPolicy;
 use crate::stats::SinkStats;
 use lane::Deliverer;
@@ -37,6 +38,9 @@ pub struct Job {
     /// attempt once it no longer holds, since another daemon may be
     /// delivering the same event by then.
     pub fence: Option<Fence>,
+    /// Where to report what became of the event, for a source that must
+    /// know when its sinks confirmed it.
+    pub ack: Option<Acks>,
 }
 
 impl Job {
@@ -47,6 +51,15 @@ impl Job {
             resume,
             queued_at: Instant::now(),
             fence: None,
+            ack: None,
+        }
+    }
+
+    /// This job, its outcome reported to `acks`.
+    pub fn acked(self, acks: Acks) -> Self {
+        Self {
+            ack: Some(acks),
+            ..self
         }
     }
 
@@ -129,7 +142,8 @@ pub struct Resume {
     pub at: Instant,
 }
 
-/// What became of a durable event at one sink, for the event log.
+/// What became of an event at one sink, for the source that sent it
+/// with an [`Acks`] sender.
 #[derive(Debug)]
 pub enum Outcome {
     /// The sink confirmed the event.
@@ -170,9 +184,10 @@ pub struct Worker {
     lanes: usize,
 }
 
-/// Creates the queue of a sink and the worker that will drain it.
-/// `stats` are the sink's counters.
+/// Creates the queue of sink number `index` and the worker that will drain
+/// it. `stats` are the sink's counters.
 pub fn worker(
+    index: usize,
     name: &str,
     sink: Box<dyn Sink>,
     delivery: &DeliveryConfig,
@@ -203,10 +218,11 @@ pub fn worker(
         deliverer: Deliverer {
             name,
             batching: sink.batching(),
+            concurrency,
             sink,
             policy: RetryPolicy::from_config(delivery),
             stats,
-            report: None,
+            index,
             window,
             disconnected_since: Mutex::new(None),
         },
@@ -217,11 +233,6 @@ pub fn worker(
 }
 
 impl Worker {
-    /// Reports what becomes of durable events to `outcomes`, as sink `index`.
-    pub fn report_to(&mut self, index: usize, outcomes: mpsc::UnboundedSender<Outcome>) {
-        self.deliverer.report = Some((index, outcomes));
-    }
-
     /// This worker's counters.
     pub fn stats(&self) -> Arc<SinkStats> {
         Arc::clone(&self.deliverer.stats)

@@ -48,7 +48,7 @@ async fn run_script_with(
         answers: Mutex::new(answers.into()),
         calls: Arc::clone(&calls),
     };
-    let (queue, worker) = worker("test", Box::new(sink), delivery, Arc::default());
+    let (queue, worker) = worker(0, "test", Box::new(sink), delivery, Arc::default());
     let stats = worker.stats();
     queue.push(&event()).await;
     drop(queue);
@@ -113,6 +113,7 @@ async fn a_lost_broker_is_waited_for_without_spending_retries() {
         ),
         (1, 0, 0)
     );
+    assert_eq!(stats.outage_waits.get(), 9, "each wait counted apart");
     assert_eq!(stats.disconnected.get(), 0, "back once delivered");
 }
 
@@ -141,7 +142,59 @@ async fn an_outage_longer_than_max_outage_ms_spends_the_retries() {
         ),
         (0, 5, 1)
     );
+    // The wake-up at the limit finds the sink still down: that attempt is
+    // the first to count, as a retry.
+    assert_eq!(stats.outage_waits.get(), 4, "the waits before the limit");
     assert_eq!(stats.disconnected.get(), 1, "still unreachable");
+}
+
+/// A lane-based sink that answers from a script in `send` and has no use
+/// for a confirmation: its `submit` must never be called.
+struct Lane(Mutex<VecDeque<Result<(), SinkError>>>);
+
+#[async_trait::async_trait]
+impl Sink for Lane {
+    async fn send(&self, _event: &Event) -> Result<(), SinkError> {
+        self.0.lock().unwrap().pop_front().unwrap_or(Ok(()))
+    }
+
+    async fn submit(&self, _event: &Event) -> Result<Confirmation, SinkError> {
+        panic!("a lane's request is settled from send, not through a confirmation");
+    }
+
+    fn concurrency(&self) -> skor_sink_api::Concurrency {
+        skor_sink_api::Concurrency::Lanes
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lanes_request_is_settled_from_its_answer_without_a_confirmation() {
+    let script = vec![
+        Err(SinkError::disconnected("refused")),
+        Err(SinkError::retryable("HTTP 503")),
+        Ok(()),
+    ];
+    let sink = Lane(Mutex::new(script.into()));
+    let (queue, worker) = worker(
+        "test",
+        Box::new(sink),
+        &DeliveryConfig::default(),
+        Arc::default(),
+    );
+    let stats = worker.stats();
+    queue.push(&event()).await;
+    queue.push(&event()).await;
+    drop(queue);
+    assert_eq!(worker.run(CancellationToken::new()).await, 0);
+    assert_eq!(
+        (
+            stats.delivered.get(),
+            stats.retried.get(),
+            stats.outage_waits.get(),
+            stats.failed.get()
+        ),
+        (2, 1, 1, 0)
+    );
 }
 
 /// A sink whose confirmations arrive only when the test releases them.
@@ -181,7 +234,7 @@ async fn confirmations_are_awaited_together_and_drained_at_shutdown() {
         max_in_flight: Some(3),
         ..DeliveryConfig::default()
     };
-    let (queue, worker) = worker("test", Box::new(sink), &delivery, Arc::default());
+    let (queue, worker) = worker(0, "test", Box::new(sink), &delivery, Arc::default());
     let stats = worker.stats();
     for size in 1..=5 {
         let mut event = (*event()).clone();
@@ -215,6 +268,7 @@ async fn a_full_queue_drops_and_counts_when_asked_to() {
         ..DeliveryConfig::default()
     };
     let (queue, worker) = worker(
+        0,
         "test",
         Box::new(crate::sinks::StdoutSink),
         &delivery,
@@ -233,6 +287,7 @@ async fn a_full_queue_waits_by_default_until_shedding_starts() {
         ..DeliveryConfig::default()
     };
     let (mut queue, worker) = worker(
+        0,
         "test",
         Box::new(crate::sinks::StdoutSink),
         &delivery,
@@ -271,6 +326,7 @@ async fn shutdown_ends_a_wait_for_room() {
         ..DeliveryConfig::default()
     };
     let (mut queue, worker) = worker(
+        0,
         "test",
         Box::new(crate::sinks::StdoutSink),
         &delivery,
@@ -350,6 +406,7 @@ async fn run_lanes(
         batching,
     };
     let (queue, worker) = worker(
+        0,
         "test",
         Box::new(sink),
         &DeliveryConfig::default(),
@@ -415,6 +472,7 @@ async fn a_batch_waits_its_linger_for_more_events() {
         },
     };
     let (queue, worker) = worker(
+        0,
         "test",
         Box::new(sink),
         &DeliveryConfig::default(),
@@ -448,6 +506,7 @@ async fn run_fenced(
         calls: Arc::clone(&calls),
     };
     let (queue, worker) = worker(
+        0,
         "test",
         Box::new(sink),
         &DeliveryConfig::default(),
@@ -517,6 +576,7 @@ async fn an_attempt_under_way_is_cancelled_when_its_lease_runs_out() {
         finished: Arc::clone(&finished),
     };
     let (queue, slow) = worker(
+        0,
         "test",
         Box::new(sink),
         &DeliveryConfig::default(),
@@ -546,6 +606,7 @@ async fn an_attempt_under_way_is_cancelled_when_its_lease_runs_out() {
     // A lease renewed while the attempt runs lets it finish.
     let finished = Arc::new(Mutex::new(0));
     let (queue, slow) = worker(
+        0,
         "test",
         Box::new(Slow {
             finished: Arc::clone(&finished),
@@ -595,7 +656,7 @@ async fn max_outage_ms_bounds_an_event_that_only_ever_finds_the_sink_unreachable
         max_outage_ms: Some(1_000),
         ..DeliveryConfig::default()
     };
-    let (queue, worker) = worker("test", Box::new(Poison), &delivery, Arc::default());
+    let (queue, worker) = worker(0, "test", Box::new(Poison), &delivery, Arc::default());
     let stats = worker.stats();
     let run = tokio::spawn(worker.run(CancellationToken::new()));
     queue.push(&keyed("poison", 0)).await;

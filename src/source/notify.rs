@@ -10,21 +10,18 @@ use std::time::Duration;
 use futures_util::future::{poll_fn, BoxFuture};
 use futures_util::FutureExt as _;
 use serde_json::value::RawValue;
-use skor_sink_api::{Bytes, Event, Op};
+use skor_sink_api::{Bytes, Op};
 use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, TableName};
-use crate::metrics::ReceivedCounter;
+use crate::fanout::{Fanout, Incoming};
 use crate::payload::{self, Notification, Reference};
-use crate::postgres::{PgConnection, Postgres};
-use crate::router::Router;
+use crate::postgres::{describe, quote_ident, ContextError, PgConnection, PgError, Postgres};
 use crate::shed::{self, Shedding};
-use crate::sql::quote_ident;
 use crate::stats::SourceStats;
-use crate::worker::SinkQueue;
 
 /// The listening connection, driven by hand so notifications are not lost.
 type Conn = PgConnection;
@@ -53,27 +50,13 @@ enum Fetched {
 
 /// Why the listener could not connect or LISTEN.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SourceError(String);
-
-/// Describes a PostgreSQL error with the server's own words when there are
-/// some; never includes the connection string.
-pub fn describe(error: &tokio_postgres::Error) -> String {
-    if let Some(db) = error.as_db_error() {
-        let mut text = format!("{}: {}", db.severity(), db.message());
-        if let Some(detail) = db.detail() {
-            text.push_str(&format!(" ({detail})"));
-        }
-        return text;
-    }
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+pub enum OpenError {
+    /// No connection: refused, TLS, authentication, no answer.
+    #[error(transparent)]
+    Connect(#[from] PgError),
+    /// Connected, but a statement failed.
+    #[error(transparent)]
+    Statement(#[from] ContextError),
 }
 
 /// One live LISTEN session: the client must live as long as its connection.
@@ -106,20 +89,19 @@ GROUP BY 1, 2";
 async fn drive<T>(
     conn: &mut Conn,
     timeout: Duration,
-    request: impl std::future::Future<Output = T>,
-) -> Result<T, SourceError> {
+    request: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, PgError> {
     tokio::pin!(request);
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            result = &mut request => return Ok(result),
-            () = &mut deadline => return Err(SourceError(format!(
-                "PostgreSQL did not answer in {} ms", timeout.as_millis()))),
+            result = &mut request => return Ok(result?),
+            () = &mut deadline => return Err(PgError::Timeout(timeout)),
             message = poll_fn(|cx| conn.poll_message(cx)) => match message {
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(SourceError(describe(&e))),
-                None => return Err(SourceError("the server closed the connection".into())),
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(PgError::Closed),
             },
         }
     }
@@ -144,13 +126,10 @@ pub struct Listener {
     pg: Postgres,
     channels: Vec<Arc<str>>,
     max_backoff: Duration,
-    router: Router,
-    queues: Vec<SinkQueue>,
+    fanout: Fanout,
     stats: Arc<SourceStats>,
-    received: ReceivedCounter,
     /// A second connection for fetching oversized payloads, opened on demand.
     fetcher: Option<Client>,
-    targets: Vec<usize>,
     /// Key columns set in the config, which win over primary keys.
     configured_keys: KeyColumns,
     /// The key columns events are keyed by: primary keys and configured keys.
@@ -173,10 +152,8 @@ impl Listener {
     pub fn new(
         mut pg: Postgres,
         config: &Config,
-        router: Router,
-        mut queues: Vec<SinkQueue>,
+        mut fanout: Fanout,
         stats: Arc<SourceStats>,
-        received: ReceivedCounter,
     ) -> Self {
         let configured_keys = configured_keys(config);
         let settings = pg.config_mut();
@@ -193,9 +170,7 @@ impl Listener {
             settings.keepalives_retries(KEEPALIVES_RETRIES);
         }
         let shedding = Arc::new(Shedding::new(stats.shedding.clone()));
-        for queue in &mut queues {
-            queue.shed_with(Arc::clone(&shedding));
-        }
+        fanout.shed_with(&shedding);
         Self {
             pg,
             channels: config
@@ -204,12 +179,9 @@ impl Listener {
                 .map(|c| Arc::from(c.as_str()))
                 .collect(),
             max_backoff: Duration::from_millis(config.source.reconnect_max_backoff_ms),
-            router,
-            queues,
+            fanout,
             stats,
-            received,
             fetcher: None,
-            targets: Vec::new(),
             keys: configured_keys.clone(),
             configured_keys,
             heartbeat_interval: Duration::from_millis(config.source.heartbeat_interval_ms),
@@ -221,17 +193,12 @@ impl Listener {
     }
 
     /// Connects, LISTENs on every channel and reads the tables' primary keys.
-    pub async fn open(&self) -> Result<Session, SourceError> {
+    pub async fn open(&self) -> Result<Session, OpenError> {
         let patience = self.connect_patience();
         let (client, mut conn) = tokio::time::timeout(patience, self.pg.connect())
             .await
-            .map_err(|_| {
-                SourceError(format!(
-                    "PostgreSQL did not answer in {} ms",
-                    patience.as_millis()
-                ))
-            })?
-            .map_err(|e| SourceError(e.to_string()))?;
+            .map_err(|_| PgError::Timeout(patience))?
+            .map_err(PgError::from)?;
         let sql: String = self
             .channels
             .iter()
@@ -242,12 +209,12 @@ impl Listener {
             self.query_timeout,
             client.query(PRIMARY_KEYS_SQL, &[]),
         )
-        .await?
-        .map_err(|e| SourceError(format!("reading primary keys: {}", describe(&e))))?;
+        .await
+        .map_err(|e| e.context("reading primary keys"))?;
         // LISTEN last: from here on, events are heard.
         drive(&mut conn, self.query_timeout, client.batch_execute(&sql))
-            .await?
-            .map_err(|e| SourceError(format!("LISTEN failed: {}", describe(&e))))?;
+            .await
+            .map_err(|e| e.context("LISTEN failed"))?;
         let mut primary_keys = KeyColumns::new();
         for row in &rows {
             let columns: Vec<String> = row.get(2);
@@ -266,9 +233,7 @@ impl Listener {
     /// Routes notifications until `shutdown`, reconnecting whenever the
     /// connection is lost. Dropping the listener closes the sink queues.
     pub async fn run(mut self, mut session: Session, shutdown: CancellationToken) {
-        for queue in &mut self.queues {
-            queue.stop_waiting_on(shutdown.clone());
-        }
+        self.fanout.stop_waiting_on(&shutdown);
         let stop_watch = shutdown.child_token();
         let _stop_watch_on_return = stop_watch.clone().drop_guard();
         tokio::spawn(shed::watch(
@@ -622,22 +587,7 @@ impl Listener {
         payload: Bytes,
         key: Option<Bytes>,
     ) {
-        self.stats.received.incr();
-        let channel = self
-            .channels
-            .iter()
-            .find(|c| ***c == *channel)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(channel));
-        self.received.count(&channel, &schema, &table, op);
-        self.router
-            .targets(&channel, &schema, &table, op, &mut self.targets);
-        if self.targets.is_empty() {
-            self.stats.unrouted.incr();
-            debug!(%channel, schema, table, %op, "no route matches this event");
-            return;
-        }
-        let event = Arc::new(Event {
+        let incoming = Incoming {
             channel,
             schema,
             table,
@@ -645,10 +595,42 @@ impl Listener {
             payload,
             key,
             id: None,
-            seq: self.stats.received.get(),
-        });
-        for &index in &self.targets {
-            self.queues[index].push(&event).await;
+        };
+        if let Some(event) = self.fanout.route(incoming) {
+            self.fanout.push(&event).await;
         }
+    }
+}
+
+/// Notify mode as one of the daemon's sources.
+pub struct NotifySource {
+    listener: Listener,
+    session: Session,
+}
+
+impl NotifySource {
+    /// Connects, LISTENs on every notify-mode channel and reads the tables'
+    /// primary keys.
+    pub async fn open(
+        pg: Postgres,
+        config: &Config,
+        fanout: Fanout,
+        stats: Arc<SourceStats>,
+    ) -> Result<Self, OpenError> {
+        let listener = Listener::new(pg, config, fanout, stats);
+        let session = listener.open().await?;
+        Ok(Self { listener, session })
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Source for NotifySource {
+    fn name(&self) -> &'static str {
+        "notify"
+    }
+
+    async fn run(self: Box<Self>, shutdown: CancellationToken) {
+        let Self { listener, session } = *self;
+        listener.run(session, shutdown).await;
     }
 }

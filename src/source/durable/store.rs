@@ -12,8 +12,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client};
 use tracing::{debug, warn};
 
-use crate::postgres::Postgres;
-use crate::source::describe;
+use crate::postgres::{describe, PgError, Postgres};
 
 /// Key partitions: the trigger files each event under `hashtext(key) & 63`.
 pub const PARTITIONS: i16 = 64;
@@ -28,26 +27,28 @@ pub enum StoreError {
     /// The server refused or failed one statement (it sent a SQLSTATE) and
     /// the connection is still open: back off and try again on it.
     #[error("{0}")]
-    Statement(String),
+    Statement(PgError),
     /// The connection is gone (or the server is shutting it down):
     /// reconnect.
     #[error("{0}")]
-    Lost(String),
+    Lost(PgError),
+    /// `skor install` has not created the event log.
+    #[error("skor.event_log or skor.partition_lease does not exist: run `skor install` first")]
+    NotInstalled,
 }
 
 impl StoreError {
     /// Sorts `error`, which `client` returned, into a failed statement or a
     /// lost connection.
-    fn of(client: &Client, error: &tokio_postgres::Error) -> Self {
-        let text = describe(error);
+    fn of(client: &Client, error: tokio_postgres::Error) -> Self {
         let code = error.code().map(|c| c.code());
         // 08: connection exceptions; 57P01-57P03: the server ends the
         // session (pg_terminate_backend, shutdown, recovery).
         let ends_session = code.is_some_and(|c| c.starts_with("08") || c.starts_with("57P0"));
         if client.is_closed() || code.is_none() || ends_session {
-            Self::Lost(text)
+            Self::Lost(error.into())
         } else {
-            Self::Statement(text)
+            Self::Statement(error.into())
         }
     }
 }
@@ -158,10 +159,7 @@ impl Store {
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3)
             .tcp_user_timeout(ttl / 2);
-        let (client, mut conn) = pg
-            .connect()
-            .await
-            .map_err(|e| StoreError::Lost(e.to_string()))?;
+        let (client, mut conn) = pg.connect().await.map_err(|e| StoreError::Lost(e.into()))?;
         let (wake_tx, wake_rx) = mpsc::channel(1);
         tokio::spawn(async move {
             loop {
@@ -192,13 +190,10 @@ impl Store {
                 &[],
             )
             .await
-            .map_err(|e| store.error(&e))?
+            .map_err(|e| store.error(e))?
             .get(0);
         if !installed {
-            return Err(StoreError::Statement(
-                "skor.event_log or skor.partition_lease does not exist: run `skor install` first"
-                    .into(),
-            ));
+            return Err(StoreError::NotInstalled);
         }
         // No statement may outlive a lease: one that hangs is cancelled and
         // reported instead of holding the session.
@@ -211,7 +206,7 @@ impl Store {
                 ttl.as_millis()
             ))
             .await
-            .map_err(|e| store.error(&e))?;
+            .map_err(|e| store.error(e))?;
         let session: String = store
             .client
             .query_one(
@@ -222,13 +217,13 @@ impl Store {
                 &[&ttl_ms],
             )
             .await
-            .map_err(|e| store.error(&e))?
+            .map_err(|e| store.error(e))?
             .get(0);
         store.session = session;
         Ok((store, wake_rx))
     }
 
-    fn error(&self, error: &tokio_postgres::Error) -> StoreError {
+    fn error(&self, error: tokio_postgres::Error) -> StoreError {
         StoreError::of(&self.client, error)
     }
 
@@ -249,7 +244,7 @@ impl Store {
             .client
             .query_one(&sql, &[])
             .await
-            .map_err(|e| self.error(&e))?;
+            .map_err(|e| self.error(e))?;
         Ok(row.get(0))
     }
 
@@ -270,7 +265,7 @@ impl Store {
             .client
             .query(SQL, &[&self.session, &self.ttl_ms])
             .await
-            .map_err(|e| self.error(&e))?;
+            .map_err(|e| self.error(e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -290,7 +285,7 @@ impl Store {
             .client
             .query(SQL, &[&self.session, &candidates, &need, &self.ttl_ms])
             .await
-            .map_err(|e| self.error(&e))?;
+            .map_err(|e| self.error(e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -302,7 +297,7 @@ impl Store {
         self.client
             .execute(SQL, &[&self.session, &part])
             .await
-            .map_err(|e| self.error(&e))?;
+            .map_err(|e| self.error(e))?;
         Ok(())
     }
 
@@ -316,7 +311,7 @@ impl Store {
         self.client
             .execute(SQL, &[&self.session])
             .await
-            .map_err(|e| self.error(&e))?;
+            .map_err(|e| self.error(e))?;
         Ok(())
     }
 
@@ -368,7 +363,7 @@ impl Store {
                 ],
             )
             .await
-            .map_err(|e| self.error(&e))?;
+            .map_err(|e| self.error(e))?;
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
             let id: i64 = row.get(0);
@@ -412,7 +407,7 @@ impl Store {
             .client
             .execute(sql, &[&ids])
             .await
-            .map_err(|e| self.error(&e))?;
+            .map_err(|e| self.error(e))?;
         if matched < ids.len() as u64 {
             warn!(
                 events = ids.len(),
@@ -435,7 +430,7 @@ impl Store {
             .client
             .execute(SQL, &[&ids, &done])
             .await
-            .map_err(|e| self.error(&e))?;
+            .map_err(|e| self.error(e))?;
         if matched < ids.len() as u64 {
             warn!(
                 events = ids.len(),
@@ -471,7 +466,7 @@ impl Store {
             .client
             .execute(SQL, &[&ids, &attempts, &delays, &errors, &self.session])
             .await
-            .map_err(|e| self.error(&e))?;
+            .map_err(|e| self.error(e))?;
         if matched < ids.len() as u64 {
             warn!(
                 events = ids.len(),
@@ -503,7 +498,7 @@ impl Store {
             .client
             .execute(SQL, &[&id, &attempts, &error, &done_sinks, &self.session])
             .await
-            .map_err(|e| self.error(&e))?;
+            .map_err(|e| self.error(e))?;
         if matched == 0 {
             warn!(
                 id,
@@ -524,19 +519,19 @@ impl Store {
         self.client
             .execute(SQL, &[&retention, &batch])
             .await
-            .map_err(|e| self.error(&e))
+            .map_err(|e| self.error(e))
     }
 
     /// How many events wait, and for how long the oldest has.
     pub async fn backlog(&self) -> StoreResult<Backlog> {
-        read_backlog(&self.client).await.map_err(|e| self.error(&e))
+        read_backlog(&self.client).await.map_err(|e| self.error(e))
     }
 }
 
 /// How many events wait in the log `client` reaches, and for how long the
 /// oldest has.
-pub async fn backlog(client: &Client) -> Result<Backlog, String> {
-    read_backlog(client).await.map_err(|e| describe(&e))
+pub async fn backlog(client: &Client) -> Result<Backlog, PgError> {
+    Ok(read_backlog(client).await?)
 }
 
 /// The backlog's statement. Each part reads one partial index (`event_log_pending`,

@@ -43,18 +43,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skor_sink_api::{Bytes, Event};
+use skor_sink_api::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, DurableConfig};
-use crate::metrics::ReceivedCounter;
-use crate::postgres::Postgres;
-use crate::router::Router;
+use crate::fanout::{Acks, Fanout, Incoming};
+use crate::postgres::{PgError, Postgres};
 use crate::stats::DurableStats;
-use crate::worker::{Fence, Job, Outcome, Resume, SinkQueue};
+use crate::worker::{Fence, Job, Outcome, Resume};
 
 pub use store::{backlog, Backlog, Store, StoreError, PARTITIONS, WAKE_CHANNEL};
 
@@ -74,7 +73,7 @@ const STATEMENT_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Why durable mode could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read the event log: {0}")]
-pub struct DurableError(String);
+pub struct DurableError(#[from] StoreError);
 
 /// An event claimed and not yet finished.
 #[derive(Debug)]
@@ -111,13 +110,13 @@ pub struct Durable {
     pg: Postgres,
     config: DurableConfig,
     max_backoff: Duration,
-    router: Router,
+    fanout: Fanout,
     sink_names: Vec<String>,
-    queues: Vec<SinkQueue>,
+    /// Given to every job, so the workers report what became of it; let go
+    /// at shutdown, so `outcomes` ends once no job is left.
+    acks: Option<Acks>,
     outcomes: mpsc::UnboundedReceiver<Outcome>,
-    channels: Vec<Arc<str>>,
     stats: Arc<DurableStats>,
-    received: ReceivedCounter,
     tracked: HashMap<i64, Tracked>,
     /// Per sink: events handed to it and not answered.
     owed: Vec<usize>,
@@ -134,7 +133,6 @@ pub struct Durable {
     progress: Vec<(i64, String)>,
     /// Tracked events every sink they were handed to has answered.
     answered: Vec<i64>,
-    targets: Vec<usize>,
 }
 
 /// A durable source, connected and ready to run.
@@ -144,34 +142,21 @@ pub struct Session {
 }
 
 impl Durable {
-    /// A coordinator for the sinks named `sink_names`, behind `queues`;
-    /// `outcomes` receives what their workers did with each event.
-    pub fn new(
-        pg: Postgres,
-        config: &Config,
-        sink_names: Vec<String>,
-        queues: Vec<SinkQueue>,
-        outcomes: mpsc::UnboundedReceiver<Outcome>,
-        stats: Arc<DurableStats>,
-        received: ReceivedCounter,
-    ) -> Self {
+    /// A coordinator that hands events to `fanout` and learns from the
+    /// workers what became of each.
+    pub fn new(pg: Postgres, config: &Config, fanout: Fanout, stats: Arc<DurableStats>) -> Self {
+        let sink_names = fanout.sink_names().to_vec();
         let sinks = sink_names.len();
+        let (acks, outcomes) = mpsc::unbounded_channel();
         Self {
             pg,
             config: config.durable.clone(),
             max_backoff: Duration::from_millis(config.source.reconnect_max_backoff_ms),
-            router: Router::new(config, &sink_names),
+            fanout,
             sink_names,
-            queues,
+            acks: Some(acks),
             outcomes,
-            channels: config
-                .source
-                .channels
-                .iter()
-                .map(|c| Arc::from(c.as_str()))
-                .collect(),
             stats,
-            received,
             tracked: HashMap::new(),
             owed: vec![0; sinks],
             deferring: vec![BTreeSet::new(); sinks],
@@ -180,7 +165,6 @@ impl Durable {
             finished: Vec::new(),
             progress: Vec::new(),
             answered: Vec::new(),
-            targets: Vec::new(),
         }
     }
 
@@ -202,13 +186,8 @@ impl Durable {
 
     /// Connects to the event log and reports its backlog.
     pub async fn open(&self) -> Result<Session, DurableError> {
-        let (store, wake) = Store::connect(&self.pg, self.ttl())
-            .await
-            .map_err(|e| DurableError(e.to_string()))?;
-        let backlog = store
-            .backlog()
-            .await
-            .map_err(|e| DurableError(e.to_string()))?;
+        let (store, wake) = Store::connect(&self.pg, self.ttl()).await?;
+        let backlog = store.backlog().await?;
         self.stats.link.set(true);
         info!(
             pending = backlog.pending,
@@ -233,7 +212,7 @@ impl Durable {
                 Err(error) => error,
             };
             match error {
-                StoreError::Statement(error) => {
+                StoreError::Statement(_) | StoreError::NotInstalled => {
                     self.stats.statement_errors.incr();
                     if started.elapsed() > STATEMENT_RETRY_MAX {
                         failures = 0;
@@ -315,9 +294,10 @@ impl Durable {
         loop {
             self.expire_leases();
             let stopping = shutdown.is_cancelled();
-            if stopping && !self.queues.is_empty() {
+            if stopping && !self.fanout.is_closed() {
                 // Closing the queues lets the workers finish.
-                self.queues.clear();
+                self.fanout.close();
+                self.acks = None;
                 info!(
                     unfinished = self.tracked.len(),
                     "durable mode: no more claims, finishing what the sinks hold"
@@ -371,7 +351,7 @@ impl Durable {
                 () = shutdown.cancelled(), if !stopping => {}
                 wake = session.wake.recv() => {
                     if wake.is_none() {
-                        return Err(StoreError::Lost("the server closed the connection".into()));
+                        return Err(StoreError::Lost(PgError::Closed));
                     }
                     due = true;
                 }
@@ -486,26 +466,28 @@ impl Durable {
             due_in_ms,
             done_sinks,
         } = claimed;
-        let channel = self
-            .channels
-            .iter()
-            .find(|c| ***c == *channel)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(channel.as_str()));
-        self.received.count(&channel, &schema, &table, op);
-        self.router
-            .targets(&channel, &schema, &table, op, &mut self.targets);
-        if self.targets.is_empty() {
+        let payload = match &self.config.id_field {
+            Some(field) => with_id_field(&payload, field, id),
+            None => payload,
+        };
+        let incoming = Incoming {
+            channel: &channel,
+            schema,
+            table,
+            op,
+            payload: Bytes::from(payload),
+            key: key.map(Bytes::from),
+            id: Some(id),
+        };
+        let Some(event) = self.fanout.route(incoming) else {
             // A route may be missing by mistake (a partition's name, a
             // typo): the event waits for `skor dead-letters replay`.
-            self.stats.unrouted.incr();
             self.stats.dead_lettered.incr();
-            warn!(id, %channel, schema, table, %op,
-                  "no route matches this durable event: moved to the dead letters");
+            warn!(id, %channel, "no route matches this durable event: moved to the dead letters");
             let attempts = u32::try_from(attempts).unwrap_or(0);
             return store.dead(id, attempts, "no route", &[]).await;
-        }
-        let routed = self.targets.clone();
+        };
+        let routed = self.fanout.targets().to_vec();
         let mut waiting = Vec::new();
         let mut deferred = Vec::new();
         for &sink in &routed {
@@ -530,23 +512,12 @@ impl Durable {
             self.park(id, &routed, done_sinks);
             return Ok(());
         }
-        let Some(fence) = self.leases.get(&part).map(|l| l.fence.clone()) else {
+        let (Some(fence), Some(acks)) = (
+            self.leases.get(&part).map(|l| l.fence.clone()),
+            self.acks.clone(),
+        ) else {
             return Ok(());
         };
-        let payload = match &self.config.id_field {
-            Some(field) => with_id_field(&payload, field, id),
-            None => payload,
-        };
-        let event = Arc::new(Event {
-            channel,
-            schema,
-            table,
-            op,
-            payload: Bytes::from(payload),
-            key: key.map(Bytes::from),
-            id: Some(id),
-            seq: id as u64,
-        });
         let resume = (attempts > 0).then(|| Resume {
             attempts: attempts as u32,
             at: Instant::now() + Duration::from_millis(due_in_ms.max(0) as u64),
@@ -571,8 +542,10 @@ impl Durable {
             },
         );
         for sink in waiting {
-            let job = Job::new(Arc::clone(&event), resume).fenced(fence.clone());
-            if !self.queues[sink].send(job).await {
+            let job = Job::new(Arc::clone(&event), resume)
+                .fenced(fence.clone())
+                .acked(acks.clone());
+            if !self.fanout.send(sink, job).await {
                 // The worker is gone (shutdown deadline): the event stays
                 // pending and is delivered by the next run.
                 self.untrack(id);
@@ -900,6 +873,38 @@ impl Durable {
             );
         }
         Ok(())
+    }
+}
+
+/// Durable mode as one of the daemon's sources.
+pub struct DurableSource {
+    durable: Durable,
+    session: Session,
+}
+
+impl DurableSource {
+    /// Connects to the event log and reports its backlog.
+    pub async fn open(
+        pg: Postgres,
+        config: &Config,
+        fanout: Fanout,
+        stats: Arc<DurableStats>,
+    ) -> Result<Self, DurableError> {
+        let durable = Durable::new(pg, config, fanout, stats);
+        let session = durable.open().await?;
+        Ok(Self { durable, session })
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Source for DurableSource {
+    fn name(&self) -> &'static str {
+        "durable"
+    }
+
+    async fn run(self: Box<Self>, shutdown: CancellationToken) {
+        let Self { durable, session } = *self;
+        durable.run(session, shutdown).await;
     }
 }
 
