@@ -203,9 +203,11 @@ async fn a_broker_stopped_and_started_while_events_flow_loses_none_and_keeps_row
         .await;
     let repeats = assert_per_row_order(&messages, 10, rounds);
     eprintln!(
-        "broker restarted: {repeats} repeats, {} retries",
-        sink.retried.get()
+        "broker restarted: {repeats} repeats, {} retries, {} outage waits",
+        sink.retried.get(),
+        sink.outage_waits.get()
     );
+    assert!(sink.outage_waits.get() > 0, "the outage was waited out");
     assert_eq!(
         (sink.failed.get(), sink.retried.get()),
         (0, 0),
@@ -261,6 +263,7 @@ async fn credentials_come_from_the_environment_and_a_wrong_password_is_waited_ou
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     let sink = daemon.stats.sink("bus").unwrap();
     eventually("a refused connect", || sink.disconnected.get() == 1).await;
+    eventually("waited out", || sink.outage_waits.get() > 0).await;
     assert_eq!((sink.retried.get(), sink.failed.get()), (0, 0));
     assert_eq!(daemon.stop().await.undelivered, 1);
 }
