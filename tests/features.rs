@@ -41,6 +41,7 @@ fn the_default_build_pulls_neither_lapin_nor_rdkafka() {
     assert!(has(&default, "reqwest"), "the tree was read: {default}");
     assert!(!has(&default, "lapin"));
     assert!(!has(&default, "rdkafka"));
+    assert!(!has(&default, "rumqttc"));
     assert!(!has(&default, "redis"));
 }
 
@@ -49,6 +50,9 @@ fn each_feature_pulls_its_own_client_only() {
     let amqp = tree(&["amqp"]);
     assert!(has(&amqp, "lapin") && !has(&amqp, "rdkafka"));
     let kafka = tree(&["kafka"]);
+    assert!(!has(&amqp, "rumqttc") && !has(&kafka, "rumqttc"));
+    let mqtt = tree(&["mqtt"]);
+    assert!(has(&mqtt, "rumqttc") && !has(&mqtt, "lapin") && !has(&mqtt, "rdkafka"));
     assert!(has(&kafka, "rdkafka") && !has(&kafka, "lapin"));
     let redis = tree(&["redis"]);
     assert!(has(&redis, "redis") && !has(&redis, "lapin") && !has(&redis, "rdkafka"));

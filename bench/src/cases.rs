@@ -33,6 +33,8 @@ pub enum Target {
     Kafka,
     /// skor appends to a Redis stream; the bench reads it.
     Redis,
+    /// skor publishes to a Mosquitto of the case's own; the bench subscribes.
+    Mqtt,
     /// No skor: the durable-mode triggers only write the event log, whose
     /// rows the bench counts once the load is over.
     DurableLog,
@@ -53,6 +55,7 @@ impl Target {
             Self::Amqp => "amqp",
             Self::Kafka => "kafka",
             Self::Redis => "redis",
+            Self::Mqtt => "mqtt",
             Self::DurableLog => "durable-log",
             Self::DurableWebhook => "durable-webhook",
             Self::DurableWebhookBatch => "durable-webhook-batch",
@@ -108,6 +111,9 @@ pub fn matrix(scale: f64) -> Vec<Case> {
             }
             if cfg!(feature = "redis") {
                 targets.push(Target::Redis);
+            }
+            if cfg!(feature = "mqtt") {
+                targets.push(Target::Mqtt);
             }
             targets.extend([Target::DurableLog, Target::DurableWebhook]);
         }
@@ -187,12 +193,16 @@ enum Side {
     Kafka(crate::kafka::Consumer),
     #[cfg(feature = "redis")]
     Redis(crate::redis::Consumer),
+    #[cfg(feature = "mqtt")]
+    Mqtt(#[allow(dead_code)] crate::mqtt::Consumer),
 }
 
 impl Side {
     async fn stop(self) -> Result<(), String> {
         match self {
             Self::Listen(_) | Self::Http(_) => Ok(()),
+            #[cfg(feature = "mqtt")]
+            Self::Mqtt(_) => Ok(()),
             #[cfg(feature = "amqp")]
             Self::Amqp(consumer) => consumer.stop().await.map_err(|e| format!("{e:#}")),
             #[cfg(feature = "kafka")]
@@ -351,6 +361,12 @@ impl Runner<'_> {
                     .await
                     .map_err(fail)?;
                 (Side::Redis(consumer), crate::redis::sink(&self.redis_url))
+            }
+            #[cfg(feature = "mqtt")]
+            Target::Mqtt => {
+                let consumer = crate::mqtt::Consumer::start(arrivals).await.map_err(fail)?;
+                let sink = consumer.sink();
+                (Side::Mqtt(consumer), sink)
             }
             #[allow(unreachable_patterns)]
             other => {

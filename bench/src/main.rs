@@ -11,6 +11,8 @@ mod db;
 mod kafka;
 mod listen;
 mod load;
+#[cfg(feature = "mqtt")]
+mod mqtt;
 mod receiver;
 #[cfg(feature = "redis")]
 mod redis;

@@ -71,4 +71,5 @@ pub static SINK_TYPES: &[SinkType] = &[
     optional!("amqp", skor_sink_amqp::AmqpConfig),
     optional!("kafka", skor_sink_kafka::KafkaConfig),
     optional!("redis", skor_sink_redis::RedisConfig),
+    optional!("mqtt", skor_sink_mqtt::MqttConfig),
 ];

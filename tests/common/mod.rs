@@ -8,6 +8,8 @@ pub mod bin;
 pub mod https;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod pg_server;
 pub mod proxy;
 #[cfg(feature = "redis")]
