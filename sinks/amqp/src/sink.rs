@@ -1,6 +1,9 @@
 //! Publishing with publisher confirms over one channel, re-opened when the
 //! connection or the channel is lost.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -245,18 +248,19 @@ impl Sink for AmqpSink {
         if let Some(id) = event.id {
             properties = properties.with_message_id(id.to_string().into());
         }
-        let confirm = channel
-            .basic_publish(
-                self.config.exchange.as_str().into(),
-                routing_key.as_str().into(),
-                options,
-                &event.payload,
-                properties,
-            )
-            .await
-            .map_err(|e| publish_error("publishing", &e))?;
+        let payload = event.payload.clone();
         let exchange = self.config.exchange.clone();
-        Ok(Box::pin(async move {
+        let mut confirmation: Confirmation = Box::pin(async move {
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    routing_key.as_str().into(),
+                    options,
+                    &payload,
+                    properties,
+                )
+                .await
+                .map_err(|e| publish_error("publishing", &e))?;
             match confirm.await {
                 Ok(lapin::Confirmation::Ack(None)) | Ok(lapin::Confirmation::NotRequested) => {
                     Ok(())
@@ -271,8 +275,24 @@ impl Sink for AmqpSink {
                 )),
                 Err(e) => Err(publish_error("waiting for the broker's confirmation", &e)),
             }
-        }))
+        });
+        // lapin takes the publish's delivery tag and queues its frames on the
+        // first poll, then waits for its I/O thread to write them. Waiting
+        // here cost a round trip between threads per event, since the worker
+        // submits one event after another; the event is in order on the
+        // channel after this one poll, and the write is awaited with the
+        // broker's confirmation.
+        match poll_once(confirmation.as_mut()).await {
+            Poll::Ready(Err(error)) => Err(error),
+            Poll::Ready(Ok(())) => Ok(skor_sink_api::confirmed()),
+            Poll::Pending => Ok(confirmation),
+        }
     }
+}
+
+/// Polls `future` once, with the calling task's waker.
+async fn poll_once<F: Future + ?Sized>(mut future: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
 #[cfg(test)]
