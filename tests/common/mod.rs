@@ -10,6 +10,8 @@ pub mod https;
 pub mod kafka;
 pub mod pg_server;
 pub mod proxy;
+#[cfg(feature = "pubsub")]
+pub mod pubsub;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -29,7 +29,8 @@ impl Auth {
     /// file and never quotes it.
     pub(crate) fn key_file(path: &Path) -> Result<Self, String> {
         let shown = path.display();
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
         let key = CustomServiceAccount::from_json(&text).map_err(|e| match e {
             // serde_json may quote the value it refused: say where only.
             gcp_auth::Error::Json(_, json) => format!(

@@ -120,7 +120,12 @@ impl PubsubSink {
             .connect_timeout(timeout)
             .user_agent(concat!("skor/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| bad("endpoint", format!("cannot build the HTTP client: {}", describe(&e))))?;
+            .map_err(|e| {
+                bad(
+                    "endpoint",
+                    format!("cannot build the HTTP client: {}", describe(&e)),
+                )
+            })?;
         Ok(Self {
             client,
             base,
@@ -180,8 +185,9 @@ impl PubsubSink {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body);
         if let Some(header) = self.auth.header().await? {
-            let mut value = HeaderValue::from_str(&header)
-                .map_err(|_| SinkError::permanent("the access token is not a valid header value"))?;
+            let mut value = HeaderValue::from_str(&header).map_err(|_| {
+                SinkError::permanent("the access token is not a valid header value")
+            })?;
             value.set_sensitive(true);
             request = request.header(AUTHORIZATION, value);
         }
@@ -511,7 +517,12 @@ mod tests {
     #[test]
     fn statuses_sort_into_retryable_and_permanent() {
         let kind = |code: u16| {
-            status_error(StatusCode::from_u16(code).unwrap(), b"", "projects/p/topics/t").kind
+            status_error(
+                StatusCode::from_u16(code).unwrap(),
+                b"",
+                "projects/p/topics/t",
+            )
+            .kind
         };
         for code in [408, 409, 429, 500, 502, 503, 504] {
             assert_eq!(kind(code), ErrorKind::Retryable, "{code}");
@@ -529,10 +540,18 @@ mod tests {
             "publishing to projects/p/topics/t: HTTP 404 NOT_FOUND: Topic not found \
              (create the topic, or fix project or topic)"
         );
-        let denied = status_error(StatusCode::FORBIDDEN, b"<html>\n nope </html>", "projects/p/topics/t");
-        assert!(denied.message.starts_with(
-            "not allowed to publish to projects/p/topics/t: HTTP 403 <html> nope </html>"
-        ), "{}", denied.message);
+        let denied = status_error(
+            StatusCode::FORBIDDEN,
+            b"<html>\n nope </html>",
+            "projects/p/topics/t",
+        );
+        assert!(
+            denied.message.starts_with(
+                "not allowed to publish to projects/p/topics/t: HTTP 403 <html> nope </html>"
+            ),
+            "{}",
+            denied.message
+        );
     }
 
     #[test]
