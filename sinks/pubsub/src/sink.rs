@@ -184,7 +184,17 @@ impl PubsubSink {
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body);
-        if let Some(header) = self.auth.header().await? {
+        // gcp_auth's own client has no timeout: a token endpoint that
+        // hangs must not hold the lane.
+        let header = tokio::time::timeout(self.timeout, self.auth.header())
+            .await
+            .map_err(|_| {
+                SinkError::retryable(format!(
+                    "no access token within {} ms",
+                    self.timeout.as_millis()
+                ))
+            })??;
+        if let Some(header) = header {
             let mut value = HeaderValue::from_str(&header).map_err(|_| {
                 SinkError::permanent("the access token is not a valid header value")
             })?;
