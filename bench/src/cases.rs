@@ -31,6 +31,8 @@ pub enum Target {
     Amqp,
     /// skor produces to tansu; the bench consumes.
     Kafka,
+    /// skor publishes to a Pub/Sub emulator; the bench pulls.
+    Pubsub,
     /// No skor: the durable-mode triggers only write the event log, whose
     /// rows the bench counts once the load is over.
     DurableLog,
@@ -50,6 +52,7 @@ impl Target {
             Self::WebhookSlow => "webhook-slow",
             Self::Amqp => "amqp",
             Self::Kafka => "kafka",
+            Self::Pubsub => "pubsub",
             Self::DurableLog => "durable-log",
             Self::DurableWebhook => "durable-webhook",
             Self::DurableWebhookBatch => "durable-webhook-batch",
@@ -107,6 +110,9 @@ pub fn matrix(scale: f64) -> Vec<Case> {
         }
         if kind == Kind::Burst {
             targets.push(Target::DurableWebhookBatch);
+            if cfg!(feature = "pubsub") {
+                targets.push(Target::Pubsub);
+            }
         }
         cases.extend(targets.into_iter().map(|target| Case {
             target,
@@ -179,6 +185,8 @@ enum Side {
     Amqp(crate::amqp::Consumer),
     #[cfg(feature = "kafka")]
     Kafka(crate::kafka::Consumer),
+    #[cfg(feature = "pubsub")]
+    Pubsub(crate::pubsub::Consumer),
 }
 
 impl Side {
@@ -189,6 +197,11 @@ impl Side {
             Self::Amqp(consumer) => consumer.stop().await.map_err(|e| format!("{e:#}")),
             #[cfg(feature = "kafka")]
             Self::Kafka(consumer) => {
+                consumer.stop().await;
+                Ok(())
+            }
+            #[cfg(feature = "pubsub")]
+            Self::Pubsub(consumer) => {
                 consumer.stop().await;
                 Ok(())
             }
@@ -213,6 +226,10 @@ pub struct Runner<'a> {
     /// Kafka cases run so far, to name each one's topic.
     #[cfg(feature = "kafka")]
     pub topics: usize,
+    /// The run's Pub/Sub emulator, started by the first Pub/Sub case, and
+    /// the cases run on it so far.
+    #[cfg(feature = "pubsub")]
+    pub pubsub: Option<(crate::pubsub::Emulator, usize)>,
 }
 
 /// How waiting for the events ended.
@@ -331,6 +348,21 @@ impl Runner<'_> {
                     .await
                     .map_err(fail)?;
                 (Side::Kafka(consumer), tansu.sink(&topic))
+            }
+            #[cfg(feature = "pubsub")]
+            Target::Pubsub => {
+                if self.pubsub.is_none() {
+                    let emulator = crate::pubsub::Emulator::start()
+                        .await
+                        .map_err(|e| format!("Pub/Sub emulator: {e:#}"))?;
+                    self.pubsub = Some((emulator, 0));
+                }
+                let (emulator, cases) = self.pubsub.as_mut().expect("started above");
+                *cases += 1;
+                let topic = format!("bench-{cases}");
+                emulator.create_topic(&topic).await.map_err(fail)?;
+                let consumer = crate::pubsub::Consumer::start(emulator, &topic, arrivals);
+                (Side::Pubsub(consumer), emulator.sink(&topic))
             }
             #[allow(unreachable_patterns)]
             other => {
