@@ -35,6 +35,8 @@ pub enum Target {
     Redis,
     /// skor publishes to a Mosquitto of the case's own; the bench subscribes.
     Mqtt,
+    /// skor publishes to a Pub/Sub emulator; the bench pulls.
+    Pubsub,
     /// No skor: the durable-mode triggers only write the event log, whose
     /// rows the bench counts once the load is over.
     DurableLog,
@@ -56,6 +58,7 @@ impl Target {
             Self::Kafka => "kafka",
             Self::Redis => "redis",
             Self::Mqtt => "mqtt",
+            Self::Pubsub => "pubsub",
             Self::DurableLog => "durable-log",
             Self::DurableWebhook => "durable-webhook",
             Self::DurableWebhookBatch => "durable-webhook-batch",
@@ -119,6 +122,9 @@ pub fn matrix(scale: f64) -> Vec<Case> {
         }
         if kind == Kind::Burst {
             targets.push(Target::DurableWebhookBatch);
+            if cfg!(feature = "pubsub") {
+                targets.push(Target::Pubsub);
+            }
         }
         cases.extend(targets.into_iter().map(|target| Case {
             target,
@@ -195,6 +201,8 @@ enum Side {
     Redis(crate::redis::Consumer),
     #[cfg(feature = "mqtt")]
     Mqtt(#[allow(dead_code)] crate::mqtt::Consumer),
+    #[cfg(feature = "pubsub")]
+    Pubsub(crate::pubsub::Consumer),
 }
 
 impl Side {
@@ -212,6 +220,11 @@ impl Side {
             }
             #[cfg(feature = "redis")]
             Self::Redis(consumer) => consumer.stop().await.map_err(|e| format!("{e:#}")),
+            #[cfg(feature = "pubsub")]
+            Self::Pubsub(consumer) => {
+                consumer.stop().await;
+                Ok(())
+            }
         }
     }
 }
@@ -236,6 +249,10 @@ pub struct Runner<'a> {
     /// Kafka cases run so far, to name each one's topic.
     #[cfg(feature = "kafka")]
     pub topics: usize,
+    /// The run's Pub/Sub emulator, started by the first Pub/Sub case, and
+    /// the cases run on it so far.
+    #[cfg(feature = "pubsub")]
+    pub pubsub: Option<(crate::pubsub::Emulator, usize)>,
 }
 
 /// How waiting for the events ended.
@@ -367,6 +384,21 @@ impl Runner<'_> {
                 let consumer = crate::mqtt::Consumer::start(arrivals).await.map_err(fail)?;
                 let sink = consumer.sink();
                 (Side::Mqtt(consumer), sink)
+            }
+            #[cfg(feature = "pubsub")]
+            Target::Pubsub => {
+                if self.pubsub.is_none() {
+                    let emulator = crate::pubsub::Emulator::start()
+                        .await
+                        .map_err(|e| format!("Pub/Sub emulator: {e:#}"))?;
+                    self.pubsub = Some((emulator, 0));
+                }
+                let (emulator, cases) = self.pubsub.as_mut().expect("started above");
+                *cases += 1;
+                let topic = format!("bench-{cases}");
+                emulator.create_topic(&topic).await.map_err(fail)?;
+                let consumer = crate::pubsub::Consumer::start(emulator, &topic, arrivals);
+                (Side::Pubsub(consumer), emulator.sink(&topic))
             }
             #[allow(unreachable_patterns)]
             other => {

@@ -1,5 +1,6 @@
 //! skor-bench: runs the skor binary end to end against PostgreSQL and real
 //! receivers (HTTP, RabbitMQ, Kafka, Redis) under several write loads, and prints
+//! receivers (HTTP, RabbitMQ, Kafka, Pub/Sub) under several write loads, and prints
 //! a Markdown report of throughput, latency, losses and skor's cost.
 
 #[cfg(feature = "amqp")]
@@ -13,6 +14,8 @@ mod listen;
 mod load;
 #[cfg(feature = "mqtt")]
 mod mqtt;
+#[cfg(feature = "pubsub")]
+mod pubsub;
 mod receiver;
 #[cfg(feature = "redis")]
 mod redis;
@@ -117,6 +120,8 @@ async fn bench(args: &Args) -> Result<()> {
         tansu: None,
         #[cfg(feature = "kafka")]
         topics: 0,
+        #[cfg(feature = "pubsub")]
+        pubsub: None,
     };
     let mut results = Vec::with_capacity(cases.len());
     for (index, case) in cases.iter().enumerate() {
@@ -139,6 +144,8 @@ async fn bench(args: &Args) -> Result<()> {
     }
     #[cfg(feature = "kafka")]
     drop(runner.tansu.take());
+    #[cfg(feature = "pubsub")]
+    drop(runner.pubsub.take());
     drop(runner);
     // Uninstall is moot: the whole database goes.
     db.drop_now().await?;

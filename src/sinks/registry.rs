@@ -70,6 +70,7 @@ pub static SINK_TYPES: &[SinkType] = &[
     builtin!("stdout", super::StdoutConfig),
     optional!("amqp", skor_sink_amqp::AmqpConfig),
     optional!("kafka", skor_sink_kafka::KafkaConfig),
+    optional!("pubsub", skor_sink_pubsub::PubsubConfig),
     optional!("redis", skor_sink_redis::RedisConfig),
     optional!("mqtt", skor_sink_mqtt::MqttConfig),
 ];

@@ -12,6 +12,8 @@ pub mod kafka;
 pub mod mqtt;
 pub mod pg_server;
 pub mod proxy;
+#[cfg(feature = "pubsub")]
+pub mod pubsub;
 #[cfg(feature = "redis")]
 pub mod redis;
 
