@@ -70,4 +70,5 @@ pub static SINK_TYPES: &[SinkType] = &[
     builtin!("stdout", super::StdoutConfig),
     optional!("amqp", skor_sink_amqp::AmqpConfig),
     optional!("kafka", skor_sink_kafka::KafkaConfig),
+    optional!("nats", skor_sink_nats::NatsConfig),
 ];
