@@ -8,6 +8,8 @@ pub mod bin;
 pub mod https;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod pg_server;
 pub mod proxy;
 

@@ -82,7 +82,7 @@ impl NatsSink {
     /// Checks the config; the connection is opened by the first event.
     pub fn new(config: &NatsConfig) -> Result<Self, NatsError> {
         let servers = parse_servers(config)?;
-        let auth = auth(config)?;
+        let auth = auth(config, &servers)?;
         check_tls(config)?;
         check_subject(config)?;
         check_stream(config)?;
@@ -187,7 +187,14 @@ impl NatsSink {
                 }
             });
         options = match &self.auth {
-            Auth::None => options,
+            // async-nats reads no credentials from the URL itself.
+            Auth::None => match (server.username(), server.password()) {
+                (Some(user), Some(password)) => {
+                    options.user_and_password(decode(user), decode(password))
+                }
+                (Some(token), None) => options.token(decode(token)),
+                _ => options,
+            },
             Auth::UserPassword(user, password) => {
                 options.user_and_password(user.clone(), password.clone())
             }
@@ -285,9 +292,36 @@ fn parse_servers(config: &NatsConfig) -> Result<Vec<ServerAddr>, NatsError> {
         .collect()
 }
 
+/// `user:password@` or `token@` of a URL, percent-decoded.
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// At most one way to authenticate, complete and well-formed.
-fn auth(config: &NatsConfig) -> Result<Auth, NatsError> {
+fn auth(config: &NatsConfig, servers: &[ServerAddr]) -> Result<Auth, NatsError> {
     let mut chosen: Vec<(&'static str, Auth)> = Vec::new();
+    if servers.iter().any(ServerAddr::has_user_pass) {
+        chosen.push(("url", Auth::None));
+    }
     match (&config.user, &config.password) {
         (Some(user), Some(password)) => chosen.push((
             "user",
@@ -338,15 +372,22 @@ fn auth(config: &NatsConfig) -> Result<Auth, NatsError> {
         chosen.push(("credentials_file", Auth::Credentials(text)));
     }
     match chosen.len() {
-        0 => Ok(Auth::None),
-        1 => Ok(chosen.pop().expect("one").1),
-        _ => Err(bad(
-            chosen[1].0,
-            format!(
-                "{} is set too: use one of user/password, token, nkey_seed or credentials_file",
-                chosen[0].0
-            ),
-        )),
+        // Credentials in the URL (`Auth::None` here) are read per server
+        // when connecting.
+        0 | 1 => Ok(chosen.pop().map_or(Auth::None, |(_, auth)| auth)),
+        _ => {
+            let first = match chosen[0].0 {
+                "url" => "the url holds credentials".to_string(),
+                key => format!("{key} is set"),
+            };
+            Err(bad(
+                chosen[1].0,
+                format!(
+                    "{first} too: use one of user/password, token, nkey_seed, credentials_file \
+                     or credentials in the url"
+                ),
+            ))
+        }
     }
 }
 
@@ -552,9 +593,19 @@ mod tests {
             (e.key, e.message.as_str()),
             (
                 "token",
-                "user is set too: use one of user/password, token, nkey_seed or credentials_file"
+                "user is set too: use one of user/password, token, nkey_seed, credentials_file \
+                 or credentials in the url"
             )
         );
+        let mut in_url = NatsConfig::new("nats://skor:pw@h:4222");
+        assert!(NatsSink::new(&in_url).is_ok());
+        in_url.token = config.token.clone();
+        assert_eq!(
+            error(&in_url).message,
+            "the url holds credentials too: use one of user/password, token, nkey_seed, \
+             credentials_file or credentials in the url"
+        );
+        assert_eq!(decode("p%40ss%3Aw0rd"), "p@ss:w0rd");
         config.user = None;
         config.password = None;
         config.token = None;
