@@ -422,3 +422,31 @@ fn a_zero_nats_ack_timeout_is_refused() {
         "{got}"
     );
 }
+
+#[test]
+fn the_example_configs_nats_sink_parses_once_uncommented() {
+    let example = include_str!("../config.example.toml");
+    let start = example
+        .find("# [sink.nats]")
+        .expect("the example has a NATS sink");
+    let block: String = example[start..]
+        .lines()
+        .take_while(|line| line.starts_with('#'))
+        // `# # ` lines are comments inside the commented-out table.
+        .filter(|line| !line.starts_with("# #"))
+        .map(|line| format!("{}\n", line.trim_start_matches("# ")))
+        .collect();
+    let text = format!("[source]\ndsn = \"host=h\"\n{block}");
+    let config = skor::Config::from_toml_with_env(&text, "example.toml", &|name| {
+        (name == "NATS_PASSWORD").then(|| "s3cret".to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let options: &dyn std::any::Any = &*config.sinks["nats"].options;
+    let nats: &NatsConfig = options.downcast_ref().expect("a NATS sink");
+    assert_eq!(nats.subject.text(), "skor.{schema}.{table}.{op}");
+    assert_eq!(nats.stream.as_deref(), Some("SKOR"));
+    assert_eq!(
+        config.sinks["nats"].options.outline(),
+        r#"nats nats://127.0.0.1:4222 subject "skor.{schema}.{table}.{op}""#
+    );
+}
