@@ -450,3 +450,41 @@ fn the_example_configs_nats_sink_parses_once_uncommented() {
         r#"nats nats://127.0.0.1:4222 subject "skor.{schema}.{table}.{op}""#
     );
 }
+
+#[test]
+fn only_the_nats_feature_pulls_async_nats() {
+    let tree = |features: &[&str]| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = std::process::Command::new(cargo);
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "tree",
+                "--offline",
+                "--package",
+                "skor",
+                "--edges",
+                "normal",
+            ])
+            .args(["--prefix", "none", "--format", "{p}"]);
+        if !features.is_empty() {
+            command.args(["--features", &features.join(",")]);
+        }
+        let output = command.output().expect("run cargo tree");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let has = |tree: &str| tree.lines().any(|l| l.starts_with("async-nats v"));
+    let default = tree(&[]);
+    assert!(
+        default.lines().any(|l| l.starts_with("reqwest v")),
+        "{default}"
+    );
+    assert!(!has(&default), "the default build has no NATS client");
+    assert!(!has(&tree(&["amqp", "kafka"])));
+    assert!(has(&tree(&["nats"])));
+}

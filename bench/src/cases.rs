@@ -31,6 +31,8 @@ pub enum Target {
     Amqp,
     /// skor produces to tansu; the bench consumes.
     Kafka,
+    /// skor publishes to NATS JetStream; the bench consumes the stream.
+    Nats,
     /// No skor: the durable-mode triggers only write the event log, whose
     /// rows the bench counts once the load is over.
     DurableLog,
@@ -50,6 +52,7 @@ impl Target {
             Self::WebhookSlow => "webhook-slow",
             Self::Amqp => "amqp",
             Self::Kafka => "kafka",
+            Self::Nats => "nats",
             Self::DurableLog => "durable-log",
             Self::DurableWebhook => "durable-webhook",
             Self::DurableWebhookBatch => "durable-webhook-batch",
@@ -102,6 +105,9 @@ pub fn matrix(scale: f64) -> Vec<Case> {
             }
             if cfg!(feature = "kafka") {
                 targets.push(Target::Kafka);
+            }
+            if cfg!(feature = "nats") {
+                targets.push(Target::Nats);
             }
             targets.extend([Target::DurableLog, Target::DurableWebhook]);
         }
@@ -179,6 +185,8 @@ enum Side {
     Amqp(crate::amqp::Consumer),
     #[cfg(feature = "kafka")]
     Kafka(crate::kafka::Consumer),
+    #[cfg(feature = "nats")]
+    Nats(crate::nats::Consumer),
 }
 
 impl Side {
@@ -192,6 +200,8 @@ impl Side {
                 consumer.stop().await;
                 Ok(())
             }
+            #[cfg(feature = "nats")]
+            Self::Nats(consumer) => consumer.stop().await.map_err(|e| format!("{e:#}")),
         }
     }
 }
@@ -331,6 +341,14 @@ impl Runner<'_> {
                     .await
                     .map_err(fail)?;
                 (Side::Kafka(consumer), tansu.sink(&topic))
+            }
+            #[cfg(feature = "nats")]
+            Target::Nats => {
+                let url = crate::nats::url();
+                let consumer = crate::nats::Consumer::start(&url, arrivals)
+                    .await
+                    .map_err(fail)?;
+                (Side::Nats(consumer), crate::nats::sink(&url))
             }
             #[allow(unreachable_patterns)]
             other => {

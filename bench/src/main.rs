@@ -11,6 +11,8 @@ mod db;
 mod kafka;
 mod listen;
 mod load;
+#[cfg(feature = "nats")]
+mod nats;
 mod receiver;
 mod report;
 mod skor;
