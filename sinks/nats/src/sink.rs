@@ -143,7 +143,6 @@ impl NatsSink {
         let shown = redact_userinfo(server.as_url_str());
         let options = self
             .options(server)
-            .await
             .map_err(|e| format!("connecting to {shown}: {e}"))?;
         let servers = vec![server.clone(), nowhere()];
         options.connect(servers).await.map_err(|e| {
@@ -160,7 +159,7 @@ impl NatsSink {
         })
     }
 
-    async fn options(&self, server: &ServerAddr) -> std::io::Result<ConnectOptions> {
+    fn options(&self, server: &ServerAddr) -> std::io::Result<ConnectOptions> {
         let config = &self.config;
         let once = Arc::new(AtomicBool::new(false));
         let target = server.clone();
