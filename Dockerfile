@@ -9,7 +9,7 @@
 # WEBHOOKURL and LOG_LEVEL and no config file.
 
 FROM rust:1-bookworm AS build
-ARG FEATURES="amqp,kafka,redis,mqtt,pubsub"
+ARG FEATURES="amqp,kafka,nats,redis,mqtt,pubsub"
 # rdkafka compiles librdkafka (cmake) with TLS (libssl) and OAuth (libcurl).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev \

@@ -37,6 +37,8 @@ pub enum Target {
     Mqtt,
     /// skor publishes to a Pub/Sub emulator; the bench pulls.
     Pubsub,
+    /// skor publishes to NATS JetStream; the bench consumes the stream.
+    Nats,
     /// No skor: the durable-mode triggers only write the event log, whose
     /// rows the bench counts once the load is over.
     DurableLog,
@@ -59,6 +61,7 @@ impl Target {
             Self::Redis => "redis",
             Self::Mqtt => "mqtt",
             Self::Pubsub => "pubsub",
+            Self::Nats => "nats",
             Self::DurableLog => "durable-log",
             Self::DurableWebhook => "durable-webhook",
             Self::DurableWebhookBatch => "durable-webhook-batch",
@@ -117,6 +120,9 @@ pub fn matrix(scale: f64) -> Vec<Case> {
             }
             if cfg!(feature = "mqtt") {
                 targets.push(Target::Mqtt);
+            }
+            if cfg!(feature = "nats") {
+                targets.push(Target::Nats);
             }
             targets.extend([Target::DurableLog, Target::DurableWebhook]);
         }
@@ -203,6 +209,8 @@ enum Side {
     Mqtt(#[allow(dead_code)] crate::mqtt::Consumer),
     #[cfg(feature = "pubsub")]
     Pubsub(crate::pubsub::Consumer),
+    #[cfg(feature = "nats")]
+    Nats(crate::nats::Consumer),
 }
 
 impl Side {
@@ -225,6 +233,8 @@ impl Side {
                 consumer.stop().await;
                 Ok(())
             }
+            #[cfg(feature = "nats")]
+            Self::Nats(consumer) => consumer.stop().await.map_err(|e| format!("{e:#}")),
         }
     }
 }
@@ -399,6 +409,14 @@ impl Runner<'_> {
                 emulator.create_topic(&topic).await.map_err(fail)?;
                 let consumer = crate::pubsub::Consumer::start(emulator, &topic, arrivals);
                 (Side::Pubsub(consumer), emulator.sink(&topic))
+            }
+            #[cfg(feature = "nats")]
+            Target::Nats => {
+                let url = crate::nats::url();
+                let consumer = crate::nats::Consumer::start(&url, arrivals)
+                    .await
+                    .map_err(fail)?;
+                (Side::Nats(consumer), crate::nats::sink(&url))
             }
             #[allow(unreachable_patterns)]
             other => {

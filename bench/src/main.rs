@@ -14,6 +14,8 @@ mod listen;
 mod load;
 #[cfg(feature = "mqtt")]
 mod mqtt;
+#[cfg(feature = "nats")]
+mod nats;
 #[cfg(feature = "pubsub")]
 mod pubsub;
 mod receiver;

@@ -73,4 +73,5 @@ pub static SINK_TYPES: &[SinkType] = &[
     optional!("pubsub", skor_sink_pubsub::PubsubConfig),
     optional!("redis", skor_sink_redis::RedisConfig),
     optional!("mqtt", skor_sink_mqtt::MqttConfig),
+    optional!("nats", skor_sink_nats::NatsConfig),
 ];

@@ -10,6 +10,8 @@ pub mod https;
 pub mod kafka;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod pg_server;
 pub mod proxy;
 #[cfg(feature = "pubsub")]
