@@ -487,7 +487,7 @@ impl Listener {
     /// Takes an oversized payload out of its table if its channel and
     /// token match and it is within the size limit, reconnecting once if
     /// the fetching connection has gone.
-    async fn fetch_oversized(&mut self, reference: &Reference<'_>) -> Result<Fetched, String> {
+    async fn fetch_oversized(&mut self, reference: &Reference<'_>) -> Result<Fetched, PgError> {
         // The second subquery sees the table as it was before the DELETE,
         // so it tells a payload over the limit from one that is not there.
         const SQL: &str = "\
@@ -498,7 +498,7 @@ impl Listener {
                    (SELECT octet_length(payload) FROM skor.oversized_payload \
                      WHERE id = $1 AND channel = $2 AND token = $3)";
         let limit = i32::try_from(self.max_payload_bytes).unwrap_or(i32::MAX);
-        let mut last_error = String::new();
+        let mut last_error = PgError::Closed;
         let timeout = self.query_timeout;
         for _ in 0..2 {
             let client = match self.fetcher().await {
@@ -518,7 +518,7 @@ impl Listener {
             let Ok(fetched) = tokio::time::timeout(timeout, client.query_one(SQL, &params)).await
             else {
                 self.fetcher = None;
-                last_error = format!("PostgreSQL did not answer in {} ms", timeout.as_millis());
+                last_error = PgError::Timeout(timeout);
                 break;
             };
             match fetched {
@@ -530,8 +530,9 @@ impl Listener {
                     })
                 }
                 Err(e) => {
-                    last_error = describe(&e);
-                    if client.is_closed() {
+                    let closed = client.is_closed();
+                    last_error = e.into();
+                    if closed {
                         self.fetcher = None;
                     } else {
                         break;
@@ -542,14 +543,13 @@ impl Listener {
         Err(last_error)
     }
 
-    async fn fetcher(&mut self) -> Result<&Client, String> {
+    async fn fetcher(&mut self) -> Result<&Client, PgError> {
         if self.fetcher.as_ref().is_none_or(Client::is_closed) {
             let pg = self.pg.named("skor-fetch");
             let patience = self.connect_patience();
             let (client, conn) = tokio::time::timeout(patience, pg.connect())
                 .await
-                .map_err(|_| format!("PostgreSQL did not answer in {} ms", patience.as_millis()))?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| PgError::Timeout(patience))??;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     debug!(error = %describe(&e), "fetching connection closed");
