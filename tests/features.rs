@@ -36,13 +36,19 @@ fn has(tree: &str, krate: &str) -> bool {
 }
 
 #[test]
-fn the_default_build_pulls_neither_lapin_nor_rdkafka() {
+fn the_default_build_pulls_no_broker_client() {
     let default = tree(&[]);
     assert!(has(&default, "reqwest"), "the tree was read: {default}");
-    assert!(!has(&default, "lapin"));
-    assert!(!has(&default, "rdkafka"));
-    assert!(!has(&default, "rumqttc"));
-    assert!(!has(&default, "redis"));
+    for client in [
+        "lapin",
+        "rdkafka",
+        "async-nats",
+        "redis",
+        "rumqttc",
+        "gcp_auth",
+    ] {
+        assert!(!has(&default, client), "{client} in the default build");
+    }
 }
 
 #[test]
@@ -58,4 +64,9 @@ fn each_feature_pulls_its_own_client_only() {
     assert!(has(&redis, "redis") && !has(&redis, "lapin") && !has(&redis, "rdkafka"));
     // redis-rs's rustls gets ring, the provider the rest of skor uses.
     assert!(has(&redis, "ring") && !has(&redis, "aws-lc-rs"));
+    let nats = tree(&["nats"]);
+    assert!(has(&nats, "async-nats") && !has(&nats, "lapin") && !has(&nats, "redis"));
+    let pubsub = tree(&["pubsub"]);
+    assert!(has(&pubsub, "gcp_auth") && !has(&pubsub, "async-nats"));
+    assert!(has(&pubsub, "ring") && !has(&pubsub, "aws-lc-rs"));
 }
