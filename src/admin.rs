@@ -39,12 +39,18 @@ struct AdminState {
     stats: Stats,
     /// Whether a LISTEN connection is expected (some table in notify mode).
     listens: bool,
+    /// The replication slot whose lag the scrape reads (wal mode).
+    slot: Option<String>,
     stuck_after: Duration,
     pg: Postgres,
     /// The connection scrapes read PostgreSQL's gauges with, opened on
     /// first use and again after an error.
     db: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
+
+/// The NOTIFY queue's usage, the event log's backlog, and the slot's lag
+/// and retained WAL in bytes.
+type DatabaseReading = (f64, Option<durable::Backlog>, Option<(f64, f64)>);
 
 /// A bound admin endpoint, not yet serving.
 pub struct Admin {
@@ -59,6 +65,7 @@ impl Admin {
         metrics: Arc<Metrics>,
         stats: Stats,
         listens: bool,
+        slot: Option<String>,
         pg: Postgres,
     ) -> Result<Self, AdminError> {
         let listener = TcpListener::bind(config.listen)
@@ -73,6 +80,7 @@ impl Admin {
                 metrics,
                 stats,
                 listens,
+                slot,
                 stuck_after: Duration::from_millis(config.stuck_after_ms),
                 pg,
                 db: tokio::sync::Mutex::new(None),
@@ -146,6 +154,13 @@ impl AdminState {
                     .to_string(),
             );
         }
+        if let Some(wal) = &self.stats.wal {
+            if wal.standby.get() == 1 {
+                problems.push("standing by: another reader holds the replication slot".to_string());
+            } else if !wal.link.is_up() {
+                problems.push("the replication stream is down".to_string());
+            }
+        }
         if let Some(durable) = &self.stats.durable {
             if !durable.link.is_up() {
                 problems.push("the connection to the event log is down".to_string());
@@ -167,11 +182,20 @@ impl AdminState {
     /// PostgreSQL cannot give now reads NaN, so a stale value never shows.
     async fn refresh_database_gauges(&self) {
         let gauges = &self.metrics.database;
+        if let Some(wal) = &self.stats.wal {
+            gauges
+                .wal_confirmed_age_seconds
+                .set(wal.confirmed_age().as_secs_f64());
+        }
         let read = tokio::time::timeout(DATABASE_TIMEOUT, self.read_database()).await;
         let read = read.unwrap_or(Err(PgError::Timeout(DATABASE_TIMEOUT)));
         match read {
-            Ok((usage, backlog)) => {
+            Ok((usage, backlog, slot)) => {
                 gauges.notify_queue_usage.set(usage);
+                if let Some((lag, retained)) = slot {
+                    gauges.wal_lag_bytes.set(lag);
+                    gauges.wal_retained_bytes.set(retained);
+                }
                 if let Some(backlog) = backlog {
                     gauges.backlog.set(backlog.pending as f64);
                     gauges.dead_letters.set(backlog.dead as f64);
@@ -185,6 +209,8 @@ impl AdminState {
                     &gauges.backlog,
                     &gauges.dead_letters,
                     &gauges.oldest_pending_seconds,
+                    &gauges.wal_lag_bytes,
+                    &gauges.wal_retained_bytes,
                 ] {
                     gauge.set(f64::NAN);
                 }
@@ -192,7 +218,7 @@ impl AdminState {
         }
     }
 
-    async fn read_database(&self) -> Result<(f64, Option<durable::Backlog>), PgError> {
+    async fn read_database(&self) -> Result<DatabaseReading, PgError> {
         let mut db = self.db.lock().await;
         if db.as_ref().is_none_or(|client| client.is_closed()) {
             let (client, connection) = self.pg.connect().await?;
@@ -209,7 +235,23 @@ impl AdminState {
                 Some(_) => Some(durable::backlog(client).await?),
                 None => None,
             };
-            Ok((usage, backlog))
+            let slot = match &self.slot {
+                Some(slot) => client
+                    .query_opt(
+                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8, \
+                                pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 \
+                           FROM pg_replication_slots WHERE slot_name = $1",
+                        &[slot],
+                    )
+                    .await?
+                    .map(|row| {
+                        let lag: Option<f64> = row.get(0);
+                        let retained: Option<f64> = row.get(1);
+                        (lag.unwrap_or(f64::NAN), retained.unwrap_or(f64::NAN))
+                    }),
+                None => None,
+            };
+            Ok((usage, backlog, slot))
         };
         let read = read.await;
         if read.is_err() {

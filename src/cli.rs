@@ -229,7 +229,7 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Uninstall { drop_events } => {
             let mut client = connect(&config).await?;
-            sql::uninstall(&mut client, drop_events)
+            sql::uninstall(&mut client, &config, drop_events)
                 .await
                 .context("uninstall failed, nothing was changed")?;
             info!("removed every skor trigger, function and table");
@@ -299,6 +299,10 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
             if with_connection {
                 let client = connect(&config).await?;
                 sql::check_tables(&client, &config).await?;
+                if config.uses_wal() {
+                    let report = crate::publication::slot_report(&client, &config).await?;
+                    println!("  wal:    {report}");
+                }
             }
             println!(
                 "{}: ok ({} tables, {} sinks, {} routes{})",

@@ -18,8 +18,9 @@ use crate::postgres::{DsnError, Postgres};
 use crate::sinks::StdoutConfig;
 use crate::source::durable::{DurableError, DurableSource};
 use crate::source::notify::{NotifySource, OpenError};
+use crate::source::wal::{WalError, WalSource};
 use crate::source::Source;
-use crate::stats::{DurableStats, EventStats, SinkStats, SourceStats, Stats};
+use crate::stats::{DurableStats, EventStats, SinkStats, SourceStats, Stats, WalStats};
 use crate::worker::{worker, Worker};
 
 /// Why the daemon could not start.
@@ -43,6 +44,9 @@ pub enum StartError {
     /// The event log could not be read at start-up.
     #[error("{0}")]
     Durable(#[from] DurableError),
+    /// The replication slot or publication is missing or unusable.
+    #[error("{0}")]
+    Wal(#[from] WalError),
     /// The admin endpoint's address could not be bound.
     #[error("{0}")]
     Admin(#[from] AdminError),
@@ -88,7 +92,7 @@ impl Daemon {
             sinks.push(("stdout".into(), stdout, DeliveryConfig::default()));
         }
         let names: Vec<String> = sinks.iter().map(|(name, ..)| name.clone()).collect();
-        let metrics = Arc::new(Metrics::new(config.uses_durable()));
+        let metrics = Arc::new(Metrics::new(config.uses_durable(), config.uses_wal()));
         let mut queues = Vec::new();
         let mut workers = Vec::new();
         for (index, (name, sink, delivery)) in sinks.into_iter().enumerate() {
@@ -109,6 +113,9 @@ impl Daemon {
             durable: config
                 .uses_durable()
                 .then(|| Arc::new(DurableStats::registered(&metrics))),
+            wal: config
+                .uses_wal()
+                .then(|| Arc::new(WalStats::registered(&metrics))),
         };
         // Bound first: a taken port is a start-up error, not a late surprise.
         let admin = match &config.admin {
@@ -119,6 +126,7 @@ impl Daemon {
                     Arc::clone(&metrics),
                     stats.clone(),
                     !channels.is_empty(),
+                    config.uses_wal().then(|| config.source.slot.clone()),
                     scrape_pg,
                 );
                 Some(admin.await?)
@@ -145,6 +153,11 @@ impl Daemon {
             )
             .await?;
             sources.push(Box::new(durable));
+        }
+        if let Some(wal_stats) = &stats.wal {
+            let wal =
+                WalSource::open(pg.clone(), config, fanout.clone(), Arc::clone(wal_stats)).await?;
+            sources.push(Box::new(wal));
         }
         if !channels.is_empty() {
             let notify =
@@ -235,6 +248,14 @@ impl Daemon {
             info!(sink = %name, delivered = sink.delivered.get(), retried = sink.retried.get(),
                   outage_waits = sink.outage_waits.get(),
                   failed = sink.failed.get(), dropped = sink.dropped.get(), "sink totals");
+        }
+        if let Some(wal) = &self.stats.wal {
+            info!(
+                transactions = wal.transactions.get(),
+                dead_lettered = wal.dead_lettered.get(),
+                truncates = wal.truncates.get(),
+                "wal totals"
+            );
         }
         if let Some(durable) = &self.stats.durable {
             info!(

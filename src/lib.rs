@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod oversized;
 pub mod payload;
 pub mod postgres;
+pub mod publication;
 pub mod retry;
 pub mod router;
 pub mod shed;

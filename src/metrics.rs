@@ -38,6 +38,8 @@ pub enum Connection {
     Listener,
     /// The connection that claims from the event log (durable mode).
     EventLog,
+    /// The replication stream (wal mode).
+    Replication,
 }
 
 impl Connection {
@@ -47,6 +49,7 @@ impl Connection {
             connection: match self {
                 Connection::Listener => "listener",
                 Connection::EventLog => "event_log",
+                Connection::Replication => "replication",
             },
         }
     }
@@ -88,6 +91,12 @@ pub struct DatabaseGauges {
     pub dead_letters: Gauge<f64, AtomicU64>,
     /// Age of the oldest pending event, in seconds.
     pub oldest_pending_seconds: Gauge<f64, AtomicU64>,
+    /// WAL written since the slot's confirmed position, in bytes.
+    pub wal_lag_bytes: Gauge<f64, AtomicU64>,
+    /// WAL the slot keeps on disk, in bytes.
+    pub wal_retained_bytes: Gauge<f64, AtomicU64>,
+    /// Seconds since skor last moved the slot's confirmed position.
+    pub wal_confirmed_age_seconds: Gauge<f64, AtomicU64>,
 }
 
 /// Every series skor exports, registered under the `skor_` prefix.
@@ -118,8 +127,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every series; the event log's only when `durable`.
-    pub fn new(durable: bool) -> Self {
+    /// Registers every series; the event log's only when `durable`, the
+    /// slot's only when `wal`.
+    pub fn new(durable: bool, wal: bool) -> Self {
         let mut metrics = Self {
             registry: Registry::with_prefix("skor"),
             received: Family::default(),
@@ -275,6 +285,24 @@ impl Metrics {
                 metrics.database.oldest_pending_seconds.clone(),
             );
         }
+        if wal {
+            r.register(
+                "wal_lag_bytes",
+                "WAL written since the replication slot's confirmed position: what skor's \
+                 sinks have not all confirmed yet",
+                metrics.database.wal_lag_bytes.clone(),
+            );
+            r.register(
+                "wal_retained_bytes",
+                "WAL PostgreSQL keeps on disk for the replication slot",
+                metrics.database.wal_retained_bytes.clone(),
+            );
+            r.register(
+                "wal_confirmed_age_seconds",
+                "Seconds since skor last moved the replication slot's confirmed position",
+                metrics.database.wal_confirmed_age_seconds.clone(),
+            );
+        }
         metrics
     }
 
@@ -404,7 +432,7 @@ mod tests {
 
     #[test]
     fn exports_counters_with_their_labels() {
-        let metrics = Arc::new(Metrics::new(false));
+        let metrics = Arc::new(Metrics::new(false, false));
         let known = KnownTables::from([("public".into(), HashSet::from(["orders".into()]))]);
         let mut received = metrics.received(Arc::new(known));
         let channel: Arc<str> = Arc::from("skor");

@@ -8,6 +8,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{Config, Mode, TableName};
 use crate::postgres::{describe, quote_ident, quote_literal, text_array};
+use crate::publication;
 
 /// Serialises concurrent installs and uninstalls on one database, and keeps
 /// PostgreSQL's notices ("already exists, skipping"), which only say what
@@ -66,6 +67,9 @@ pub fn install_sql(config: &Config) -> String {
         let function = match config.table_mode(table) {
             Mode::Notify => "notify",
             Mode::Durable => "capture",
+            // Read from the WAL: no trigger (the publication is created
+            // from the catalog by `install`, see `publication.rs`).
+            Mode::Wal => continue,
         };
         let key = table
             .key
@@ -156,21 +160,39 @@ pub async fn check_tables(
     Ok(())
 }
 
-/// Creates skor's objects and the configured triggers, in one transaction.
+/// Creates skor's objects, the configured triggers and, in wal mode, the
+/// publication, in one transaction; then the replication slot.
 pub async fn install(client: &mut Client, config: &Config) -> Result<(), InstallError> {
+    if config.uses_wal() {
+        publication::check_server(&*client).await?;
+    }
     let transaction = client.transaction().await?;
     check_tables(&transaction, config).await?;
     transaction.batch_execute(&install_sql(config)).await?;
+    if config.uses_wal() {
+        publication::publish(&transaction, config).await?;
+    }
     transaction.commit().await?;
+    if config.uses_wal() {
+        publication::create_slot(client, config).await?;
+    } else {
+        publication::unpublish(client, config).await?;
+    }
     Ok(())
 }
 
-/// Removes every object skor created, in one transaction. Refuses while
-/// the event log holds undelivered events, unless `drop_events`.
-pub async fn uninstall(client: &mut Client, drop_events: bool) -> Result<(), InstallError> {
+/// Removes every object skor created, in one transaction, after the
+/// replication slot. Refuses while the event log holds undelivered events,
+/// unless `drop_events`, and while a reader holds the slot.
+pub async fn uninstall(
+    client: &mut Client,
+    config: &Config,
+    drop_events: bool,
+) -> Result<(), InstallError> {
     const UNDELIVERED_SQL: &str = "SELECT count(*) FILTER (WHERE state = 'pending'), \
                                           count(*) FILTER (WHERE state = 'dead') \
                                      FROM skor.event_log";
+    publication::check_slot_idle(client, config).await?;
     let transaction = client.transaction().await?;
     transaction.batch_execute(LOCK_SQL).await?;
     let has_log = transaction
@@ -187,9 +209,18 @@ pub async fn uninstall(client: &mut Client, drop_events: bool) -> Result<(), Ins
             )));
         }
     }
-    let sql = [DROP_TRIGGERS_SQL, "\n", UNINSTALL_SQL].concat();
+    let sql = [
+        DROP_TRIGGERS_SQL,
+        "\n",
+        &publication::drop_publication_sql(config),
+        UNINSTALL_SQL,
+    ]
+    .concat();
     transaction.batch_execute(&sql).await?;
     transaction.commit().await?;
+    // After the publication went, so a failure leaves nothing half done
+    // that install would not mend; a slot left behind keeps WAL forever.
+    publication::drop_slot(client, config).await?;
     Ok(())
 }
 

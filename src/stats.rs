@@ -228,6 +228,47 @@ impl DurableStats {
     }
 }
 
+/// What wal mode did with the replication slot.
+#[derive(Debug, Default)]
+pub struct WalStats {
+    /// The replication stream.
+    pub link: Link,
+    /// 1 while another reader holds the slot and this daemon waits.
+    pub standby: Gauge,
+    /// Transactions the stream carried.
+    pub transactions: Counter,
+    /// Events sent to the dead letters after a sink gave up on them.
+    pub dead_lettered: Counter,
+    /// TRUNCATE statements seen (not captured).
+    pub truncates: Counter,
+    /// The slot's confirmed position, as skor last sent it.
+    pub confirmed_lsn: AtomicU64,
+    /// When (`now_ms`) the confirmed position last moved.
+    confirmed_ms: AtomicU64,
+}
+
+impl WalStats {
+    /// Counters exported by `metrics`.
+    pub fn registered(metrics: &Metrics) -> Self {
+        Self {
+            link: Link::registered(metrics, Connection::Replication),
+            confirmed_ms: AtomicU64::new(now_ms()),
+            ..Self::default()
+        }
+    }
+
+    /// Records that the confirmed position moved to `lsn`.
+    pub fn confirmed(&self, lsn: u64) {
+        self.confirmed_lsn.store(lsn, Ordering::Relaxed);
+        self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Time since the confirmed position last moved (or since start).
+    pub fn confirmed_age(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.confirmed_ms.load(Ordering::Relaxed)))
+    }
+}
+
 /// Counters of a running daemon, for its summary line and for tests.
 #[derive(Clone, Debug)]
 pub struct Stats {
@@ -239,6 +280,8 @@ pub struct Stats {
     pub sinks: Vec<(String, Arc<SinkStats>)>,
     /// What durable mode did, when it runs.
     pub durable: Option<Arc<DurableStats>>,
+    /// What wal mode did, when it runs.
+    pub wal: Option<Arc<WalStats>>,
 }
 
 impl Stats {

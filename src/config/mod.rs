@@ -106,6 +106,25 @@ pub struct SourceConfig {
     /// larger ones stay in `skor.oversized_payload` and are reported.
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: u64,
+    /// Wal mode: the logical replication slot skor reads (and `install`
+    /// creates).
+    #[serde(default = "default_wal_name")]
+    pub slot: String,
+    /// Wal mode: the publication naming the captured tables.
+    #[serde(default = "default_wal_name")]
+    pub publication: String,
+    /// Wal mode: how often skor tells PostgreSQL how far its sinks
+    /// confirmed, in milliseconds; the slot keeps WAL until then.
+    #[serde(default = "default_wal_status_interval_ms")]
+    pub wal_status_interval_ms: u64,
+}
+
+fn default_wal_name() -> String {
+    DEFAULT_CHANNEL.to_string()
+}
+
+const fn default_wal_status_interval_ms() -> u64 {
+    1_000
 }
 
 const fn default_max_payload_bytes() -> u64 {
@@ -123,10 +142,25 @@ pub enum Mode {
     /// The trigger writes the event into `skor.event_log` in the changing
     /// transaction; skor deletes it once every sink confirmed it.
     Durable,
+    /// No trigger: skor reads the changes from the write-ahead log through
+    /// a publication and a logical replication slot, and moves the slot
+    /// past a transaction once every sink confirmed its events.
+    Wal,
 }
 
 fn default_ops() -> Vec<Op> {
     Op::ALL.to_vec()
+}
+
+/// What PostgreSQL logs of a row's old version on UPDATE and DELETE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaIdentity {
+    /// The primary key's columns.
+    Default,
+    /// The whole row: wal mode can send the old row and fill unchanged
+    /// TOASTed values.
+    Full,
 }
 
 /// One captured table.
@@ -146,8 +180,15 @@ pub struct TableConfig {
     /// Columns that identify a row, instead of its primary key: events of
     /// one key keep their order (Kafka message key, partition).
     pub key: Option<Vec<String>>,
-    /// Notify or durable; `source.mode` if unset.
+    /// Notify, durable or wal; `source.mode` if unset.
     pub mode: Option<Mode>,
+    /// Wal mode: UPDATE events carry the old row as `"old"`, restricted to
+    /// the same columns (needs `REPLICA IDENTITY FULL`).
+    #[serde(default)]
+    pub old: bool,
+    /// Wal mode: the replica identity `install` gives the table; unset
+    /// leaves it as it is.
+    pub replica_identity: Option<ReplicaIdentity>,
     /// Adds `"skor_seq" : N` to every payload, so PostgreSQL never merges
     /// two identical notifications of one transaction.
     #[serde(default)]
@@ -408,6 +449,9 @@ impl Config {
                 query_timeout_ms: default_query_timeout_ms(),
                 shed_notify_queue_usage: default_shed_notify_queue_usage(),
                 max_payload_bytes: default_max_payload_bytes(),
+                slot: default_wal_name(),
+                publication: default_wal_name(),
+                wal_status_interval_ms: default_wal_status_interval_ms(),
             },
             tables: Vec::new(),
             sinks: BTreeMap::from([("webhook".to_string(), sink)]),
@@ -424,42 +468,53 @@ impl Config {
         table.mode.unwrap_or(self.source.mode)
     }
 
-    /// Whether any event reaches skor through the event log.
+    /// Whether any event reaches skor through the event log. Wal mode
+    /// keeps its dead letters there, so it reads the log too.
     pub fn uses_durable(&self) -> bool {
-        self.source.mode == Mode::Durable
-            || self
-                .tables
-                .iter()
-                .any(|t| self.table_mode(t) == Mode::Durable)
+        self.uses_mode(Mode::Durable) || self.uses_wal()
+    }
+
+    /// Whether any event reaches skor through the replication slot.
+    pub fn uses_wal(&self) -> bool {
+        self.uses_mode(Mode::Wal)
+    }
+
+    /// Whether some table (or, with none configured, the source) captures
+    /// in `mode`.
+    fn uses_mode(&self, mode: Mode) -> bool {
+        if self.tables.is_empty() {
+            return self.source.mode == mode;
+        }
+        self.tables.iter().any(|t| self.table_mode(t) == mode)
     }
 
     /// The channels to LISTEN on for notify-mode payloads: every channel,
-    /// less those only durable tables use, so nobody can inject an event
+    /// less those only durable and wal tables use, so nobody can inject an event
     /// on them with a hand-written NOTIFY. With no `[[table]]`, the
     /// source's mode decides.
     pub fn notify_channels(&self) -> Vec<String> {
         if self.tables.is_empty() {
             return match self.source.mode {
                 Mode::Notify => self.source.channels.clone(),
-                Mode::Durable => Vec::new(),
+                Mode::Durable | Mode::Wal => Vec::new(),
             };
         }
-        let durable_only = |channel: &String| {
+        let not_notified = |channel: &String| {
             let mut users = self
                 .tables
                 .iter()
                 .filter(|t| self.table_channel(t) == channel);
             let mut any = false;
-            let all_durable = users.all(|t| {
+            let none_notify = users.all(|t| {
                 any = true;
-                self.table_mode(t) == Mode::Durable
+                self.table_mode(t) != Mode::Notify
             });
-            any && all_durable
+            any && none_notify
         };
         self.source
             .channels
             .iter()
-            .filter(|c| !durable_only(c))
+            .filter(|c| !not_notified(c))
             .cloned()
             .collect()
     }

@@ -17,16 +17,26 @@ pub struct Outline {
 impl Config {
     /// The config in three lines' worth of text, fit for a log.
     pub fn outline(&self, database: &str) -> Outline {
-        let durable = self
-            .tables
-            .iter()
-            .filter(|t| self.table_mode(t) == super::Mode::Durable)
-            .count();
-        let source = format!(
+        let count = |mode| {
+            self.tables
+                .iter()
+                .filter(|t| self.table_mode(t) == mode)
+                .count()
+        };
+        let durable = count(super::Mode::Durable);
+        let mut source = format!(
             "{database} channels [{}], tables: {} in notify mode, {durable} in durable mode",
             self.notify_channels().join(", "),
-            self.tables.len() - durable,
+            count(super::Mode::Notify),
         );
+        if self.uses_wal() {
+            source.push_str(&format!(
+                ", {} in wal mode (slot {}, publication {})",
+                count(super::Mode::Wal),
+                self.source.slot,
+                self.source.publication
+            ));
+        }
         let sinks = if self.sinks.is_empty() {
             "stdout (none configured)".to_string()
         } else {

@@ -33,12 +33,21 @@ fn error(rest: &str) -> String {
 fn the_example_config_parses() {
     let text = include_str!("../../config.example.toml");
     let config = Config::from_toml_with_env(text, "config.example.toml", &|_| None).unwrap();
-    assert_eq!(config.tables.len(), 2);
+    assert_eq!(config.tables.len(), 3);
     assert_eq!(
         config.tables[1].key.as_deref(),
         Some(&["id".to_string()][..])
     );
     assert_eq!(config.tables[1].mode, Some(Mode::Durable));
+    assert_eq!(config.table_mode(&config.tables[2]), Mode::Wal);
+    assert!(config.tables[2].old);
+    assert_eq!(
+        (
+            config.source.slot.as_str(),
+            config.source.publication.as_str()
+        ),
+        ("skor", "skor")
+    );
     assert_eq!(config.table_mode(&config.tables[0]), Mode::Notify);
     assert_eq!(config.durable.batch_size, 5_000);
     assert_eq!(config.sinks.len(), 5);
@@ -166,7 +175,15 @@ fn errors_name_the_file_line_and_key() {
         ),
         (
             "[[table]]\nname = \"t\"\nmode = \"outbox\"\n",
-            "skor.toml:5:8: key `table[0].mode`: unknown variant `outbox`, expected `notify` or `durable`",
+            "skor.toml:5:8: key `table[0].mode`: unknown variant `outbox`, expected one of `notify`, `durable`, `wal`",
+        ),
+        (
+            "slot = \"Bad-Slot\"\n",
+            "skor.toml:3:8: key `source.slot`: a replication slot name is 1 to 63 lower-case letters, digits and underscores, got \"Bad-Slot\"",
+        ),
+        (
+            "[[table]]\nname = \"t\"\nold = true\n",
+            "skor.toml:5:7: key `table[0].old`: the old row is sent in wal mode only; set mode = \"wal\" or remove `old`",
         ),
         (
             "[durable]\nbatch_size = 0\n",

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use super::{Config, TableConfig};
+use super::{Config, Mode, TableConfig};
 use skor_sink_api::Op;
 use skor_sink_kit::MAX_DELAY_MS;
 
@@ -171,6 +171,33 @@ impl Config {
                 ));
             }
         }
+        if !(source.slot.len() <= MAX_IDENTIFIER_BYTES
+            && !source.slot.is_empty()
+            && source
+                .slot
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+        {
+            return Err(invalid(
+                &["source", "slot"],
+                format!(
+                    "a replication slot name is 1 to 63 lower-case letters, digits and underscores, got \"{}\"",
+                    source.slot
+                ),
+            ));
+        }
+        if source.publication.is_empty() || source.publication.len() > MAX_IDENTIFIER_BYTES {
+            return Err(invalid(
+                &["source", "publication"],
+                "a publication name is 1 to 63 bytes long",
+            ));
+        }
+        if !(10..=60_000).contains(&source.wal_status_interval_ms) {
+            return Err(invalid(
+                &["source", "wal_status_interval_ms"],
+                "expected 10 to 60000 milliseconds",
+            ));
+        }
         let usage = source.shed_notify_queue_usage;
         if !(usage > 0.0 && usage <= 1.0) {
             return Err(invalid(
@@ -199,6 +226,21 @@ impl Config {
             check_ops(&table.ops).map_err(|m| at("ops", m))?;
             if let Some(key) = &table.key {
                 check_key(key, table).map_err(|m| at("key", m))?;
+            }
+            if self.table_mode(table) != Mode::Wal {
+                if table.old {
+                    return Err(at(
+                        "old",
+                        "the old row is sent in wal mode only; set mode = \"wal\" or remove `old`"
+                            .into(),
+                    ));
+                }
+                if table.replica_identity.is_some() {
+                    return Err(at(
+                        "replica_identity",
+                        "only wal mode reads the replica identity; set mode = \"wal\" or remove the key".into(),
+                    ));
+                }
             }
             let channel = self.table_channel(table);
             if !self.source.channels.iter().any(|c| c == channel) {

@@ -18,6 +18,7 @@
 mod dsn;
 mod error;
 mod quote;
+mod replication;
 mod tls;
 
 use dsn::{strip_tls_settings, TlsSettings};

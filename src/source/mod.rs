@@ -5,9 +5,12 @@
 //! - [`notify`]: LISTEN for the triggers' NOTIFY payloads; nothing is kept.
 //! - [`durable`]: claim the events the triggers wrote to `skor.event_log`
 //!   and delete each once every sink it was routed to confirmed it.
+//! - [`wal`]: stream the write-ahead log through a logical replication slot
+//!   and move the slot past what every routed sink confirmed.
 
 pub mod durable;
 pub mod notify;
+pub mod wal;
 
 use tokio_util::sync::CancellationToken;
 

@@ -18,6 +18,8 @@ pub mod proxy;
 pub mod pubsub;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod wal;
+pub mod wal_types;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

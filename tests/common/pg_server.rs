@@ -1,5 +1,6 @@
 //! A private PostgreSQL server for tests that need one of their own: with
-//! TLS, or to stop and start again. It lives in a temporary directory, on a
+//! TLS, to stop and start again, or to decode its WAL (`wal_level =
+//! logical`, which the shared server does not have). It lives in a temporary directory, on a
 //! free 127.0.0.1 port, and is stopped and removed when dropped.
 
 use std::net::TcpListener;
@@ -83,7 +84,8 @@ impl PgServer {
             "listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{}'\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-             shared_buffers = 16MB\nmax_connections = 30\n",
+             shared_buffers = 16MB\nmax_connections = 30\n\
+             wal_level = logical\nmax_replication_slots = 8\nmax_wal_senders = 8\n",
             server.dir.path().display()
         );
         if let Some(tls) = tls {

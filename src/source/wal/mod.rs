@@ -1,0 +1,577 @@
+//! Wal mode: no trigger and no extra write in the user's transaction.
+//! PostgreSQL decodes its write-ahead log for skor's publication into a
+//! logical replication slot (pgoutput); this source streams it, turns each
+//! row change into the payload the triggers would have written, hands it
+//! to the fan-out, and moves the slot's confirmed position past a
+//! transaction once every routed sink confirmed its events (see
+//! `progress.rs`). What is not confirmed is streamed again after a crash,
+//! a reconnect or a takeover: delivery is at least once, and each event's
+//! id (its position in the WAL) is the same every time.
+//!
+//! The slot admits one reader: a second daemon waits, polling, and takes
+//! over when the first lets go. Failed events (a sink gave up) go to the
+//! event log's dead letters, so they never hold the slot, and its WAL,
+//! back forever.
+
+pub mod pgoutput;
+mod progress;
+pub mod relations;
+pub mod render;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
+use skor_sink_api::Op;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::Schedule;
+use crate::config::Config;
+use crate::fanout::{Acks, Fanout, Incoming};
+use crate::postgres::{describe, Postgres};
+use crate::source::notify::RECONNECT_FIRST_WAIT;
+use crate::source::Source;
+use crate::stats::WalStats;
+use crate::worker::{Job, Outcome};
+
+use pgoutput::{Change, OldTuple};
+use progress::Progress;
+use relations::{Rules, Table};
+use render::{builtin_kind, resolve_kinds, Kind};
+
+/// How often a standby asks for the slot again.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// How often dead letters that could not be written are tried again.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
+
+/// Why wal mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// The catalog connection failed.
+    #[error("wal mode: cannot connect to PostgreSQL: {0}")]
+    Connect(String),
+    /// Something `skor install` sets up is missing or wrong.
+    #[error("wal mode: {0}")]
+    Setup(String),
+}
+
+/// The wal source, connected to the catalog and ready to stream.
+pub struct WalSource {
+    pg: Postgres,
+    slot: String,
+    publication: String,
+    status_interval: Duration,
+    max_backoff: Duration,
+    rules: Rules,
+    fanout: Fanout,
+    stats: Arc<WalStats>,
+    /// Given to every job; let go at shutdown, so `outcomes` ends once
+    /// no job is left.
+    acks: Option<Acks>,
+    outcomes: mpsc::UnboundedReceiver<Outcome>,
+    progress: Progress,
+    /// The stream's relations, by id; resent by the server on each stream.
+    tables: HashMap<u32, Table>,
+    /// For column types and dead letters.
+    catalog: Option<tokio_postgres::Client>,
+    /// Events a sink gave up on, waiting to be written as dead letters:
+    /// (event id, sink index, attempts, error).
+    dead: Vec<(i64, usize, u32, String)>,
+    /// The current transaction was streamed before: its events are skipped.
+    skipping: bool,
+    /// The last change's WAL position and how many changes shared it.
+    last_change: (u64, i64),
+}
+
+impl WalSource {
+    /// Checks that the slot and the publication exist and connects to the
+    /// catalog; the stream itself starts in `run`.
+    pub async fn open(
+        pg: Postgres,
+        config: &Config,
+        fanout: Fanout,
+        stats: Arc<WalStats>,
+    ) -> Result<Self, WalError> {
+        let slot = config.source.slot.clone();
+        let publication = config.source.publication.clone();
+        let catalog = connect_catalog(&pg).await.map_err(WalError::Connect)?;
+        let row = catalog
+            .query_one(
+                "SELECT current_setting('wal_level'), \
+                        (SELECT plugin::text FROM pg_replication_slots \
+                          WHERE slot_name = $1 AND database = current_database()), \
+                        EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2)",
+                &[&slot, &publication],
+            )
+            .await
+            .map_err(|e| WalError::Connect(describe(&e)))?;
+        let (level, plugin, published): (String, Option<String>, bool) =
+            (row.get(0), row.get(1), row.get(2));
+        if level != "logical" {
+            return Err(WalError::Setup(format!(
+                "wal_level is {level}, wal mode needs logical: {}",
+                crate::publication::WAL_LEVEL_HOWTO
+            )));
+        }
+        match plugin.as_deref() {
+            None => {
+                return Err(WalError::Setup(format!(
+                "replication slot \"{slot}\" does not exist in this database: run `skor install`"
+            )))
+            }
+            Some("pgoutput") => {}
+            Some(other) => {
+                return Err(WalError::Setup(format!(
+                    "replication slot \"{slot}\" decodes with {other}, skor needs pgoutput: \
+                     drop it or choose another `source.slot`"
+                )))
+            }
+        }
+        if !published {
+            return Err(WalError::Setup(format!(
+                "publication \"{publication}\" does not exist: run `skor install`"
+            )));
+        }
+        let (acks, outcomes) = mpsc::unbounded_channel();
+        Ok(Self {
+            pg,
+            slot,
+            publication,
+            status_interval: Duration::from_millis(config.source.wal_status_interval_ms),
+            max_backoff: Duration::from_millis(config.source.reconnect_max_backoff_ms),
+            rules: Rules::new(config),
+            fanout,
+            stats,
+            acks: Some(acks),
+            outcomes,
+            progress: Progress::default(),
+            tables: HashMap::new(),
+            catalog: Some(catalog),
+            dead: Vec::new(),
+            skipping: false,
+            last_change: (0, 0),
+        })
+    }
+
+    /// Streams until `shutdown`, reconnecting and standing by as needed.
+    async fn serve(mut self, shutdown: CancellationToken) {
+        self.fanout.stop_waiting_on(&shutdown);
+        let backoff = Schedule::exponential(RECONNECT_FIRST_WAIT, self.max_backoff);
+        let mut failures = 0u32;
+        let mut standing_by = false;
+        let mut streamed_before = false;
+        while !shutdown.is_cancelled() {
+            let started = tokio::select! {
+                () = shutdown.cancelled() => break,
+                started = self.start() => started,
+            };
+            match started {
+                Ok(client) => {
+                    if standing_by {
+                        info!(slot = %self.slot, "took over the replication slot");
+                    } else if streamed_before {
+                        info!(slot = %self.slot, "replication stream re-established");
+                        self.stats.link.reconnects.incr();
+                    } else {
+                        info!(slot = %self.slot, publication = %self.publication,
+                              "wal mode: streaming from the replication slot");
+                    }
+                    standing_by = false;
+                    streamed_before = true;
+                    failures = 0;
+                    self.stats.standby.set(0);
+                    self.stats.link.set(true);
+                    let ended = self.stream(client, &shutdown).await;
+                    self.progress.abandon_open();
+                    self.tables.clear();
+                    match ended {
+                        Ok(client) => {
+                            self.finish(Some(client)).await;
+                            return;
+                        }
+                        Err(error) => {
+                            warn!(%error, slot = %self.slot,
+                                  "replication stream lost; reconnecting, unconfirmed changes come again");
+                        }
+                    }
+                }
+                Err(error) if slot_in_use(&error) => {
+                    self.stats.link.set(false);
+                    if !standing_by {
+                        info!(slot = %self.slot,
+                              "the replication slot is in use by another reader: standing by to take over");
+                        standing_by = true;
+                        self.stats.standby.set(1);
+                    }
+                    self.wait(STANDBY_POLL, &shutdown).await;
+                }
+                Err(error) => {
+                    self.stats.link.set(false);
+                    let delay = backoff.delay(failures);
+                    failures = failures.saturating_add(1);
+                    warn!(%error, slot = %self.slot, retry_in_ms = delay.as_millis() as u64,
+                          "cannot start the replication stream");
+                    self.wait(delay, &shutdown).await;
+                }
+            }
+        }
+        self.finish(None).await;
+    }
+
+    /// Waits `delay` while settling what the sinks report.
+    async fn wait(&mut self, delay: Duration, shutdown: &CancellationToken) {
+        let until = tokio::time::sleep(delay);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                () = &mut until => return,
+                () = shutdown.cancelled() => return,
+                Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome),
+            }
+            self.write_dead_letters().await;
+        }
+    }
+
+    /// Opens a replication session and waits until the server accepted it.
+    async fn start(&mut self) -> Result<ReplicationClient, PgWireError> {
+        let settings = self
+            .pg
+            .replication(&self.slot, &self.publication, self.status_interval)
+            .with_ack_lsn(Lsn::from_u64(self.progress.confirmed()));
+        let mut client = ReplicationClient::connect(settings).await?;
+        client.wait_started().await?;
+        Ok(client)
+    }
+
+    /// Handles the stream until shutdown, which hands the session back
+    /// for the last confirmation, or until it is lost.
+    async fn stream(
+        &mut self,
+        mut client: ReplicationClient,
+        shutdown: &CancellationToken,
+    ) -> Result<ReplicationClient, String> {
+        let mut retry = tokio::time::interval(DEAD_LETTER_RETRY);
+        let mut confirmed = self.progress.confirmed();
+        client.update_applied_lsn(Lsn::from_u64(confirmed));
+        let result = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break Ok(()),
+                Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome),
+                event = client.recv() => match event {
+                    Ok(Some(event)) => {
+                        if let Err(error) = self.on_event(event).await {
+                            break Err(error);
+                        }
+                    }
+                    Ok(None) => break Err("the server ended the stream".to_string()),
+                    Err(error) => break Err(error.to_string()),
+                },
+                _ = retry.tick() => self.write_dead_letters().await,
+            }
+            if let Some(lsn) = self.progress.take_moved() {
+                if lsn > confirmed {
+                    confirmed = lsn;
+                    client.update_applied_lsn(Lsn::from_u64(lsn));
+                    self.stats.confirmed(lsn);
+                }
+            }
+        };
+        match result {
+            Ok(()) => Ok(client),
+            Err(error) => {
+                self.stats.link.set(false);
+                client.abort();
+                Err(error)
+            }
+        }
+    }
+
+    /// One message of the stream.
+    async fn on_event(&mut self, event: ReplicationEvent) -> Result<(), String> {
+        match event {
+            ReplicationEvent::Begin { final_lsn, .. } => {
+                self.skipping = !self.progress.begin(final_lsn.as_u64());
+                self.last_change = (0, 0);
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                if !self.skipping {
+                    self.progress.commit(end_lsn.as_u64());
+                    self.stats.transactions.incr();
+                }
+                self.skipping = false;
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => self.progress.idle(wal_end.as_u64()),
+            ReplicationEvent::XLogData {
+                wal_start, data, ..
+            } => {
+                let change = pgoutput::decode(&data)
+                    .map_err(|e| format!("cannot decode the stream: {e}"))?;
+                self.on_change(wal_start.as_u64(), change).await;
+            }
+            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn on_change(&mut self, position: u64, change: Change) {
+        let (relation, op, row, old) = match change {
+            Change::Relation(relation) => {
+                let kinds = self.kinds(&relation).await;
+                let table = Table::new(&relation, kinds, &self.rules);
+                self.tables.insert(relation.id, table);
+                return;
+            }
+            Change::Insert { relation, new } => (relation, Op::Insert, new, None),
+            Change::Update { relation, old, new } => (relation, Op::Update, new, old),
+            Change::Delete { relation, old } => {
+                let row = match &old {
+                    OldTuple::Key(row) | OldTuple::Full(row) => pgoutput::Tuple(row.0.clone()),
+                };
+                (relation, Op::Delete, row, Some(old))
+            }
+            Change::Truncate { relations } => {
+                self.stats.truncates.incr();
+                let names: Vec<String> = relations
+                    .iter()
+                    .filter_map(|id| self.tables.get(id))
+                    .map(|t| format!("{}.{}", t.schema, t.name))
+                    .collect();
+                warn!(tables = ?names,
+                      "TRUNCATE is not captured (as with triggers): no event is sent for the rows it removed");
+                return;
+            }
+            Change::Ignored(_) => return,
+        };
+        // Changes of one WAL record (a multi-row insert) share its
+        // position; the next record starts further on than their count.
+        self.last_change = if self.last_change.0 == position {
+            (position, self.last_change.1 + 1)
+        } else {
+            (position, 0)
+        };
+        if self.skipping {
+            return;
+        }
+        let Some(table) = self.tables.get(&relation) else {
+            warn!(
+                relation,
+                "a change of a relation the stream did not describe; skipped"
+            );
+            return;
+        };
+        if !table.captures(op) {
+            return;
+        }
+        let rendered = table.render(op, &row, old.as_ref());
+        let channel = match &table.rule {
+            Some(rule) => Arc::clone(&rule.channel),
+            None => return,
+        };
+        let id = position as i64 + self.last_change.1;
+        let incoming = Incoming {
+            channel: &channel,
+            schema: table.schema.clone(),
+            table: table.name.clone(),
+            op,
+            payload: rendered.payload,
+            key: rendered.key,
+            id: Some(id),
+        };
+        let Some(event) = self.fanout.route(incoming) else {
+            return;
+        };
+        let targets = self.fanout.targets().to_vec();
+        self.progress.event(Arc::clone(&event), targets.len());
+        let Some(acks) = &self.acks else { return };
+        for index in targets {
+            let job = Job::new(Arc::clone(&event), None).acked(acks.clone());
+            if !self.fanout.send(index, job).await {
+                // Shutting down: the event stays unconfirmed and comes again.
+                return;
+            }
+        }
+    }
+
+    /// The JSON kind of each column of `relation`.
+    async fn kinds(&mut self, relation: &pgoutput::Relation) -> Vec<Kind> {
+        let unknown: Vec<u32> = relation
+            .columns
+            .iter()
+            .filter(|c| builtin_kind(c.type_oid).is_none())
+            .map(|c| c.type_oid)
+            .collect();
+        let mut resolved = HashMap::new();
+        if !unknown.is_empty() {
+            match self.catalog().await {
+                Some(catalog) => match resolve_kinds(catalog, &unknown).await {
+                    Ok(kinds) => resolved = kinds,
+                    Err(error) => {
+                        self.catalog = None;
+                        warn!(error = %describe(&error), table = %relation.name,
+                              "cannot read column types; their values render as strings");
+                    }
+                },
+                None => warn!(table = %relation.name,
+                              "no catalog connection; values of non-built-in types render as strings"),
+            }
+        }
+        relation
+            .columns
+            .iter()
+            .map(|c| {
+                builtin_kind(c.type_oid)
+                    .or_else(|| resolved.get(&c.type_oid).cloned())
+                    .unwrap_or(Kind::Text)
+            })
+            .collect()
+    }
+
+    /// The catalog connection, reconnected when it was lost.
+    async fn catalog(&mut self) -> Option<&tokio_postgres::Client> {
+        if self.catalog.as_ref().is_none_or(|c| c.is_closed()) {
+            match connect_catalog(&self.pg).await {
+                Ok(client) => self.catalog = Some(client),
+                Err(error) => {
+                    debug!(%error, "cannot reach the catalog");
+                    self.catalog = None;
+                }
+            }
+        }
+        self.catalog.as_ref()
+    }
+
+    fn on_outcome(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Delivered { id, .. } => self.progress.settle(id),
+            Outcome::Retrying { .. } => {}
+            Outcome::Failed {
+                id,
+                sink,
+                attempts,
+                error,
+            } => self.dead.push((id, sink, attempts, error)),
+        }
+    }
+
+    /// Writes the events sinks gave up on to the dead letters; each one
+    /// written settles its sink, one that cannot be written yet keeps the
+    /// slot where it is.
+    async fn write_dead_letters(&mut self) {
+        if self.dead.is_empty() {
+            return;
+        }
+        let names = self.fanout.sink_names().to_vec();
+        let dead = std::mem::take(&mut self.dead);
+        let mut left = Vec::new();
+        for (id, sink, attempts, error) in dead {
+            let Some(event) = self.progress.unsettled(id).map(|u| Arc::clone(&u.event)) else {
+                continue;
+            };
+            let Some(catalog) = self.catalog().await else {
+                left.push((id, sink, attempts, error));
+                continue;
+            };
+            let done: Vec<&str> = names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != sink)
+                .map(|(_, n)| n.as_str())
+                .collect();
+            let payload = String::from_utf8_lossy(&event.payload).into_owned();
+            let key = event
+                .key
+                .as_ref()
+                .map(|k| String::from_utf8_lossy(k).into_owned());
+            let attempts_i32 = i32::try_from(attempts).unwrap_or(i32::MAX);
+            let written = catalog
+                .execute(
+                    "INSERT INTO skor.event_log (channel, schema_name, table_name, op, row_key, \
+                                                 part, payload, state, attempts, last_error, done_sinks) \
+                     VALUES ($1, $2, $3, $4, $5, \
+                             hashtext(coalesce($5, $2 || '.' || $3)) & 63, \
+                             $6, 'dead', $7, $8, $9)",
+                    &[
+                        &&*event.channel,
+                        &event.schema,
+                        &event.table,
+                        &event.op.as_str(),
+                        &key,
+                        &payload,
+                        &attempts_i32,
+                        &error,
+                        &done,
+                    ],
+                )
+                .await;
+            match written {
+                Ok(_) => {
+                    self.stats.dead_lettered.incr();
+                    warn!(id, sink = %names[sink], attempts, %error,
+                          "wal mode: the sink gave up on an event; it waits in the dead letters \
+                           (skor dead-letters list)");
+                    self.progress.settle(id);
+                }
+                Err(db_error) => {
+                    error!(id, sink = %names[sink], error = %describe(&db_error),
+                           "cannot write a dead letter; the slot stays behind this event until it is written");
+                    left.push((id, sink, attempts, error));
+                }
+            }
+        }
+        self.dead.extend(left);
+    }
+
+    /// After shutdown: lets go of the sink queues, settles what the sinks
+    /// report while they drain, and confirms as far as that allows.
+    async fn finish(&mut self, client: Option<ReplicationClient>) {
+        self.fanout.close();
+        self.acks = None;
+        while let Some(outcome) = self.outcomes.recv().await {
+            self.on_outcome(outcome);
+        }
+        self.write_dead_letters().await;
+        let _ = self.progress.take_moved();
+        let confirmed = self.progress.confirmed();
+        if let Some(mut client) = client {
+            client.update_applied_lsn(Lsn::from_u64(confirmed));
+            self.stats.confirmed(confirmed);
+            if let Err(error) = client.shutdown().await {
+                debug!(%error, "replication stream closed");
+            }
+        }
+        self.stats.link.set(false);
+        info!(slot = %self.slot, confirmed = %Lsn::from_u64(confirmed),
+              unconfirmed_events = self.progress.outstanding(),
+              "wal mode stopped; unconfirmed changes are streamed again on the next start");
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for WalSource {
+    fn name(&self) -> &'static str {
+        "wal"
+    }
+
+    async fn run(self: Box<Self>, shutdown: CancellationToken) {
+        (*self).serve(shutdown).await;
+    }
+}
+
+/// Whether START_REPLICATION failed because another session holds the slot.
+fn slot_in_use(error: &PgWireError) -> bool {
+    matches!(error, PgWireError::Server(message) if message.contains("55006"))
+}
+
+async fn connect_catalog(pg: &Postgres) -> Result<tokio_postgres::Client, String> {
+    let (client, connection) = pg
+        .named("skor wal catalog")
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(client)
+}

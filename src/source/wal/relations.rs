@@ -1,0 +1,326 @@
+//! The tables the stream describes (pgoutput's Relation messages), what
+//! the config asks of each, and how one row change becomes the payload the
+//! triggers would have written: `{"table" : ..., "schema" : ..., "op" : ...,
+//! "data" : {...}}` in json_build_object's spacing, `data` in row_to_json's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use skor_sink_api::{Bytes, Op};
+
+use super::pgoutput::{OldTuple, Relation, Tuple, Value};
+use super::render::{escape_json, render_value, Kind};
+use crate::config::{Config, TableName};
+
+/// What the config asks of one captured table.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// The channel its events carry, for routes.
+    pub channel: Arc<str>,
+    ops: Vec<Op>,
+    columns: crate::config::Columns,
+    key: Option<Vec<String>>,
+    old: bool,
+}
+
+/// The rules of every table in wal mode, by schema and name.
+#[derive(Debug)]
+pub struct Rules {
+    tables: HashMap<(String, String), Rule>,
+    /// With no `[[table]]`, every table of the publication, on this channel.
+    any: Option<Rule>,
+}
+
+impl Rules {
+    /// The wal-mode tables of `config`.
+    pub fn new(config: &Config) -> Self {
+        let mut tables = HashMap::new();
+        for table in &config.tables {
+            if config.table_mode(table) != crate::config::Mode::Wal {
+                continue;
+            }
+            let Ok(name) = TableName::parse(&table.name) else {
+                continue;
+            };
+            tables.insert(
+                (name.schema, name.name),
+                Rule {
+                    channel: Arc::from(config.table_channel(table)),
+                    ops: table.ops.clone(),
+                    columns: table.columns.clone(),
+                    key: table.key.clone(),
+                    old: table.old,
+                },
+            );
+        }
+        let any = config.tables.is_empty().then(|| Rule {
+            channel: Arc::from(config.source.channels[0].as_str()),
+            ops: Op::ALL.to_vec(),
+            columns: Default::default(),
+            key: None,
+            old: false,
+        });
+        Self { tables, any }
+    }
+
+    fn get(&self, schema: &str, name: &str) -> Option<&Rule> {
+        self.tables
+            .get(&(schema.to_string(), name.to_string()))
+            .or(self.any.as_ref())
+    }
+}
+
+/// A relation of the stream, ready to render its rows.
+#[derive(Debug)]
+pub struct Table {
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// Its rule; `None` for a published table the config does not capture.
+    pub rule: Option<Rule>,
+    /// `"name"`, escaped, per column.
+    names: Vec<Vec<u8>>,
+    kinds: Vec<Kind>,
+    /// Per operation, the columns of `data`, in order; `None` for all.
+    picks: [Option<Vec<usize>>; 3],
+    /// The row key's columns.
+    key: Vec<usize>,
+    /// The replica identity's columns: all a DELETE carries without
+    /// `REPLICA IDENTITY FULL`.
+    identity: Vec<usize>,
+    /// `{"table" : "...", "schema" : "...", "op" : "` ready to copy.
+    head: Vec<u8>,
+}
+
+/// A row change rendered, ready for the fan-out.
+#[derive(Debug)]
+pub struct Rendered {
+    /// The payload.
+    pub payload: Bytes,
+    /// The row key, `{"id":1}`, when every key column has a value.
+    pub key: Option<Bytes>,
+}
+
+fn op_index(op: Op) -> usize {
+    match op {
+        Op::Insert => 0,
+        Op::Update => 1,
+        Op::Delete => 2,
+    }
+}
+
+impl Table {
+    /// Prepares `relation` under `rules`, its column types as `kinds`.
+    pub fn new(relation: &Relation, kinds: Vec<Kind>, rules: &Rules) -> Self {
+        let rule = rules.get(&relation.schema, &relation.name).cloned();
+        let names: Vec<Vec<u8>> = relation
+            .columns
+            .iter()
+            .map(|c| {
+                let mut name = Vec::new();
+                escape_json(c.name.as_bytes(), &mut name);
+                name
+            })
+            .collect();
+        let position = |wanted: &str| relation.columns.iter().position(|c| c.name == wanted);
+        let pick = |op: Op| {
+            rule.as_ref()
+                .and_then(|r| r.columns.for_op(op))
+                .map(|list| list.iter().filter_map(|c| position(c)).collect())
+        };
+        let picks = [pick(Op::Insert), pick(Op::Update), pick(Op::Delete)];
+        let key = match rule.as_ref().and_then(|r| r.key.as_ref()) {
+            Some(key) => key.iter().filter_map(|c| position(c)).collect(),
+            None => relation
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.key)
+                .map(|(i, _)| i)
+                .collect(),
+        };
+        let identity = relation
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect();
+        let mut head = b"{\"table\" : ".to_vec();
+        escape_json(relation.name.as_bytes(), &mut head);
+        head.extend_from_slice(b", \"schema\" : ");
+        escape_json(relation.schema.as_bytes(), &mut head);
+        head.extend_from_slice(b", \"op\" : \"");
+        Self {
+            schema: relation.schema.clone(),
+            name: relation.name.clone(),
+            rule,
+            names,
+            kinds,
+            picks,
+            key,
+            identity,
+            head,
+        }
+    }
+
+    /// Whether the config captures `op` on this table.
+    pub fn captures(&self, op: Op) -> bool {
+        self.rule.as_ref().is_some_and(|r| r.ops.contains(&op))
+    }
+
+    /// The payload of a change: `row` is the new row (the old one for
+    /// DELETE); `old` what the stream carries of the old row on UPDATE.
+    pub fn render(&self, op: Op, row: &Tuple, old: Option<&OldTuple>) -> Rendered {
+        let full_old = match old {
+            Some(OldTuple::Full(tuple)) => Some(tuple),
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(self.head.len() + 64 + row.0.len() * 16);
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(op.as_str().as_bytes());
+        out.extend_from_slice(b"\", \"data\" : ");
+        let unchanged = match (op, old) {
+            // Without REPLICA IDENTITY FULL the WAL keeps only the key of a
+            // deleted row: `data` holds what is known, not nulls.
+            (Op::Delete, Some(OldTuple::Key(_))) => {
+                let known: Vec<usize> = match &self.picks[op_index(op)] {
+                    Some(pick) => pick
+                        .iter()
+                        .copied()
+                        .filter(|i| self.identity.contains(i))
+                        .collect(),
+                    None => self.identity.clone(),
+                };
+                self.columns_object(&known, row, None, &mut out)
+            }
+            _ => self.object(op, row, full_old, &mut out),
+        };
+        if op == Op::Update {
+            let key_changed = match old {
+                Some(OldTuple::Key(_)) => true,
+                Some(OldTuple::Full(old)) => self
+                    .key
+                    .iter()
+                    .any(|&i| !same_value(old.0.get(i), row.0.get(i))),
+                None => false,
+            };
+            if key_changed && !self.key.is_empty() {
+                if let Some(OldTuple::Key(old) | OldTuple::Full(old)) = old {
+                    out.extend_from_slice(b", \"old_key\" : ");
+                    self.columns_object(&self.key, old, None, &mut out);
+                }
+            }
+            if self.rule.as_ref().is_some_and(|r| r.old) {
+                if let Some(old) = full_old {
+                    out.extend_from_slice(b", \"old\" : ");
+                    self.object(op, old, None, &mut out);
+                }
+            }
+        }
+        if !unchanged.is_empty() {
+            out.extend_from_slice(b", \"unchanged_toast\" : [");
+            for (n, &i) in unchanged.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&self.names[i]);
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
+        let key = self.row_key(row);
+        Rendered {
+            payload: Bytes::from(out),
+            key,
+        }
+    }
+
+    /// `data` for `op`; returns the columns left out because the stream
+    /// does not carry them (unchanged TOASTed values with no old row).
+    fn object(&self, op: Op, row: &Tuple, fill: Option<&Tuple>, out: &mut Vec<u8>) -> Vec<usize> {
+        match &self.picks[op_index(op)] {
+            Some(pick) => self.columns_object(pick, row, fill, out),
+            None => {
+                let all: Vec<usize> = (0..row.0.len()).collect();
+                self.columns_object(&all, row, fill, out)
+            }
+        }
+    }
+
+    fn columns_object(
+        &self,
+        columns: &[usize],
+        row: &Tuple,
+        fill: Option<&Tuple>,
+        out: &mut Vec<u8>,
+    ) -> Vec<usize> {
+        let mut missing = Vec::new();
+        out.push(b'{');
+        let mut first = true;
+        for &i in columns {
+            let mut value = row.0.get(i).unwrap_or(&Value::Null);
+            if matches!(value, Value::UnchangedToast) {
+                match fill.and_then(|old| old.0.get(i)) {
+                    Some(old @ (Value::Text(_) | Value::Null | Value::Binary(_))) => value = old,
+                    _ => {
+                        missing.push(i);
+                        continue;
+                    }
+                }
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(&self.names[i]);
+            out.push(b':');
+            self.value(i, value, out);
+        }
+        out.push(b'}');
+        missing
+    }
+
+    fn value(&self, column: usize, value: &Value, out: &mut Vec<u8>) {
+        match value {
+            Value::Text(text) => render_value(&self.kinds[column], text, out),
+            Value::Binary(bytes) => escape_json(
+                &String::from_utf8_lossy(bytes).into_owned().into_bytes(),
+                out,
+            ),
+            Value::Null | Value::UnchangedToast => out.extend_from_slice(b"null"),
+        }
+    }
+
+    fn row_key(&self, row: &Tuple) -> Option<Bytes> {
+        if self.key.is_empty() {
+            return None;
+        }
+        let mut key = Vec::with_capacity(32);
+        key.push(b'{');
+        for (n, &i) in self.key.iter().enumerate() {
+            let value = row.0.get(i)?;
+            if !matches!(value, Value::Text(_)) {
+                return None;
+            }
+            if n > 0 {
+                key.push(b',');
+            }
+            key.extend_from_slice(&self.names[i]);
+            key.push(b':');
+            self.value(i, value, &mut key);
+        }
+        key.push(b'}');
+        Some(Bytes::from(key))
+    }
+}
+
+fn same_value(a: Option<&Value>, b: Option<&Value>) -> bool {
+    match (a, b) {
+        (Some(Value::Text(a)), Some(Value::Text(b))) => a == b,
+        (Some(Value::Null), Some(Value::Null)) => true,
+        (Some(Value::UnchangedToast), _) | (_, Some(Value::UnchangedToast)) => true,
+        _ => false,
+    }
+}
