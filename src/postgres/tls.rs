@@ -127,16 +127,23 @@ pub(super) fn verifier(
     mode: SslMode,
     roots: Option<&RootCerts>,
 ) -> Result<Arc<dyn ServerCertVerifier>, DsnError> {
+    let provider = provider();
     let Some(roots) = roots else {
-        return Ok(Arc::new(Unverified(provider())));
+        return Ok(Arc::new(Lenient {
+            chain: None,
+            provider,
+        }));
     };
     let store = Arc::new(load_roots(roots)?);
-    let webpki = WebPkiServerVerifier::builder_with_provider(store, provider())
+    let webpki = WebPkiServerVerifier::builder_with_provider(store, provider.clone())
         .build()
         .map_err(|e| DsnError(format!("TLS: {e}")))?;
     Ok(match mode {
         SslMode::VerifyFull => webpki,
-        _ => Arc::new(AnyHostName(webpki)),
+        _ => Arc::new(Lenient {
+            chain: Some(webpki),
+            provider,
+        }),
     })
 }
 
@@ -185,64 +192,23 @@ fn load_roots(roots: &RootCerts) -> Result<RootCertStore, DsnError> {
     Ok(store)
 }
 
-/// `prefer` and `require` without `sslrootcert`: encrypt, and check that
-/// the server holds the key of the certificate it sent, but trust any
-/// certificate, as libpq does.
+/// The two modes in which libpq is laxer than webpki, in one verifier.
+/// Without a chain to check (`prefer` and `require` without `sslrootcert`)
+/// any certificate is trusted, as libpq does. With one (`verify-ca`) the
+/// chain must lead to a trusted CA and the name may be any: webpki checks
+/// the chain before the name, so a name error means the chain passed.
+/// Either way the server must prove it holds the key of the certificate it
+/// sent: the handshake signature is checked with the provider's
+/// algorithms, the ones webpki's own verifier checks it with.
 #[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Lenient {
+    /// The webpki verifier of `verify-ca`; `None` trusts any certificate.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    /// The provider the chain's verifier was built with, or the one in use.
+    provider: Arc<CryptoProvider>,
 }
 
-/// `verify-ca`: the chain must lead to a trusted CA, the name may be any.
-/// webpki checks the chain before the name, so a name error means the
-/// chain passed.
-#[derive(Debug)]
-struct AnyHostName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyHostName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -251,10 +217,10 @@ impl ServerCertVerifier for AnyHostName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -268,7 +234,12 @@ impl ServerCertVerifier for AnyHostName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -277,10 +248,17 @@ impl ServerCertVerifier for AnyHostName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use skor_sink_kit::{Redacted, Template};
+use skor_sink_kit::{redact_userinfo, Redacted, Template};
 
 fn default_routing_key() -> Template {
     Template::parse("{schema}.{table}.{op}").expect("the default template is valid")
@@ -116,21 +116,6 @@ impl fmt::Debug for AmqpConfig {
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
             .finish()
-    }
-}
-
-/// `scheme://user:secret@host/...` with the secret replaced.
-fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:<redacted>{}", &rest[at..]),
-        None => url.to_string(),
     }
 }
 

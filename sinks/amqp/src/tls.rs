@@ -25,23 +25,12 @@ pub(crate) fn tls_config(config: &AmqpConfig) -> Result<OwnedTLSConfig, AmqpErro
         client_cert: config.client_cert.as_deref(),
         client_key: config.client_key.as_deref(),
     };
-    if options.any() && !config.url.expose().starts_with("amqps://") {
-        let key = [
-            ("ca_file", options.ca_file),
-            ("client_cert", options.client_cert),
-            ("client_key", options.client_key),
-        ]
-        .into_iter()
-        .find_map(|(key, path)| path.map(|_| key))
-        .unwrap_or("ca_file");
-        return Err(AmqpError::Tls {
-            key,
-            message: format!(
-                "applies to amqps:// URLs only, and the url is {}",
-                config.redacted_url()
-            ),
-        });
-    }
+    options.require_tls(config.url.expose().starts_with("amqps://"), || {
+        format!(
+            "applies to amqps:// URLs only, and the url is {}",
+            config.redacted_url()
+        )
+    })?;
     let files = options.read()?;
     // lapin takes PEM text; the files were checked to hold PEM, which is ASCII.
     let text = |pem: Vec<u8>| String::from_utf8_lossy(&pem).into_owned();

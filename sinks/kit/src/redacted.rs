@@ -1,4 +1,5 @@
-//! A wrapper for secrets (passwords, auth headers) that cannot be printed.
+//! A wrapper for secrets (passwords, auth headers) that cannot be printed,
+//! and the password of a URL hidden for a log line.
 
 use std::fmt;
 
@@ -34,9 +35,39 @@ impl<T> fmt::Display for Redacted<T> {
     }
 }
 
+/// `scheme://user:secret@host/...` with the secret replaced; a URL without
+/// `user:` before an `@` in its authority is returned as it is.
+pub fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Redacted;
+    use super::{redact_userinfo, Redacted};
+
+    #[test]
+    fn a_url_shows_its_user_but_not_its_password() {
+        assert_eq!(
+            redact_userinfo("amqp://guest:s3cret@localhost:5672/%2f"),
+            "amqp://guest:<redacted>@localhost:5672/%2f"
+        );
+        assert_eq!(
+            redact_userinfo("mqtt://localhost/a@b"),
+            "mqtt://localhost/a@b"
+        );
+        assert_eq!(redact_userinfo("mqtt://user@host"), "mqtt://user@host");
+        assert_eq!(redact_userinfo("not a url"), "not a url");
+    }
 
     #[test]
     fn debug_and_display_hide_the_value() {

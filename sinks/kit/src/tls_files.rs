@@ -57,6 +57,28 @@ impl TlsFileOptions<'_> {
         self.ca_file.is_some() || self.client_cert.is_some() || self.client_key.is_some()
     }
 
+    /// The key of the first option set, in the order the options are
+    /// documented.
+    pub fn first_set(&self) -> Option<&'static str> {
+        [
+            ("ca_file", self.ca_file),
+            ("client_cert", self.client_cert),
+            ("client_key", self.client_key),
+        ]
+        .into_iter()
+        .find_map(|(key, path)| path.map(|_| key))
+    }
+
+    /// Refuses the options when the connection will not use TLS, naming
+    /// the first one set; `why` is the sink's own wording (which URL
+    /// schemes or option turn TLS on), called only to refuse.
+    pub fn require_tls(&self, tls: bool, why: impl FnOnce() -> String) -> Result<(), TlsFileError> {
+        match self.first_set() {
+            Some(key) if !tls => Err(error(key, why())),
+            _ => Ok(()),
+        }
+    }
+
     /// Reads every file that is set and checks that it holds what it
     /// should: certificates, or a private key, in PEM.
     pub fn read(&self) -> Result<TlsFiles, TlsFileError> {
@@ -168,6 +190,17 @@ mod tests {
         };
         assert_eq!(half.read().unwrap_err().key, "client_cert");
         assert!(TlsFileOptions::default().read().unwrap().ca.is_none());
+        assert_eq!(half.first_set(), Some("client_key"));
+        assert_eq!(
+            half.require_tls(false, || "needs TLS".into())
+                .unwrap_err()
+                .to_string(),
+            "client_key: needs TLS"
+        );
+        assert!(half.require_tls(true, || unreachable!()).is_ok());
+        assert!(TlsFileOptions::default()
+            .require_tls(false, || unreachable!())
+            .is_ok());
         assert!(!TlsFileOptions::default().any());
     }
 }

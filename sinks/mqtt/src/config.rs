@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use skor_sink_kit::{Redacted, Template};
+use skor_sink_kit::{redact_userinfo, Redacted, Template};
 
 fn default_topic() -> Template {
     Template::parse("skor/{schema}/{table}/{op}").expect("the default template is valid")
@@ -131,21 +131,6 @@ impl fmt::Debug for MqttConfig {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("inflight", &self.inflight)
             .finish()
-    }
-}
-
-/// `scheme://user:secret@host/...` with the secret replaced.
-pub(crate) fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:<redacted>{}", &rest[at..]),
-        None => url.to_string(),
     }
 }
 

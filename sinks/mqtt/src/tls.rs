@@ -39,23 +39,13 @@ pub(crate) fn tls_config(
         client_cert: config.client_cert.as_deref(),
         client_key: config.client_key.as_deref(),
     };
+    options.require_tls(tls, || {
+        format!(
+            "applies with TLS only: use an mqtts:// url or set tls = true (the url is {})",
+            config.redacted_url()
+        )
+    })?;
     if !tls {
-        if let Some(key) = [
-            ("ca_file", options.ca_file),
-            ("client_cert", options.client_cert),
-            ("client_key", options.client_key),
-        ]
-        .into_iter()
-        .find_map(|(key, path)| path.map(|_| key))
-        {
-            return Err(MqttError::Tls {
-                key,
-                message: format!(
-                    "applies with TLS only: use an mqtts:// url or set tls = true (the url is {})",
-                    config.redacted_url()
-                ),
-            });
-        }
         return Ok(None);
     }
     let files = options.read()?;

@@ -397,24 +397,15 @@ fn check_tls(config: &NatsConfig) -> Result<TlsFiles, NatsError> {
         client_cert: config.client_cert.as_deref(),
         client_key: config.client_key.as_deref(),
     };
-    if options.any() && !config.tls_required() {
-        let key = [
-            ("ca_file", options.ca_file),
-            ("client_cert", options.client_cert),
-            ("client_key", options.client_key),
-        ]
-        .into_iter()
-        .find_map(|(key, path)| path.map(|_| key))
-        .unwrap_or("ca_file");
-        return Err(bad(
-            key,
+    options
+        .require_tls(config.tls_required(), || {
             format!(
                 "applies with TLS only: use tls:// URLs or set require_tls = true (the url is {})",
                 config.redacted_url()
-            ),
-        ));
-    }
-    options.read().map_err(|e| bad(e.key, e.message))
+            )
+        })
+        .and_then(|()| options.read())
+        .map_err(|e| bad(e.key, e.message))
 }
 
 /// Whether `subject` is one a message can be published to: no whitespace,

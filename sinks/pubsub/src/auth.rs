@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use gcp_auth::{CustomServiceAccount, TokenProvider};
 use skor_sink_api::SinkError;
+use skor_sink_kit::describe;
 use tokio::sync::OnceCell;
 
 /// The OAuth2 scope publishing needs.
@@ -86,16 +87,4 @@ fn token_error(what: &str, error: &gcp_auth::Error) -> SinkError {
             describe(other)
         )),
     }
-}
-
-/// An error with its causes, on one line.
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

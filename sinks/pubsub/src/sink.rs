@@ -1,7 +1,6 @@
 //! Publishing over the Pub/Sub REST API (`projects.topics.publish`), one
 //! request at a time per lane, each event's row key as its ordering key.
 
-use std::error::Error as _;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +9,7 @@ use base64::Engine as _;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 use skor_sink_api::{Batching, Concurrency, Event, Sink, SinkError};
-use skor_sink_kit::Template;
+use skor_sink_kit::{closed_before_answer, describe, has_io_error, Template};
 use tokio::sync::OnceCell;
 
 use crate::auth::Auth;
@@ -400,56 +399,6 @@ fn status_error(status: StatusCode, answer: &[u8], topic: &str) -> SinkError {
         )),
         _ => SinkError::permanent(format!("publishing to {topic}: {said}")),
     }
-}
-
-/// An error with its causes, on one line.
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// Whether the chain of `error` holds an I/O error of one of `kinds`.
-fn has_io_error(error: &reqwest::Error, kinds: &[io::ErrorKind]) -> bool {
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let mut io = cause.downcast_ref::<io::Error>();
-        while let Some(inner) = io {
-            if kinds.contains(&inner.kind()) {
-                return true;
-            }
-            io = inner.get_ref().and_then(|e| e.downcast_ref::<io::Error>());
-        }
-        source = cause.source();
-    }
-    false
-}
-
-/// Whether the connection broke before any answer arrived.
-fn closed_before_answer(error: &reqwest::Error) -> bool {
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
-            if hyper.is_incomplete_message() || hyper.is_canceled() {
-                return true;
-            }
-        }
-        source = cause.source();
-    }
-    has_io_error(
-        error,
-        &[
-            io::ErrorKind::ConnectionReset,
-            io::ErrorKind::ConnectionAborted,
-            io::ErrorKind::BrokenPipe,
-            io::ErrorKind::UnexpectedEof,
-        ],
-    )
 }
 
 #[async_trait::async_trait]

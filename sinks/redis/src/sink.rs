@@ -122,20 +122,9 @@ impl RedisSink {
             client_cert: config.client_cert.as_deref(),
             client_key: config.client_key.as_deref(),
         };
-        if options.any() && !tls {
-            let key = [
-                ("ca_file", options.ca_file),
-                ("client_cert", options.client_cert),
-                ("client_key", options.client_key),
-            ]
-            .into_iter()
-            .find_map(|(key, path)| path.map(|_| key))
-            .unwrap_or("ca_file");
-            return Err(RedisSinkError::Option {
-                key,
-                message: format!("applies to rediss:// URLs only, and the url is {shown_url}"),
-            });
-        }
+        options.require_tls(tls, || {
+            format!("applies to rediss:// URLs only, and the url is {shown_url}")
+        })?;
         let files = options.read()?;
         let client = if options.any() {
             let certificates = TlsCertificates {

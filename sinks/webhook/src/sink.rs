@@ -1,6 +1,5 @@
 //! Sending one event as an HTTP POST and classifying the outcome.
 
-use std::error::Error as _;
 use std::fmt::Write as _;
 use std::io;
 use std::sync::Arc;
@@ -9,6 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION};
 use reqwest::{redirect, StatusCode};
 use skor_sink_api::{Batching, Bytes, Concurrency, ErrorKind, Event, Sink, SinkError};
+// `describe` quotes a reqwest error's URL, which may carry credentials:
+// callers strip it first (`without_url`) where the request had one.
+use skor_sink_kit::{closed_before_answer, describe, has_io_error};
 
 use crate::config::redact_url;
 use crate::signing::{self, Signer};
@@ -344,47 +346,6 @@ fn quote(body: &[u8]) -> String {
     format!(", body: {line:?}")
 }
 
-/// Whether the chain of `error` holds an I/O error of one of `kinds`.
-fn has_io_error(error: &reqwest::Error, kinds: &[io::ErrorKind]) -> bool {
-    let mut source = error.source();
-    while let Some(cause) = source {
-        // An I/O error may wrap another (reqwest's connector wraps the TLS
-        // stream's InvalidData in Other), and `source` skips the wrapped one.
-        let mut io = cause.downcast_ref::<io::Error>();
-        while let Some(inner) = io {
-            if kinds.contains(&inner.kind()) {
-                return true;
-            }
-            io = inner.get_ref().and_then(|e| e.downcast_ref::<io::Error>());
-        }
-        source = cause.source();
-    }
-    false
-}
-
-/// Whether the connection broke before any answer arrived: hyper's
-/// "connection closed before message completed", or a reset.
-fn closed_before_answer(error: &reqwest::Error) -> bool {
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
-            if hyper.is_incomplete_message() || hyper.is_canceled() {
-                return true;
-            }
-        }
-        source = cause.source();
-    }
-    has_io_error(
-        error,
-        &[
-            io::ErrorKind::ConnectionReset,
-            io::ErrorKind::ConnectionAborted,
-            io::ErrorKind::BrokenPipe,
-            io::ErrorKind::UnexpectedEof,
-        ],
-    )
-}
-
 /// The body of a batch: a JSON array of the payloads as received.
 fn batch_body(events: &[Arc<Event>]) -> Bytes {
     let size = events.iter().map(|e| e.payload.len() + 1).sum::<usize>() + 2;
@@ -425,19 +386,6 @@ pub fn status_error_kind(status: StatusCode) -> Option<ErrorKind> {
     } else {
         Some(ErrorKind::Permanent)
     }
-}
-
-/// Describes a transport error with its causes but without the URL, which
-/// may carry credentials.
-pub(crate) fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The header that carries a durable event's stable id.

@@ -2,9 +2,9 @@
 //! a client identity for mutual TLS (`client_cert`, `client_key`), read
 //! from their PEM files when the sink is built.
 
-use skor_sink_kit::{TlsFileError, TlsFileOptions};
+use skor_sink_kit::{describe, TlsFileError, TlsFileOptions};
 
-use crate::sink::{describe, WebhookError};
+use crate::sink::WebhookError;
 use crate::WebhookConfig;
 
 impl From<TlsFileError> for WebhookError {
