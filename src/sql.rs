@@ -88,6 +88,12 @@ pub fn install_sql(config: &Config) -> String {
             );
         }
     }
+    if config.uses_wal() {
+        sql.push_str(
+            "\n-- Wal mode: `skor install` creates the publication and the replication slot\n\
+             -- from the catalog (replica identities, column lists); see `skor check --connect`.\n",
+        );
+    }
     sql.push('\n');
     sql.push_str(PRIVILEGES_SQL);
     sql
