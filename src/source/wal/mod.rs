@@ -163,6 +163,7 @@ impl WalSource {
         let mut failures = 0u32;
         let mut standing_by = false;
         let mut streamed_before = false;
+        let mut busy_polls = 0u32;
         while !shutdown.is_cancelled() {
             let started = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -181,6 +182,7 @@ impl WalSource {
                     }
                     standing_by = false;
                     streamed_before = true;
+                    busy_polls = 0;
                     failures = 0;
                     self.stats.standby.set(0);
                     self.stats.link.set(true);
@@ -200,7 +202,11 @@ impl WalSource {
                 }
                 Err(error) if slot_in_use(&error) => {
                     self.stats.link.set(false);
-                    if !standing_by {
+                    // Right after a lost stream, the server may not have
+                    // noticed yet that our old session is gone: only a slot
+                    // busy for a few polls is another reader's.
+                    busy_polls += 1;
+                    if !standing_by && (!streamed_before || busy_polls > 5) {
                         info!(slot = %self.slot,
                               "the replication slot is in use by another reader: standing by to take over");
                         standing_by = true;
