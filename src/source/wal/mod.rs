@@ -390,10 +390,10 @@ impl WalSource {
         let Some(event) = self.fanout.route(incoming) else {
             return;
         };
-        let targets = self.fanout.targets().to_vec();
-        self.progress.event(Arc::clone(&event), targets.len());
+        self.progress
+            .event(Arc::clone(&event), self.fanout.targets().len());
         let Some(acks) = &self.acks else { return };
-        for index in targets {
+        for &index in self.fanout.targets() {
             let job = Job::new(Arc::clone(&event), None).acked(acks.clone());
             if !self.fanout.send(index, job).await {
                 // Shutting down: the event stays unconfirmed and comes again.
