@@ -97,6 +97,14 @@ impl WalSource {
     ) -> Result<Self, WalError> {
         let slot = config.source.slot.clone();
         let publication = config.source.publication.clone();
+        pg.replication(&slot, &publication, Duration::from_secs(1))
+            .map_err(WalError::Setup)?;
+        if pg.ssl_mode() == crate::postgres::SslMode::Prefer {
+            warn!(
+                "wal mode: the replication connection does not use TLS (sslmode=prefer); \
+                   the other connections do when the server offers it"
+            );
+        }
         let catalog = connect_catalog(&pg).await.map_err(WalError::Connect)?;
         let row = catalog
             .query_one(
@@ -246,6 +254,7 @@ impl WalSource {
         let settings = self
             .pg
             .replication(&self.slot, &self.publication, self.status_interval)
+            .map_err(PgWireError::Tls)?
             .with_ack_lsn(Lsn::from_u64(self.progress.confirmed()));
         let mut client = ReplicationClient::connect(settings).await?;
         client.wait_started().await?;
