@@ -308,3 +308,42 @@ async fn skor_reconnects_over_tls_after_postgres_restarts() {
     assert_eq!(hook.wait_for(1).await[0].body, INSERTED);
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn wal_mode_streams_over_tls_verified_like_the_other_connections() {
+    let pki = Pki::new();
+    let server = PgServer::start(Some(&pki.server));
+    let client = connect(&server.dsn()).await;
+    client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let dsn = format!(
+        "{} sslmode=verify-full sslrootcert={}",
+        server.dsn(),
+        pki.ca().display()
+    );
+    let hook = Hook::start().await;
+    let config =
+        skor_config(&dsn, Some(&hook)).replacen("[[table]]", "mode = \"wal\"\n[[table]]", 1);
+    let parsed = Config::from_toml(&config, "test.toml").unwrap();
+    let mut installer = connect(&server.dsn()).await;
+    skor::sql::install(&mut installer, &parsed).await.unwrap();
+    let daemon = common::Running::start(&config).await;
+    client
+        .batch_execute("INSERT INTO items VALUES (1, 'over TLS')")
+        .await
+        .unwrap();
+    assert_eq!(hook.wait_for(1).await.remove(0).body, INSERTED);
+    let encrypted: bool = client
+        .query_one(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_replication r USING (pid) \
+             WHERE r.application_name = 'skor wal'",
+            &[],
+        )
+        .await
+        .expect("skor's replication connection is in pg_stat_replication")
+        .get(0);
+    assert!(encrypted, "the replication stream uses TLS");
+    daemon.stop().await;
+}

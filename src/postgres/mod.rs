@@ -27,6 +27,7 @@ use tls::{provider, verifier};
 pub use dsn::{DsnError, RootCerts, SslMode};
 pub use error::{describe, ConnectError, ContextError, PgError};
 pub use quote::{quote_ident, quote_literal, text_array};
+pub use replication::{Replication, TlsBridge};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ pub type PgConnection = Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<
 pub struct Postgres {
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
+    /// The same TLS settings, for the replication connection's bridge.
+    tls_config: std::sync::Arc<ClientConfig>,
     mode: SslMode,
     /// Set when the server's certificate chain is checked.
     roots: Option<RootCerts>,
@@ -109,9 +112,11 @@ impl Postgres {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
+        let client = std::sync::Arc::new(client);
         Ok(Self {
             config,
-            tls: MakeRustlsConnect::new(client),
+            tls: MakeRustlsConnect::new((*client).clone()),
+            tls_config: client,
             mode,
             roots: checked_roots,
         })

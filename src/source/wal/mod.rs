@@ -31,7 +31,7 @@ use tracing::{debug, error, info, warn};
 use crate::backoff::Schedule;
 use crate::config::Config;
 use crate::fanout::{Acks, Fanout, Incoming};
-use crate::postgres::{describe, Postgres};
+use crate::postgres::{describe, Postgres, Replication, TlsBridge};
 use crate::source::notify::RECONNECT_FIRST_WAIT;
 use crate::source::Source;
 use crate::stats::WalStats;
@@ -84,6 +84,8 @@ pub struct WalSource {
     skipping: bool,
     /// The last change's WAL position and how many changes shared it.
     last_change: (u64, i64),
+    /// The current session's TLS bridge, when the DSN asks for TLS.
+    bridge: Option<TlsBridge>,
 }
 
 impl WalSource {
@@ -97,14 +99,6 @@ impl WalSource {
     ) -> Result<Self, WalError> {
         let slot = config.source.slot.clone();
         let publication = config.source.publication.clone();
-        pg.replication(&slot, &publication, Duration::from_secs(1))
-            .map_err(WalError::Setup)?;
-        if pg.ssl_mode() == crate::postgres::SslMode::Prefer {
-            warn!(
-                "wal mode: the replication connection does not use TLS (sslmode=prefer); \
-                   the other connections do when the server offers it"
-            );
-        }
         let catalog = connect_catalog(&pg).await.map_err(WalError::Connect)?;
         let row = catalog
             .query_one(
@@ -161,6 +155,7 @@ impl WalSource {
             dead: Vec::new(),
             skipping: false,
             last_change: (0, 0),
+            bridge: None,
         })
     }
 
@@ -251,11 +246,13 @@ impl WalSource {
 
     /// Opens a replication session and waits until the server accepted it.
     async fn start(&mut self) -> Result<ReplicationClient, PgWireError> {
-        let settings = self
+        let Replication { config, bridge } = self
             .pg
             .replication(&self.slot, &self.publication, self.status_interval)
-            .map_err(PgWireError::Tls)?
-            .with_ack_lsn(Lsn::from_u64(self.progress.confirmed()));
+            .map_err(PgWireError::Tls)?;
+        // The previous session's bridge goes; this one lives as long as it.
+        self.bridge = bridge;
+        let settings = config.with_ack_lsn(Lsn::from_u64(self.progress.confirmed()));
         let mut client = ReplicationClient::connect(settings).await?;
         client.wait_started().await?;
         Ok(client)
