@@ -139,6 +139,12 @@ async fn uninstall_leaves_no_slot_and_no_publication() {
     assert_eq!(count("SELECT count(*) FROM pg_publication").await, 1);
     // A running reader holds the slot: uninstall refuses and changes nothing.
     let skor = Running::start(&config).await;
+    // The daemon is running once its stream holds the slot: before that,
+    // uninstall could drop the publication and only then find the reader.
+    until("the daemon reads the slot", || async {
+        count("SELECT count(*) FROM pg_replication_slots WHERE active").await == 1
+    })
+    .await;
     let parsed = skor::Config::from_toml(&config, "t.toml").unwrap();
     let mut client = common::connect(&db.dsn()).await;
     let refused = skor::sql::uninstall(&mut client, &parsed, false)
