@@ -333,7 +333,8 @@ impl WalSource {
         let (relation, op, row, old) = match change {
             Change::Relation(relation) => {
                 let kinds = self.kinds(&relation).await;
-                let table = Table::new(&relation, kinds, &self.rules);
+                let primary = self.primary_key(&relation).await;
+                let table = Table::new(&relation, kinds, primary.as_deref(), &self.rules);
                 self.tables.insert(relation.id, table);
                 return;
             }
@@ -440,6 +441,29 @@ impl WalSource {
                     .unwrap_or(Kind::Text)
             })
             .collect()
+    }
+
+    /// The primary key's columns of `relation` (empty: it has none);
+    /// `None` when the catalog cannot be read.
+    async fn primary_key(&mut self, relation: &pgoutput::Relation) -> Option<Vec<String>> {
+        let catalog = self.catalog().await?;
+        match catalog
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                  WHERE i.indrelid = $1 AND i.indisprimary \
+                  ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                &[&relation.id],
+            )
+            .await
+        {
+            Ok(rows) => Some(rows.iter().map(|r| r.get(0)).collect()),
+            Err(error) => {
+                warn!(error = %describe(&error), table = %relation.name,
+                      "cannot read the primary key; the replica identity keys its rows");
+                None
+            }
+        }
     }
 
     /// The catalog connection, reconnected when it was lost.

@@ -111,8 +111,15 @@ fn op_index(op: Op) -> usize {
 }
 
 impl Table {
-    /// Prepares `relation` under `rules`, its column types as `kinds`.
-    pub fn new(relation: &Relation, kinds: Vec<Kind>, rules: &Rules) -> Self {
+    /// Prepares `relation` under `rules`, its column types as `kinds`;
+    /// `primary` is its primary key's columns as the catalog has them
+    /// (empty: none), `None` when the catalog could not be read.
+    pub fn new(
+        relation: &Relation,
+        kinds: Vec<Kind>,
+        primary: Option<&[String]>,
+        rules: &Rules,
+    ) -> Self {
         let rule = rules.get(&relation.schema, &relation.name).cloned();
         let names: Vec<Vec<u8>> = relation
             .columns
@@ -130,23 +137,22 @@ impl Table {
                 .map(|list| list.iter().filter_map(|c| position(c)).collect())
         };
         let picks = [pick(Op::Insert), pick(Op::Update), pick(Op::Delete)];
-        let key = match rule.as_ref().and_then(|r| r.key.as_ref()) {
-            Some(key) => key.iter().filter_map(|c| position(c)).collect(),
-            None => relation
-                .columns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.key)
-                .map(|(i, _)| i)
-                .collect(),
-        };
-        let identity = relation
+        let identity: Vec<usize> = relation
             .columns
             .iter()
             .enumerate()
             .filter(|(_, c)| c.key)
             .map(|(i, _)| i)
             .collect();
+        // The row key is the configured key, else the primary key, as the
+        // triggers have it; not the replica identity, which under
+        // REPLICA IDENTITY FULL is every column.
+        let key = match (rule.as_ref().and_then(|r| r.key.as_ref()), primary) {
+            (Some(key), _) => key.iter().filter_map(|c| position(c)).collect(),
+            (None, Some(primary)) => primary.iter().filter_map(|c| position(c)).collect(),
+            (None, None) if relation.replica_identity == b'f' => Vec::new(),
+            (None, None) => identity.clone(),
+        };
         let mut head = b"{\"table\" : ".to_vec();
         escape_json(relation.name.as_bytes(), &mut head);
         head.extend_from_slice(b", \"schema\" : ");
