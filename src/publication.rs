@@ -321,12 +321,18 @@ pub async fn create_slot(client: &Client, config: &Config) -> Result<(), Install
 }
 
 /// Refuses while a reader holds the slot, before uninstall changes anything.
-pub async fn check_slot_idle(client: &Client, config: &Config) -> Result<(), InstallError> {
+pub async fn check_slot_idle(
+    client: &impl GenericClient,
+    config: &Config,
+) -> Result<(), InstallError> {
     slot_state(client, config).await.map(|_| ())
 }
 
-/// Drops the slot unless a reader holds it.
-pub async fn drop_slot(client: &Client, config: &Config) -> Result<(), InstallError> {
+/// Drops the slot unless a reader holds it. In uninstall's transaction,
+/// last: a reader that attached since the check makes it fail, and the
+/// transaction with it, so the publication is never dropped under a
+/// running daemon (the drop itself is not undone by a later failure).
+pub async fn drop_slot(client: &impl GenericClient, config: &Config) -> Result<(), InstallError> {
     if !slot_state(client, config).await? {
         return Ok(());
     }
@@ -339,7 +345,7 @@ pub async fn drop_slot(client: &Client, config: &Config) -> Result<(), InstallEr
 }
 
 /// Whether the slot exists; an error if a reader holds it.
-async fn slot_state(client: &Client, config: &Config) -> Result<bool, InstallError> {
+async fn slot_state(client: &impl GenericClient, config: &Config) -> Result<bool, InstallError> {
     let slot = &config.source.slot;
     let row = client
         .query_opt(

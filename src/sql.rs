@@ -223,10 +223,8 @@ pub async fn uninstall(
     ]
     .concat();
     transaction.batch_execute(&sql).await?;
+    publication::drop_slot(&transaction, config).await?;
     transaction.commit().await?;
-    // After the publication went, so a failure leaves nothing half done
-    // that install would not mend; a slot left behind keeps WAL forever.
-    publication::drop_slot(client, config).await?;
     Ok(())
 }
 
