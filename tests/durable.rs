@@ -5,10 +5,9 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::bin::{config_file, run, signal, skor, stderr};
+use common::bin::{config_file, run, signal, stderr};
 use common::{
     assert_every_id, hook_config, install, row_id, slow, status, Hook, Request, Running, TestDb,
     PATIENCE,
@@ -103,24 +102,9 @@ async fn eventually_empty(db: &TestDb) {
 }
 
 /// Starts the `skor` binary on `config`, logging at info into a file next
-/// to the config (a pipe nobody reads would block the daemon once full).
+/// to the config.
 fn spawn(config: &tempfile::NamedTempFile) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(config.path().with_extension("log"))
-        .unwrap();
-    skor()
-        .args([
-            "--config",
-            config.path().to_str().unwrap(),
-            "--log-level",
-            "info",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    common::bin::spawn_logged(config, &config.path().with_extension("log"))
 }
 
 #[tokio::test]

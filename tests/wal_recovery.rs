@@ -6,36 +6,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::bin::{config_file, signal, skor};
+use common::bin::{config_file, signal, spawn_logged};
 use common::wal::WalDb;
 use common::{assert_every_id, row_id, Hook, Running, PATIENCE};
-use tokio::process::Child;
 use tokio::time::Instant;
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);";
-
-/// `skor --config FILE`, its standard error appended to `log`.
-fn spawn(config: &tempfile::NamedTempFile, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    skor()
-        .args([
-            "--config",
-            config.path().to_str().unwrap(),
-            "--log-level",
-            "info",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
 
 fn log_path(config: &tempfile::NamedTempFile, name: &str) -> PathBuf {
     config.path().with_extension(format!("{name}.log"))
@@ -104,7 +82,7 @@ async fn sigkill_mid_burst_redelivers_with_the_same_event_ids() {
     db.install(&config).await;
     let file = config_file(&config);
     let log = log_path(&file, "skor");
-    let mut first = spawn(&file, &log);
+    let mut first = spawn_logged(&file, &log);
     let writer = {
         let dsn = db.dsn();
         tokio::spawn(async move {
@@ -131,7 +109,7 @@ async fn sigkill_mid_burst_redelivers_with_the_same_event_ids() {
     let at_kill = hook.count();
     writer.await.unwrap();
 
-    let mut second = spawn(&file, &log);
+    let mut second = spawn_logged(&file, &log);
     let requests = wait_for_ids(&hook, ROWS, Duration::from_secs(120)).await;
     let duplicates = assert_every_id(requests.iter().map(|r| r.body.as_str()), ROWS);
     eprintln!("killed after {at_kill} deliveries; {duplicates} delivered twice");
@@ -278,7 +256,7 @@ async fn postgresql_restarted_mid_stream_loses_nothing() {
     db.install(&config).await;
     let file = config_file(&config);
     let log = log_path(&file, "skor");
-    let mut daemon = spawn(&file, &log);
+    let mut daemon = spawn_logged(&file, &log);
     wait_for_log(&log, "streaming from the replication slot").await;
 
     // A writer that goes on through the restart: one row per transaction,
@@ -382,9 +360,9 @@ async fn a_standby_takes_over_the_slot_when_the_reader_is_killed() {
     db.install(&config(admin1)).await;
     let (file1, file2) = (config_file(&config(admin1)), config_file(&config(admin2)));
     let (log1, log2) = (log_path(&file1, "first"), log_path(&file2, "second"));
-    let mut first = spawn(&file1, &log1);
+    let mut first = spawn_logged(&file1, &log1);
     wait_for_log(&log1, "streaming from the replication slot").await;
-    let mut second = spawn(&file2, &log2);
+    let mut second = spawn_logged(&file2, &log2);
     wait_for_log(&log2, "standing by").await;
     let (status, body) = readyz(admin2).await;
     assert_eq!(status, 503, "{body}");

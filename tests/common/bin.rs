@@ -57,3 +57,25 @@ pub async fn sigterm_and_wait(child: Child) -> Output {
         .expect("skor exits after SIGTERM")
         .unwrap()
 }
+
+/// Starts `skor --config FILE --log-level info`, its standard error
+/// appended to the file `log` (a pipe nobody reads would block the daemon
+/// once full).
+pub fn spawn_logged(config: &tempfile::NamedTempFile, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    skor()
+        .args([
+            "--config",
+            config.path().to_str().unwrap(),
+            "--log-level",
+            "info",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
