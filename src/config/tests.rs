@@ -186,6 +186,10 @@ fn errors_name_the_file_line_and_key() {
             "skor.toml:5:7: key `table[0].old`: the old row is sent in wal mode only; set mode = \"wal\" or remove `old`",
         ),
         (
+            "[[table]]\nname = \"t\"\nmode = \"wal\"\nunique_payloads = true\n",
+            "skor.toml:6:19: key `table[0].unique_payloads`: wal mode delivers every change of a transaction and adds no \"skor_seq\"; remove the key",
+        ),
+        (
             "[durable]\nbatch_size = 0\n",
             "skor.toml:4:14: key `durable.batch_size`: expected at least 1",
         ),

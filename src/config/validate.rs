@@ -227,6 +227,12 @@ impl Config {
             if let Some(key) = &table.key {
                 check_key(key, table).map_err(|m| at("key", m))?;
             }
+            if self.table_mode(table) == Mode::Wal && table.unique_payloads {
+                return Err(at(
+                    "unique_payloads",
+                    "wal mode delivers every change of a transaction and adds no \"skor_seq\"; remove the key".into(),
+                ));
+            }
             if self.table_mode(table) != Mode::Wal {
                 if table.old {
                     return Err(at(
