@@ -15,6 +15,9 @@ use crate::{listen, receiver};
 /// A case ends this long after the last new arrival, its missing events lost.
 const STALL: Duration = Duration::from_secs(10);
 
+/// Rows of the wal-backlog case at scale 1: 2.5 times the burst.
+const BACKLOG_ROWS: f64 = 500_000.0;
+
 /// What receives the events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -46,6 +49,19 @@ pub enum Target {
     DurableWebhook,
     /// Webhook batches, with the table in durable mode.
     DurableWebhookBatch,
+    /// The wal cases' baseline, on the wal server: no trigger, no slot,
+    /// nobody reading, only the load; its commit rate is what the other
+    /// wal cases of the same load are measured against.
+    WalNone,
+    /// Webhook, with the table in wal mode (publication and slot).
+    WalWebhook,
+    /// Webhook batches, with the table in wal mode.
+    WalWebhookBatch,
+    /// Kafka (tansu), with the table in wal mode.
+    WalKafka,
+    /// Webhook batches in wal mode, but the whole load is committed before
+    /// skor starts: the slot holds the backlog, skor's memory should not.
+    WalBacklog,
 }
 
 impl Target {
@@ -65,7 +81,29 @@ impl Target {
             Self::DurableLog => "durable-log",
             Self::DurableWebhook => "durable-webhook",
             Self::DurableWebhookBatch => "durable-webhook-batch",
+            Self::WalNone => "wal-none",
+            Self::WalWebhook => "wal-webhook",
+            Self::WalWebhookBatch => "wal-webhook-batch",
+            Self::WalKafka => "wal-kafka",
+            Self::WalBacklog => "wal-backlog",
         }
+    }
+
+    /// Whether the case runs on the wal server (`wal_level = logical`).
+    pub fn wal(self) -> bool {
+        matches!(
+            self,
+            Self::WalNone
+                | Self::WalWebhook
+                | Self::WalWebhookBatch
+                | Self::WalKafka
+                | Self::WalBacklog
+        )
+    }
+
+    /// Whether skor captures in wal mode (a publication and a slot).
+    fn wal_capture(self) -> bool {
+        self.wal() && self != Self::WalNone
     }
 
     fn durable(self) -> bool {
@@ -132,11 +170,27 @@ pub fn matrix(scale: f64) -> Vec<Case> {
                 targets.push(Target::Pubsub);
             }
         }
+        // The wal cases, each load's baseline first.
+        match kind {
+            Kind::Single(4) => targets.extend([Target::WalNone, Target::WalWebhook]),
+            Kind::Burst => {
+                targets.extend([Target::WalNone, Target::WalWebhookBatch]);
+                if cfg!(feature = "kafka") {
+                    targets.push(Target::WalKafka);
+                }
+            }
+            _ => {}
+        }
         cases.extend(targets.into_iter().map(|target| Case {
             target,
             load: load.clone(),
         }));
     }
+    // A backlog 2.5 times the burst, all committed before skor starts.
+    cases.push(Case {
+        target: Target::WalBacklog,
+        load: Load::burst(BACKLOG_ROWS, scale),
+    });
     cases.push(Case {
         target: Target::WebhookSlow,
         load: Load::burst(50_000.0, scale),
@@ -172,6 +226,15 @@ impl Measured {
     /// Produced events that never arrived.
     pub fn lost(&self) -> usize {
         self.produced - self.delivered
+    }
+
+    /// Produced events per second of the load's own duration.
+    pub fn committed_per_second(&self) -> f64 {
+        if self.load_seconds > 0.0 {
+            self.produced as f64 / self.load_seconds
+        } else {
+            0.0
+        }
     }
 }
 
@@ -243,6 +306,9 @@ impl Side {
 pub struct Runner<'a> {
     /// The bench database.
     pub db: &'a Database,
+    /// The bench database on the wal server (`wal_level = logical`), when
+    /// a wal case is to run.
+    pub wal_db: Option<&'a Database>,
     /// The binary under test.
     pub skor: &'a Skor,
     /// The RabbitMQ the AMQP cases use.
@@ -272,7 +338,7 @@ enum Ending {
     Exited(String),
 }
 
-impl Runner<'_> {
+impl<'a> Runner<'a> {
     /// Runs `case`; a failure becomes a failed row, never an error.
     pub async fn run(&mut self, case: &Case) -> CaseResult {
         let mut notes = Vec::new();
@@ -343,7 +409,10 @@ impl Runner<'_> {
             | Target::WebhookBatch
             | Target::WebhookSlow
             | Target::DurableWebhook
-            | Target::DurableWebhookBatch => {
+            | Target::DurableWebhookBatch
+            | Target::WalWebhook
+            | Target::WalWebhookBatch
+            | Target::WalBacklog => {
                 let delay = if target == Target::WebhookSlow {
                     Duration::from_millis(5)
                 } else {
@@ -351,7 +420,10 @@ impl Runner<'_> {
                 };
                 let http = receiver::start(arrivals, delay).await.map_err(fail)?;
                 let options = match target {
-                    Target::WebhookBatch | Target::DurableWebhookBatch => BATCH,
+                    Target::WebhookBatch
+                    | Target::DurableWebhookBatch
+                    | Target::WalWebhookBatch
+                    | Target::WalBacklog => BATCH,
                     _ => "",
                 };
                 let sink = webhook(http.port, options);
@@ -365,7 +437,7 @@ impl Runner<'_> {
                 (Side::Amqp(consumer), crate::amqp::sink(&self.amqp_url))
             }
             #[cfg(feature = "kafka")]
-            Target::Kafka => {
+            Target::Kafka | Target::WalKafka => {
                 if self.tansu.is_none() {
                     let log = self.keep_logs.as_ref().map(|dir| dir.join("tansu.log"));
                     let tansu = crate::kafka::Tansu::start(log.as_deref())
@@ -428,7 +500,17 @@ impl Runner<'_> {
         })
     }
 
+    /// The database `case` runs on.
+    fn db_for(&self, case: &Case) -> Result<&'a Database, String> {
+        if !case.target.wal() {
+            return Ok(self.db);
+        }
+        self.wal_db
+            .ok_or_else(|| "no wal server (wal_level = logical) for this run".to_string())
+    }
+
     async fn attempt(&mut self, case: &Case, notes: &mut Vec<String>) -> Result<Measured, String> {
+        let db = self.db_for(case)?;
         let (dir, _temp) = self.case_dir(case)?;
         let write = |name: &str, text: &str| -> Result<PathBuf, String> {
             let path = dir.join(name);
@@ -437,59 +519,93 @@ impl Runner<'_> {
         };
         let db_error = |e: anyhow::Error| format!("{e:#}");
         // A clean slate: no trigger, no event log, an empty table.
-        let plain = write(
-            "install.toml",
-            &skor::config(&self.db.dsn, TABLE, "notify", ""),
-        )?;
+        let plain = write("install.toml", &skor::config(&db.dsn, TABLE, "notify", ""))?;
         self.skor
             .admin(&plain, &["uninstall", "--drop-events"])
             .await?;
-        self.db.reset().await.map_err(db_error)?;
-        case.load.prepare(self.db).await.map_err(db_error)?;
+        if case.target.wal() {
+            // A slot left by a failed case would keep WAL and stream old changes.
+            db.drop_replication().await.map_err(db_error)?;
+        }
+        db.reset().await.map_err(db_error)?;
+        case.load.prepare(db).await.map_err(db_error)?;
         // So a checkpoint does not land in the middle of the timed part.
-        self.db
-            .client
+        db.client
             .batch_execute("CHECKPOINT")
             .await
             .map_err(|e| format!("CHECKPOINT: {e}"))?;
 
         if case.target == Target::DurableLog {
-            let config = write(
-                "skor.toml",
-                &skor::config(&self.db.dsn, TABLE, "durable", ""),
-            )?;
+            let config = write("skor.toml", &skor::config(&db.dsn, TABLE, "durable", ""))?;
             self.skor.admin(&config, &["install"]).await?;
-            return self.count_logged(case, notes).await;
+            return count_logged(db, case, notes).await;
+        }
+        if case.target == Target::WalNone {
+            return count_committed(db, case).await;
         }
 
         let events = case.load.events();
         let arrivals = Arc::new(Arrivals::with_capacity(events + events / 8 + 1024));
         let (side, sink) = self.start_side(case.target, Arc::clone(&arrivals)).await?;
-        let mode = if case.target.durable() {
-            "durable"
+        let wal = case.target.wal_capture();
+        let text = if wal {
+            skor::wal_config(&db.dsn, TABLE, &sink)
+        } else if case.target.durable() {
+            skor::config(&db.dsn, TABLE, "durable", &sink)
         } else {
-            "notify"
+            skor::config(&db.dsn, TABLE, "notify", &sink)
         };
+        let config = write("skor.toml", &text)?;
+        let log_path = dir.join("skor.log");
         // The receiving side is stopped whatever happens, so an AMQP
         // exchange is not left behind by a failed start.
         let run = async {
-            let config = write("skor.toml", &skor::config(&self.db.dsn, TABLE, mode, &sink))?;
+            // In wal mode this creates the publication and the slot.
             self.skor.admin(&config, &["install"]).await?;
+            if case.target == Target::WalBacklog {
+                return self
+                    .deliver_backlog(db, case, &arrivals, &config, &log_path, notes)
+                    .await;
+            }
             let running = match case.target {
                 Target::Ceiling => None,
-                _ => Some(self.skor.start(&config, &dir.join("skor.log")).await?),
+                _ => Some(self.skor.start(&config, &log_path).await?),
             };
-            self.deliver(case, &arrivals, running, notes).await
+            let start_of_rate = None;
+            self.deliver(db, case, &arrivals, running, notes)
+                .await
+                .map(|d| (d, start_of_rate))
         };
         let result = run.await;
         if let Err(e) = side.stop().await {
             notes.push(format!("stopping the consumer: {e}"));
         }
-        let (produced, commits, ending, usage) = result?;
-        let log = std::fs::read_to_string(dir.join("skor.log")).unwrap_or_default();
+        if wal {
+            // Whatever happened: no slot may keep WAL into the next case.
+            if let Err(e) = self.skor.admin(&config, &["uninstall"]).await {
+                notes.push(format!("skor uninstall after the case: {e}"));
+            }
+            if let Err(e) = db.drop_replication().await {
+                notes.push(format!("dropping the slot after the case: {e:#}"));
+            }
+        }
+        let ((produced, commits, ending, usage), start_of_rate) = result?;
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
 
         let mut measured = measure(&produced, &commits, &arrivals.snapshot(), usage);
         measured.malformed = arrivals.malformed();
+        if let Some(started) = start_of_rate {
+            // The backlog: delivery from skor's start, not the load's; the
+            // events waited in the slot, so commit-to-arrival says nothing.
+            measured.events_per_second = delivery_rate(&commits, &arrivals.snapshot(), started);
+            measured.latency_ms = None;
+            notes.push(format!(
+                "the whole load ({} events, {:.1} s) was committed before skor started; \
+                 events/s is from skor's start (once listening) to the last arrival; \
+                 compare its peak RSS with wal-webhook-batch/burst",
+                measured.produced, measured.load_seconds
+            ));
+        }
         match ending {
             Ending::Complete => {}
             Ending::Stalled => notes.push(format!(
@@ -529,48 +645,68 @@ impl Runner<'_> {
     }
 }
 
-impl Runner<'_> {
-    /// Runs the load with only the durable triggers installed, no skor,
-    /// and counts the events they wrote to the event log.
-    async fn count_logged(&self, case: &Case, notes: &mut Vec<String>) -> Result<Measured, String> {
-        let produced = case
-            .load
-            .run(&self.db.dsn)
-            .await
-            .map_err(|e| format!("load failed: {e:#}"))?;
-        let logged: i64 = self
-            .db
-            .client
-            .query_one("SELECT count(*) FROM skor.event_log", &[])
-            .await
-            .map_err(|e| format!("counting skor.event_log: {e}"))?
-            .get(0);
-        let measured = measure_logged(&produced, logged.max(0) as usize);
-        if measured.lost() > 0 {
-            notes.push(format!(
-                "{} of {} committed events are not in skor.event_log",
-                measured.lost(),
-                measured.produced
-            ));
-        }
-        if measured.unexpected > 0 {
-            notes.push(format!(
-                "skor.event_log holds {} rows more than the load produced events",
-                measured.unexpected
-            ));
-        }
-        Ok(measured)
+/// Runs the load with only the durable triggers installed, no skor,
+/// and counts the events they wrote to the event log.
+async fn count_logged(
+    db: &Database,
+    case: &Case,
+    notes: &mut Vec<String>,
+) -> Result<Measured, String> {
+    let produced = case
+        .load
+        .run(&db.dsn)
+        .await
+        .map_err(|e| format!("load failed: {e:#}"))?;
+    let logged: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM skor.event_log", &[])
+        .await
+        .map_err(|e| format!("counting skor.event_log: {e}"))?
+        .get(0);
+    let measured = measure_logged(&produced, logged.max(0) as usize);
+    if measured.lost() > 0 {
+        notes.push(format!(
+            "{} of {} committed events are not in skor.event_log",
+            measured.lost(),
+            measured.produced
+        ));
     }
+    if measured.unexpected > 0 {
+        notes.push(format!(
+            "skor.event_log holds {} rows more than the load produced events",
+            measured.unexpected
+        ));
+    }
+    Ok(measured)
+}
 
+/// wal-none: runs the load with nothing capturing it (no trigger, no
+/// publication, no slot) and takes its commit rate.
+async fn count_committed(db: &Database, case: &Case) -> Result<Measured, String> {
+    let produced = case
+        .load
+        .run(&db.dsn)
+        .await
+        .map_err(|e| format!("load failed: {e:#}"))?;
+    let committed = produced.commits.len();
+    Ok(measure_logged(&produced, committed))
+}
+
+/// What a delivering case waited for: the load's events, when they
+/// committed, how the wait ended, and what skor used.
+type Delivered = (Produced, HashMap<Key, Instant>, Ending, Option<Usage>);
+
+impl Runner<'_> {
     /// Runs the load, waits for its events, then stops skor.
     async fn deliver(
         &self,
+        db: &Database,
         case: &Case,
         arrivals: &Arrivals,
         mut running: Option<Running>,
         notes: &mut Vec<String>,
-    ) -> Result<(Produced, HashMap<Key, Instant>, Ending, Option<Usage>), String> {
-        let produced = match case.load.run(&self.db.dsn).await {
+    ) -> Result<Delivered, String> {
+        let produced = match case.load.run(&db.dsn).await {
             Ok(produced) => produced,
             Err(e) => {
                 if let Some(running) = running {
@@ -588,6 +724,69 @@ impl Runner<'_> {
             }
         }
         Ok((produced, commits, ending, usage))
+    }
+
+    /// wal-backlog: runs the whole load into the slot, then starts skor,
+    /// waits for its events and stops it; also returns when skor was
+    /// ready, where its delivery rate starts.
+    async fn deliver_backlog(
+        &self,
+        db: &Database,
+        case: &Case,
+        arrivals: &Arrivals,
+        config: &std::path::Path,
+        log: &std::path::Path,
+        notes: &mut Vec<String>,
+    ) -> Result<(Delivered, Option<Instant>), String> {
+        let produced = case
+            .load
+            .run(&db.dsn)
+            .await
+            .map_err(|e| format!("load failed: {e:#}"))?;
+        if let Ok(row) = db
+            .client
+            .query_one(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+                   FROM pg_replication_slots WHERE database = current_database()",
+                &[],
+            )
+            .await
+        {
+            let retained: i64 = row.get(0);
+            notes.push(format!(
+                "the slot held {:.1} MB of WAL when skor started",
+                retained as f64 / 1024.0 / 1024.0
+            ));
+        }
+        let mut running = self.skor.start(config, log).await?;
+        let started = Instant::now();
+        let commits: HashMap<Key, Instant> = produced.commits.iter().copied().collect();
+        let ending = wait(arrivals, &commits, Some(&mut running)).await;
+        let usage = running.usage();
+        if let Err(e) = running.stop().await {
+            notes.push(e);
+        }
+        Ok(((produced, commits, ending, usage), Some(started)))
+    }
+}
+
+/// Unique deliveries of committed events per second from `from` to the
+/// last one.
+fn delivery_rate(
+    commits: &HashMap<Key, Instant>,
+    arrivals: &[(Key, Instant)],
+    from: Instant,
+) -> f64 {
+    let mut seen = HashSet::with_capacity(commits.len());
+    let mut last = None;
+    for &(key, at) in arrivals {
+        if commits.contains_key(&key) && seen.insert(key) {
+            last = last.max(Some(at));
+        }
+    }
+    match last {
+        Some(last) if last > from => seen.len() as f64 / last.duration_since(from).as_secs_f64(),
+        _ => 0.0,
     }
 }
 
@@ -738,6 +937,34 @@ mod tests {
         );
         let slow = matrix(1.0).pop().unwrap();
         assert_eq!(slow.load.rows, 50_000);
+    }
+
+    #[test]
+    fn the_wal_cases_follow_their_baseline() {
+        let cases = matrix(1.0);
+        let names: Vec<String> = cases.iter().map(Case::name).collect();
+        let at = |name: &str| names.iter().position(|n| n == name);
+        let none = at("wal-none/burst").unwrap_or_else(|| panic!("{names:?}"));
+        assert_eq!(at("wal-webhook-batch/burst"), Some(none + 1), "{names:?}");
+        let single = at("wal-none/single-4").unwrap_or_else(|| panic!("{names:?}"));
+        assert_eq!(at("wal-webhook/single-4"), Some(single + 1), "{names:?}");
+        assert_eq!(
+            at("wal-kafka/burst").is_some(),
+            cfg!(feature = "kafka"),
+            "{names:?}"
+        );
+        let backlog = at("wal-backlog/burst").unwrap_or_else(|| panic!("{names:?}"));
+        assert!(backlog > none);
+        assert_eq!(cases[backlog].load.rows, 500_000);
+        for case in &cases {
+            assert_eq!(
+                case.target.wal(),
+                case.name().contains("wal"),
+                "{}",
+                case.name()
+            );
+        }
+        assert!(!Target::WalNone.wal_capture() && Target::WalKafka.wal_capture());
     }
 
     #[test]

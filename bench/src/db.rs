@@ -1,7 +1,9 @@
 //! The bench's own database: created at start, dropped at the end even when
 //! the run fails, with the table every load writes.
 
-use anyhow::{Context, Result};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
 use tokio_postgres::{Client, NoTls};
 
 /// The table the loads write and skor captures.
@@ -109,6 +111,49 @@ impl Database {
                 .await
                 .context("truncating skor.event_log")?;
         }
+        Ok(())
+    }
+
+    /// Drops every replication slot of this database and skor's
+    /// publication, so no WAL is kept for a case that is over. A slot's
+    /// walsender may outlive its reader for a moment: waits up to 10 s for
+    /// it to let go.
+    pub async fn drop_replication(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let slots = self
+                .client
+                .query(
+                    "SELECT slot_name::text, active FROM pg_replication_slots \
+                      WHERE database = current_database()",
+                    &[],
+                )
+                .await
+                .context("listing the replication slots")?;
+            let mut busy = false;
+            for slot in slots {
+                let (name, active): (String, bool) = (slot.get(0), slot.get(1));
+                if active {
+                    busy = true;
+                    continue;
+                }
+                self.client
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&name])
+                    .await
+                    .with_context(|| format!("dropping the replication slot {name}"))?;
+            }
+            if !busy {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("a replication slot of {} is still being read", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.client
+            .batch_execute("DROP PUBLICATION IF EXISTS skor")
+            .await
+            .context("dropping the publication")?;
         Ok(())
     }
 

@@ -16,6 +16,7 @@ mod load;
 mod mqtt;
 #[cfg(feature = "nats")]
 mod nats;
+mod pg_server;
 #[cfg(feature = "pubsub")]
 mod pubsub;
 mod receiver;
@@ -52,8 +53,16 @@ struct Args {
     /// The Redis server of the Redis case.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
-    /// Run only the cases whose name (`target/load`) contains this; repeatable.
+    /// The server of the wal cases (wal_level = logical, a REPLICATION
+    /// user), as a libpq keyword DSN without dbname. Without it, the bench
+    /// starts a private server of its own for them (initdb into a
+    /// temporary directory, removed at the end).
     #[arg(long)]
+    wal_dsn: Option<String>,
+    /// Run only the cases whose name (`target/load`) contains this;
+    /// repeatable, or comma-separated (`--only ceiling,wal`). The wal cases:
+    /// wal-none, wal-webhook, wal-webhook-batch, wal-kafka, wal-backlog.
+    #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Multiplies every row count (0.1 for a quick run).
     #[arg(long, default_value_t = 1.0)]
@@ -106,14 +115,66 @@ async fn bench(args: &Args) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     }
 
-    let db = Database::create(&args.dsn).await?;
-    let environment = Environment::gather(db.version().await?, version);
+    let wanted = |wal: bool| cases.iter().any(|case| case.target.wal() == wal);
+    // The wal cases' server: the one given, or a private one whose guard
+    // stops and removes it when the run ends, also on failure. Declared
+    // before the databases, so they are dropped before it.
+    let mut wal_server = None;
+    let wal_dsn = match (&args.wal_dsn, wanted(true)) {
+        (_, false) => None,
+        (Some(dsn), true) => Some(dsn.clone()),
+        (None, true) => {
+            eprintln!(
+                "== starting a private PostgreSQL with wal_level = logical for the wal cases"
+            );
+            let server = tokio::task::spawn_blocking(pg_server::PgServer::start)
+                .await
+                .context("starting the wal server")??;
+            let dsn = server.dsn();
+            wal_server = Some(server);
+            Some(dsn)
+        }
+    };
+    // Only the wal cases' database when no other case runs.
+    let db = match (wanted(false), &wal_dsn) {
+        (false, Some(dsn)) => Database::create(dsn).await?,
+        _ => Database::create(&args.dsn).await?,
+    };
+    let wal_db = match &wal_dsn {
+        Some(dsn) if wanted(false) => Some(Database::create(dsn).await?),
+        _ => None,
+    };
+    let wal_postgres = match &wal_db {
+        Some(wal_db) => Some(wal_db.version().await?),
+        None => wal_dsn.as_ref().map(|_| String::new()),
+    };
+    let mut environment = Environment::gather(db.version().await?, version);
+    environment.wal_server = wal_postgres.map(|version| {
+        let which = if wal_server.is_some() {
+            format!(
+                "a private server started for this run (initdb, settings: {})",
+                pg_server::SETTINGS.trim().replace('\n', ", ")
+            )
+        } else {
+            "the server of --wal-dsn".to_string()
+        };
+        if version.is_empty() {
+            which
+        } else {
+            format!("{which}; {version}")
+        }
+    });
     eprintln!("== HTTP receiver capacity (2 s)");
     let receiver_capacity = receiver::capacity(16, Duration::from_secs(2))
         .await
         .map_err(|e| format!("{e:#}"));
     let mut runner = Runner {
         db: &db,
+        // With no other case, the one database is on the wal server.
+        wal_db: match &wal_db {
+            Some(wal_db) => Some(wal_db),
+            None => wal_dsn.as_ref().map(|_| &db),
+        },
         skor: &skor,
         amqp_url: args.amqp_url.clone(),
         redis_url: args.redis_url.clone(),
@@ -151,6 +212,10 @@ async fn bench(args: &Args) -> Result<()> {
     drop(runner);
     // Uninstall is moot: the whole database goes.
     db.drop_now().await?;
+    if let Some(wal_db) = wal_db {
+        wal_db.drop_now().await?;
+    }
+    drop(wal_server);
 
     let text = Report {
         environment: &environment,

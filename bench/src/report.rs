@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::process::Command;
 
-use crate::cases::{CaseResult, Outcome, Target};
+use crate::cases::{CaseResult, Measured, Outcome, Target};
 
 /// Where and with what the bench ran.
 pub struct Environment {
@@ -25,6 +25,8 @@ pub struct Environment {
     pub commit: Option<String>,
     /// The bench's command line, shell-quoted.
     pub command: String,
+    /// The wal cases' server, when any ran: which, and its version.
+    pub wal_server: Option<String>,
 }
 
 fn run(program: &str, args: &[&str]) -> Option<String> {
@@ -95,6 +97,7 @@ impl Environment {
                 .map(|a| shell_quote(&a))
                 .collect::<Vec<_>>()
                 .join(" "),
+            wal_server: None,
         }
     }
 }
@@ -147,6 +150,12 @@ impl Report<'_> {
                 .as_deref()
                 .map_or(String::new(), |c| format!(" (commit {c})"))
         );
+        if let Some(wal) = &env.wal_server {
+            let _ = writeln!(
+                out,
+                "- wal cases (wal-*): on {wal}; every other case on the PostgreSQL above"
+            );
+        }
         let _ = writeln!(out, "- command: `{}`", env.command);
         let _ = writeln!(
             out,
@@ -177,7 +186,11 @@ impl Report<'_> {
              durable-log runs no skor and no receiver, only the durable-mode triggers: \
              delivered is the events PostgreSQL wrote to skor.event_log and events/s is \
              produced / the load's own duration, so its ratio is the share of the notify \
-             ceiling PostgreSQL can log at all, the bound of any durable delivery rate.\n"
+             ceiling PostgreSQL can log at all, the bound of any durable delivery rate. The wal-* cases run on the \
+             wal server (wal_level = logical) and their ratio is against wal-none of the \
+             same load and run: the load alone on that server, no trigger, no slot, nobody \
+             reading (its events/s is its commit rate). wal-backlog commits its whole load \
+             before skor starts; its events/s runs from skor's start.\n"
         );
         let _ = writeln!(
             out,
@@ -198,6 +211,7 @@ impl Report<'_> {
                 _ => None,
             })
             .collect();
+        let wal_nones = rates(self.results, Target::WalNone);
         for result in self.results {
             let case = &result.case;
             let measured = match &result.outcome {
@@ -213,8 +227,14 @@ impl Report<'_> {
                 }
                 Outcome::Measured(m) => m,
             };
-            let ratio = if case.target == Target::Ceiling {
+            let ratio = if matches!(case.target, Target::Ceiling | Target::WalNone) {
                 "1.00".to_string()
+            } else if case.target.wal() {
+                wal_nones
+                    .get(case.load.name.as_str())
+                    .map_or("–".into(), |c| {
+                        format!("{:.2}", measured.events_per_second / c)
+                    })
             } else {
                 ceilings
                     .get(case.load.name.as_str())
@@ -256,6 +276,7 @@ impl Report<'_> {
                 int(measured.events_per_second.round() as usize),
             );
         }
+        wal_targets(&mut out, self.results);
         let noted: Vec<&CaseResult> = self
             .results
             .iter()
@@ -272,6 +293,134 @@ impl Report<'_> {
             }
         }
         out
+    }
+}
+
+/// The events/s of each load's `target` case that measured any.
+fn rates(results: &[CaseResult], target: Target) -> HashMap<&str, f64> {
+    results
+        .iter()
+        .filter(|r| r.case.target == target)
+        .filter_map(|r| match &r.outcome {
+            Outcome::Measured(m) if m.events_per_second > 0.0 => {
+                Some((r.case.load.name.as_str(), m.events_per_second))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn measured_case<'a>(
+    results: &'a [CaseResult],
+    target: Target,
+    load: &str,
+) -> Option<&'a Measured> {
+    results
+        .iter()
+        .find(|r| r.case.target == target && r.case.load.name == load)
+        .and_then(|r| match &r.outcome {
+            Outcome::Measured(m) => Some(m),
+            Outcome::Failed(_) => None,
+        })
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1024.0 / 1024.0
+}
+
+/// The wal cases against the targets of the wal-mode issue, when any ran.
+fn wal_targets(out: &mut String, results: &[CaseResult]) {
+    if !results.iter().any(|r| r.case.target.wal()) {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Wal mode against its targets\n\nAll against the same run's wal-none on the same server.\n"
+    );
+    let none = measured_case(results, Target::WalNone, "burst");
+    for target in [Target::WalWebhookBatch, Target::WalKafka] {
+        let Some(m) = measured_case(results, target, "burst") else {
+            continue;
+        };
+        let committed = m.committed_per_second();
+        if let Some(none) = none {
+            let ratio = committed / none.committed_per_second();
+            let _ = writeln!(
+                out,
+                "- {}/burst commit rate with skor reading: {} /s = {ratio:.2} × wal-none's {} /s (target ≥ 0.90): {}",
+                target.name(),
+                int(committed.round() as usize),
+                int(none.committed_per_second().round() as usize),
+                verdict(ratio >= 0.9)
+            );
+        }
+        let ratio = m.events_per_second / committed;
+        let against_none = none
+            .map(|n| {
+                format!(
+                    " ({:.2} × wal-none's)",
+                    m.events_per_second / n.committed_per_second()
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "- {}/burst delivery rate: {} /s = {ratio:.2} × its commit rate{against_none} (target ≥ 0.90), {} lost: {}",
+            target.name(),
+            int(m.events_per_second.round() as usize),
+            int(m.lost()),
+            verdict(ratio >= 0.9 && m.lost() == 0)
+        );
+    }
+    if let Some(m) = measured_case(results, Target::WalWebhook, "single-4") {
+        if let Some([p50, p99, _]) = m.latency_ms {
+            let _ = writeln!(
+                out,
+                "- wal-webhook/single-4 commit-to-arrival: p99 {p99:.1} ms (p50 {p50:.1} ms; target p99 ≤ 10 ms): {}",
+                verdict(p99 <= 10.0)
+            );
+        }
+        if let Some(none) = measured_case(results, Target::WalNone, "single-4") {
+            let _ = writeln!(
+                out,
+                "- wal-webhook/single-4 commit rate: {:.2} × wal-none's ({} /s against {} /s)",
+                m.committed_per_second() / none.committed_per_second(),
+                int(m.committed_per_second().round() as usize),
+                int(none.committed_per_second().round() as usize)
+            );
+        }
+    }
+    if let Some(backlog) = measured_case(results, Target::WalBacklog, "burst") {
+        let normal = measured_case(results, Target::WalWebhookBatch, "burst");
+        match (backlog.usage, normal.and_then(|n| n.usage)) {
+            (Some(b), Some(n)) => {
+                let _ = writeln!(
+                    out,
+                    "- wal-backlog: skor's peak RSS {:.1} MB with {} events waiting in the slot, against {:.1} MB for wal-webhook-batch/burst ({:.2}×); bounded if it does not grow with the backlog",
+                    mib(b.peak_rss_bytes),
+                    int(backlog.produced),
+                    mib(n.peak_rss_bytes),
+                    b.peak_rss_bytes as f64 / n.peak_rss_bytes as f64
+                );
+            }
+            (Some(b), None) => {
+                let _ = writeln!(
+                    out,
+                    "- wal-backlog: skor's peak RSS {:.1} MB with {} events waiting in the slot",
+                    mib(b.peak_rss_bytes),
+                    int(backlog.produced)
+                );
+            }
+            _ => {}
+        }
     }
 }
 

@@ -40,6 +40,16 @@ pub fn config(dsn: &str, table: &str, mode: &str, sinks: &str) -> String {
     )
 }
 
+/// A config capturing the bench table in wal mode, from `[source]`: no
+/// trigger; `install` creates the publication and the replication slot.
+pub fn wal_config(dsn: &str, table: &str, sinks: &str) -> String {
+    format!(
+        "[source]\ndsn = {}\nmode = \"wal\"\n\n[[table]]\nname = {}\n\n{sinks}",
+        toml_string(dsn),
+        toml_string(table)
+    )
+}
+
 /// The skor binary.
 pub struct Skor {
     binary: PathBuf,
