@@ -362,7 +362,7 @@ impl Metrics {
 }
 
 /// Counters of one schema's tables, by table, then op.
-type TableCounters = HashMap<String, [Option<Counter>; 3]>;
+type TableCounters = HashMap<String, [Option<Counter>; 4]>;
 
 /// Table names by schema.
 pub type KnownTables = HashMap<String, HashSet<String>>;
@@ -380,7 +380,7 @@ pub struct ReceivedCounter {
     known: Arc<KnownTables>,
     cache: HashMap<Arc<str>, HashMap<String, TableCounters>>,
     /// The `other` counters, by channel.
-    others: HashMap<Arc<str>, [Option<Counter>; 3]>,
+    others: HashMap<Arc<str>, [Option<Counter>; 4]>,
 }
 
 impl ReceivedCounter {

@@ -51,7 +51,7 @@ fn published_ops(config: &Config) -> BTreeSet<&'static str> {
     for table in wal_tables(config) {
         for op in &table.ops {
             ops.insert(match op {
-                Op::Insert => "insert",
+                Op::Insert | Op::Read => "insert",
                 Op::Update => "update",
                 Op::Delete => "delete",
             });

@@ -20,7 +20,8 @@ impl Columns {
     /// The columns published for `op`; `None` means every column.
     pub fn for_op(&self, op: Op) -> Option<&[String]> {
         match op {
-            Op::Insert => self.insert.as_deref(),
+            // A backfilled row is published as its INSERT would be.
+            Op::Insert | Op::Read => self.insert.as_deref(),
             Op::Update => self.update.as_deref(),
             Op::Delete => self.delete.as_deref(),
         }

@@ -152,6 +152,10 @@ fn default_ops() -> Vec<Op> {
     Op::ALL.to_vec()
 }
 
+fn default_route_ops() -> Vec<Op> {
+    Op::ROUTED.to_vec()
+}
+
 /// What PostgreSQL logs of a row's old version on UPDATE and DELETE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -309,8 +313,8 @@ pub struct RouteConfig {
     /// `schema.table` patterns (`*` matches any run of characters).
     #[serde(default = "default_route_tables")]
     pub tables: Vec<String>,
-    /// Only these operations.
-    #[serde(default = "default_ops")]
+    /// Only these operations; every one, READ included, if unset.
+    #[serde(default = "default_route_ops")]
     pub ops: Vec<Op>,
     /// Names of the sinks that get the matching events.
     pub sinks: Vec<String>,

@@ -224,6 +224,13 @@ impl Config {
                 return Err(at("name", format!("table {name} is configured twice")));
             }
             check_ops(&table.ops).map_err(|m| at("ops", m))?;
+            if table.ops.contains(&Op::Read) {
+                return Err(at(
+                    "ops",
+                    "READ is not captured by a trigger or the WAL: `skor backfill` sends a table's rows as READ events"
+                        .into(),
+                ));
+            }
             if let Some(key) = &table.key {
                 check_key(key, table).map_err(|m| at("key", m))?;
             }

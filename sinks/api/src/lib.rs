@@ -27,11 +27,18 @@ pub enum Op {
     /// A row was deleted; `data` is the old row.
     #[serde(alias = "delete")]
     Delete,
+    /// A row as it already was, sent by `skor backfill`; `data` is the row.
+    #[serde(alias = "read")]
+    Read,
 }
 
 impl Op {
-    /// All operations, in the order skor installs their triggers.
+    /// The operations a table captures, in the order skor installs their
+    /// triggers.
     pub const ALL: [Op; 3] = [Op::Insert, Op::Update, Op::Delete];
+
+    /// Every operation an event can carry: the captured ones and READ.
+    pub const ROUTED: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Read];
 
     /// The SQL keyword, as in `TG_OP` (`INSERT`, `UPDATE`, `DELETE`).
     pub const fn as_str(self) -> &'static str {
@@ -39,12 +46,13 @@ impl Op {
             Op::Insert => "INSERT",
             Op::Update => "UPDATE",
             Op::Delete => "DELETE",
+            Op::Read => "READ",
         }
     }
 
-    /// The operation `TG_OP` names, if `text` is one.
+    /// The operation `text` names (`TG_OP`'s spelling), if it is one.
     pub fn parse(text: &str) -> Option<Op> {
-        Op::ALL.into_iter().find(|op| op.as_str() == text)
+        Op::ROUTED.into_iter().find(|op| op.as_str() == text)
     }
 }
 

@@ -104,7 +104,7 @@ pub struct Rendered {
 
 fn op_index(op: Op) -> usize {
     match op {
-        Op::Insert => 0,
+        Op::Insert | Op::Read => 0,
         Op::Update => 1,
         Op::Delete => 2,
     }
