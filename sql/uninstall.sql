@@ -15,6 +15,9 @@ DROP TABLE IF EXISTS skor.event_log;
 DROP SEQUENCE IF EXISTS skor.payload_seq;
 DROP TABLE IF EXISTS skor.partition_lease;
 DROP TABLE IF EXISTS skor.daemon;
+DROP FUNCTION IF EXISTS skor.notify_payload(text, text);
+DROP TABLE IF EXISTS skor.backfill;
+DROP TABLE IF EXISTS skor.wal_backfill;
 
 -- The schema goes too, unless somebody put objects of their own in it.
 DO $skor$

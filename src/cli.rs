@@ -12,7 +12,7 @@ use tracing::{error, info};
 use crate::config::Config;
 use crate::daemon::{pg_config, target, Daemon};
 use crate::logging::{self, LogFormat};
-use crate::{dead_letters, oversized, sql};
+use crate::{backfill, dead_letters, oversized, sql};
 
 /// skor: sends PostgreSQL row changes to webhooks and message brokers.
 #[derive(Debug, Parser)]
@@ -57,6 +57,26 @@ pub enum Command {
         /// Also connect to PostgreSQL and check the configured tables exist.
         #[arg(long)]
         connect: bool,
+    },
+    /// Send the rows the tables already hold through the routes, as READ
+    /// events, in key order; resumes where it stopped.
+    Backfill {
+        /// A [[table]] to backfill (`schema.table`); repeat for several;
+        /// every [[table]] when omitted.
+        #[arg(long = "table", value_name = "TABLE")]
+        tables: Vec<String>,
+        /// Only the rows matching this SQL condition on the table's columns.
+        #[arg(long = "where", value_name = "SQL")]
+        condition: Option<String>,
+        /// Rows per batch; each batch is one transaction.
+        #[arg(long, default_value_t = 1000, value_name = "N")]
+        batch: i64,
+        /// Start again from the first row, even after a finished backfill.
+        #[arg(long)]
+        restart: bool,
+        /// Print where each backfill stands and exit.
+        #[arg(long, conflicts_with_all = ["tables", "condition", "restart"])]
+        status: bool,
     },
     /// Durable events that could not be delivered: list or replay them.
     #[command(subcommand)]
@@ -112,8 +132,9 @@ pub enum DeadLetters {
     },
 }
 
-const COMMANDS: [&str; 8] = [
+const COMMANDS: [&str; 9] = [
     "run",
+    "backfill",
     "install",
     "uninstall",
     "sql",
@@ -234,6 +255,39 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 .context("uninstall failed, nothing was changed")?;
             info!("removed every skor trigger, function and table");
             Ok(())
+        }
+        Command::Backfill { status: true, .. } => {
+            let client = connect(&config).await?;
+            print!("{}", backfill::status(&client).await?);
+            Ok(())
+        }
+        Command::Backfill {
+            tables,
+            condition,
+            batch,
+            restart,
+            status: false,
+        } => {
+            let mut client = connect(&config).await?;
+            let stop = CancellationToken::new();
+            let trigger = stop.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                info!("stopping after the batch being sent; the same command resumes");
+                trigger.cancel();
+            });
+            let options = backfill::Options {
+                tables,
+                condition,
+                batch,
+                restart,
+            };
+            match backfill::run(&mut client, &config, &options, &stop).await? {
+                backfill::Outcome::Done => Ok(()),
+                backfill::Outcome::Paused { table, sent, total } => Err(anyhow!(
+                    "backfill paused in {table} at {sent} of {total} rows; run the same command to resume"
+                )),
+            }
         }
         Command::DeadLetters(DeadLetters::List { limit }) => {
             let client = connect(&config).await?;

@@ -5,6 +5,7 @@
 //! with retries. The binary in `main.rs` is a thin command line over this.
 
 pub mod admin;
+pub mod backfill;
 pub mod backoff;
 pub mod cli;
 pub mod config;

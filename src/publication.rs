@@ -45,6 +45,9 @@ fn wal_tables(config: &Config) -> impl Iterator<Item = &TableConfig> {
         .filter(|t| config.table_mode(t) == Mode::Wal)
 }
 
+/// The table through which `skor backfill` sends wal-mode rows.
+pub const BACKFILL_TABLE: &str = "skor.wal_backfill";
+
 /// The operations the publication publishes: those of every wal table.
 fn published_ops(config: &Config) -> BTreeSet<&'static str> {
     let mut ops = BTreeSet::new();
@@ -217,7 +220,14 @@ pub async fn publish(client: &impl GenericClient, config: &Config) -> Result<(),
             None => t.qualified.clone(),
         })
         .collect();
-    let mut publish: Vec<&str> = published_ops(config).into_iter().collect();
+    // `skor backfill` sends wal-mode rows through this table's inserts.
+    let list: Vec<String> = list
+        .into_iter()
+        .chain([BACKFILL_TABLE.to_string()])
+        .collect();
+    let mut ops = published_ops(config);
+    ops.insert("insert");
+    let mut publish: Vec<&str> = ops.into_iter().collect();
     publish.push("truncate");
     let options = format!(
         "publish = '{}', publish_via_partition_root = true",

@@ -16,6 +16,8 @@ use crate::publication;
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtext('skor install'));\n\
                         SET LOCAL client_min_messages = warning;\n\n";
 const INSTALL_SQL: &str = include_str!("../sql/install.sql");
+/// `skor backfill`'s progress and wal-mode tables.
+const BACKFILL_SQL: &str = include_str!("../sql/backfill.sql");
 /// Durable mode's partition leases, installed after the shared objects.
 const LEASES_SQL: &str = include_str!("../sql/leases.sql");
 const DROP_TRIGGERS_SQL: &str = include_str!("../sql/drop_triggers.sql");
@@ -54,6 +56,8 @@ pub fn install_sql(config: &Config) -> String {
         INSTALL_SQL,
         "\n",
         LEASES_SQL,
+        "\n",
+        BACKFILL_SQL,
         "\n",
         DROP_TRIGGERS_SQL,
     ]

@@ -376,6 +376,14 @@ impl WalSource {
             );
             return;
         };
+        let id = position as i64 + self.last_change.1;
+        if table.is_backfill() {
+            // Its deletes only empty it again.
+            if op == Op::Insert {
+                self.on_backfilled(id, &row).await;
+            }
+            return;
+        }
         if !table.captures(op) {
             return;
         }
@@ -384,7 +392,6 @@ impl WalSource {
             Some(rule) => Arc::clone(&rule.channel),
             None => return,
         };
-        let id = position as i64 + self.last_change.1;
         let incoming = Incoming {
             channel: &channel,
             schema: table.schema.clone(),
@@ -394,6 +401,43 @@ impl WalSource {
             key: rendered.key,
             id: Some(id),
         };
+        self.dispatch(incoming).await;
+    }
+
+    /// A row `skor backfill` sent: a READ event of the table it names, its
+    /// payload rendered by the same SQL as the triggers'.
+    async fn on_backfilled(&mut self, id: i64, row: &pgoutput::Tuple) {
+        let text = |index: usize| match row.0.get(index) {
+            Some(pgoutput::Value::Text(bytes)) => Some(bytes.clone()),
+            _ => None,
+        };
+        let utf8 = |index: usize| text(index).and_then(|b| String::from_utf8(b.to_vec()).ok());
+        // (id, channel, schema_name, table_name, row_key, payload), as
+        // sql/backfill.sql creates it.
+        let (Some(channel), Some(schema), Some(name), Some(payload)) =
+            (utf8(1), utf8(2), utf8(3), text(5))
+        else {
+            warn!(
+                id,
+                "a backfilled row without its channel, table or payload; skipped"
+            );
+            return;
+        };
+        let incoming = Incoming {
+            channel: &channel,
+            schema,
+            table: name,
+            op: Op::Read,
+            payload,
+            key: text(4),
+            id: Some(id),
+        };
+        self.dispatch(incoming).await;
+    }
+
+    /// Routes an event and queues it for its sinks, remembering it until
+    /// they confirm it.
+    async fn dispatch(&mut self, incoming: Incoming<'_>) {
         let Some(event) = self.fanout.route(incoming) else {
             return;
         };

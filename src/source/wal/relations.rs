@@ -111,6 +111,11 @@ fn op_index(op: Op) -> usize {
 }
 
 impl Table {
+    /// Whether this is `skor.wal_backfill`, whose inserts are backfilled rows.
+    pub fn is_backfill(&self) -> bool {
+        self.schema == "skor" && self.name == "wal_backfill"
+    }
+
     /// Prepares `relation` under `rules`, its column types as `kinds`;
     /// `primary` is its primary key's columns as the catalog has them
     /// (empty: none), `None` when the catalog could not be read.
