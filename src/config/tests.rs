@@ -41,6 +41,11 @@ fn the_example_config_parses() {
     assert_eq!(config.tables[1].mode, Some(Mode::Durable));
     assert_eq!(config.table_mode(&config.tables[2]), Mode::Wal);
     assert!(config.tables[2].old);
+    assert_eq!(config.tables[2].when.for_op(Op::Delete), Some("amount > 0"));
+    assert_eq!(
+        config.tables[1].metadata,
+        [Metadata::EventId, Metadata::Txid, Metadata::TxTime]
+    );
     assert_eq!(
         (
             config.source.slot.as_str(),
