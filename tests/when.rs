@@ -160,7 +160,7 @@ async fn install_names_the_table_and_key_of_a_condition_postgresql_rejects() {
 async fn another_roles_function_in_public_cannot_enter_a_condition() {
     let db = TestDb::new().await;
     let mallory = format!("skor_mallory_{:08x}", rand::random::<u32>());
-    let _roles = TestRoles::create(&db, &[mallory.clone()]).await;
+    let _roles = TestRoles::create(&db, std::slice::from_ref(&mallory)).await;
     db.exec(&format!(
         "CREATE TABLE orders (id int PRIMARY KEY, status varchar(20), total int);\
          GRANT CREATE ON SCHEMA public TO {mallory};\

@@ -243,13 +243,12 @@ impl Config {
             check_when(self.table_mode(table), table).map_err(|(k, m)| at(&k, m))?;
             check_metadata(self.table_mode(table), &table.metadata)
                 .map_err(|m| at("metadata", m))?;
-            if self.table_mode(table) != Mode::Wal {
-                if table.replica_identity.is_some() {
-                    return Err(at(
-                        "replica_identity",
-                        "only wal mode reads the replica identity; set mode = \"wal\" or remove the key".into(),
-                    ));
-                }
+            if self.table_mode(table) != Mode::Wal && table.replica_identity.is_some() {
+                return Err(at(
+                    "replica_identity",
+                    "only wal mode reads the replica identity; set mode = \"wal\" or remove the key"
+                        .into(),
+                ));
             }
             let channel = self.table_channel(table);
             if !self.source.channels.iter().any(|c| c == channel) {
