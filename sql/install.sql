@@ -144,10 +144,13 @@ BEGIN
         payload := payload OPERATOR(pg_catalog.||) ', "event_id" : '
                    OPERATOR(pg_catalog.||) coalesce(event_id::pg_catalog.text, 'null');
     END IF;
-    -- The transaction's 32-bit xid, as wal mode's BEGIN message has it.
+    -- The transaction's 32-bit xid, as wal mode's BEGIN message has it. A
+    -- captured write has one already; a read (backfill) gets null rather
+    -- than an xid assigned for it.
     IF pg_catalog.strpos(flags, 'x') OPERATOR(pg_catalog.>) 0 THEN
         payload := payload OPERATOR(pg_catalog.||) ', "txid" : '
-                   OPERATOR(pg_catalog.||) pg_catalog.xid(pg_catalog.pg_current_xact_id())::pg_catalog.text;
+                   OPERATOR(pg_catalog.||) coalesce(pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned())::pg_catalog.text,
+                                                    'null');
     END IF;
     -- The transaction's start (a trigger runs before the commit), RFC 3339
     -- in UTC with microseconds, as wal mode renders commit_time.
