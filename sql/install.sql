@@ -109,7 +109,8 @@ CREATE OR REPLACE FUNCTION skor.payload(
 ) RETURNS pg_catalog.text
 LANGUAGE plpgsql AS $skor$
 DECLARE
-    -- `args` is TG_ARGV, whose subscripts start at 0.
+    -- `args` is TG_ARGV, whose subscripts start at 0 (another caller
+    -- passes such an array: '[0:5]={skor,"",...}'::text[]).
     flags pg_catalog.text := args[1];
     key_count pg_catalog.int4 := args[4]::pg_catalog.int4;
     first_column pg_catalog.int4 := 5 OPERATOR(pg_catalog.+) key_count;
