@@ -371,6 +371,8 @@ BEGIN
          WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisprimary;
     END IF;
     IF condition IS NOT NULL THEN
+        -- On a line of its own: a trailing `-- comment` ends with it.
+        condition := condition OPERATOR(pg_catalog.||) E'\n';
         user_condition := ' AND (' OPERATOR(pg_catalog.||) condition OPERATOR(pg_catalog.||) ')';
     END IF;
     -- A partitioned table's trigger is cloned onto its partitions; their

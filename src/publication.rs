@@ -203,7 +203,7 @@ async fn check_row_filter(
     let compiled = client
         .execute(
             &format!(
-                "CREATE PUBLICATION skor_when_check FOR TABLE {qualified} WHERE ({condition}) \
+                "CREATE PUBLICATION skor_when_check FOR TABLE {qualified} WHERE ({condition}\n) \
                  WITH (publish = 'insert')"
             ),
             &[],
@@ -293,7 +293,8 @@ pub async fn publish(client: &impl GenericClient, config: &Config) -> Result<(),
                 None => t.qualified.clone(),
             };
             if let Some(condition) = row_filter(t.table) {
-                let _ = write!(entry, " WHERE ({condition})");
+                // On a line of its own: a trailing `-- comment` ends with it.
+                let _ = write!(entry, " WHERE ({condition}\n)");
             }
             entry
         })

@@ -219,7 +219,7 @@ pub async fn check_conditions(
                 .execute(
                     &format!(
                         "CREATE TRIGGER skor_when_check AFTER {op} ON {qualified} FOR EACH ROW \
-                         WHEN ({condition}) EXECUTE FUNCTION pg_catalog.suppress_redundant_updates_trigger()"
+                         WHEN ({condition}\n) EXECUTE FUNCTION pg_catalog.suppress_redundant_updates_trigger()"
                     ),
                     &[],
                 )

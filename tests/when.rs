@@ -22,7 +22,7 @@ const CHANGES: &str = "INSERT INTO orders VALUES (1, 'new', 5);\
      UPDATE orders SET status = 'cancelled' WHERE id = 4;\
      DELETE FROM orders WHERE id = 4;";
 
-const PER_OP: &str = "when = { insert = \"NEW.total > 10\", \
+const PER_OP: &str = "when = { insert = \"NEW.total > 10 -- big ones\", \
      update = \"NEW.status IS DISTINCT FROM OLD.status\", \
      delete = \"OLD.status = 'cancelled'\" }";
 
@@ -232,7 +232,7 @@ async fn wal_mode_filters_with_the_publication_and_refuses_what_would_break_writ
     let hook = Hook::start().await;
     let table = |rest: &str| {
         db.hook_config(
-            &format!("name = \"orders\"\nwhen = \"status = 'paid'\"\n{rest}"),
+            &format!("name = \"orders\"\nwhen = \"status = 'paid' -- paid only\"\n{rest}"),
             &hook,
             "max_in_flight = 1",
         )
