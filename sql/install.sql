@@ -90,29 +90,38 @@ $skor$;
 
 -- The event's payload, byte for byte the one the original skor's generated
 -- functions produced, plus the opt-in fields. Shared by both trigger
--- functions; its arguments are theirs (see skor.notify()).
+-- functions and by backfill; its arguments are theirs (see skor.notify()),
+-- `event_id` the event log id durable mode took for the event (flag `e`).
+-- The opt-in fields follow `data` in one fixed order, the one wal mode
+-- renders them in (src/source/wal/relations.rs): "old_key", "old",
+-- "skor_seq", then the metadata: "event_id", "txid", "tx_time". "old" is
+-- an UPDATE's only (never a READ's).
 -- Neither this function nor skor.pick() has a SET search_path: they run only
 -- inside the trigger functions, whose pinned search_path they inherit (a SET
 -- costs a configuration save and restore per call, per row), every name in
 -- them is schema-qualified, and no other role may call them.
+DROP FUNCTION IF EXISTS skor.payload(pg_catalog.text, pg_catalog.text, pg_catalog.text,
+                                     pg_catalog.text[], pg_catalog.json, pg_catalog.json);
 CREATE OR REPLACE FUNCTION skor.payload(
     op pg_catalog.text, table_schema pg_catalog.text, table_name pg_catalog.text,
-    args pg_catalog.text[], new_row pg_catalog.json, old_row pg_catalog.json
+    args pg_catalog.text[], new_row pg_catalog.json, old_row pg_catalog.json,
+    event_id pg_catalog.int8 DEFAULT NULL
 ) RETURNS pg_catalog.text
 LANGUAGE plpgsql AS $skor$
 DECLARE
-    -- `args` is TG_ARGV, whose subscripts start at 0.
+    -- `args` is TG_ARGV, whose subscripts start at 0 (another caller
+    -- passes such an array: '[0:5]={skor,"",...}'::text[]).
     flags pg_catalog.text := args[1];
     key_count pg_catalog.int4 := args[4]::pg_catalog.int4;
     first_column pg_catalog.int4 := 5 OPERATOR(pg_catalog.+) key_count;
+    columns pg_catalog.text[];
     data pg_catalog.json;
     payload pg_catalog.text;
 BEGIN
-    IF pg_catalog.array_upper(args, 1) OPERATOR(pg_catalog.<) first_column THEN
-        data := new_row;
-    ELSE
-        data := skor.pick(new_row, args[first_column:]);
+    IF pg_catalog.array_upper(args, 1) OPERATOR(pg_catalog.>=) first_column THEN
+        columns := args[first_column:];
     END IF;
+    data := skor.pick(new_row, columns);
     payload := pg_catalog.json_build_object('table', table_name, 'schema', table_schema,
                                             'op', op, 'data', data)::pg_catalog.text;
     IF flags OPERATOR(pg_catalog.=) '' THEN
@@ -124,9 +133,33 @@ BEGIN
         payload := payload OPERATOR(pg_catalog.||) ', "old_key" : '
                    OPERATOR(pg_catalog.||) skor.pick(old_row, args[5:4 OPERATOR(pg_catalog.+) key_count])::pg_catalog.text;
     END IF;
+    IF pg_catalog.strpos(flags, 'o') OPERATOR(pg_catalog.>) 0 AND op OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        payload := payload OPERATOR(pg_catalog.||) ', "old" : '
+                   OPERATOR(pg_catalog.||) skor.pick(old_row, columns)::pg_catalog.text;
+    END IF;
     IF pg_catalog.strpos(flags, 'u') OPERATOR(pg_catalog.>) 0 THEN
         payload := payload OPERATOR(pg_catalog.||) ', "skor_seq" : '
                    OPERATOR(pg_catalog.||) pg_catalog.nextval('skor.payload_seq'::pg_catalog.regclass)::pg_catalog.text;
+    END IF;
+    IF pg_catalog.strpos(flags, 'e') OPERATOR(pg_catalog.>) 0 THEN
+        payload := payload OPERATOR(pg_catalog.||) ', "event_id" : '
+                   OPERATOR(pg_catalog.||) coalesce(event_id::pg_catalog.text, 'null');
+    END IF;
+    -- The transaction's 32-bit xid, as wal mode's BEGIN message has it. A
+    -- captured write has one already; a read (backfill) gets null rather
+    -- than an xid assigned for it.
+    IF pg_catalog.strpos(flags, 'x') OPERATOR(pg_catalog.>) 0 THEN
+        payload := payload OPERATOR(pg_catalog.||) ', "txid" : '
+                   OPERATOR(pg_catalog.||) coalesce(pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned())::pg_catalog.text,
+                                                    'null');
+    END IF;
+    -- The transaction's start (a trigger runs before the commit), RFC 3339
+    -- in UTC with microseconds, as wal mode renders commit_time.
+    IF pg_catalog.strpos(flags, 't') OPERATOR(pg_catalog.>) 0 THEN
+        payload := payload OPERATOR(pg_catalog.||) ', "tx_time" : "'
+                   OPERATOR(pg_catalog.||) pg_catalog.to_char(pg_catalog.now() AT TIME ZONE 'UTC',
+                                                              'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                   OPERATOR(pg_catalog.||) '"';
     END IF;
     RETURN payload OPERATOR(pg_catalog.||) '}';
 END
@@ -135,7 +168,9 @@ $skor$;
 -- Notify mode's trigger function. Arguments, shared with skor.capture():
 --   1 the channel;
 --   2 flags: `k` on the UPDATE trigger that fires when the row key changes
---     (the payload gains "old_key"), `u` for unique payloads;
+--     (the payload gains "old_key"), `o` for the old row on UPDATE, `u` for
+--     unique payloads, `e`, `x`, `t` for the metadata event_id, txid and
+--     tx_time (see skor.payload());
 --   3, 4 the schema and name events carry: a partitioned table's own, so
 --     its partitions' events name it; empty means the trigger's table;
 --   5 the number k of key columns, 6.. the k key columns;
@@ -153,7 +188,9 @@ BEGIN
         new_row := pg_catalog.row_to_json(OLD);
     ELSE
         new_row := pg_catalog.row_to_json(NEW);
-        IF pg_catalog.strpos(TG_ARGV[1], 'k') OPERATOR(pg_catalog.>) 0 THEN
+        IF TG_ARGV[1] OPERATOR(pg_catalog.<>) ''
+           AND (pg_catalog.strpos(TG_ARGV[1], 'k') OPERATOR(pg_catalog.>) 0
+                OR pg_catalog.strpos(TG_ARGV[1], 'o') OPERATOR(pg_catalog.>) 0) THEN
             old_row := pg_catalog.row_to_json(OLD);
         END IF;
     END IF;
@@ -251,12 +288,15 @@ DECLARE
     table_name pg_catalog.text := coalesce(NULLIF(TG_ARGV[3], ''), TG_TABLE_NAME);
     row_key pg_catalog.text;
     payload pg_catalog.text;
+    event_id pg_catalog.int8;
 BEGIN
     IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         new_row := pg_catalog.row_to_json(OLD);
     ELSE
         new_row := pg_catalog.row_to_json(NEW);
-        IF pg_catalog.strpos(TG_ARGV[1], 'k') OPERATOR(pg_catalog.>) 0 THEN
+        IF TG_ARGV[1] OPERATOR(pg_catalog.<>) ''
+           AND (pg_catalog.strpos(TG_ARGV[1], 'k') OPERATOR(pg_catalog.>) 0
+                OR pg_catalog.strpos(TG_ARGV[1], 'o') OPERATOR(pg_catalog.>) 0) THEN
             old_row := pg_catalog.row_to_json(OLD);
         END IF;
     END IF;
@@ -269,14 +309,27 @@ BEGIN
         payload := pg_catalog.json_build_object('table', table_name, 'schema', table_schema,
                                                 'op', TG_OP, 'data', new_row)::pg_catalog.text;
     ELSE
-        payload := skor.payload(TG_OP, table_schema, table_name, TG_ARGV, new_row, old_row);
+        -- The payload names its own event: take the id the row gets.
+        IF pg_catalog.strpos(TG_ARGV[1], 'e') OPERATOR(pg_catalog.>) 0 THEN
+            event_id := pg_catalog.nextval('skor.event_log_id_seq'::pg_catalog.regclass);
+        END IF;
+        payload := skor.payload(TG_OP, table_schema, table_name, TG_ARGV, new_row, old_row, event_id);
     END IF;
-    INSERT INTO skor.event_log (channel, schema_name, table_name, op, row_key, part, payload)
-    VALUES (TG_ARGV[0], table_schema, table_name, TG_OP, row_key,
-            pg_catalog.hashtext(coalesce(row_key, table_schema OPERATOR(pg_catalog.||) '.'
-                                                  OPERATOR(pg_catalog.||) table_name))
-                OPERATOR(pg_catalog.&) 63,
-            payload);
+    IF event_id IS NULL THEN
+        INSERT INTO skor.event_log (channel, schema_name, table_name, op, row_key, part, payload)
+        VALUES (TG_ARGV[0], table_schema, table_name, TG_OP, row_key,
+                pg_catalog.hashtext(coalesce(row_key, table_schema OPERATOR(pg_catalog.||) '.'
+                                                      OPERATOR(pg_catalog.||) table_name))
+                    OPERATOR(pg_catalog.&) 63,
+                payload);
+    ELSE
+        INSERT INTO skor.event_log (id, channel, schema_name, table_name, op, row_key, part, payload)
+        VALUES (event_id, TG_ARGV[0], table_schema, table_name, TG_OP, row_key,
+                pg_catalog.hashtext(coalesce(row_key, table_schema OPERATOR(pg_catalog.||) '.'
+                                                      OPERATOR(pg_catalog.||) table_name))
+                    OPERATOR(pg_catalog.&) 63,
+                payload);
+    END IF;
     PERFORM pg_catalog.pg_notify('skor_event_log', '');
     RETURN NULL;
 END
@@ -284,22 +337,33 @@ $skor$;
 
 -- Creates the trigger `name` calling `func` (skor.notify or skor.capture)
 -- for `op` on `tbl`. `key_columns` NULL means the table's primary key,
--- looked up now; a table without one is ordered as a whole. An UPDATE
--- trigger of a keyed table comes in two: one for updates that keep the
--- key, one (`<name>_key`, whose payload names the old key) for updates
--- that change it; their WHEN clauses cost one comparison per row.
+-- looked up now; a table without one is ordered as a whole. `flags` are
+-- the payload's (see skor.notify()) besides `u`, which `unique_payloads`
+-- sets. An UPDATE trigger of a keyed table
+-- comes in two: one for updates that keep the key, one (`<name>_key`,
+-- whose payload names the old key) for updates that change it; their WHEN
+-- clauses cost one comparison per row. `condition`, the table's `when`
+-- for `op` (NULL: none), joins that WHEN clause. It is compiled here,
+-- under this function's pinned search_path: it calls pg_catalog's
+-- functions and operators, or ones it names with their schema, never
+-- whatever another role put in `public`.
+DROP FUNCTION IF EXISTS skor.create_trigger(pg_catalog.regclass, pg_catalog.text, pg_catalog.text,
+    pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.text[], pg_catalog.bool);
 CREATE OR REPLACE FUNCTION skor.create_trigger(
     tbl pg_catalog.regclass, name pg_catalog.text, op pg_catalog.text, func pg_catalog.text,
     channel pg_catalog.text, key_columns pg_catalog.text[], columns pg_catalog.text[],
-    unique_payloads pg_catalog.bool
+    unique_payloads pg_catalog.bool,
+    extra_flags pg_catalog.text DEFAULT '', condition pg_catalog.text DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $skor$
 DECLARE
-    flags pg_catalog.text := CASE WHEN unique_payloads THEN 'u' ELSE '' END;
+    flags pg_catalog.text := CASE WHEN unique_payloads THEN 'u' ELSE '' END
+                             OPERATOR(pg_catalog.||) coalesce(extra_flags, '');
     root_schema pg_catalog.text := '';
     root_name pg_catalog.text := '';
     old_key pg_catalog.text;
     new_key pg_catalog.text;
+    user_condition pg_catalog.text := '';
 BEGIN
     IF key_columns IS NULL THEN
         SELECT coalesce(pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY k.ord), '{}')
@@ -309,6 +373,11 @@ BEGIN
           JOIN pg_catalog.pg_attribute a
             ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) k.attnum
          WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisprimary;
+    END IF;
+    IF condition IS NOT NULL THEN
+        -- On a line of its own: a trailing `-- comment` ends with it.
+        condition := condition OPERATOR(pg_catalog.||) E'\n';
+        user_condition := ' AND (' OPERATOR(pg_catalog.||) condition OPERATOR(pg_catalog.||) ')';
     END IF;
     -- A partitioned table's trigger is cloned onto its partitions; their
     -- events carry the partitioned table's name, as logical replication's
@@ -326,17 +395,17 @@ BEGIN
           INTO old_key, new_key
           FROM pg_catalog.unnest(key_columns) AS c;
         PERFORM skor.execute_create_trigger(tbl, name, op, func,
-            pg_catalog.format('ROW(%s) IS NOT DISTINCT FROM ROW(%s)', old_key, new_key),
+            pg_catalog.format('(ROW(%s) IS NOT DISTINCT FROM ROW(%s))%s', old_key, new_key, user_condition),
             ARRAY[channel, flags, root_schema, root_name,
                   pg_catalog.cardinality(key_columns)::pg_catalog.text]
                 OPERATOR(pg_catalog.||) key_columns OPERATOR(pg_catalog.||) columns);
         PERFORM skor.execute_create_trigger(tbl, name OPERATOR(pg_catalog.||) '_key', op, func,
-            pg_catalog.format('ROW(%s) IS DISTINCT FROM ROW(%s)', old_key, new_key),
+            pg_catalog.format('(ROW(%s) IS DISTINCT FROM ROW(%s))%s', old_key, new_key, user_condition),
             ARRAY[channel, flags OPERATOR(pg_catalog.||) 'k', root_schema, root_name,
                   pg_catalog.cardinality(key_columns)::pg_catalog.text]
                 OPERATOR(pg_catalog.||) key_columns OPERATOR(pg_catalog.||) columns);
     ELSE
-        PERFORM skor.execute_create_trigger(tbl, name, op, func, NULL,
+        PERFORM skor.execute_create_trigger(tbl, name, op, func, condition,
             ARRAY[channel, flags, root_schema, root_name,
                   pg_catalog.cardinality(key_columns)::pg_catalog.text]
                 OPERATOR(pg_catalog.||) key_columns OPERATOR(pg_catalog.||) columns);

@@ -145,6 +145,22 @@ async fn describe_tables<'a>(
                  the old row; set replica_identity = \"full\" in its [[table]] and install sets it"
             )));
         }
+        if let Some(condition) = row_filter(table) {
+            let read = check_row_filter(client, &name, &qualified, condition).await?;
+            let outside: Vec<&String> = read
+                .iter()
+                .filter(|c| !identity_columns.contains(c))
+                .collect();
+            if rewrites && identity != 'f' && !outside.is_empty() {
+                return Err(InstallError::Schema(format!(
+                    "table {name}: when: the row filter reads column(s) {outside:?}, which are not in \
+                     the table's replica identity {identity_columns:?}: with UPDATE or DELETE published, \
+                     PostgreSQL would refuse every UPDATE and DELETE of the table; set \
+                     replica_identity = \"full\" in its [[table]] (install sets it), or filter on \
+                     replica identity columns only"
+                )));
+            }
+        }
         tables.push(Published {
             table,
             qualified,
@@ -155,6 +171,65 @@ async fn describe_tables<'a>(
         });
     }
     Ok(tables)
+}
+
+/// The condition of a wal-mode table's `when`: one for every operation
+/// (config validation refuses others).
+fn row_filter(table: &TableConfig) -> Option<&str> {
+    table.ops.first().and_then(|&op| table.when.for_op(op))
+}
+
+/// Compiles `condition` as a row filter of `qualified`, as install will
+/// (under the pinned search_path), in a publication made in a savepoint
+/// and rolled back; returns the columns it reads, from the dependencies
+/// PostgreSQL records for it. A condition PostgreSQL refuses (a column
+/// that does not exist, a function that is not immutable and built in)
+/// is an error naming the table.
+async fn check_row_filter(
+    client: &impl GenericClient,
+    name: &TableName,
+    qualified: &str,
+    condition: &str,
+) -> Result<Vec<String>, InstallError> {
+    const COLUMNS_SQL: &str = "SELECT a.attname::text \
+           FROM pg_depend d \
+           JOIN pg_publication_rel r ON d.classid = 'pg_publication_rel'::regclass AND d.objid = r.oid \
+           JOIN pg_publication p ON p.oid = r.prpubid AND p.pubname = 'skor_when_check' \
+           JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+          WHERE d.refobjid = to_regclass($1) AND d.refobjsubid > 0 \
+          ORDER BY a.attnum";
+    client
+        .batch_execute("SAVEPOINT skor_when; SET LOCAL search_path = pg_catalog, pg_temp")
+        .await?;
+    // One statement (the extended protocol takes no more), whatever the
+    // condition holds.
+    let compiled = client
+        .execute(
+            &format!(
+                "CREATE PUBLICATION skor_when_check FOR TABLE {qualified} WHERE ({condition}\n) \
+                 WITH (publish = 'insert')"
+            ),
+            &[],
+        )
+        .await;
+    let columns = match compiled {
+        Ok(_) => client.query(COLUMNS_SQL, &[&qualified]).await,
+        Err(error) => Err(error),
+    };
+    client
+        .batch_execute("ROLLBACK TO SAVEPOINT skor_when; RELEASE SAVEPOINT skor_when")
+        .await?;
+    match columns {
+        Ok(rows) => Ok(rows.iter().map(|r| r.get(0)).collect()),
+        Err(error) => {
+            let message = error
+                .as_db_error()
+                .map_or_else(|| describe(&error), |db| db.message().to_string());
+            Err(InstallError::Schema(format!(
+                "table {name}: when: {message}"
+            )))
+        }
+    }
 }
 
 /// The column list a table is published with: every column its ops
@@ -207,17 +282,24 @@ pub async fn publish(client: &impl GenericClient, config: &Config) -> Result<(),
     }
     let list: Vec<String> = tables
         .iter()
-        .map(|t| match column_list(t) {
-            Some(columns) => format!(
-                "{} ({})",
-                t.qualified,
-                columns
-                    .iter()
-                    .map(|c| quote_ident(c))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            None => t.qualified.clone(),
+        .map(|t| {
+            let mut entry = match column_list(t) {
+                Some(columns) => format!(
+                    "{} ({})",
+                    t.qualified,
+                    columns
+                        .iter()
+                        .map(|c| quote_ident(c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => t.qualified.clone(),
+            };
+            if let Some(condition) = row_filter(t.table) {
+                // On a line of its own: a trailing `-- comment` ends with it.
+                let _ = write!(entry, " WHERE ({condition}\n)");
+            }
+            entry
         })
         .collect();
     // `skor backfill` sends wal-mode rows through this table's inserts.
@@ -241,6 +323,9 @@ pub async fn publish(client: &impl GenericClient, config: &Config) -> Result<(),
         .await?
         .get(0);
     let name = quote_ident(publication);
+    // Row filters are compiled here: with pg_catalog's functions and
+    // operators only, never another role's in `public`.
+    sql.push_str("SET LOCAL search_path = pg_catalog, pg_temp;\n");
     // Dropping and creating it again would break a slot that streams: the
     // changes before the new one would name a publication that did not
     // exist yet.
@@ -258,6 +343,7 @@ pub async fn publish(client: &impl GenericClient, config: &Config) -> Result<(),
             list.join(", ")
         );
     }
+    sql.push_str("SET LOCAL search_path TO DEFAULT;\n");
     client.batch_execute(&sql).await?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use skor_sink_api::Op;
 use tokio_postgres::{Client, GenericClient};
 
-use crate::config::{Config, Mode, TableName};
+use crate::config::{Config, Mode, TableConfig, TableName};
 use crate::postgres::{describe, quote_ident, quote_literal, text_array};
 use crate::publication;
 
@@ -27,6 +27,20 @@ const PRIVILEGES_SQL: &str = include_str!("../sql/privileges.sql");
 /// The trigger that captures `op` on a table.
 fn trigger_name(op: Op) -> String {
     format!("skor_{}", op.as_str().to_lowercase())
+}
+
+/// The payload flags of `table`'s `op` trigger besides `u` (see
+/// `skor.notify()` in sql/install.sql): `o` for the old row on UPDATE, one
+/// letter per metadata field.
+fn trigger_flags(table: &TableConfig, op: Op) -> String {
+    let mut flags = String::new();
+    if table.old && op == Op::Update {
+        flags.push('o');
+    }
+    let mut fields = table.metadata.clone();
+    fields.sort();
+    flags.extend(fields.iter().filter_map(|f| f.flag()));
+    flags
 }
 
 /// Why install or uninstall failed.
@@ -81,9 +95,21 @@ pub fn install_sql(config: &Config) -> String {
             .map_or_else(|| "NULL".to_string(), text_array);
         for &op in &table.ops {
             let columns = table.columns.for_op(op).unwrap_or_default();
+            let flags = trigger_flags(table, op);
+            let condition = table.when.for_op(op);
+            // Without options, the call (and the trigger) of earlier versions.
+            let options = if flags.is_empty() && condition.is_none() {
+                String::new()
+            } else {
+                format!(
+                    ", {}, {}",
+                    quote_literal(&flags),
+                    condition.map_or_else(|| "NULL".to_string(), quote_literal)
+                )
+            };
             let _ = writeln!(
                 sql,
-                "SELECT skor.create_trigger({table}, {trigger}, '{op}', '{function}', {channel}, {key}, {columns}, {unique});",
+                "SELECT skor.create_trigger({table}, {trigger}, '{op}', '{function}', {channel}, {key}, {columns}, {unique}{options});",
                 table = quote_literal(&qualified),
                 trigger = quote_literal(&trigger_name(op)),
                 channel = quote_literal(config.table_channel(table)),
@@ -170,6 +196,60 @@ pub async fn check_tables(
     Ok(())
 }
 
+/// Compiles each trigger-mode table's `when` conditions as install will
+/// (a `WHEN` clause under the pinned search_path), in a savepoint rolled
+/// back at once, so a condition PostgreSQL rejects is reported with its
+/// table and key rather than as a failed install script.
+pub async fn check_conditions(
+    client: &impl GenericClient,
+    config: &Config,
+) -> Result<(), InstallError> {
+    for table in &config.tables {
+        if config.table_mode(table) == Mode::Wal || !table.when.is_set() {
+            continue;
+        }
+        let name = TableName::parse(&table.name).expect("validated");
+        let qualified = format!("{}.{}", quote_ident(&name.schema), quote_ident(&name.name));
+        for &op in &table.ops {
+            let Some(condition) = table.when.for_op(op) else {
+                continue;
+            };
+            client
+                .batch_execute("SAVEPOINT skor_when; SET LOCAL search_path = pg_catalog, pg_temp")
+                .await?;
+            // One statement (the extended protocol takes no more), whatever
+            // the condition holds.
+            let compiled = client
+                .execute(
+                    &format!(
+                        "CREATE TRIGGER skor_when_check AFTER {op} ON {qualified} FOR EACH ROW \
+                         WHEN ({condition}\n) EXECUTE FUNCTION pg_catalog.suppress_redundant_updates_trigger()"
+                    ),
+                    &[],
+                )
+                .await;
+            client
+                .batch_execute("ROLLBACK TO SAVEPOINT skor_when; RELEASE SAVEPOINT skor_when")
+                .await?;
+            if let Err(error) = compiled {
+                let message = error
+                    .as_db_error()
+                    .map_or_else(|| describe(&error), |db| db.message().to_string());
+                let mut text = format!("table {name}: {}: {message}", table.when.key(op));
+                if table.when.shared {
+                    let _ = write!(
+                        text,
+                        " (as the {op} trigger's condition; where a condition fits some operations only, \
+                         give one per operation: when = {{ insert = \"...\", update = \"...\", delete = \"...\" }})"
+                    );
+                }
+                return Err(InstallError::Schema(text));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates skor's objects, the configured triggers and, in wal mode, the
 /// publication, in one transaction; then the replication slot.
 pub async fn install(client: &mut Client, config: &Config) -> Result<(), InstallError> {
@@ -178,6 +258,7 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<(), Install
     }
     let transaction = client.transaction().await?;
     check_tables(&transaction, config).await?;
+    check_conditions(&transaction, config).await?;
     transaction.batch_execute(&install_sql(config)).await?;
     if config.uses_wal() {
         publication::publish(&transaction, config).await?;
@@ -257,6 +338,25 @@ mod tests {
                 .ends_with("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA skor FROM PUBLIC;"),
             "privileges are taken back last: {sql}"
         );
+    }
+
+    #[test]
+    fn options_reach_the_trigger_as_flags_and_a_condition() {
+        let config = Config::from_toml(
+            "[source]\ndsn = \"host=localhost\"\nmode = \"durable\"\n\
+             [[table]]\nname = \"orders\"\nops = [\"INSERT\", \"UPDATE\"]\nold = true\n\
+             metadata = [\"tx_time\", \"event_id\", \"txid\"]\n\
+             when = { update = \"NEW.status IS DISTINCT FROM OLD.status AND NEW.note <> 'it''s'\" }\n",
+            "t.toml",
+        )
+        .unwrap();
+        let sql = install_sql(&config);
+        assert!(sql.contains(
+            "SELECT skor.create_trigger('\"public\".\"orders\"', 'skor_insert', 'INSERT', 'capture', 'skor', NULL, ARRAY[]::text[], false, 'ext', NULL);"
+        ), "{sql}");
+        assert!(sql.contains(
+            "SELECT skor.create_trigger('\"public\".\"orders\"', 'skor_update', 'UPDATE', 'capture', 'skor', NULL, ARRAY[]::text[], false, 'oext', 'NEW.status IS DISTINCT FROM OLD.status AND NEW.note <> ''it''''s''');"
+        ), "{sql}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod load;
 mod outline;
 mod sinks;
 mod validate;
+mod when;
 
 use std::collections::BTreeMap;
 
@@ -19,6 +20,7 @@ pub use columns::Columns;
 pub use error::ConfigError;
 pub use outline::Outline;
 pub use validate::TableName;
+pub use when::{row_reference, Metadata, When};
 
 /// The channel the original skor listened on, and skor's default.
 pub const DEFAULT_CHANNEL: &str = "skor";
@@ -186,10 +188,19 @@ pub struct TableConfig {
     pub key: Option<Vec<String>>,
     /// Notify, durable or wal; `source.mode` if unset.
     pub mode: Option<Mode>,
-    /// Wal mode: UPDATE events carry the old row as `"old"`, restricted to
-    /// the same columns (needs `REPLICA IDENTITY FULL`).
+    /// UPDATE events carry the old row as `"old"`, restricted to the same
+    /// columns as `data` (wal mode needs `REPLICA IDENTITY FULL`).
     #[serde(default)]
     pub old: bool,
+    /// A SQL condition a change must meet to become an event: the
+    /// triggers' `WHEN` clause, or wal mode's publication row filter. One
+    /// string for every operation, or a table per operation.
+    #[serde(default)]
+    pub when: When,
+    /// Opt-in payload fields: `event_id`, `txid`, `tx_time` (trigger
+    /// modes), `commit_time` and `lsn` (wal mode).
+    #[serde(default)]
+    pub metadata: Vec<Metadata>,
     /// Wal mode: the replica identity `install` gives the table; unset
     /// leaves it as it is.
     pub replica_identity: Option<ReplicaIdentity>,

@@ -41,6 +41,11 @@ fn the_example_config_parses() {
     assert_eq!(config.tables[1].mode, Some(Mode::Durable));
     assert_eq!(config.table_mode(&config.tables[2]), Mode::Wal);
     assert!(config.tables[2].old);
+    assert_eq!(config.tables[2].when.for_op(Op::Delete), Some("amount > 0"));
+    assert_eq!(
+        config.tables[1].metadata,
+        [Metadata::EventId, Metadata::Txid, Metadata::TxTime]
+    );
     assert_eq!(
         (
             config.source.slot.as_str(),
@@ -182,8 +187,44 @@ fn errors_name_the_file_line_and_key() {
             "skor.toml:3:8: key `source.slot`: a replication slot name is 1 to 63 lower-case letters, digits and underscores, got \"Bad-Slot\"",
         ),
         (
-            "[[table]]\nname = \"t\"\nold = true\n",
-            "skor.toml:5:7: key `table[0].old`: the old row is sent in wal mode only; set mode = \"wal\" or remove `old`",
+            "[[table]]\nname = \"t\"\nmetadata = [\"txid\", \"event_id\"]\n",
+            "skor.toml:5:12: key `table[0].metadata`: \"event_id\": notify mode stores no event, so an event has no id; use durable or wal mode, or txid to tell transactions apart",
+        ),
+        (
+            "[[table]]\nname = \"t\"\nmode = \"durable\"\nmetadata = [\"commit_time\"]\n",
+            "skor.toml:6:12: key `table[0].metadata`: \"commit_time\": a trigger runs before its transaction commits, so notify and durable mode cannot know the commit time; use \"tx_time\" (the transaction's start, now()), or wal mode",
+        ),
+        (
+            "[[table]]\nname = \"t\"\nmetadata = [\"lsn\"]\n",
+            "skor.toml:5:12: key `table[0].metadata`: \"lsn\": a trigger runs before the commit has a WAL position; \"lsn\" is wal mode's",
+        ),
+        (
+            "[[table]]\nname = \"t\"\nmode = \"wal\"\nmetadata = [\"tx_time\"]\n",
+            "skor.toml:6:12: key `table[0].metadata`: \"tx_time\": the WAL carries a transaction's commit time, not its start; use \"commit_time\"",
+        ),
+        (
+            "[[table]]\nname = \"t\"\nmetadata = [\"txid\", \"txid\"]\n",
+            "skor.toml:5:12: key `table[0].metadata`: a field is listed twice",
+        ),
+        (
+            "[[table]]\nname = \"t\"\nmetadata = [\"xid\"]\n",
+            "skor.toml:5:13: key `table[0].metadata[0]`: unknown variant `xid`, expected one of `event_id`, `txid`, `tx_time`, `commit_time`, `lsn`",
+        ),
+        (
+            "[[table]]\nname = \"t\"\nmode = \"wal\"\nwhen = { insert = \"a > 1\", update = \"a > 2\" }\n",
+            "skor.toml:6:8: key `table[0].when`: wal mode filters with the publication's row filter, one per table for every operation: give `when` as one string",
+        ),
+        (
+            "[[table]]\nname = \"t\"\nmode = \"wal\"\nwhen = \"NEW.status = 'paid'\"\n",
+            "skor.toml:6:8: key `table[0].when`: wal mode filters with the publication's row filter, which sees one version of the row and names its columns bare (status = 'paid'), found `NEW.`",
+        ),
+        (
+            "[[table]]\nname = \"t\"\nops = [\"INSERT\"]\nwhen = { delete = \"OLD.id > 1\" }\n",
+            "skor.toml:3:1: key `table[0].when.delete`: DELETE is not in this table's `ops`",
+        ),
+        (
+            "[[table]]\nname = \"t\"\nwhen = \" \"\n",
+            "skor.toml:5:8: key `table[0].when`: the condition is empty; remove `when` to capture every change",
         ),
         (
             "[[table]]\nname = \"t\"\nmode = \"wal\"\nunique_payloads = true\n",

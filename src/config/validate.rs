@@ -240,20 +240,15 @@ impl Config {
                     "wal mode delivers every change of a transaction and adds no \"skor_seq\"; remove the key".into(),
                 ));
             }
-            if self.table_mode(table) != Mode::Wal {
-                if table.old {
-                    return Err(at(
-                        "old",
-                        "the old row is sent in wal mode only; set mode = \"wal\" or remove `old`"
-                            .into(),
-                    ));
-                }
-                if table.replica_identity.is_some() {
-                    return Err(at(
-                        "replica_identity",
-                        "only wal mode reads the replica identity; set mode = \"wal\" or remove the key".into(),
-                    ));
-                }
+            check_when(self.table_mode(table), table).map_err(|(k, m)| at(&k, m))?;
+            check_metadata(self.table_mode(table), &table.metadata)
+                .map_err(|m| at("metadata", m))?;
+            if self.table_mode(table) != Mode::Wal && table.replica_identity.is_some() {
+                return Err(at(
+                    "replica_identity",
+                    "only wal mode reads the replica identity; set mode = \"wal\" or remove the key"
+                        .into(),
+                ));
             }
             let channel = self.table_channel(table);
             if !self.source.channels.iter().any(|c| c == channel) {
@@ -399,6 +394,76 @@ fn check_key(key: &[String], table: &TableConfig) -> Result<(), String> {
                 "key column \"{missing}\" is not in the columns published on {op}, so its events would have no key"
             ));
         }
+    }
+    Ok(())
+}
+
+/// A condition per captured operation; in wal mode one for all (a
+/// publication has one row filter per table), naming columns bare.
+fn check_when(mode: Mode, table: &TableConfig) -> Result<(), (String, String)> {
+    let when = &table.when;
+    if !when.is_set() {
+        return Ok(());
+    }
+    for op in Op::ALL {
+        if when.for_op(op).is_some() && !when.shared && !table.ops.contains(&op) {
+            return Err((
+                when.key(op),
+                format!("{op} is not in this table's `ops`, so no change of it is captured; remove the key"),
+            ));
+        }
+    }
+    if mode != Mode::Wal {
+        return Ok(());
+    }
+    let first = when.for_op(table.ops[0]);
+    if table.ops.iter().any(|&op| when.for_op(op) != first) {
+        return Err((
+            "when".into(),
+            "wal mode filters with the publication's row filter, one per table for every \
+             operation: give `when` as one string (or the same condition for every captured operation)"
+                .into(),
+        ));
+    }
+    if let Some(word) = first.and_then(super::row_reference) {
+        return Err((
+            "when".into(),
+            format!(
+                "wal mode filters with the publication's row filter, which sees one version of the row \
+                 and names its columns bare (status = 'paid'), found `{word}.`: remove it; \
+                 an UPDATE is matched on the old and the new row, see the README"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Each field once, and only where the mode knows its value.
+fn check_metadata(mode: Mode, fields: &[super::Metadata]) -> Result<(), String> {
+    use super::Metadata;
+    let unique: HashSet<_> = fields.iter().collect();
+    if unique.len() != fields.len() {
+        return Err("a field is listed twice".into());
+    }
+    for &field in fields {
+        let why = match (mode, field) {
+            (Mode::Notify, Metadata::EventId) => {
+                "notify mode stores no event, so an event has no id; use durable or wal mode, \
+                 or txid to tell transactions apart"
+            }
+            (Mode::Notify | Mode::Durable, Metadata::CommitTime) => {
+                "a trigger runs before its transaction commits, so notify and durable mode cannot \
+                 know the commit time; use \"tx_time\" (the transaction's start, now()), or wal mode"
+            }
+            (Mode::Notify | Mode::Durable, Metadata::Lsn) => {
+                "a trigger runs before the commit has a WAL position; \"lsn\" is wal mode's"
+            }
+            (Mode::Wal, Metadata::TxTime) => {
+                "the WAL carries a transaction's commit time, not its start; use \"commit_time\""
+            }
+            _ => continue,
+        };
+        return Err(format!("\"{}\": {why}", field.as_str()));
     }
     Ok(())
 }

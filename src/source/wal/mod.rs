@@ -84,6 +84,8 @@ pub struct WalSource {
     skipping: bool,
     /// The last change's WAL position and how many changes shared it.
     last_change: (u64, i64),
+    /// The current transaction as its BEGIN describes it, for `metadata`.
+    transaction: relations::Meta,
     /// The current session's TLS bridge, when the DSN asks for TLS.
     bridge: Option<TlsBridge>,
 }
@@ -155,6 +157,7 @@ impl WalSource {
             dead: Vec::new(),
             skipping: false,
             last_change: (0, 0),
+            transaction: relations::Meta::default(),
             bridge: None,
         })
     }
@@ -305,9 +308,19 @@ impl WalSource {
     /// One message of the stream.
     async fn on_event(&mut self, event: ReplicationEvent) -> Result<(), String> {
         match event {
-            ReplicationEvent::Begin { final_lsn, .. } => {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
                 self.skipping = !self.progress.begin(final_lsn.as_u64());
                 self.last_change = (0, 0);
+                self.transaction = relations::Meta {
+                    event_id: 0,
+                    xid,
+                    commit_time: commit_time_micros,
+                    lsn: final_lsn.as_u64(),
+                };
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 if !self.skipping {
@@ -387,7 +400,12 @@ impl WalSource {
         if !table.captures(op) {
             return;
         }
-        let rendered = table.render(op, &row, old.as_ref());
+        let id = position as i64 + self.last_change.1;
+        let meta = relations::Meta {
+            event_id: id,
+            ..self.transaction
+        };
+        let rendered = table.render(op, &row, old.as_ref(), &meta);
         let channel = match &table.rule {
             Some(rule) => Arc::clone(&rule.channel),
             None => return,

@@ -10,7 +10,7 @@ use skor_sink_api::{Bytes, Op};
 
 use super::pgoutput::{OldTuple, Relation, Tuple, Value};
 use super::render::{escape_json, render_value, Kind};
-use crate::config::{Config, TableName};
+use crate::config::{Config, Metadata, TableName};
 
 /// What the config asks of one captured table.
 #[derive(Clone, Debug)]
@@ -21,6 +21,8 @@ pub struct Rule {
     columns: crate::config::Columns,
     key: Option<Vec<String>>,
     old: bool,
+    /// The metadata fields, in the payload's order.
+    metadata: Vec<Metadata>,
 }
 
 /// The rules of every table in wal mode, by schema and name.
@@ -50,6 +52,11 @@ impl Rules {
                     columns: table.columns.clone(),
                     key: table.key.clone(),
                     old: table.old,
+                    metadata: {
+                        let mut fields = table.metadata.clone();
+                        fields.sort();
+                        fields
+                    },
                 },
             );
         }
@@ -59,6 +66,7 @@ impl Rules {
             columns: Default::default(),
             key: None,
             old: false,
+            metadata: Vec::new(),
         });
         Self { tables, any }
     }
@@ -91,6 +99,20 @@ pub struct Table {
     identity: Vec<usize>,
     /// `{"table" : "...", "schema" : "...", "op" : "` ready to copy.
     head: Vec<u8>,
+}
+
+/// What the stream says of a change and its transaction, for the
+/// `metadata` fields.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Meta {
+    /// The event's id (its WAL position), as sinks see it.
+    pub event_id: i64,
+    /// The transaction's xid, from its BEGIN.
+    pub xid: u32,
+    /// The commit's time, microseconds since 2000-01-01 UTC, from BEGIN.
+    pub commit_time: i64,
+    /// The commit's WAL position, from BEGIN.
+    pub lsn: u64,
 }
 
 /// A row change rendered, ready for the fan-out.
@@ -183,7 +205,7 @@ impl Table {
 
     /// The payload of a change: `row` is the new row (the old one for
     /// DELETE); `old` what the stream carries of the old row on UPDATE.
-    pub fn render(&self, op: Op, row: &Tuple, old: Option<&OldTuple>) -> Rendered {
+    pub fn render(&self, op: Op, row: &Tuple, old: Option<&OldTuple>, meta: &Meta) -> Rendered {
         let full_old = match old {
             Some(OldTuple::Full(tuple)) => Some(tuple),
             _ => None,
@@ -239,6 +261,26 @@ impl Table {
                 out.extend_from_slice(&self.names[i]);
             }
             out.push(b']');
+        }
+        for field in self.rule.iter().flat_map(|r| &r.metadata) {
+            out.extend_from_slice(b", \"");
+            out.extend_from_slice(field.as_str().as_bytes());
+            out.extend_from_slice(b"\" : ");
+            match field {
+                Metadata::EventId => out.extend_from_slice(meta.event_id.to_string().as_bytes()),
+                Metadata::Txid => out.extend_from_slice(meta.xid.to_string().as_bytes()),
+                Metadata::CommitTime => {
+                    out.push(b'"');
+                    out.extend_from_slice(rfc3339_micros(meta.commit_time).as_bytes());
+                    out.push(b'"');
+                }
+                Metadata::Lsn => {
+                    let text = format!("\"{:X}/{:X}\"", meta.lsn >> 32, meta.lsn & 0xFFFF_FFFF);
+                    out.extend_from_slice(text.as_bytes());
+                }
+                // Refused in wal mode by config validation.
+                Metadata::TxTime => out.extend_from_slice(b"null"),
+            }
         }
         out.push(b'}');
         let key = self.row_key(row);
@@ -333,5 +375,53 @@ fn same_value(a: Option<&Value>, b: Option<&Value>) -> bool {
         (Some(Value::Null), Some(Value::Null)) => true,
         (Some(Value::UnchangedToast), _) | (_, Some(Value::UnchangedToast)) => true,
         _ => false,
+    }
+}
+
+/// `micros` since PostgreSQL's epoch (2000-01-01 UTC) as RFC 3339 in UTC
+/// with six decimals, `2026-12-02T18:07:49.969779Z`: what the triggers
+/// render with `to_char(... AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`.
+pub fn rfc3339_micros(micros: i64) -> String {
+    const UNIX_TO_PG_DAYS: i64 = 10_957;
+    let days = micros.div_euclid(86_400_000_000) + UNIX_TO_PG_DAYS;
+    let in_day = micros.rem_euclid(86_400_000_000);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let seconds = in_day / 1_000_000;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        seconds / 3_600,
+        seconds / 60 % 60,
+        seconds % 60,
+        in_day % 1_000_000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_micros;
+
+    #[test]
+    fn commit_times_render_as_rfc3339_utc_with_microseconds() {
+        assert_eq!(rfc3339_micros(0), "2000-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339_micros(-1), "1999-12-31T23:59:59.999999Z");
+        // SELECT extract(epoch FROM '2026-12-02 18:07:49.969779+00'::timestamptz
+        //                         - '2000-01-01 00:00:00+00') * 1e6
+        assert_eq!(
+            rfc3339_micros(849_550_069_969_779),
+            "2026-12-02T18:07:49.969779Z"
+        );
+        assert_eq!(
+            rfc3339_micros(60 * 86_400_000_000),
+            "2000-03-01T00:00:00.000000Z"
+        );
     }
 }
