@@ -32,7 +32,7 @@ fn trigger_name(op: Op) -> String {
 /// The payload flags of `table`'s `op` trigger besides `u` (see
 /// `skor.notify()` in sql/install.sql): `o` for the old row on UPDATE, one
 /// letter per metadata field.
-fn trigger_flags(table: &TableConfig, op: Op) -> String {
+pub fn trigger_flags(table: &TableConfig, op: Op) -> String {
     let mut flags = String::new();
     if table.old && op == Op::Update {
         flags.push('o');

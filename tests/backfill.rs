@@ -503,3 +503,53 @@ async fn the_command_reports_progress_resumes_after_sigkill_and_explains_errors(
         "{status}"
     );
 }
+
+/// The `event_id` a payload carries equals the id its sink sent it under.
+fn assert_event_id_is_the_headers(request: &Request) {
+    let event = json(&request.body);
+    assert_eq!(event["op"], "READ", "{}", request.body);
+    assert_eq!(
+        event["event_id"].to_string(),
+        request.headers["skor-event-id"].to_str().unwrap(),
+        "{}",
+        request.body
+    );
+    assert!(event["txid"].as_u64().is_some(), "{}", request.body);
+}
+
+#[tokio::test]
+async fn read_events_carry_the_tables_metadata_in_durable_and_wal_mode() {
+    const TABLE: &str = "name = \"items\"\nmetadata = [\"event_id\", \"txid\"]";
+    let db = TestDb::new().await;
+    db.exec(&rows_sql(2)).await;
+    let hook = Hook::start().await;
+    let config = hook_config(
+        &db,
+        &format!("{TABLE}\nmode = \"durable\""),
+        &hook,
+        "max_in_flight = 1",
+    );
+    install(&db, &config).await;
+    backfill(&db.dsn(), &config, &options(10), &CancellationToken::new()).await;
+    let daemon = Running::start(&config).await;
+    for request in hook.wait_for(2).await {
+        assert_event_id_is_the_headers(&request);
+    }
+    daemon.stop().await;
+
+    let db = WalDb::start().await;
+    db.exec(&rows_sql(2)).await;
+    let hook = Hook::start().await;
+    let config = db.hook_config(
+        &format!("{TABLE}\nreplica_identity = \"default\""),
+        &hook,
+        "max_in_flight = 1",
+    );
+    db.install(&config).await;
+    let daemon = Running::start(&config).await;
+    backfill(&db.dsn(), &config, &options(10), &CancellationToken::new()).await;
+    for request in hook.wait_for(2).await {
+        assert_event_id_is_the_headers(&request);
+    }
+    daemon.stop().await;
+}

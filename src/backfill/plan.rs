@@ -124,9 +124,15 @@ impl Plan {
         // As the triggers' arguments (sql/install.sql): channel, flags,
         // the names events carry (empty: the table's own), the key, the
         // columns.
+        let mode = config.table_mode(table);
+        // Wal mode's metadata comes from the stream, as its changes' do.
+        let flags = match mode {
+            Mode::Wal => String::new(),
+            Mode::Notify | Mode::Durable => crate::sql::trigger_flags(table, Op::Read),
+        };
         let mut args = vec![
             channel.clone(),
-            String::new(),
+            flags,
             String::new(),
             String::new(),
             key_names.len().to_string(),
@@ -135,7 +141,7 @@ impl Plan {
         args.extend(columns.iter().cloned());
         Ok(Self {
             name: name.to_string(),
-            mode: config.table_mode(table),
+            mode,
             qualified,
             schema: name.schema,
             table: name.name,
@@ -232,12 +238,14 @@ impl Plan {
     /// The part of the batch statement that sends the rows, in key order,
     /// the way the table's mode captures changes.
     fn send_sql(&self, order: &str) -> String {
-        let payload = format!(
-            "skor.payload('READ', {}, {}, {}, b.skor_row, NULL)",
-            quote_literal(&self.schema),
-            quote_literal(&self.table),
-            self.args
-        );
+        let payload = |row: &str, id: &str| {
+            format!(
+                "skor.payload('READ', {}, {}, {}, {row}, NULL, {id})",
+                quote_literal(&self.schema),
+                quote_literal(&self.table),
+                self.args
+            )
+        };
         let row_key = format!(
             "skor.pick(b.skor_row, {})::pg_catalog.text",
             text_array(&self.key_names)
@@ -249,22 +257,29 @@ impl Plan {
         );
         match self.mode {
             Mode::Notify => format!(
-                "SELECT skor.notify_payload({channel}, {payload}) FROM batch b ORDER BY {order}"
+                "SELECT skor.notify_payload({channel}, {}) FROM batch b ORDER BY {order}",
+                payload("b.skor_row", "NULL")
             ),
             // The row key and partition as skor.capture() computes them, so
-            // a row's READ and its changes are delivered in one order.
+            // a row's READ and its changes are delivered in one order; the
+            // ids taken in key order (volatile, so after the sort), and
+            // given to the payload for its `event_id`.
             Mode::Durable => format!(
-                "INSERT INTO skor.event_log (channel, schema_name, table_name, op, row_key, part, payload)\n    \
-                 SELECT {channel}, {schema}, {table}, 'READ', k.row_key,\n           \
-                 pg_catalog.hashtext(k.row_key) OPERATOR(pg_catalog.&) 63, k.payload\n      \
-                 FROM (SELECT {row_key} AS row_key, {payload} AS payload FROM batch b ORDER BY {order}) k\n    \
-                 RETURNING 1"
+                "INSERT INTO skor.event_log (id, channel, schema_name, table_name, op, row_key, part, payload)\n    \
+                 SELECT k.id, {channel}, {schema}, {table}, 'READ', k.row_key,\n           \
+                 pg_catalog.hashtext(k.row_key) OPERATOR(pg_catalog.&) 63, {}\n      \
+                 FROM (SELECT b.skor_row, {row_key} AS row_key,\n                   \
+                 pg_catalog.nextval('skor.event_log_id_seq'::pg_catalog.regclass) AS id\n              \
+                 FROM batch b ORDER BY {order}) k\n    \
+                 RETURNING 1",
+                payload("k.skor_row", "k.id")
             ),
             Mode::Wal => format!(
                 "INSERT INTO skor.wal_backfill (channel, schema_name, table_name, row_key, payload)\n    \
                  SELECT {channel}, {schema}, {table}, k.row_key, k.payload\n      \
-                 FROM (SELECT {row_key} AS row_key, {payload} AS payload FROM batch b ORDER BY {order}) k\n    \
-                 RETURNING 1"
+                 FROM (SELECT {row_key} AS row_key, {} AS payload FROM batch b ORDER BY {order}) k\n    \
+                 RETURNING 1",
+                payload("b.skor_row", "NULL")
             ),
         }
     }

@@ -423,7 +423,8 @@ impl WalSource {
     }
 
     /// A row `skor backfill` sent: a READ event of the table it names, its
-    /// payload rendered by the same SQL as the triggers'.
+    /// payload rendered by the same SQL as the triggers', then the
+    /// table's `metadata` from this transaction, as its changes get them.
     async fn on_backfilled(&mut self, id: i64, row: &pgoutput::Tuple) {
         let text = |index: usize| match row.0.get(index) {
             Some(pgoutput::Value::Text(bytes)) => Some(bytes.clone()),
@@ -440,6 +441,22 @@ impl WalSource {
                 "a backfilled row without its channel, table or payload; skipped"
             );
             return;
+        };
+        let fields = self.rules.metadata(&schema, &name);
+        let payload = if fields.is_empty() {
+            payload
+        } else {
+            let mut out = payload.to_vec();
+            if out.last() == Some(&b'}') {
+                out.pop();
+            }
+            let meta = relations::Meta {
+                event_id: id,
+                ..self.transaction
+            };
+            relations::append_metadata(fields, &meta, &mut out);
+            out.push(b'}');
+            out.into()
         };
         let incoming = Incoming {
             channel: &channel,

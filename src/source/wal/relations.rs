@@ -71,6 +71,11 @@ impl Rules {
         Self { tables, any }
     }
 
+    /// The `metadata` fields of a captured table's payloads, in order.
+    pub fn metadata(&self, schema: &str, name: &str) -> &[Metadata] {
+        self.get(schema, name).map_or(&[], |rule| &rule.metadata)
+    }
+
     fn get(&self, schema: &str, name: &str) -> Option<&Rule> {
         self.tables
             .get(&(schema.to_string(), name.to_string()))
@@ -113,6 +118,31 @@ pub struct Meta {
     pub commit_time: i64,
     /// The commit's WAL position, from BEGIN.
     pub lsn: u64,
+}
+
+/// Appends the `metadata` fields `fields` of a change described by `meta`
+/// to a payload whose closing brace is still to come.
+pub fn append_metadata(fields: &[Metadata], meta: &Meta, out: &mut Vec<u8>) {
+    for field in fields {
+        out.extend_from_slice(b", \"");
+        out.extend_from_slice(field.as_str().as_bytes());
+        out.extend_from_slice(b"\" : ");
+        match field {
+            Metadata::EventId => out.extend_from_slice(meta.event_id.to_string().as_bytes()),
+            Metadata::Txid => out.extend_from_slice(meta.xid.to_string().as_bytes()),
+            Metadata::CommitTime => {
+                out.push(b'"');
+                out.extend_from_slice(rfc3339_micros(meta.commit_time).as_bytes());
+                out.push(b'"');
+            }
+            Metadata::Lsn => {
+                let text = format!("\"{:X}/{:X}\"", meta.lsn >> 32, meta.lsn & 0xFFFF_FFFF);
+                out.extend_from_slice(text.as_bytes());
+            }
+            // Refused in wal mode by config validation.
+            Metadata::TxTime => out.extend_from_slice(b"null"),
+        }
+    }
 }
 
 /// A row change rendered, ready for the fan-out.
@@ -262,25 +292,8 @@ impl Table {
             }
             out.push(b']');
         }
-        for field in self.rule.iter().flat_map(|r| &r.metadata) {
-            out.extend_from_slice(b", \"");
-            out.extend_from_slice(field.as_str().as_bytes());
-            out.extend_from_slice(b"\" : ");
-            match field {
-                Metadata::EventId => out.extend_from_slice(meta.event_id.to_string().as_bytes()),
-                Metadata::Txid => out.extend_from_slice(meta.xid.to_string().as_bytes()),
-                Metadata::CommitTime => {
-                    out.push(b'"');
-                    out.extend_from_slice(rfc3339_micros(meta.commit_time).as_bytes());
-                    out.push(b'"');
-                }
-                Metadata::Lsn => {
-                    let text = format!("\"{:X}/{:X}\"", meta.lsn >> 32, meta.lsn & 0xFFFF_FFFF);
-                    out.extend_from_slice(text.as_bytes());
-                }
-                // Refused in wal mode by config validation.
-                Metadata::TxTime => out.extend_from_slice(b"null"),
-            }
+        if let Some(rule) = &self.rule {
+            append_metadata(&rule.metadata, meta, &mut out);
         }
         out.push(b'}');
         let key = self.row_key(row);
