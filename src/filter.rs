@@ -447,6 +447,26 @@ mod tests {
     }
 
     #[test]
+    fn what_the_readme_says() {
+        let row = br#"{"data":{"id":7,"total":120.5,"count":3,"status":null,"email":"a@example.com","tags":["x","vip"]}}"#;
+        let yes = |e: &str| assert_eq!(eval(e, Op::Insert, row), Ok(true), "{e}");
+        let no = |e: &str| assert_eq!(eval(e, Op::Insert, row), Ok(false), "{e}");
+        yes("data.total >= 100.0");
+        yes("data.count == 3");
+        yes(r#"has(data.email) && data.email.endsWith("@example.com")"#);
+        yes(r#"data.tags.exists(t, t == "vip")"#);
+        yes(r#"table.startsWith("ord")"#);
+        // A NULL column is there, and null.
+        no(r#"data.status == "paid""#);
+        yes("has(data.status)");
+        yes("data.status == null");
+        yes(r#"!has(data.missing) || data.missing == "paid""#);
+        // Numbers compare across int and double.
+        yes("data.count == 3.0");
+        yes("data.total >= 100");
+    }
+
+    #[test]
     fn old_row() {
         assert!(matches(r#"old.status != data.status"#, Op::Update, PAID));
         assert!(matches(
