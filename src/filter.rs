@@ -20,14 +20,18 @@
 //! than the routing fields, and at most once per event however many filters
 //! read it ([`Scope`] holds the parse).
 
-use std::cell::OnceCell;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cel::objects::{Key, Map};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use skor_sink_api::Op;
@@ -198,12 +202,12 @@ impl Filter {
 
     /// The expression's result for an event, or why there is none.
     pub fn evaluate(&self, scope: &Scope<'_>) -> Result<bool, EvalError> {
-        let context = if self.inner.needs_payload {
-            scope.full()?
-        } else {
-            scope.base()
-        };
-        match self.inner.program.execute(context) {
+        if self.inner.needs_payload {
+            scope.parse()?;
+        }
+        let mut context = Context::with_env(Arc::clone(env()));
+        context.set_variable_resolver(scope);
+        match self.inner.program.execute(&context) {
             Ok(Value::Bool(matched)) => Ok(matched),
             Ok(other) => Err(EvalError::NotBoolean(format!("{other:?}"))),
             Err(error) => Err(EvalError::Execution(error.to_string())),
@@ -241,17 +245,24 @@ impl<'de> serde::Deserialize<'de> for Filter {
     }
 }
 
-/// One event as filters see it. The routing fields are bound on first use;
-/// the payload is parsed on first use by a filter that reads it, once for
-/// every filter evaluated against this scope.
+/// One event as filters see it: its routing fields, and its payload, parsed
+/// on first use by a filter that reads it, once for every filter evaluated
+/// against this scope. Strings are borrowed from the payload where JSON
+/// allows (no escapes).
 pub struct Scope<'a> {
     channel: &'a str,
     schema: &'a str,
     table: &'a str,
     op: Op,
     payload: &'a [u8],
-    base: OnceCell<Context<'static, 'static>>,
-    full: OnceCell<Result<Context<'static, 'static>, EvalError>>,
+    fields: OnceLock<Result<Fields<'a>, EvalError>>,
+}
+
+/// The payload's top-level fields but the routing ones.
+struct Fields<'a> {
+    data: Option<Box<dyn Val + 'a>>,
+    old: Option<Box<dyn Val + 'a>>,
+    others: Vec<(Cow<'a, str>, Box<dyn Val + 'a>)>,
 }
 
 impl<'a> Scope<'a> {
@@ -269,60 +280,133 @@ impl<'a> Scope<'a> {
             table,
             op,
             payload,
-            base: OnceCell::new(),
-            full: OnceCell::new(),
+            fields: OnceLock::new(),
         }
     }
 
     /// Whether the payload has been parsed (for tests and benchmarks).
     pub fn payload_parsed(&self) -> bool {
-        self.full.get().is_some()
+        self.fields.get().is_some()
     }
 
-    fn base(&self) -> &Context<'static, 'static> {
-        self.base.get_or_init(|| {
-            let mut context = Context::with_env(Arc::clone(env()));
-            self.bind_routing(&mut context);
-            context
-        })
-    }
-
-    fn full(&self) -> Result<&Context<'static, 'static>, EvalError> {
-        self.full
+    /// Parses the payload unless done already.
+    fn parse(&self) -> Result<&Fields<'a>, EvalError> {
+        self.fields
             .get_or_init(|| {
-                let mut context = Context::with_env(Arc::clone(env()));
-                let parsed: Json = serde_json::from_slice(self.payload)
+                let mut deserializer = serde_json::Deserializer::from_slice(self.payload);
+                let fields = deserializer
+                    .deserialize_map(FieldsVisitor)
+                    .and_then(|fields| deserializer.end().map(|()| fields))
                     .map_err(|e| EvalError::Payload(e.to_string()))?;
-                let Value::Map(map) = parsed.0 else {
-                    return Err(EvalError::Payload("not an object".into()));
-                };
-                context.add_variable_from_value("data", Value::Null);
-                context.add_variable_from_value("old", Value::Null);
-                for (key, value) in map.map.iter() {
-                    if let Key::String(name) = key {
-                        context.add_variable_from_value(name.as_str(), value.clone());
-                    }
-                }
-                self.bind_routing(&mut context);
-                Ok(context)
+                Ok(fields)
             })
             .as_ref()
             .map_err(Clone::clone)
     }
+}
 
-    fn bind_routing(&self, context: &mut Context<'static, 'static>) {
-        context.add_variable_from_value("op", self.op.as_str());
-        context.add_variable_from_value("table", self.table);
-        context.add_variable_from_value("schema", self.schema);
-        context.add_variable_from_value("channel", self.channel);
+impl VariableResolver for Scope<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let routing = match variable {
+            "op" => self.op.as_str(),
+            "table" => self.table,
+            "schema" => self.schema,
+            "channel" => self.channel,
+            _ => {
+                // Only reached once `parse` succeeded: `evaluate` parses
+                // before it runs an expression that names a payload field.
+                let fields = self.fields.get()?.as_ref().ok()?;
+                let value = match variable {
+                    "data" => fields.data.as_deref(),
+                    "old" => fields.old.as_deref(),
+                    _ => fields
+                        .others
+                        .iter()
+                        .find(|(name, _)| name == variable)
+                        .map(|(_, value)| &**value),
+                };
+                return Some(match value {
+                    Some(value) => CowVal::Borrowed(value),
+                    None if matches!(variable, "data" | "old") => CowVal::owned(CelNull),
+                    None => return None,
+                });
+            }
+        };
+        Some(CowVal::owned(CelString::from(routing)))
+    }
+}
+
+/// Reads the payload's top level, keeping `data`, `old` and the fields that
+/// are not routing fields.
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Fields<'de>, A::Error> {
+        let mut fields = Fields {
+            data: None,
+            old: None,
+            others: Vec::new(),
+        };
+        while let Some(Name(name)) = access.next_key()? {
+            match &*name {
+                "data" => fields.data = Some(access.next_value::<Json>()?.0),
+                "old" => fields.old = Some(access.next_value::<Json>()?.0),
+                // Bound from the event itself.
+                "op" | "table" | "schema" | "channel" => {
+                    access.next_value::<de::IgnoredAny>()?;
+                }
+                _ => {
+                    let value = access.next_value::<Json>()?.0;
+                    fields.others.push((name, value));
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// A string borrowed from the input where it has no escapes.
+struct Name<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(NameVisitor).map(Name)
+    }
+}
+
+struct NameVisitor;
+
+impl<'de> Visitor<'de> for NameVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
     }
 }
 
 /// A JSON value read straight into a CEL value: numbers that fit are `int`
 /// (`uint` above `i64::MAX`), others `double`.
-struct Json(Value);
+struct Json<'de>(Box<dyn Val + 'de>);
 
-impl<'de> serde::Deserialize<'de> for Json {
+impl<'de> serde::Deserialize<'de> for Json<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(JsonVisitor).map(Json)
     }
@@ -331,58 +415,70 @@ impl<'de> serde::Deserialize<'de> for Json {
 struct JsonVisitor;
 
 impl<'de> Visitor<'de> for JsonVisitor {
-    type Value = Value;
+    type Value = Box<dyn Val + 'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Box::new(CelBool::from(v)))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Int(v))
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Box::new(CelInt::from(v)))
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(i64::try_from(v).map_or(Value::UInt(v), Value::Int))
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(match i64::try_from(v) {
+            Ok(v) => Box::new(CelInt::from(v)),
+            Err(_) => Box::new(CelUInt::from(v)),
+        })
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::Float(v))
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Box::new(CelDouble::from(v)))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(Arc::new(v.to_string())))
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Box::new(CelString::from(v)))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(Arc::new(v)))
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Box::new(CelString::from(v.to_string())))
     }
 
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Box::new(CelString::from(v)))
     }
 
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Box::new(CelNull))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Box::new(CelNull))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         while let Some(Json(item)) = seq.next_element()? {
             items.push(item);
         }
-        Ok(Value::List(Arc::new(items)))
+        Ok(Box::new(CelList::from(items)))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
         let mut map = HashMap::with_capacity(access.size_hint().unwrap_or(0));
-        while let Some((key, Json(value))) = access.next_entry::<String, Json>()? {
-            map.insert(Key::String(Arc::new(key)), value);
+        while let Some(Name(key)) = access.next_key()? {
+            let Json(value) = access.next_value()?;
+            let key = match key {
+                Cow::Borrowed(key) => CelMapKey::from(key),
+                Cow::Owned(key) => CelMapKey::from(key),
+            };
+            map.insert(key, value);
         }
-        Ok(Value::Map(Map { map: Arc::new(map) }))
+        Ok(Box::new(CelMap::from(map)))
     }
 }
 
