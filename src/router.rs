@@ -221,6 +221,17 @@ mod tests {
     }
 
     #[test]
+    fn backfilled_rows_are_read_events_to_filters() {
+        let r = router(
+            "[[route]]\nfilter = 'op == \"READ\"'\nsinks = [\"a\"]\n\
+             [[route]]\nfilter = 'op != \"READ\" && data.id > 1'\nsinks = [\"b\"]\n",
+        );
+        let row = r#"{"table":"t","schema":"public","op":"READ","data":{"id":2}}"#;
+        assert_eq!(filtered(&r, "public.t", Op::Read, row), vec![0]);
+        assert_eq!(filtered(&r, "public.t", Op::Insert, row), vec![1]);
+    }
+
+    #[test]
     fn a_filter_is_not_evaluated_for_sinks_already_chosen() {
         let r = router(
             "[[route]]\ntables = [\"*\"]\nsinks = [\"a\"]\n\
