@@ -6,7 +6,8 @@
 mod common;
 
 use common::bin::{config_file, run, stderr};
-use common::{config, start_installed, Hook, TestDb};
+use common::wal::WalDb;
+use common::{config, start_installed, Hook, Running, TestDb};
 
 /// An event payload as the trigger writes it.
 fn event(table: &str, op: &str, data: &str) -> String {
@@ -123,6 +124,60 @@ async fn a_missing_field_is_no_match_and_the_daemon_goes_on() {
     daemon.stop().await;
     assert_eq!(paid.count(), 2);
     assert_eq!(bare.count(), 2);
+}
+
+#[tokio::test]
+async fn filters_read_the_old_row_of_a_wal_table() {
+    let db = WalDb::start().await;
+    db.exec("CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL)")
+        .await;
+    let (changed, rest) = (Hook::start().await, Hook::start().await);
+    let cfg = db.config(&format!(
+        "[[table]]\nname = \"orders\"\nold = true\nreplica_identity = \"full\"\n\
+         [sink.changed]\ntype = \"webhook\"\nurl = \"{}\"\nmax_in_flight = 1\n\
+         [sink.rest]\ntype = \"webhook\"\nurl = \"{}\"\nmax_in_flight = 1\n\
+         [[route]]\nfilter = 'old != null && old.status != data.status'\nsinks = [\"changed\"]\n\
+         [[route]]\nfilter = 'old == null'\nsinks = [\"rest\"]\n",
+        changed.url(),
+        rest.url()
+    ));
+    db.install(&cfg).await;
+    let daemon = Running::start(&cfg).await;
+    db.exec(
+        "INSERT INTO orders VALUES (1, 'new'); \
+         UPDATE orders SET status = 'paid' WHERE id = 1; \
+         UPDATE orders SET status = 'paid' WHERE id = 1; \
+         DELETE FROM orders WHERE id = 1;",
+    )
+    .await;
+    let row = |status: &str| format!(r#"{{"id":1,"status":"{status}"}}"#);
+    let bodies = |requests: Vec<common::Request>| -> Vec<String> {
+        requests.into_iter().map(|r| r.body).collect()
+    };
+    // The second UPDATE changes nothing: neither route (its old row is
+    // there, and equal).
+    assert_eq!(
+        bodies(changed.wait_for(1).await),
+        vec![format!(
+            r#"{{"table" : "orders", "schema" : "public", "op" : "UPDATE", "data" : {}, "old" : {}}}"#,
+            row("paid"),
+            row("new")
+        )]
+    );
+    assert_eq!(
+        bodies(rest.wait_for(2).await),
+        vec![
+            event("orders", "INSERT", &row("new")),
+            event("orders", "DELETE", &row("paid")),
+        ]
+    );
+    common::eventually("the unchanged update counted as unrouted", || {
+        daemon.stats.events.unrouted.get() == 1
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(changed.count(), 1);
+    assert_eq!(rest.count(), 2);
 }
 
 const BAD_ROUTE: &str = "[source]\ndsn = \"host=127.0.0.1\"\n\
