@@ -676,6 +676,22 @@ mod tests {
     }
 
     #[test]
+    fn errors_are_counted_and_warned_at_most_once_a_minute() {
+        let filter = Filter::parse("data.missing == 1").unwrap();
+        let shared = filter.clone();
+        assert_eq!(filter.inner.last_warned.load(Ordering::Relaxed), 0);
+        assert!(!filter.matches("skor", "public", "t", Op::Insert, NO_STATUS));
+        let warned = filter.inner.last_warned.load(Ordering::Relaxed);
+        assert_ne!(warned, 0);
+        for _ in 0..10 {
+            assert!(!shared.matches("skor", "public", "t", Op::Insert, NO_STATUS));
+        }
+        // Clones share the counter and the rate limit.
+        assert_eq!(filter.errors(), 11);
+        assert_eq!(filter.inner.last_warned.load(Ordering::Relaxed), warned);
+    }
+
+    #[test]
     fn filters_are_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Filter>();
