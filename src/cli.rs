@@ -12,7 +12,8 @@ use tracing::{error, info};
 use crate::config::Config;
 use crate::daemon::{pg_config, target, Daemon};
 use crate::logging::{self, LogFormat};
-use crate::{dead_letters, oversized, sql};
+use crate::{dead_letters, oversized, sql, tail};
+use skor_sink_api::Op;
 
 /// skor: sends PostgreSQL row changes to webhooks and message brokers.
 #[derive(Debug, Parser)]
@@ -65,6 +66,21 @@ pub enum Command {
     /// heard: list, deliver or drop them.
     #[command(subcommand)]
     Oversized(Oversized),
+    /// Show the events the config captures as they happen, without
+    /// delivering them and without touching the event log or the slot.
+    Tail {
+        /// Only tables matching this pattern (`public.orders`, `billing.*`,
+        /// `*`); repeat for several.
+        #[arg(long = "table", value_name = "PATTERN")]
+        tables: Vec<String>,
+        /// Only this operation (INSERT, UPDATE, DELETE, READ); repeat for
+        /// several.
+        #[arg(long = "op", value_name = "OP", value_parser = tail::parse_op)]
+        ops: Vec<Op>,
+        /// Print the payloads as JSON lines even on a terminal.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `skor oversized` actions.
@@ -112,7 +128,7 @@ pub enum DeadLetters {
     },
 }
 
-const COMMANDS: [&str; 8] = [
+const COMMANDS: [&str; 9] = [
     "run",
     "install",
     "uninstall",
@@ -120,6 +136,7 @@ const COMMANDS: [&str; 8] = [
     "check",
     "dead-letters",
     "oversized",
+    "tail",
     "help",
 ];
 
@@ -289,6 +306,7 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Tail { tables, ops, json } => watch(&config, &tables, &ops, json).await,
         Command::Sql => {
             print!("{}", sql::install_sql(&config));
             Ok(())
@@ -339,6 +357,30 @@ async fn connect(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
         .map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
     tokio::spawn(connection);
     Ok(client)
+}
+
+/// `skor tail`: prints the events `config` captures until SIGINT or
+/// SIGTERM; readable (coloured unless NO_COLOR) on a terminal, the
+/// payloads as JSON lines otherwise.
+async fn watch(config: &Config, tables: &[String], ops: &[Op], json: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let selection = tail::Selection::new(tables, ops)?;
+    let stdout = std::io::stdout();
+    let terminal = stdout.is_terminal();
+    let mut printer = if json || !terminal {
+        tail::Printer::json(stdout.lock())
+    } else {
+        let colour = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        tail::Printer::readable(stdout.lock(), colour)
+    };
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        trigger.cancel();
+    });
+    tail::run(config, &selection, &mut printer, shutdown).await?;
+    Ok(())
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
