@@ -159,7 +159,7 @@ fn uses_mode(config: &Config, mode: Mode) -> bool {
 enum Reader {
     Notify(notify::NotifyTail),
     Durable(durable::DurableTail),
-    Wal(wal::WalTail),
+    Wal(Box<wal::WalTail>),
 }
 
 impl Reader {
@@ -201,7 +201,9 @@ pub async fn run(
         ));
     }
     if config.uses_wal() {
-        readers.push(Reader::Wal(wal::WalTail::open(&pg, config).await?));
+        readers.push(Reader::Wal(Box::new(
+            wal::WalTail::open(&pg, config).await?,
+        )));
     }
     if readers.is_empty() {
         return Err(TailError::Nothing);
