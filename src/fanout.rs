@@ -116,7 +116,7 @@ impl Fanout {
         self.stats.received.incr();
         self.received.count(&channel, &schema, &table, op);
         self.router
-            .targets(&channel, &schema, &table, op, &mut self.targets);
+            .targets(&channel, &schema, &table, op, &payload, &mut self.targets);
         if self.targets.is_empty() {
             self.stats.unrouted.incr();
             debug!(%channel, schema, table, %op, "no route matches this event");

@@ -12,6 +12,7 @@ pub mod counter;
 pub mod daemon;
 pub mod dead_letters;
 pub mod fanout;
+pub mod filter;
 pub mod logging;
 pub mod metrics;
 pub mod oversized;

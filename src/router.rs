@@ -1,9 +1,15 @@
 //! Matching events against `[[route]]`s to find the sinks they go to.
+//!
+//! A route's channel, tables and ops are checked first, from the routing
+//! fields alone; only a route that passes them and has a `filter` evaluates
+//! it, and the payload is parsed at most once per event for all of them (and
+//! not at all when no such filter reads it).
 
 use skor_sink_api::Op;
 use wildmatch::WildMatch;
 
 use crate::config::{Config, TableName};
+use crate::filter::{Filter, Scope};
 
 /// A `schema.table` pattern; `*` matches any run of characters.
 #[derive(Debug)]
@@ -41,6 +47,7 @@ struct Route {
     channel: Option<String>,
     tables: Vec<TablePattern>,
     ops: Vec<Op>,
+    filter: Option<Filter>,
     sinks: Vec<usize>,
 }
 
@@ -62,6 +69,7 @@ impl Router {
                 channel: route.channel.clone(),
                 tables: route.tables.iter().map(|t| TablePattern::new(t)).collect(),
                 ops: route.ops.clone(),
+                filter: route.filter.clone(),
                 sinks: route.sinks.iter().filter_map(index_of).collect(),
             })
             .collect();
@@ -72,17 +80,37 @@ impl Router {
     }
 
     /// Fills `out` with the indexes of the sinks this event goes to, each
-    /// once; with no route configured, every sink.
-    pub fn targets(&self, channel: &str, schema: &str, table: &str, op: Op, out: &mut Vec<usize>) {
+    /// once; with no route configured, every sink. `payload` is read only by
+    /// the filters of routes whose channel, tables and ops match.
+    pub fn targets(
+        &self,
+        channel: &str,
+        schema: &str,
+        table: &str,
+        op: Op,
+        payload: &[u8],
+        out: &mut Vec<usize>,
+    ) {
         out.clear();
         if self.routes.is_empty() {
             out.extend(0..self.sink_count);
             return;
         }
+        // Made on the first filter to evaluate; holds the payload's parse.
+        let mut scope: Option<Scope<'_>> = None;
         for route in &self.routes {
-            let matches = route.channel.as_deref().is_none_or(|c| c == channel)
+            let mut matches = route.channel.as_deref().is_none_or(|c| c == channel)
                 && route.ops.contains(&op)
                 && route.tables.iter().any(|p| p.matches(schema, table));
+            if let (true, Some(filter)) = (matches, &route.filter) {
+                // Nothing to add: spare the evaluation.
+                if route.sinks.iter().all(|sink| out.contains(sink)) {
+                    continue;
+                }
+                let scope =
+                    scope.get_or_insert_with(|| Scope::new(channel, schema, table, op, payload));
+                matches = filter.matches_in(scope);
+            }
             if matches {
                 for &sink in &route.sinks {
                     if !out.contains(&sink) {
@@ -111,7 +139,14 @@ mod tests {
     fn targets(router: &Router, channel: &str, table: &str, op: Op) -> Vec<usize> {
         let (schema, table) = table.split_once('.').unwrap();
         let mut out = Vec::new();
-        router.targets(channel, schema, table, op, &mut out);
+        router.targets(channel, schema, table, op, b"{}", &mut out);
+        out
+    }
+
+    fn filtered(router: &Router, table: &str, op: Op, payload: &str) -> Vec<usize> {
+        let (schema, table) = table.split_once('.').unwrap();
+        let mut out = Vec::new();
+        router.targets("skor", schema, table, op, payload.as_bytes(), &mut out);
         out
     }
 
@@ -152,5 +187,50 @@ mod tests {
             "[[route]]\ntables = [\"*\"]\nsinks = [\"c\", \"a\"]\n[[route]]\ntables = [\"*.t*\"]\nsinks = [\"a\"]\n",
         );
         assert_eq!(targets(&r, "skor", "s.table", Op::Update), vec![2, 0]);
+    }
+
+    #[test]
+    fn filters_choose_by_value() {
+        let r = router(
+            "[[route]]\ntables = [\"orders\"]\nfilter = 'op == \"UPDATE\" && data.status == \"paid\"'\nsinks = [\"a\"]\n\
+             [[route]]\ntables = [\"orders\"]\nfilter = 'has(data.status) && data.status != \"paid\"'\nsinks = [\"b\"]\n\
+             [[route]]\ntables = [\"orders\"]\nops = [\"DELETE\"]\nsinks = [\"c\"]\n",
+        );
+        let paid = r#"{"data":{"id":1,"status":"paid"}}"#;
+        let new = r#"{"data":{"id":1,"status":"new"}}"#;
+        let bare = r#"{"data":{"id":1}}"#;
+        assert_eq!(filtered(&r, "public.orders", Op::Update, paid), vec![0]);
+        assert_eq!(
+            filtered(&r, "public.orders", Op::Insert, paid),
+            Vec::<usize>::new()
+        );
+        assert_eq!(filtered(&r, "public.orders", Op::Update, new), vec![1]);
+        assert_eq!(filtered(&r, "public.orders", Op::Delete, new), vec![1, 2]);
+        // A missing field is no match for the first filter, and has() keeps
+        // the second from erring.
+        assert_eq!(
+            filtered(&r, "public.orders", Op::Update, bare),
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            filtered(&r, "public.other", Op::Update, paid),
+            Vec::<usize>::new()
+        );
+        // A payload that is not JSON matches no filter that reads it.
+        assert_eq!(filtered(&r, "public.orders", Op::Delete, "nope"), vec![2]);
+    }
+
+    #[test]
+    fn a_filter_is_not_evaluated_for_sinks_already_chosen() {
+        let r = router(
+            "[[route]]\ntables = [\"*\"]\nsinks = [\"a\"]\n\
+             [[route]]\ntables = [\"*\"]\nfilter = 'data.missing == 1'\nsinks = [\"a\"]\n",
+        );
+        assert_eq!(
+            filtered(&r, "public.t", Op::Insert, r#"{"data":{}}"#),
+            vec![0]
+        );
+        let filter = r.routes[1].filter.as_ref().unwrap();
+        assert_eq!(filter.errors(), 0);
     }
 }

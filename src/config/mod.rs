@@ -316,6 +316,12 @@ pub struct RouteConfig {
     /// Only these operations; every one, READ included, if unset.
     #[serde(default = "default_route_ops")]
     pub ops: Vec<Op>,
+    /// Only events for which this CEL expression is true, e.g.
+    /// `op == "UPDATE" && data.status == "paid"`; parsed when the config is
+    /// read. An expression that cannot be evaluated for an event (a missing
+    /// field) does not match it; see `src/filter.rs`.
+    #[serde(default)]
+    pub filter: Option<crate::filter::Filter>,
     /// Names of the sinks that get the matching events.
     pub sinks: Vec<String>,
 }
