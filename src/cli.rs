@@ -77,6 +77,10 @@ pub enum Command {
         /// several.
         #[arg(long = "op", value_name = "OP", value_parser = tail::parse_op)]
         ops: Vec<Op>,
+        /// Only events for which this expression is true, in the language
+        /// of a route's `filter` (`data.status == "paid"`).
+        #[arg(long, value_name = "EXPR")]
+        filter: Option<String>,
         /// Print the payloads as JSON lines even on a terminal.
         #[arg(long)]
         json: bool,
@@ -306,7 +310,12 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Tail { tables, ops, json } => watch(&config, &tables, &ops, json).await,
+        Command::Tail {
+            tables,
+            ops,
+            filter,
+            json,
+        } => watch(&config, &tables, &ops, filter.as_deref(), json).await,
         Command::Sql => {
             print!("{}", sql::install_sql(&config));
             Ok(())
@@ -362,9 +371,15 @@ async fn connect(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
 /// `skor tail`: prints the events `config` captures until SIGINT or
 /// SIGTERM; readable (coloured unless NO_COLOR) on a terminal, the
 /// payloads as JSON lines otherwise.
-async fn watch(config: &Config, tables: &[String], ops: &[Op], json: bool) -> anyhow::Result<()> {
+async fn watch(
+    config: &Config,
+    tables: &[String],
+    ops: &[Op],
+    filter: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
-    let selection = tail::Selection::new(tables, ops)?;
+    let selection = tail::Selection::new(tables, ops, filter)?;
     let stdout = std::io::stdout();
     let terminal = stdout.is_terminal();
     let mut printer = if json || !terminal {

@@ -178,6 +178,35 @@ async fn tail_narrows_by_table_and_operation() {
 }
 
 #[tokio::test]
+async fn tail_narrows_by_a_filter_expression() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let config = config(&db, "[[table]]\nname = \"items\"\n");
+    install(&db, &config).await;
+    let mut tail = Tail::start(&config, &["--filter", r#"data.name == "b""#]).await;
+    db.exec(CHANGES).await;
+    assert_eq!(tail.lines(2).await, change_payloads()[1..].to_vec());
+    tail.quiet().await;
+    tail.interrupt().await;
+
+    let file = config_file(&config);
+    let output = run(&[
+        "--config",
+        file.path().to_str().unwrap(),
+        "tail",
+        "--filter",
+        "data.name ==",
+    ])
+    .await;
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("--filter: "),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
 async fn an_oversized_payload_is_printed_and_left_for_the_daemon() {
     let db = TestDb::new().await;
     db.exec(ITEMS).await;

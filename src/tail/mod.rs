@@ -3,7 +3,8 @@
 //!
 //! Each mode is read its own read-only way (see `notify.rs`, `durable.rs`,
 //! `wal.rs`); every reader hands what it saw to one loop, which narrows it
-//! by `--table`, `--op` and `--filter` and prints it (`print.rs`): coloured
+//! by `--table`, `--op` and `--filter` (a route's filter expression) and
+//! prints it (`print.rs`): coloured
 //! lines on a terminal, the payload exactly as delivered, one per line,
 //! otherwise.
 
@@ -24,6 +25,7 @@ use wildmatch::WildMatch;
 
 use crate::config::{Config, Mode, TableName};
 use crate::daemon::pg_config;
+use crate::filter::Filter;
 
 pub use print::Printer;
 
@@ -38,6 +40,9 @@ pub enum TailError {
     /// A `--table` pattern does not parse.
     #[error("--table {0}")]
     Pattern(String),
+    /// The `--filter` expression does not parse.
+    #[error("--filter: {0}")]
+    Filter(String),
     /// PostgreSQL could not be reached.
     #[error("cannot connect to PostgreSQL: {0}")]
     Connect(String),
@@ -120,18 +125,24 @@ impl TablePattern {
 pub struct Selection {
     tables: Vec<TablePattern>,
     ops: Vec<Op>,
+    filter: Option<Filter>,
 }
 
 impl Selection {
-    /// Events of tables matching one of `tables` (none: any table) and of
-    /// one of `ops` (none: any operation).
-    pub fn new(tables: &[String], ops: &[Op]) -> Result<Self, TailError> {
+    /// Events of tables matching one of `tables` (none: any table), of one
+    /// of `ops` (none: any operation) and, with a `filter`, for which that
+    /// expression (a route's `filter`) is true.
+    pub fn new(tables: &[String], ops: &[Op], filter: Option<&str>) -> Result<Self, TailError> {
         Ok(Self {
             tables: tables
                 .iter()
                 .map(|t| TablePattern::parse(t))
                 .collect::<Result<_, _>>()?,
             ops: ops.to_vec(),
+            filter: filter
+                .map(Filter::parse)
+                .transpose()
+                .map_err(|e| TailError::Filter(e.to_string()))?,
         })
     }
 
@@ -143,6 +154,15 @@ impl Selection {
                 .iter()
                 .any(|t| t.matches(&event.schema, &event.table)))
             && (self.ops.is_empty() || self.ops.contains(&event.op))
+            && self.filter.as_ref().is_none_or(|f| {
+                f.matches(
+                    &event.channel,
+                    &event.schema,
+                    &event.table,
+                    event.op,
+                    &event.payload,
+                )
+            })
     }
 }
 
@@ -280,20 +300,37 @@ mod tests {
 
     #[test]
     fn narrows_by_table_and_op() {
-        let all = Selection::new(&[], &[]).unwrap();
+        let all = Selection::new(&[], &[], None).unwrap();
         assert!(all.wants(&event("public", "orders", Op::Delete)));
         let some = Selection::new(
             &["orders".into(), "billing.*".into()],
             &[Op::Insert, Op::Update],
+            None,
         )
         .unwrap();
         assert!(some.wants(&event("public", "orders", Op::Insert)));
         assert!(some.wants(&event("billing", "invoices", Op::Update)));
         assert!(!some.wants(&event("public", "orders", Op::Delete)));
         assert!(!some.wants(&event("public", "invoices", Op::Insert)));
-        let star = Selection::new(&["*".into()], &[Op::Read]).unwrap();
+        let star = Selection::new(&["*".into()], &[Op::Read], None).unwrap();
         assert!(star.wants(&event("a", "b", Op::Read)));
-        assert!(Selection::new(&["a.".into()], &[]).is_err());
+        assert!(Selection::new(&["a.".into()], &[], None).is_err());
+    }
+
+    #[test]
+    fn narrows_by_filter() {
+        let paid = Selection::new(&[], &[], Some(r#"data.status == "paid""#)).unwrap();
+        let mut e = event("public", "orders", Op::Update);
+        e.payload = Bytes::from_static(
+            br#"{"table" : "orders", "schema" : "public", "op" : "UPDATE", "data" : {"status":"paid"}}"#,
+        );
+        assert!(paid.wants(&e));
+        e.payload = Bytes::from_static(
+            br#"{"table" : "orders", "schema" : "public", "op" : "UPDATE", "data" : {"status":"new"}}"#,
+        );
+        assert!(!paid.wants(&e));
+        let bad = Selection::new(&[], &[], Some("data.status ==")).unwrap_err();
+        assert!(bad.to_string().starts_with("--filter: "), "{bad}");
     }
 
     #[test]
