@@ -102,7 +102,7 @@ impl DurableTail {
             .read(
                 "SELECT id FROM skor.event_log \
                   WHERE id > (SELECT coalesce(max(id), 0) FROM skor.event_log) - $1",
-                &START_WINDOW,
+                &[&START_WINDOW],
             )
             .await
             .map_err(|e| TailError::Connect(describe(&e)))?;
@@ -114,9 +114,12 @@ impl DurableTail {
         Ok(tail)
     }
 
-    /// Runs `sql` (one `bigint` parameter) in a read-only snapshot, with
-    /// the snapshot's bounds.
-    async fn read(&mut self, sql: &str, parameter: &i64) -> Result<Read, tokio_postgres::Error> {
+    /// Runs `sql` in a read-only snapshot, with the snapshot's bounds.
+    async fn read(
+        &mut self,
+        sql: &str,
+        parameters: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Read, tokio_postgres::Error> {
         let transaction = self
             .client
             .build_transaction()
@@ -131,7 +134,7 @@ impl DurableTail {
                 &[],
             )
             .await?;
-        let rows = transaction.query(sql, &[parameter]).await?;
+        let rows = transaction.query(sql, parameters).await?;
         transaction.commit().await?;
         Ok(Read {
             xmin: bounds.get(0),
@@ -169,12 +172,15 @@ impl DurableTail {
 
     /// The events that became visible since the last read, in id order.
     async fn next(&mut self) -> Result<Vec<Event>, TailError> {
+        // What was printed is left out by id, so its payload is not read
+        // again while the floor waits for older transactions.
         const SQL: &str = "\
             SELECT id, channel, schema_name, table_name, op, payload \
-              FROM skor.event_log WHERE id > $1 ORDER BY id";
+              FROM skor.event_log WHERE id > $1 AND NOT (id = ANY ($2)) ORDER BY id";
         let floor = self.floor;
+        let printed: Vec<i64> = self.printed.iter().copied().collect();
         let read = self
-            .read(SQL, &floor)
+            .read(SQL, &[&floor, &printed])
             .await
             .map_err(|e| lost(describe(&e)))?;
         let mut events = Vec::new();
