@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::bin::{config_file, run, signal, skor, stderr};
 use common::wal::WalDb;
-use common::{config, connect, install, TestDb, PATIENCE};
+use common::{config, connect, install, Hook, Running, TestDb, PATIENCE};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -349,15 +349,51 @@ async fn wal_mode_streams_a_temporary_slot_and_leaves_the_daemons_alone() {
         confirmed,
         "the configured slot did not move"
     );
+    only_the_configured_slot_remains(&wal).await;
+}
+
+/// Waits until the temporary slot is gone: PostgreSQL drops it when the
+/// session that made it has ended, a moment after tail exited.
+async fn only_the_configured_slot_remains(wal: &WalDb) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let left = slots(&wal).await;
+        let left = slots(wal).await;
         if left == vec![("skor".to_string(), false)] {
-            break;
+            return;
         }
         assert!(Instant::now() < deadline, "slots left: {left:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn wal_mode_beside_a_running_daemon_prints_what_it_delivers() {
+    let wal = WalDb::start().await;
+    wal.exec(
+        "CREATE TABLE items (id int PRIMARY KEY, name text, at timestamptz, j jsonb, \
+                             tags text[], n numeric)",
+    )
+    .await;
+    let hook = Hook::start().await;
+    let config = wal.hook_config("name = \"items\"", &hook, "");
+    wal.install(&config).await;
+    let skor = Running::start(&config).await;
+    let mut tail = Tail::start(&config, &[]).await;
+    wal.exec(
+        r#"INSERT INTO items VALUES (1, 'a "q"', '2024-01-02 03:04:05+00', '{"k": [1, 2]}', '{x,y}', 1.50);
+           UPDATE items SET name = 'b', n = 'NaN' WHERE id = 1;
+           DELETE FROM items WHERE id = 1;"#,
+    )
+    .await;
+    let delivered: Vec<String> = hook.wait_for(3).await.into_iter().map(|r| r.body).collect();
+    assert_eq!(
+        tail.lines(3).await,
+        delivered,
+        "tail shows what the daemon sends"
+    );
+    tail.interrupt().await;
+    skor.stop().await;
+    only_the_configured_slot_remains(&wal).await;
 }
 
 #[tokio::test]
