@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::bin::{config_file, run, signal, skor, stderr};
 use common::wal::WalDb;
-use common::{config, connect, install, Hook, Running, TestDb, PATIENCE};
+use common::{config, connect, hook_config, install, Hook, Running, TestDb, PATIENCE};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -302,6 +302,42 @@ async fn durable_mode_reads_the_event_log_and_changes_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(leases, 0, "tail takes no lease");
+}
+
+#[tokio::test]
+async fn durable_mode_beside_a_running_daemon_sees_every_retained_event() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let hook = Hook::start().await;
+    let config = format!(
+        "{}\n[durable]\nretention_ms = 600000\n",
+        hook_config(&db, "name = \"items\"\nmode = \"durable\"", &hook, "")
+    );
+    install(&db, &config).await;
+    let skor = Running::start(&config).await;
+    let mut tail = Tail::start(&config, &[]).await;
+    let inserts: String = (1..=20)
+        .map(|id| format!("INSERT INTO items VALUES ({id}, 'n{id}'); "))
+        .collect();
+    db.exec(&inserts).await;
+    let mut delivered: Vec<String> = hook
+        .wait_for(20)
+        .await
+        .into_iter()
+        .map(|r| r.body)
+        .collect();
+    let shown = tail.lines(20).await;
+    let expected: Vec<String> = (1..=20)
+        .map(|id| payload("INSERT", &format!(r#"{{"id":{id},"name":"n{id}"}}"#)))
+        .collect();
+    assert_eq!(shown, expected, "in commit order");
+    delivered.sort_by_key(|p| common::row_id(p));
+    assert_eq!(
+        delivered, expected,
+        "the daemon delivered every one, tail took none"
+    );
+    tail.interrupt().await;
+    skor.stop().await;
 }
 
 /// The replication slots of the wal server: (name, temporary).
