@@ -30,6 +30,13 @@ struct Tail {
 impl Tail {
     /// Starts `skor --config CONFIG tail ARGS` and waits until it watches.
     async fn start(config: &str, args: &[&str]) -> Self {
+        let tail = Self::spawn(config, args);
+        tail.wait_log("tail: watching").await;
+        tail
+    }
+
+    /// Starts `skor --config CONFIG tail ARGS`.
+    fn spawn(config: &str, args: &[&str]) -> Self {
         let file = config_file(config);
         let mut child = skor()
             .args(["--config", file.path().to_str().unwrap(), "tail"])
@@ -54,14 +61,12 @@ impl Tail {
                 log.push('\n');
             }
         });
-        let tail = Self {
+        Self {
             child,
             lines,
             log,
             _config: file,
-        };
-        tail.wait_log("tail: watching").await;
-        tail
+        }
     }
 
     fn log(&self) -> String {
@@ -430,6 +435,30 @@ async fn wal_mode_beside_a_running_daemon_prints_what_it_delivers() {
     tail.interrupt().await;
     skor.stop().await;
     only_the_configured_slot_remains(&wal).await;
+}
+
+#[tokio::test]
+async fn ctrl_c_while_the_slot_waits_for_a_transaction_leaves_no_slot() {
+    let wal = WalDb::start().await;
+    wal.exec(ITEMS).await;
+    let config = wal.config("[[table]]\nname = \"items\"\n");
+    wal.install(&config).await;
+    // A running transaction with an xid: creating a slot waits for it.
+    let open = connect(&wal.dsn()).await;
+    open.batch_execute("BEGIN; INSERT INTO items VALUES (1, 'a')")
+        .await
+        .unwrap();
+    let tail = Tail::spawn(&config, &[]);
+    tail.wait_log("creating a temporary replication slot").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = tail.interrupt().await;
+    assert!(!log.contains("tail: watching"), "{log}");
+    assert!(
+        log.contains("ended the session creating the temporary slot"),
+        "{log}"
+    );
+    only_the_configured_slot_remains(&wal).await;
+    open.batch_execute("COMMIT").await.unwrap();
 }
 
 #[tokio::test]

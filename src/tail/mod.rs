@@ -26,6 +26,7 @@ use wildmatch::WildMatch;
 use crate::config::{Config, Mode, TableName};
 use crate::daemon::pg_config;
 use crate::filter::Filter;
+use crate::postgres::Postgres;
 
 pub use print::Printer;
 
@@ -196,8 +197,34 @@ impl Reader {
     }
 }
 
+/// Connects a reader for every mode `config` captures in; wal mode's
+/// temporary slot is named `slot`.
+async fn open(pg: &Postgres, config: &Config, slot: &str) -> Result<Vec<Reader>, TailError> {
+    let mut readers = Vec::new();
+    let channels = config.notify_channels();
+    if !channels.is_empty() {
+        readers.push(Reader::Notify(
+            notify::NotifyTail::open(pg, &channels).await?,
+        ));
+    }
+    if uses_mode(config, Mode::Durable) {
+        readers.push(Reader::Durable(
+            durable::DurableTail::open(pg, config).await?,
+        ));
+    }
+    if config.uses_wal() {
+        readers.push(Reader::Wal(Box::new(
+            wal::WalTail::open(pg, config, slot).await?,
+        )));
+    }
+    if readers.is_empty() {
+        return Err(TailError::Nothing);
+    }
+    Ok(readers)
+}
+
 /// Watches every mode `config` captures in and prints what `selection`
-/// wants on `out` until `shutdown`; returns an error if a reader cannot
+/// wants with `printer` until `shutdown`; returns an error if a reader cannot
 /// start or stops on its own.
 pub async fn run(
     config: &Config,
@@ -208,26 +235,18 @@ pub async fn run(
     let pg = pg_config(config)
         .map_err(|e| TailError::Connect(format!("source.dsn: {e}")))?
         .named("skor tail");
-    let mut readers = Vec::new();
-    let channels = config.notify_channels();
-    if !channels.is_empty() {
-        readers.push(Reader::Notify(
-            notify::NotifyTail::open(&pg, &channels).await?,
-        ));
-    }
-    if uses_mode(config, Mode::Durable) {
-        readers.push(Reader::Durable(
-            durable::DurableTail::open(&pg, config).await?,
-        ));
-    }
-    if config.uses_wal() {
-        readers.push(Reader::Wal(Box::new(
-            wal::WalTail::open(&pg, config).await?,
-        )));
-    }
-    if readers.is_empty() {
-        return Err(TailError::Nothing);
-    }
+    let slot = wal::slot_name();
+    // Opening may wait (a temporary slot waits for running transactions):
+    // Ctrl-C ends it too, and whatever was opened closes with it.
+    let readers = tokio::select! {
+        () = shutdown.cancelled() => {
+            if config.uses_wal() {
+                wal::abandon(&pg, &slot).await;
+            }
+            return Ok(());
+        }
+        readers = open(&pg, config, &slot) => readers?,
+    };
     let modes: Vec<&str> = readers
         .iter()
         .map(|r| match r {

@@ -38,7 +38,7 @@ pub struct WalTail {
 impl WalTail {
     /// Checks the server and the publication, creates the temporary slot
     /// and starts streaming from it.
-    pub async fn open(pg: &Postgres, config: &Config) -> Result<Self, TailError> {
+    pub async fn open(pg: &Postgres, config: &Config, slot: &str) -> Result<Self, TailError> {
         let publication = &config.source.publication;
         let (catalog, connection) = pg
             .connect()
@@ -74,7 +74,7 @@ impl WalTail {
                     .into(),
             ));
         }
-        let slot = format!("skor_tail_{}_{:08x}", std::process::id(), random());
+        let slot = slot.to_string();
         let status = Duration::from_millis(config.source.wal_status_interval_ms);
         let Replication {
             config: settings,
@@ -238,6 +238,34 @@ impl WalTail {
             .await
             .ok()
             .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+/// A temporary slot's name for this run: `skor_tail_<pid>_<random>`.
+pub fn slot_name() -> String {
+    format!("skor_tail_{}_{:08x}", std::process::id(), random())
+}
+
+/// Ends the session still creating `slot` (Ctrl-C while it waited for
+/// running transactions). Its server process waits on their locks, not on
+/// the socket, so it would otherwise notice that tail is gone, and drop
+/// the slot, only once they end.
+pub async fn abandon(pg: &Postgres, slot: &str) {
+    const SQL: &str = "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                        WHERE slot_name = $1 AND temporary AND active_pid IS NOT NULL";
+    let Ok((client, connection)) = pg.connect().await else {
+        return;
+    };
+    tokio::spawn(connection);
+    match tokio::time::timeout(STOP_PATIENCE, client.query(SQL, &[&slot])).await {
+        Ok(Ok(rows)) if !rows.is_empty() => {
+            info!(%slot, "ended the session creating the temporary slot");
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => warn!(%slot, error = %describe(&error),
+                                "cannot end the session creating the temporary slot; \
+                                 PostgreSQL drops it once the transactions it waits for end"),
+        Err(_) => warn!(%slot, "no answer while ending the session creating the temporary slot"),
     }
 }
 
