@@ -1,4 +1,4 @@
-//! The command line: `skor --config FILE [run|install|uninstall|sql|check]`,
+//! The command line: `skor --config FILE [run|install|uninstall|sql|check|tail|...]`,
 //! and the original `skor DSN WEBHOOK_URL [LOG_LEVEL]`.
 
 use std::path::PathBuf;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
+use skor_sink_api::Op;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -13,7 +14,6 @@ use crate::config::Config;
 use crate::daemon::{pg_config, target, Daemon};
 use crate::logging::{self, LogFormat};
 use crate::{dead_letters, oversized, sql, tail};
-use skor_sink_api::Op;
 
 /// skor: sends PostgreSQL row changes to webhooks and message brokers.
 #[derive(Debug, Parser)]

@@ -152,6 +152,43 @@ async fn notify_mode_prints_every_payload_as_delivered() {
 }
 
 #[tokio::test]
+async fn tail_ends_when_its_reader_does() {
+    // `skor tail | head -1`: once head has exited, the next event ends tail.
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let config = config(&db, "[[table]]\nname = \"items\"\n");
+    install(&db, &config).await;
+    let file = config_file(&config);
+    let mut child = skor()
+        .args(["--config", file.path().to_str().unwrap(), "tail"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = async {
+        loop {
+            db.exec("INSERT INTO items VALUES (1, 'a') ON CONFLICT DO NOTHING")
+                .await;
+            if let Ok(line) =
+                tokio::time::timeout(Duration::from_millis(200), stdout.next_line()).await
+            {
+                return line.unwrap().unwrap();
+            }
+            db.exec("DELETE FROM items").await;
+        }
+    };
+    let first = tokio::time::timeout(PATIENCE, first).await.expect("a line");
+    assert!(first.contains(r#""table" : "items""#), "{first}");
+    drop(stdout);
+    db.exec("UPDATE items SET name = 'b'").await;
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("tail exits once nobody reads")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
 async fn tail_narrows_by_table_and_operation() {
     let db = TestDb::new().await;
     db.exec(&format!("{ITEMS}; CREATE TABLE other (id int PRIMARY KEY)"))

@@ -265,15 +265,18 @@ pub async fn run(
     let mut failure = None;
     loop {
         tokio::select! {
-            note = seen.recv() => match note {
-                Some(Seen::Event(event)) => {
-                    if selection.wants(&event) {
-                        printer.event(&event);
-                    }
+            note = seen.recv() => {
+                let open = match note {
+                    Some(Seen::Event(event)) => !selection.wants(&event) || printer.event(&event),
+                    Some(Seen::Gone { id, channel }) => printer.gone(id, &channel),
+                    None => break,
+                };
+                if !open {
+                    // Whoever read the output is gone.
+                    shutdown.cancel();
+                    break;
                 }
-                Some(Seen::Gone { id, channel }) => printer.gone(id, &channel),
-                None => break,
-            },
+            }
             Some(ended) = tasks.join_next() => {
                 if let Ok(Err(error)) = ended {
                     failure.get_or_insert(error);

@@ -38,9 +38,9 @@ impl<W: Write> Printer<W> {
         }
     }
 
-    /// Prints `event`; a closed output (`skor tail | head`) is not an error
-    /// worth a word.
-    pub fn event(&mut self, event: &Event) {
+    /// Prints `event`; `false` once the output is closed (`skor tail |
+    /// head` after head exited), which ends tail.
+    pub fn event(&mut self, event: &Event) -> bool {
         let line = if self.readable {
             self.line(event).into_bytes()
         } else {
@@ -48,11 +48,23 @@ impl<W: Write> Printer<W> {
             line.push(b'\n');
             line
         };
-        let _ = self.out.write_all(&line).and_then(|()| self.out.flush());
+        self.write(&line)
     }
 
-    /// Says that an oversized payload was gone before tail could read it.
-    pub fn gone(&mut self, id: i64, channel: &str) {
+    fn write(&mut self, line: &[u8]) -> bool {
+        match self.out.write_all(line).and_then(|()| self.out.flush()) {
+            Ok(()) => true,
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => false,
+            Err(error) => {
+                warn!(%error, "cannot write to standard output");
+                true
+            }
+        }
+    }
+
+    /// Says that an oversized payload was gone before tail could read it;
+    /// `false` once the output is closed.
+    pub fn gone(&mut self, id: i64, channel: &str) -> bool {
         let text = format!(
             "oversized payload {id} on channel {channel} is gone: the running daemon took it \
              before tail could read it"
@@ -60,13 +72,11 @@ impl<W: Write> Printer<W> {
         if self.readable {
             let dim = Style::new().dimmed();
             let line = format!("{}\n", self.paint(dim, &format!("({text})")));
-            let _ = self
-                .out
-                .write_all(line.as_bytes())
-                .and_then(|()| self.out.flush());
+            self.write(line.as_bytes())
         } else {
             // Standard output carries only payloads.
             warn!(id, channel, "{text}");
+            true
         }
     }
 
