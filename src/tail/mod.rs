@@ -39,7 +39,7 @@ const STOP_PATIENCE: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
     /// A `--table` pattern does not parse.
-    #[error("--table {0}")]
+    #[error("--table: {0}")]
     Pattern(String),
     /// The `--filter` expression does not parse.
     #[error("--filter: {0}")]
