@@ -1,4 +1,4 @@
-//! The command line: `skor --config FILE [run|install|uninstall|sql|check]`,
+//! The command line: `skor --config FILE [run|install|uninstall|sql|check|tail|...]`,
 //! and the original `skor DSN WEBHOOK_URL [LOG_LEVEL]`.
 
 use std::path::PathBuf;
@@ -6,13 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
+use skor_sink_api::Op;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::config::Config;
 use crate::daemon::{pg_config, target, Daemon};
 use crate::logging::{self, LogFormat};
-use crate::{backfill, dead_letters, oversized, sql};
+use crate::{backfill, dead_letters, oversized, sql, tail};
 
 /// skor: sends PostgreSQL row changes to webhooks and message brokers.
 #[derive(Debug, Parser)]
@@ -85,6 +86,25 @@ pub enum Command {
     /// heard: list, deliver or drop them.
     #[command(subcommand)]
     Oversized(Oversized),
+    /// Show the events the config captures as they happen, without
+    /// delivering them and without touching the event log or the slot.
+    Tail {
+        /// Only tables matching this pattern (`public.orders`, `billing.*`,
+        /// `*`); repeat for several.
+        #[arg(long = "table", value_name = "PATTERN")]
+        tables: Vec<String>,
+        /// Only this operation (INSERT, UPDATE, DELETE, READ); repeat for
+        /// several.
+        #[arg(long = "op", value_name = "OP", value_parser = tail::parse_op)]
+        ops: Vec<Op>,
+        /// Only events for which this expression is true, in the language
+        /// of a route's `filter` (`data.status == "paid"`).
+        #[arg(long, value_name = "EXPR")]
+        filter: Option<String>,
+        /// Print the payloads as JSON lines even on a terminal.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `skor oversized` actions.
@@ -132,7 +152,7 @@ pub enum DeadLetters {
     },
 }
 
-const COMMANDS: [&str; 9] = [
+const COMMANDS: [&str; 10] = [
     "run",
     "backfill",
     "install",
@@ -141,6 +161,7 @@ const COMMANDS: [&str; 9] = [
     "check",
     "dead-letters",
     "oversized",
+    "tail",
     "help",
 ];
 
@@ -343,6 +364,12 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Tail {
+            tables,
+            ops,
+            filter,
+            json,
+        } => watch(&config, &tables, &ops, filter.as_deref(), json).await,
         Command::Sql => {
             print!("{}", sql::install_sql(&config));
             Ok(())
@@ -393,6 +420,36 @@ async fn connect(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
         .map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
     tokio::spawn(connection);
     Ok(client)
+}
+
+/// `skor tail`: prints the events `config` captures until SIGINT or
+/// SIGTERM; readable (coloured unless NO_COLOR) on a terminal, the
+/// payloads as JSON lines otherwise.
+async fn watch(
+    config: &Config,
+    tables: &[String],
+    ops: &[Op],
+    filter: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let selection = tail::Selection::new(tables, ops, filter)?;
+    let stdout = std::io::stdout();
+    let terminal = stdout.is_terminal();
+    let mut printer = if json || !terminal {
+        tail::Printer::json(stdout.lock())
+    } else {
+        let colour = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        tail::Printer::readable(stdout.lock(), colour)
+    };
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        trigger.cancel();
+    });
+    tail::run(config, &selection, &mut printer, shutdown).await?;
+    Ok(())
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.

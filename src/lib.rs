@@ -27,6 +27,7 @@ pub mod sinks;
 pub mod source;
 pub mod sql;
 pub mod stats;
+pub mod tail;
 pub mod worker;
 
 pub use config::Config;

@@ -1,0 +1,364 @@
+//! `skor tail`: a live view of the events the config captures, for a person
+//! at a terminal, without sinks and without touching what the daemon owns.
+//!
+//! Each mode is read its own read-only way (see `notify.rs`, `durable.rs`,
+//! `wal.rs`); every reader hands what it saw to one loop, which narrows it
+//! by `--table`, `--op` and `--filter` (a route's filter expression) and
+//! prints it (`print.rs`): coloured
+//! lines on a terminal, the payload exactly as delivered, one per line,
+//! otherwise.
+
+mod durable;
+mod notify;
+mod print;
+mod wal;
+
+use std::io::Write;
+use std::time::Duration;
+
+use skor_sink_api::{Bytes, Op};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use wildmatch::WildMatch;
+
+use crate::config::{Config, Mode, TableName};
+use crate::daemon::pg_config;
+use crate::filter::Filter;
+use crate::postgres::Postgres;
+
+pub use print::Printer;
+
+/// How many seen events may wait for the printer before readers wait.
+const QUEUE: usize = 1024;
+/// How long a reader may take to let go at Ctrl-C.
+const STOP_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Why `skor tail` could not start or stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// A `--table` pattern does not parse.
+    #[error("--table: {0}")]
+    Pattern(String),
+    /// The `--filter` expression does not parse.
+    #[error("--filter: {0}")]
+    Filter(String),
+    /// PostgreSQL could not be reached.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(String),
+    /// Something `skor install` sets up is missing.
+    #[error("{0}")]
+    Setup(String),
+    /// A connection was lost or a statement failed while watching.
+    #[error("{mode} mode: {message}")]
+    Lost {
+        /// The mode whose reader stopped.
+        mode: &'static str,
+        /// What happened.
+        message: String,
+    },
+    /// The config captures nothing.
+    #[error("the config captures nothing to watch")]
+    Nothing,
+}
+
+/// Something a reader saw.
+#[derive(Debug)]
+pub enum Seen {
+    /// An event, as the daemon would deliver it.
+    Event(Event),
+    /// A notify-mode oversized payload that was gone when tail looked: the
+    /// daemon fetched (and deleted) it first.
+    Gone {
+        /// Its id in `skor.oversized_payload`.
+        id: i64,
+        /// The channel it was notified on.
+        channel: String,
+    },
+}
+
+/// One event and its routing fields.
+#[derive(Debug)]
+pub struct Event {
+    /// The channel its table is configured with.
+    pub channel: String,
+    /// Schema of the changed table.
+    pub schema: String,
+    /// Name of the changed table.
+    pub table: String,
+    /// What happened.
+    pub op: Op,
+    /// The payload, byte for byte as the sinks get it.
+    pub payload: Bytes,
+}
+
+/// A `schema.table` pattern as routes have them; `*` matches any run of
+/// characters.
+#[derive(Debug)]
+struct TablePattern {
+    schema: WildMatch,
+    table: WildMatch,
+}
+
+impl TablePattern {
+    fn parse(pattern: &str) -> Result<Self, TailError> {
+        if pattern == "*" {
+            return Ok(Self {
+                schema: WildMatch::new("*"),
+                table: WildMatch::new("*"),
+            });
+        }
+        let name = TableName::parse(pattern).map_err(TailError::Pattern)?;
+        Ok(Self {
+            schema: WildMatch::new(&name.schema),
+            table: WildMatch::new(&name.name),
+        })
+    }
+
+    fn matches(&self, schema: &str, table: &str) -> bool {
+        self.schema.matches(schema) && self.table.matches(table)
+    }
+}
+
+/// Which events to show: every one unless narrowed.
+#[derive(Debug, Default)]
+pub struct Selection {
+    tables: Vec<TablePattern>,
+    ops: Vec<Op>,
+    filter: Option<Filter>,
+}
+
+impl Selection {
+    /// Events of tables matching one of `tables` (none: any table), of one
+    /// of `ops` (none: any operation) and, with a `filter`, for which that
+    /// expression (a route's `filter`) is true.
+    pub fn new(tables: &[String], ops: &[Op], filter: Option<&str>) -> Result<Self, TailError> {
+        Ok(Self {
+            tables: tables
+                .iter()
+                .map(|t| TablePattern::parse(t))
+                .collect::<Result<_, _>>()?,
+            ops: ops.to_vec(),
+            filter: filter
+                .map(Filter::parse)
+                .transpose()
+                .map_err(|e| TailError::Filter(e.to_string()))?,
+        })
+    }
+
+    /// Whether `event` is one to show.
+    pub fn wants(&self, event: &Event) -> bool {
+        (self.tables.is_empty()
+            || self
+                .tables
+                .iter()
+                .any(|t| t.matches(&event.schema, &event.table)))
+            && (self.ops.is_empty() || self.ops.contains(&event.op))
+            && self.filter.as_ref().is_none_or(|f| {
+                f.matches(
+                    &event.channel,
+                    &event.schema,
+                    &event.table,
+                    event.op,
+                    &event.payload,
+                )
+            })
+    }
+}
+
+/// Whether some table (or, with none configured, the source) captures in
+/// `mode`.
+fn uses_mode(config: &Config, mode: Mode) -> bool {
+    if config.tables.is_empty() {
+        return config.source.mode == mode;
+    }
+    config.tables.iter().any(|t| config.table_mode(t) == mode)
+}
+
+/// One mode's reader, connected and ready.
+enum Reader {
+    Notify(notify::NotifyTail),
+    Durable(durable::DurableTail),
+    Wal(Box<wal::WalTail>),
+}
+
+impl Reader {
+    async fn run(
+        self,
+        seen: mpsc::Sender<Seen>,
+        shutdown: CancellationToken,
+    ) -> Result<(), TailError> {
+        match self {
+            Reader::Notify(reader) => reader.run(seen, shutdown).await,
+            Reader::Durable(reader) => reader.run(seen, shutdown).await,
+            Reader::Wal(reader) => reader.run(seen, shutdown).await,
+        }
+    }
+}
+
+/// Connects a reader for every mode `config` captures in; wal mode's
+/// temporary slot is named `slot`.
+async fn open(pg: &Postgres, config: &Config, slot: &str) -> Result<Vec<Reader>, TailError> {
+    let mut readers = Vec::new();
+    let channels = config.notify_channels();
+    if !channels.is_empty() {
+        readers.push(Reader::Notify(
+            notify::NotifyTail::open(pg, &channels).await?,
+        ));
+    }
+    if uses_mode(config, Mode::Durable) {
+        readers.push(Reader::Durable(
+            durable::DurableTail::open(pg, config).await?,
+        ));
+    }
+    if config.uses_wal() {
+        readers.push(Reader::Wal(Box::new(
+            wal::WalTail::open(pg, config, slot).await?,
+        )));
+    }
+    if readers.is_empty() {
+        return Err(TailError::Nothing);
+    }
+    Ok(readers)
+}
+
+/// Watches every mode `config` captures in and prints what `selection`
+/// wants with `printer` until `shutdown`; returns an error if a reader cannot
+/// start or stops on its own.
+pub async fn run(
+    config: &Config,
+    selection: &Selection,
+    printer: &mut Printer<impl Write>,
+    shutdown: CancellationToken,
+) -> Result<(), TailError> {
+    let pg = pg_config(config)
+        .map_err(|e| TailError::Connect(format!("source.dsn: {e}")))?
+        .named("skor tail");
+    let slot = wal::slot_name();
+    // Opening may wait (a temporary slot waits for running transactions):
+    // Ctrl-C ends it too, and whatever was opened closes with it.
+    let readers = tokio::select! {
+        () = shutdown.cancelled() => {
+            if config.uses_wal() {
+                wal::abandon(&pg, &slot).await;
+            }
+            return Ok(());
+        }
+        readers = open(&pg, config, &slot) => readers?,
+    };
+    let modes: Vec<&str> = readers
+        .iter()
+        .map(|r| match r {
+            Reader::Notify(_) => "notify",
+            Reader::Durable(_) => "durable",
+            Reader::Wal(_) => "wal",
+        })
+        .collect();
+    info!(modes = ?modes, "tail: watching; Ctrl-C ends");
+    let (sender, mut seen) = mpsc::channel(QUEUE);
+    let mut tasks = JoinSet::new();
+    for reader in readers {
+        tasks.spawn(reader.run(sender.clone(), shutdown.clone()));
+    }
+    drop(sender);
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            note = seen.recv() => {
+                let open = match note {
+                    Some(Seen::Event(event)) => !selection.wants(&event) || printer.event(&event),
+                    Some(Seen::Gone { id, channel }) => printer.gone(id, &channel),
+                    None => break,
+                };
+                if !open {
+                    // Whoever read the output is gone.
+                    shutdown.cancel();
+                    break;
+                }
+            }
+            Some(ended) = tasks.join_next() => {
+                if let Ok(Err(error)) = ended {
+                    failure.get_or_insert(error);
+                    shutdown.cancel();
+                }
+            }
+        }
+    }
+    // The readers have all let go of their sender: they are ending.
+    let _ = tokio::time::timeout(STOP_PATIENCE, async {
+        while let Some(ended) = tasks.join_next().await {
+            if let Ok(Err(error)) = ended {
+                failure.get_or_insert(error);
+            }
+        }
+    })
+    .await;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Parses `--op`: INSERT, UPDATE, DELETE or READ, any case.
+pub fn parse_op(text: &str) -> Result<Op, String> {
+    Op::parse(&text.to_ascii_uppercase())
+        .ok_or_else(|| format!("expected INSERT, UPDATE, DELETE or READ, got \"{text}\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(schema: &str, table: &str, op: Op) -> Event {
+        Event {
+            channel: "skor".into(),
+            schema: schema.into(),
+            table: table.into(),
+            op,
+            payload: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn narrows_by_table_and_op() {
+        let all = Selection::new(&[], &[], None).unwrap();
+        assert!(all.wants(&event("public", "orders", Op::Delete)));
+        let some = Selection::new(
+            &["orders".into(), "billing.*".into()],
+            &[Op::Insert, Op::Update],
+            None,
+        )
+        .unwrap();
+        assert!(some.wants(&event("public", "orders", Op::Insert)));
+        assert!(some.wants(&event("billing", "invoices", Op::Update)));
+        assert!(!some.wants(&event("public", "orders", Op::Delete)));
+        assert!(!some.wants(&event("public", "invoices", Op::Insert)));
+        let star = Selection::new(&["*".into()], &[Op::Read], None).unwrap();
+        assert!(star.wants(&event("a", "b", Op::Read)));
+        assert!(Selection::new(&["a.".into()], &[], None).is_err());
+    }
+
+    #[test]
+    fn narrows_by_filter() {
+        let paid = Selection::new(&[], &[], Some(r#"data.status == "paid""#)).unwrap();
+        let mut e = event("public", "orders", Op::Update);
+        e.payload = Bytes::from_static(
+            br#"{"table" : "orders", "schema" : "public", "op" : "UPDATE", "data" : {"status":"paid"}}"#,
+        );
+        assert!(paid.wants(&e));
+        e.payload = Bytes::from_static(
+            br#"{"table" : "orders", "schema" : "public", "op" : "UPDATE", "data" : {"status":"new"}}"#,
+        );
+        assert!(!paid.wants(&e));
+        let bad = Selection::new(&[], &[], Some("data.status ==")).unwrap_err();
+        assert!(bad.to_string().starts_with("--filter: "), "{bad}");
+    }
+
+    #[test]
+    fn parses_ops_in_any_case() {
+        assert_eq!(parse_op("insert"), Ok(Op::Insert));
+        assert_eq!(parse_op("READ"), Ok(Op::Read));
+        assert!(parse_op("TRUNCATE").is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! `skor tail` in wal mode: a TEMPORARY logical replication slot of its
+//! own on the configured publication, created on the replication session
+//! that then reads it, so PostgreSQL drops it when that session ends
+//! (Ctrl-C, a crash, a lost connection). The configured slot is never
+//! read, held or moved: the daemon goes on streaming from it. Changes are
+//! decoded and rendered by wal mode's own code (`source::wal`), so tail
+//! prints the payloads the daemon sends, byte for byte, from the moment
+//! the slot is created on.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use skor_sink_api::Op;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Event, Seen, TailError, STOP_PATIENCE};
+use crate::config::Config;
+use crate::postgres::{describe, Postgres, Replication, TlsBridge};
+use crate::source::wal::pgoutput::{self, Change, OldTuple, Relation};
+use crate::source::wal::relations::{Meta, Rules, Table};
+use crate::source::wal::render::{builtin_kind, resolve_kinds, Kind};
+
+/// Reading a temporary slot.
+pub struct WalTail {
+    client: ReplicationClient,
+    /// Kept while the session lives, when the DSN asks for TLS.
+    _bridge: Option<TlsBridge>,
+    /// For column types and primary keys.
+    catalog: tokio_postgres::Client,
+    rules: Rules,
+    tables: HashMap<u32, Table>,
+    slot: String,
+    /// The current transaction as its BEGIN describes it, for `metadata`.
+    transaction: Meta,
+    /// The last change's WAL position and how many changes shared it, for
+    /// the event ids the daemon gives (see the wal source).
+    last_change: (u64, i64),
+}
+
+impl WalTail {
+    /// Checks the server and the publication, creates the temporary slot
+    /// and starts streaming from it.
+    pub async fn open(pg: &Postgres, config: &Config, slot: &str) -> Result<Self, TailError> {
+        let publication = &config.source.publication;
+        let (catalog, connection) = pg
+            .connect()
+            .await
+            .map_err(|e| TailError::Connect(e.to_string()))?;
+        tokio::spawn(connection);
+        let row = catalog
+            .query_one(
+                "SELECT current_setting('wal_level'), \
+                        EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1), \
+                        (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)",
+                &[publication],
+            )
+            .await
+            .map_err(|e| TailError::Connect(describe(&e)))?;
+        let (level, published, replication): (String, bool, Option<bool>) =
+            (row.get(0), row.get(1), row.get(2));
+        if level != "logical" {
+            return Err(TailError::Setup(format!(
+                "wal mode: wal_level is {level}, wal mode needs logical: {}",
+                crate::publication::WAL_LEVEL_HOWTO
+            )));
+        }
+        if !published {
+            return Err(TailError::Setup(format!(
+                "wal mode: publication \"{publication}\" does not exist: run `skor install` first"
+            )));
+        }
+        if replication != Some(true) {
+            return Err(TailError::Setup(
+                "wal mode: the role has no REPLICATION attribute, which reading a replication \
+                 slot needs"
+                    .into(),
+            ));
+        }
+        let slot = slot.to_string();
+        let status = Duration::from_millis(config.source.wal_status_interval_ms);
+        let Replication {
+            config: settings,
+            bridge,
+        } = pg
+            .replication(&slot, publication, status)
+            .map_err(TailError::Connect)?;
+        let settings = settings.with_application_name("skor tail");
+        let mut client = ReplicationClient::connect_gated(settings)
+            .await
+            .map_err(|e| TailError::Connect(e.to_string()))?;
+        info!(%slot, "wal mode: creating a temporary replication slot (PostgreSQL waits for the \
+                      transactions running now to end)");
+        // TEMPORARY: it belongs to this session and goes with it.
+        client
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT"
+            ))
+            .await
+            .map_err(|e| {
+                TailError::Setup(format!("wal mode: cannot create a temporary slot: {e}"))
+            })?;
+        client
+            .start()
+            .await
+            .map_err(|e| TailError::Connect(e.to_string()))?;
+        client
+            .wait_started()
+            .await
+            .map_err(|e| TailError::Connect(format!("wal mode: {e}")))?;
+        Ok(Self {
+            client,
+            _bridge: bridge,
+            catalog,
+            rules: Rules::new(config),
+            tables: HashMap::new(),
+            slot,
+            transaction: Meta::default(),
+            last_change: (0, 0),
+        })
+    }
+
+    /// Hands every captured change on until `shutdown`, then ends the
+    /// session, which drops the slot.
+    pub async fn run(
+        mut self,
+        seen: mpsc::Sender<Seen>,
+        shutdown: CancellationToken,
+    ) -> Result<(), TailError> {
+        let result = loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                event = self.client.recv() => event,
+            };
+            let event = match event {
+                Ok(Some(event)) => event,
+                Ok(None) => break Err(lost("the server ended the stream".into())),
+                Err(error) => break Err(lost(error.to_string())),
+            };
+            match event {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => {
+                    self.transaction = Meta {
+                        event_id: 0,
+                        xid,
+                        commit_time: commit_time_micros,
+                        lsn: final_lsn.as_u64(),
+                    };
+                }
+                ReplicationEvent::XLogData {
+                    wal_start, data, ..
+                } => {
+                    let change = match pgoutput::decode(&data) {
+                        Ok(change) => change,
+                        Err(e) => break Err(lost(format!("cannot decode the stream: {e}"))),
+                    };
+                    if let Some(event) = self.on_change(wal_start.as_u64(), change).await {
+                        if seen.send(Seen::Event(event)).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                }
+                // The slot is tail's own: moving it on keeps only the WAL
+                // tail has not read yet.
+                ReplicationEvent::Commit { end_lsn, .. } => self.client.update_applied_lsn(end_lsn),
+                _ => {}
+            }
+        };
+        match tokio::time::timeout(STOP_PATIENCE, self.client.shutdown()).await {
+            Ok(Ok(())) => debug!(slot = %self.slot, "temporary slot released"),
+            Ok(Err(error)) => debug!(%error, "replication stream closed"),
+            Err(_) => self.client.abort(),
+        }
+        result
+    }
+
+    async fn on_change(&mut self, position: u64, change: Change) -> Option<Event> {
+        let (relation, op, row, old) = match change {
+            Change::Relation(relation) => {
+                let kinds = self.kinds(&relation).await;
+                let primary = self.primary_key(&relation).await;
+                let table = Table::new(&relation, kinds, primary.as_deref(), &self.rules);
+                self.tables.insert(relation.id, table);
+                return None;
+            }
+            Change::Insert { relation, new } => (relation, Op::Insert, new, None),
+            Change::Update { relation, old, new } => (relation, Op::Update, new, old),
+            Change::Delete { relation, old } => {
+                let row = match &old {
+                    OldTuple::Key(row) | OldTuple::Full(row) => pgoutput::Tuple(row.0.clone()),
+                };
+                (relation, Op::Delete, row, Some(old))
+            }
+            Change::Truncate { .. } | Change::Ignored(_) => return None,
+        };
+        self.last_change = if self.last_change.0 == position {
+            (position, self.last_change.1 + 1)
+        } else {
+            (position, 0)
+        };
+        let Some(table) = self.tables.get(&relation) else {
+            warn!(
+                relation,
+                "a change of a relation the stream did not describe; skipped"
+            );
+            return None;
+        };
+        if !table.captures(op) {
+            return None;
+        }
+        let channel = table.rule.as_ref()?.channel.to_string();
+        let meta = Meta {
+            event_id: position as i64 + self.last_change.1,
+            ..self.transaction
+        };
+        let rendered = table.render(op, &row, old.as_ref(), &meta);
+        Some(Event {
+            channel,
+            schema: table.schema.clone(),
+            table: table.name.clone(),
+            op,
+            payload: rendered.payload,
+        })
+    }
+
+    /// The JSON kind of each column, as wal mode finds it.
+    async fn kinds(&self, relation: &Relation) -> Vec<Kind> {
+        let unknown: Vec<u32> = relation
+            .columns
+            .iter()
+            .filter(|c| builtin_kind(c.type_oid).is_none())
+            .map(|c| c.type_oid)
+            .collect();
+        let mut resolved = HashMap::new();
+        if !unknown.is_empty() {
+            match resolve_kinds(&self.catalog, &unknown).await {
+                Ok(kinds) => resolved = kinds,
+                Err(error) => warn!(error = %describe(&error), table = %relation.name,
+                                    "cannot read column types; their values show as strings"),
+            }
+        }
+        relation
+            .columns
+            .iter()
+            .map(|c| {
+                builtin_kind(c.type_oid)
+                    .or_else(|| resolved.get(&c.type_oid).cloned())
+                    .unwrap_or(Kind::Text)
+            })
+            .collect()
+    }
+
+    /// The primary key's columns (empty: none); `None` when unreadable.
+    async fn primary_key(&self, relation: &Relation) -> Option<Vec<String>> {
+        self.catalog
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                  WHERE i.indrelid = $1 AND i.indisprimary \
+                  ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                &[&relation.id],
+            )
+            .await
+            .ok()
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+/// A temporary slot's name for this run: `skor_tail_<pid>_<random>`.
+pub fn slot_name() -> String {
+    format!("skor_tail_{}_{:08x}", std::process::id(), random())
+}
+
+/// Ends the session still creating `slot` (Ctrl-C while it waited for
+/// running transactions). Its server process waits on their locks, not on
+/// the socket, so it would otherwise notice that tail is gone, and drop
+/// the slot, only once they end.
+pub async fn abandon(pg: &Postgres, slot: &str) {
+    const SQL: &str = "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                        WHERE slot_name = $1 AND temporary AND active_pid IS NOT NULL";
+    let Ok((client, connection)) = pg.connect().await else {
+        return;
+    };
+    tokio::spawn(connection);
+    match tokio::time::timeout(STOP_PATIENCE, client.query(SQL, &[&slot])).await {
+        Ok(Ok(rows)) if !rows.is_empty() => {
+            info!(%slot, "ended the session creating the temporary slot");
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => warn!(%slot, error = %describe(&error),
+                                "cannot end the session creating the temporary slot; \
+                                 PostgreSQL drops it once the transactions it waits for end"),
+        Err(_) => warn!(%slot, "no answer while ending the session creating the temporary slot"),
+    }
+}
+
+fn lost(message: String) -> TailError {
+    TailError::Lost {
+        mode: "wal",
+        message,
+    }
+}
+
+/// A few random bits, so two tails never pick the same slot name.
+fn random() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() as u32
+}
