@@ -53,8 +53,13 @@ impl Config {
                 .iter()
                 .map(|route| {
                     let ops: Vec<&str> = route.ops.iter().map(|op| op.as_str()).collect();
+                    let filter = route
+                        .filter
+                        .as_ref()
+                        .map(|f| format!(" if {}", f.source()))
+                        .unwrap_or_default();
                     format!(
-                        "{} [{}] {} -> {}",
+                        "{} [{}] {}{filter} -> {}",
                         route.channel.as_deref().unwrap_or("any channel"),
                         route.tables.join(", "),
                         ops.join(","),
@@ -99,6 +104,10 @@ type = "stdout"
 tables = ["public.*"]
 ops = ["INSERT"]
 sinks = ["hook", "out"]
+
+[[route]]
+filter = 'data.status == "paid"'
+sinks = ["out"]
 "#,
             "test.toml",
         )
@@ -113,7 +122,11 @@ sinks = ["hook", "out"]
             "hook: webhook https://user:<redacted>@example.com/hook (headers Authorization) signed; \
              out: stdout"
         );
-        assert_eq!(outline.routes, "any channel [public.*] INSERT -> hook, out");
+        assert_eq!(
+            outline.routes,
+            "any channel [public.*] INSERT -> hook, out; \
+             any channel [*] INSERT,UPDATE,DELETE,READ if data.status == \"paid\" -> out"
+        );
         assert!(!format!("{outline:?}").contains("s3cret"));
     }
 }
