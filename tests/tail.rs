@@ -469,6 +469,30 @@ async fn wal_mode_beside_a_running_daemon_prints_what_it_delivers() {
         delivered,
         "tail shows what the daemon sends"
     );
+
+    // A backfilled row: the READ event, not skor.wal_backfill's rows.
+    wal.exec("INSERT INTO items (id, name) VALUES (2, 'r')")
+        .await;
+    let mut client = connect(&wal.dsn()).await;
+    let options = skor::backfill::Options {
+        tables: Vec::new(),
+        condition: None,
+        batch: 10,
+        restart: false,
+    };
+    let parsed = skor::Config::from_toml(&config, "test.toml").unwrap();
+    skor::backfill::run(&mut client, &parsed, &options, &Default::default())
+        .await
+        .unwrap();
+    let delivered: Vec<String> = hook.wait_for(5).await.into_iter().map(|r| r.body).collect();
+    let shown = tail.lines(2).await;
+    assert_eq!(
+        shown,
+        delivered[3..],
+        "tail shows the backfill as the daemon sends it"
+    );
+    assert!(shown[1].contains(r#""op" : "READ""#), "{shown:?}");
+    tail.quiet().await;
     tail.interrupt().await;
     skor.stop().await;
     only_the_configured_slot_remains(&wal).await;

@@ -19,9 +19,9 @@ use tracing::{debug, info, warn};
 use super::{Event, Seen, TailError, STOP_PATIENCE};
 use crate::config::Config;
 use crate::postgres::{describe, Postgres, Replication, TlsBridge};
-use crate::source::wal::pgoutput::{self, Change, OldTuple, Relation};
+use crate::source::wal::catalog;
+use crate::source::wal::pgoutput::{self, Change, OldTuple};
 use crate::source::wal::relations::{Meta, Rules, Table};
-use crate::source::wal::render::{builtin_kind, resolve_kinds, Kind};
 
 /// Reading a temporary slot.
 pub struct WalTail {
@@ -182,9 +182,8 @@ impl WalTail {
     async fn on_change(&mut self, position: u64, change: Change) -> Option<Event> {
         let (relation, op, row, old) = match change {
             Change::Relation(relation) => {
-                let kinds = self.kinds(&relation).await;
-                let primary = self.primary_key(&relation).await;
-                let table = Table::new(&relation, kinds, primary.as_deref(), &self.rules);
+                let (table, _) =
+                    catalog::prepare(Some(&self.catalog), &relation, &self.rules).await;
                 self.tables.insert(relation.id, table);
                 return None;
             }
@@ -210,14 +209,28 @@ impl WalTail {
             );
             return None;
         };
-        if !table.captures(op) {
-            return None;
-        }
-        let channel = table.rule.as_ref()?.channel.to_string();
         let meta = Meta {
             event_id: position as i64 + self.last_change.1,
             ..self.transaction
         };
+        if table.is_backfill() {
+            // `skor backfill`'s rows; its deletes only empty the table.
+            let read = self
+                .rules
+                .backfilled(&row, &meta)
+                .filter(|_| op == Op::Insert)?;
+            return Some(Event {
+                channel: read.channel,
+                schema: read.schema,
+                table: read.table,
+                op: Op::Read,
+                payload: read.payload,
+            });
+        }
+        if !table.captures(op) {
+            return None;
+        }
+        let channel = table.rule.as_ref()?.channel.to_string();
         let rendered = table.render(op, &row, old.as_ref(), &meta);
         Some(Event {
             channel,
@@ -226,48 +239,6 @@ impl WalTail {
             op,
             payload: rendered.payload,
         })
-    }
-
-    /// The JSON kind of each column, as wal mode finds it.
-    async fn kinds(&self, relation: &Relation) -> Vec<Kind> {
-        let unknown: Vec<u32> = relation
-            .columns
-            .iter()
-            .filter(|c| builtin_kind(c.type_oid).is_none())
-            .map(|c| c.type_oid)
-            .collect();
-        let mut resolved = HashMap::new();
-        if !unknown.is_empty() {
-            match resolve_kinds(&self.catalog, &unknown).await {
-                Ok(kinds) => resolved = kinds,
-                Err(error) => warn!(error = %describe(&error), table = %relation.name,
-                                    "cannot read column types; their values show as strings"),
-            }
-        }
-        relation
-            .columns
-            .iter()
-            .map(|c| {
-                builtin_kind(c.type_oid)
-                    .or_else(|| resolved.get(&c.type_oid).cloned())
-                    .unwrap_or(Kind::Text)
-            })
-            .collect()
-    }
-
-    /// The primary key's columns (empty: none); `None` when unreadable.
-    async fn primary_key(&self, relation: &Relation) -> Option<Vec<String>> {
-        self.catalog
-            .query(
-                "SELECT a.attname::text FROM pg_index i \
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
-                  WHERE i.indrelid = $1 AND i.indisprimary \
-                  ORDER BY array_position(i.indkey::int2[], a.attnum)",
-                &[&relation.id],
-            )
-            .await
-            .ok()
-            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
     }
 }
 

@@ -13,6 +13,7 @@
 //! event log's dead letters, so they never hold the slot, and its WAL,
 //! back forever.
 
+pub mod catalog;
 pub mod pgoutput;
 mod progress;
 pub mod relations;
@@ -40,7 +41,6 @@ use crate::worker::{Job, Outcome};
 use pgoutput::{Change, OldTuple};
 use progress::Progress;
 use relations::{Rules, Table};
-use render::{builtin_kind, resolve_kinds, Kind};
 
 /// How often a standby asks for the slot again.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
@@ -345,9 +345,13 @@ impl WalSource {
     async fn on_change(&mut self, position: u64, change: Change) {
         let (relation, op, row, old) = match change {
             Change::Relation(relation) => {
-                let kinds = self.kinds(&relation).await;
-                let primary = self.primary_key(&relation).await;
-                let table = Table::new(&relation, kinds, primary.as_deref(), &self.rules);
+                // Reconnects a lost catalog connection first.
+                let _ = self.catalog().await;
+                let (table, healthy) =
+                    catalog::prepare(self.catalog.as_ref(), &relation, &self.rules).await;
+                if !healthy {
+                    self.catalog = None;
+                }
                 self.tables.insert(relation.id, table);
                 return;
             }
@@ -426,45 +430,24 @@ impl WalSource {
     /// payload rendered by the same SQL as the triggers', then the
     /// table's `metadata` from this transaction, as its changes get them.
     async fn on_backfilled(&mut self, id: i64, row: &pgoutput::Tuple) {
-        let text = |index: usize| match row.0.get(index) {
-            Some(pgoutput::Value::Text(bytes)) => Some(bytes.clone()),
-            _ => None,
+        let meta = relations::Meta {
+            event_id: id,
+            ..self.transaction
         };
-        let utf8 = |index: usize| text(index).and_then(|b| String::from_utf8(b.to_vec()).ok());
-        // (id, channel, schema_name, table_name, row_key, payload), as
-        // sql/backfill.sql creates it.
-        let (Some(channel), Some(schema), Some(name), Some(payload)) =
-            (utf8(1), utf8(2), utf8(3), text(5))
-        else {
+        let Some(read) = self.rules.backfilled(row, &meta) else {
             warn!(
                 id,
                 "a backfilled row without its channel, table or payload; skipped"
             );
             return;
         };
-        let fields = self.rules.metadata(&schema, &name);
-        let payload = if fields.is_empty() {
-            payload
-        } else {
-            let mut out = payload.to_vec();
-            if out.last() == Some(&b'}') {
-                out.pop();
-            }
-            let meta = relations::Meta {
-                event_id: id,
-                ..self.transaction
-            };
-            relations::append_metadata(fields, &meta, &mut out);
-            out.push(b'}');
-            out.into()
-        };
         let incoming = Incoming {
-            channel: &channel,
-            schema,
-            table: name,
+            channel: &read.channel,
+            schema: read.schema,
+            table: read.table,
             op: Op::Read,
-            payload,
-            key: text(4),
+            payload: read.payload,
+            key: read.key,
             id: Some(id),
         };
         self.dispatch(incoming).await;
@@ -484,63 +467,6 @@ impl WalSource {
             if !self.fanout.send(index, job).await {
                 // Shutting down: the event stays unconfirmed and comes again.
                 return;
-            }
-        }
-    }
-
-    /// The JSON kind of each column of `relation`.
-    async fn kinds(&mut self, relation: &pgoutput::Relation) -> Vec<Kind> {
-        let unknown: Vec<u32> = relation
-            .columns
-            .iter()
-            .filter(|c| builtin_kind(c.type_oid).is_none())
-            .map(|c| c.type_oid)
-            .collect();
-        let mut resolved = HashMap::new();
-        if !unknown.is_empty() {
-            match self.catalog().await {
-                Some(catalog) => match resolve_kinds(catalog, &unknown).await {
-                    Ok(kinds) => resolved = kinds,
-                    Err(error) => {
-                        self.catalog = None;
-                        warn!(error = %describe(&error), table = %relation.name,
-                              "cannot read column types; their values render as strings");
-                    }
-                },
-                None => warn!(table = %relation.name,
-                              "no catalog connection; values of non-built-in types render as strings"),
-            }
-        }
-        relation
-            .columns
-            .iter()
-            .map(|c| {
-                builtin_kind(c.type_oid)
-                    .or_else(|| resolved.get(&c.type_oid).cloned())
-                    .unwrap_or(Kind::Text)
-            })
-            .collect()
-    }
-
-    /// The primary key's columns of `relation` (empty: it has none);
-    /// `None` when the catalog cannot be read.
-    async fn primary_key(&mut self, relation: &pgoutput::Relation) -> Option<Vec<String>> {
-        let catalog = self.catalog().await?;
-        match catalog
-            .query(
-                "SELECT a.attname::text FROM pg_index i \
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
-                  WHERE i.indrelid = $1 AND i.indisprimary \
-                  ORDER BY array_position(i.indkey::int2[], a.attnum)",
-                &[&relation.id],
-            )
-            .await
-        {
-            Ok(rows) => Some(rows.iter().map(|r| r.get(0)).collect()),
-            Err(error) => {
-                warn!(error = %describe(&error), table = %relation.name,
-                      "cannot read the primary key; the replica identity keys its rows");
-                None
             }
         }
     }

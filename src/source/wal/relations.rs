@@ -145,6 +145,57 @@ pub fn append_metadata(fields: &[Metadata], meta: &Meta, out: &mut Vec<u8>) {
     }
 }
 
+/// A row `skor backfill` inserted into `skor.wal_backfill`: a READ event
+/// of the table it names.
+#[derive(Debug)]
+pub struct Backfilled {
+    /// The channel its table's events carry.
+    pub channel: String,
+    /// The table's schema.
+    pub schema: String,
+    /// The table's name.
+    pub table: String,
+    /// The row key, as the table's changes carry it.
+    pub key: Option<Bytes>,
+    /// The payload: rendered by the triggers' SQL, then the table's
+    /// `metadata` from the stream.
+    pub payload: Bytes,
+}
+
+impl Rules {
+    /// The READ event in a row of `skor.wal_backfill` (`id, channel,
+    /// schema_name, table_name, row_key, payload`, as sql/backfill.sql
+    /// creates it), the change described by `meta`; `None` when a column
+    /// is missing.
+    pub fn backfilled(&self, row: &Tuple, meta: &Meta) -> Option<Backfilled> {
+        let text = |index: usize| match row.0.get(index) {
+            Some(Value::Text(bytes)) => Some(bytes.clone()),
+            _ => None,
+        };
+        let utf8 = |index: usize| text(index).and_then(|b| String::from_utf8(b.to_vec()).ok());
+        let (channel, schema, table, payload) = (utf8(1)?, utf8(2)?, utf8(3)?, text(5)?);
+        let fields = self.metadata(&schema, &table);
+        let payload = if fields.is_empty() {
+            payload
+        } else {
+            let mut out = payload.to_vec();
+            if out.last() == Some(&b'}') {
+                out.pop();
+            }
+            append_metadata(fields, meta, &mut out);
+            out.push(b'}');
+            out.into()
+        };
+        Some(Backfilled {
+            channel,
+            schema,
+            table,
+            key: text(4),
+            payload,
+        })
+    }
+}
+
 /// A row change rendered, ready for the fan-out.
 #[derive(Debug)]
 pub struct Rendered {
