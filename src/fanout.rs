@@ -61,6 +61,8 @@ pub struct Fanout {
     stats: Arc<EventStats>,
     received: ReceivedCounter,
     targets: Vec<usize>,
+    /// Whether a filter turned the last event away from a route.
+    filtered: bool,
 }
 
 impl Fanout {
@@ -86,6 +88,7 @@ impl Fanout {
             stats,
             received,
             targets: Vec::new(),
+            filtered: false,
         }
     }
 
@@ -115,8 +118,9 @@ impl Fanout {
             .unwrap_or_else(|| Arc::from(channel));
         self.stats.received.incr();
         self.received.count(&channel, &schema, &table, op);
-        self.router
-            .targets(&channel, &schema, &table, op, &payload, &mut self.targets);
+        self.filtered =
+            self.router
+                .targets(&channel, &schema, &table, op, &payload, &mut self.targets);
         if self.targets.is_empty() {
             self.stats.unrouted.incr();
             debug!(%channel, schema, table, %op, "no route matches this event");
@@ -137,6 +141,12 @@ impl Fanout {
     /// The sinks the last routed event goes to, by index.
     pub fn targets(&self) -> &[usize] {
         &self.targets
+    }
+
+    /// Whether a route's filter turned the last event away: when it went to
+    /// no sink, it was filtered out on purpose, not left without a route.
+    pub fn filtered(&self) -> bool {
+        self.filtered
     }
 
     /// Queues `event` for every sink it was routed to, applying each sink's

@@ -81,7 +81,8 @@ impl Router {
 
     /// Fills `out` with the indexes of the sinks this event goes to, each
     /// once; with no route configured, every sink. `payload` is read only by
-    /// the filters of routes whose channel, tables and ops match.
+    /// the filters of routes whose channel, tables and ops match. True when
+    /// a filter turned the event away from a route it otherwise matched.
     pub fn targets(
         &self,
         channel: &str,
@@ -90,12 +91,13 @@ impl Router {
         op: Op,
         payload: &[u8],
         out: &mut Vec<usize>,
-    ) {
+    ) -> bool {
         out.clear();
         if self.routes.is_empty() {
             out.extend(0..self.sink_count);
-            return;
+            return false;
         }
+        let mut filtered = false;
         // Made on the first filter to evaluate; holds the payload's parse.
         let mut scope: Option<Scope<'_>> = None;
         for route in &self.routes {
@@ -110,6 +112,7 @@ impl Router {
                 let scope =
                     scope.get_or_insert_with(|| Scope::new(channel, schema, table, op, payload));
                 matches = filter.matches_in(scope);
+                filtered |= !matches;
             }
             if matches {
                 for &sink in &route.sinks {
@@ -119,6 +122,7 @@ impl Router {
                 }
             }
         }
+        filtered
     }
 }
 

@@ -212,3 +212,54 @@ async fn skor_check_reports_a_bad_expression() {
     let output = run(&["--config", good.path().to_str().unwrap(), "check"]).await;
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+#[tokio::test]
+async fn durable_events_no_filter_takes_leave_the_event_log() {
+    let db = TestDb::new().await;
+    db.exec("CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL)")
+        .await;
+    let paid = Hook::start().await;
+    let cfg = config(
+        &db,
+        &format!(
+            "[[table]]\nname = \"orders\"\nmode = \"durable\"\n\
+             [sink.paid]\ntype = \"webhook\"\nurl = \"{}\"\nmax_in_flight = 1\n\
+             [[route]]\nfilter = 'data.status == \"paid\"'\nsinks = [\"paid\"]\n",
+            paid.url()
+        ),
+    );
+    let daemon = start_installed(&db, &cfg).await;
+    db.exec(
+        "INSERT INTO orders VALUES (1, 'new'); INSERT INTO orders VALUES (2, 'paid'); \
+         UPDATE orders SET status = 'paid' WHERE id = 1",
+    )
+    .await;
+    let bodies: Vec<String> = paid.wait_for(2).await.into_iter().map(|r| r.body).collect();
+    assert_eq!(
+        bodies,
+        [
+            event("orders", "INSERT", r#"{"id":2,"status":"paid"}"#),
+            event("orders", "UPDATE", r#"{"id":1,"status":"paid"}"#),
+        ]
+    );
+    // The event the filter turned away is done with, not left pending.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        let left: i64 = db
+            .client
+            .query_one("SELECT count(*) FROM skor.event_log", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} events left in the log"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(paid.count(), 2);
+    daemon.stop().await;
+}

@@ -482,6 +482,11 @@ impl Durable {
             id: Some(id),
         };
         let Some(event) = self.fanout.route(incoming) else {
+            if self.fanout.filtered() {
+                // Turned away by a route's filter, as configured: done.
+                self.finished.push(id);
+                return Ok(());
+            }
             // A route may be missing by mistake (a partition's name, a
             // typo): the event waits for `skor dead-letters replay`.
             self.stats.dead_lettered.incr();
