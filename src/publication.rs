@@ -198,37 +198,20 @@ async fn check_row_filter(
            JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
           WHERE d.refobjid = to_regclass($1) AND d.refobjsubid > 0 \
           ORDER BY a.attnum";
-    client
-        .batch_execute("SAVEPOINT skor_when; SET LOCAL search_path = pg_catalog, pg_temp")
-        .await?;
-    // One statement (the extended protocol takes no more), whatever the
-    // condition holds.
-    let compiled = client
-        .execute(
-            &format!(
-                "CREATE PUBLICATION skor_when_check FOR TABLE {qualified} WHERE ({condition}\n) \
-                 WITH (publish = 'insert')"
-            ),
-            &[],
-        )
-        .await;
-    let columns = match compiled {
-        Ok(_) => client.query(COLUMNS_SQL, &[&qualified]).await,
-        Err(error) => Err(error),
-    };
-    client
-        .batch_execute("ROLLBACK TO SAVEPOINT skor_when; RELEASE SAVEPOINT skor_when")
-        .await?;
-    match columns {
+    let compiled = crate::sql::try_compile(
+        client,
+        &format!(
+            "CREATE PUBLICATION skor_when_check FOR TABLE {qualified} WHERE ({condition}\n) \
+             WITH (publish = 'insert')"
+        ),
+        Some((COLUMNS_SQL, qualified)),
+    )
+    .await?;
+    match compiled {
         Ok(rows) => Ok(rows.iter().map(|r| r.get(0)).collect()),
-        Err(error) => {
-            let message = error
-                .as_db_error()
-                .map_or_else(|| describe(&error), |db| db.message().to_string());
-            Err(InstallError::Schema(format!(
-                "table {name}: when: {message}"
-            )))
-        }
+        Err(message) => Err(InstallError::Schema(format!(
+            "table {name}: when: {message}"
+        ))),
     }
 }
 

@@ -196,6 +196,37 @@ pub async fn check_tables(
     Ok(())
 }
 
+/// Runs `statement` in a savepoint under the pinned search_path, then, if
+/// PostgreSQL took it, `inspect` (a query and its one text parameter)
+/// while the statement's object stands, and rolls both back: the query's
+/// rows, or PostgreSQL's message refusing either. `statement` is sent as
+/// one statement (the extended protocol takes no more), whatever a
+/// condition in it holds.
+pub async fn try_compile(
+    client: &impl GenericClient,
+    statement: &str,
+    inspect: Option<(&str, &str)>,
+) -> Result<Result<Vec<tokio_postgres::Row>, String>, InstallError> {
+    client
+        .batch_execute("SAVEPOINT skor_when; SET LOCAL search_path = pg_catalog, pg_temp")
+        .await?;
+    let result = match client.execute(statement, &[]).await {
+        Ok(_) => match inspect {
+            Some((query, parameter)) => client.query(query, &[&parameter]).await,
+            None => Ok(Vec::new()),
+        },
+        Err(error) => Err(error),
+    };
+    client
+        .batch_execute("ROLLBACK TO SAVEPOINT skor_when; RELEASE SAVEPOINT skor_when")
+        .await?;
+    Ok(result.map_err(|error| {
+        error
+            .as_db_error()
+            .map_or_else(|| describe(&error), |db| db.message().to_string())
+    }))
+}
+
 /// Compiles each trigger-mode table's `when` conditions as install will
 /// (a `WHEN` clause under the pinned search_path), in a savepoint rolled
 /// back at once, so a condition PostgreSQL rejects is reported with its
@@ -214,27 +245,16 @@ pub async fn check_conditions(
             let Some(condition) = table.when.for_op(op) else {
                 continue;
             };
-            client
-                .batch_execute("SAVEPOINT skor_when; SET LOCAL search_path = pg_catalog, pg_temp")
-                .await?;
-            // One statement (the extended protocol takes no more), whatever
-            // the condition holds.
-            let compiled = client
-                .execute(
-                    &format!(
-                        "CREATE TRIGGER skor_when_check AFTER {op} ON {qualified} FOR EACH ROW \
-                         WHEN ({condition}\n) EXECUTE FUNCTION pg_catalog.suppress_redundant_updates_trigger()"
-                    ),
-                    &[],
-                )
-                .await;
-            client
-                .batch_execute("ROLLBACK TO SAVEPOINT skor_when; RELEASE SAVEPOINT skor_when")
-                .await?;
-            if let Err(error) = compiled {
-                let message = error
-                    .as_db_error()
-                    .map_or_else(|| describe(&error), |db| db.message().to_string());
+            let compiled = try_compile(
+                client,
+                &format!(
+                    "CREATE TRIGGER skor_when_check AFTER {op} ON {qualified} FOR EACH ROW \
+                     WHEN ({condition}\n) EXECUTE FUNCTION pg_catalog.suppress_redundant_updates_trigger()"
+                ),
+                None,
+            )
+            .await?;
+            if let Err(message) = compiled {
                 let mut text = format!("table {name}: {}: {message}", table.when.key(op));
                 if table.when.shared {
                     let _ = write!(

@@ -5,7 +5,7 @@
 //! daemon; if the daemon already took it, tail says it is gone.
 
 use futures_util::future::poll_fn;
-use skor_sink_api::Bytes;
+use skor_sink_api::{Bytes, Op};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, Notification as PgNotification};
 use tokio_util::sync::CancellationToken;
@@ -102,13 +102,13 @@ impl NotifyTail {
         match payload::parse(text) {
             Ok(Notification::Event {
                 schema, table, op, ..
-            }) => Some(Seen::Event(Event {
-                channel: channel.to_string(),
-                schema: schema.into_owned(),
-                table: table.into_owned(),
+            }) => Some(seen(
+                channel,
+                schema.into_owned(),
+                table.into_owned(),
                 op,
-                payload: Bytes::copy_from_slice(text.as_bytes()),
-            })),
+                text.to_string(),
+            )),
             Ok(Notification::Reference(reference)) => self.oversized(channel, &reference).await,
             Err(error) => {
                 warn!(channel, %error, payload = %payload::truncate(text, 256),
@@ -154,13 +154,10 @@ impl NotifyTail {
         match payload::parse(&text) {
             Ok(Notification::Event {
                 schema, table, op, ..
-            }) => Some(Seen::Event(Event {
-                channel: channel.to_string(),
-                schema: schema.into_owned(),
-                table: table.into_owned(),
-                op,
-                payload: Bytes::from(text),
-            })),
+            }) => {
+                let (schema, table) = (schema.into_owned(), table.into_owned());
+                Some(seen(channel, schema, table, op, text))
+            }
             _ => {
                 warn!(
                     channel,
@@ -171,4 +168,15 @@ impl NotifyTail {
             }
         }
     }
+}
+
+/// An event as tail shows it: its routing fields and the payload as sent.
+fn seen(channel: &str, schema: String, table: String, op: Op, payload: String) -> Seen {
+    Seen::Event(Event {
+        channel: channel.to_string(),
+        schema,
+        table,
+        op,
+        payload: Bytes::from(payload),
+    })
 }

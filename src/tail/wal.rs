@@ -20,7 +20,7 @@ use super::{Event, Seen, TailError, STOP_PATIENCE};
 use crate::config::Config;
 use crate::postgres::{describe, Postgres, Replication, TlsBridge};
 use crate::source::wal::catalog;
-use crate::source::wal::pgoutput::{self, Change, OldTuple};
+use crate::source::wal::pgoutput::{self, Change};
 use crate::source::wal::relations::{Meta, Rules, Table};
 
 /// Reading a temporary slot.
@@ -180,22 +180,15 @@ impl WalTail {
     }
 
     async fn on_change(&mut self, position: u64, change: Change) -> Option<Event> {
-        let (relation, op, row, old) = match change {
-            Change::Relation(relation) => {
+        let (relation, op, row, old) = match change.into_row() {
+            Ok(row) => row,
+            Err(Change::Relation(relation)) => {
                 let (table, _) =
                     catalog::prepare(Some(&self.catalog), &relation, &self.rules).await;
                 self.tables.insert(relation.id, table);
                 return None;
             }
-            Change::Insert { relation, new } => (relation, Op::Insert, new, None),
-            Change::Update { relation, old, new } => (relation, Op::Update, new, old),
-            Change::Delete { relation, old } => {
-                let row = match &old {
-                    OldTuple::Key(row) | OldTuple::Full(row) => pgoutput::Tuple(row.0.clone()),
-                };
-                (relation, Op::Delete, row, Some(old))
-            }
-            Change::Truncate { .. } | Change::Ignored(_) => return None,
+            Err(_) => return None,
         };
         self.last_change = if self.last_change.0 == position {
             (position, self.last_change.1 + 1)

@@ -38,7 +38,7 @@ use crate::source::Source;
 use crate::stats::WalStats;
 use crate::worker::{Job, Outcome};
 
-use pgoutput::{Change, OldTuple};
+use pgoutput::Change;
 use progress::Progress;
 use relations::{Rules, Table};
 
@@ -343,8 +343,9 @@ impl WalSource {
     }
 
     async fn on_change(&mut self, position: u64, change: Change) {
-        let (relation, op, row, old) = match change {
-            Change::Relation(relation) => {
+        let (relation, op, row, old) = match change.into_row() {
+            Ok(row) => row,
+            Err(Change::Relation(relation)) => {
                 // Reconnects a lost catalog connection first.
                 let _ = self.catalog().await;
                 let (table, healthy) =
@@ -355,15 +356,7 @@ impl WalSource {
                 self.tables.insert(relation.id, table);
                 return;
             }
-            Change::Insert { relation, new } => (relation, Op::Insert, new, None),
-            Change::Update { relation, old, new } => (relation, Op::Update, new, old),
-            Change::Delete { relation, old } => {
-                let row = match &old {
-                    OldTuple::Key(row) | OldTuple::Full(row) => pgoutput::Tuple(row.0.clone()),
-                };
-                (relation, Op::Delete, row, Some(old))
-            }
-            Change::Truncate { relations } => {
+            Err(Change::Truncate { relations }) => {
                 self.stats.truncates.incr();
                 let names: Vec<String> = relations
                     .iter()
@@ -374,7 +367,7 @@ impl WalSource {
                       "TRUNCATE is not captured (as with triggers): no event is sent for the rows it removed");
                 return;
             }
-            Change::Ignored(_) => return,
+            Err(_) => return,
         };
         // Changes of one WAL record (a multi-row insert) share its
         // position; the next record starts further on than their count.

@@ -12,6 +12,7 @@
 //! bug rather than misread, so a message must also be consumed exactly.
 
 use bytes::Bytes;
+use skor_sink_api::Op;
 
 /// One decoded pgoutput message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +52,27 @@ pub enum Change {
     },
     /// Type, Origin, Begin, Commit, Message and anything unknown: the tag
     Ignored(u8),
+}
+
+/// A row change as the renderer takes it: the relation, the op, the row
+/// `data` shows (a DELETE's old row), and the old row when sent.
+pub type RowChange = (u32, Op, Tuple, Option<OldTuple>);
+
+impl Change {
+    /// The row change this is; any other message back as it was.
+    pub fn into_row(self) -> Result<RowChange, Change> {
+        match self {
+            Change::Insert { relation, new } => Ok((relation, Op::Insert, new, None)),
+            Change::Update { relation, old, new } => Ok((relation, Op::Update, new, old)),
+            Change::Delete { relation, old } => {
+                let row = match &old {
+                    OldTuple::Key(row) | OldTuple::Full(row) => Tuple(row.0.clone()),
+                };
+                Ok((relation, Op::Delete, row, Some(old)))
+            }
+            other => Err(other),
+        }
+    }
 }
 
 /// The old row of an Update or Delete.
