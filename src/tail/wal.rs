@@ -145,12 +145,7 @@ impl WalTail {
                     xid,
                     commit_time_micros,
                 } => {
-                    self.transaction = Meta {
-                        event_id: 0,
-                        xid,
-                        commit_time: commit_time_micros,
-                        lsn: final_lsn.as_u64(),
-                    };
+                    self.transaction = Meta::begin(final_lsn.as_u64(), xid, commit_time_micros);
                 }
                 ReplicationEvent::XLogData {
                     wal_start, data, ..

@@ -315,12 +315,8 @@ impl WalSource {
             } => {
                 self.skipping = !self.progress.begin(final_lsn.as_u64());
                 self.last_change = (0, 0);
-                self.transaction = relations::Meta {
-                    event_id: 0,
-                    xid,
-                    commit_time: commit_time_micros,
-                    lsn: final_lsn.as_u64(),
-                };
+                self.transaction =
+                    relations::Meta::begin(final_lsn.as_u64(), xid, commit_time_micros);
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 if !self.skipping {

@@ -196,6 +196,18 @@ impl Rules {
     }
 }
 
+impl Meta {
+    /// A transaction as its BEGIN message describes it.
+    pub fn begin(final_lsn: u64, xid: u32, commit_time_micros: i64) -> Self {
+        Self {
+            event_id: 0,
+            xid,
+            commit_time: commit_time_micros,
+            lsn: final_lsn,
+        }
+    }
+}
+
 /// A row change rendered, ready for the fan-out.
 #[derive(Debug)]
 pub struct Rendered {
