@@ -284,10 +284,15 @@ impl Plan {
         }
     }
 
-    /// What runs after the batch in its transaction: wal mode empties its
-    /// table again (the publication already has the inserts).
+    /// What runs after the batch in its transaction: durable mode wakes
+    /// the daemons as the triggers do; wal mode empties its table again
+    /// (the publication already has the inserts).
     pub fn after_batch_sql(&self) -> Option<&'static str> {
-        (self.mode == Mode::Wal).then_some("DELETE FROM skor.wal_backfill")
+        match self.mode {
+            Mode::Notify => None,
+            Mode::Durable => Some("SELECT pg_catalog.pg_notify('skor_event_log', '')"),
+            Mode::Wal => Some("DELETE FROM skor.wal_backfill"),
+        }
     }
 }
 
