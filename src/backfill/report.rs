@@ -28,7 +28,7 @@ impl Report {
             let bar = ProgressBar::new(total.max(done)).with_position(done);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {human_pos}/{human_len} rows, {per_sec}, {eta} left",
+                    "{prefix} [{bar:30}] {human_pos}/{human_len} rows, {per_sec:0}, {eta} left",
                 )
                 .expect("a valid template")
                 .progress_chars("=> "),
