@@ -103,7 +103,7 @@ impl Daemon {
         }
         let channels = config.notify_channels();
         let stats = Stats {
-            events: Arc::new(EventStats::registered(&metrics)),
+            events: Arc::new(EventStats::registered(&metrics, &config.routes)),
             source: Arc::new(SourceStats::registered(&metrics)),
             sinks: names
                 .iter()

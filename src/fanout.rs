@@ -75,7 +75,9 @@ impl Fanout {
         received: ReceivedCounter,
     ) -> Self {
         Self {
-            router: Arc::new(Router::new(config, &sink_names)),
+            router: Arc::new(
+                Router::new(config, &sink_names).counting_filter_errors(&stats.filter_errors),
+            ),
             queues,
             sink_names: sink_names.into(),
             channels: config

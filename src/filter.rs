@@ -12,7 +12,8 @@
 //! `old.status` on an INSERT, is an evaluation error, and an evaluation error
 //! (as is a result that is not a boolean) counts as "no match": the filter
 //! never panics and never stops the daemon. Such errors are counted
-//! ([`Filter::errors`]), each one logged at debug level and at most one a
+//! ([`Filter::errors`], and per route in `skor_route_filter_errors_total`),
+//! each one logged at debug level and at most one a
 //! minute per filter at warn level. Write `has(data.status)` (or
 //! `old != null`) to test for a field instead of relying on that.
 //!
@@ -36,6 +37,8 @@ use cel::{Context, Env, Program, Value};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use skor_sink_api::Op;
 use tracing::{debug, warn};
+
+use crate::counter::Counter;
 
 /// The variables that come from the routing fields, not from the payload.
 const ROUTING_VARIABLES: [&str; 4] = ["op", "table", "schema", "channel"];
@@ -185,15 +188,19 @@ impl Filter {
         op: Op,
         payload: &[u8],
     ) -> bool {
-        self.matches_in(&Scope::new(channel, schema, table, op, payload))
+        self.matches_in(&Scope::new(channel, schema, table, op, payload), None)
     }
 
     /// [`Filter::matches`] against a [`Scope`] that several filters share,
-    /// so the payload is parsed once for all of them.
-    pub fn matches_in(&self, scope: &Scope<'_>) -> bool {
+    /// so the payload is parsed once for all of them; a failed evaluation
+    /// is also counted in `errors` (a route's exported counter).
+    pub fn matches_in(&self, scope: &Scope<'_>, errors: Option<&Counter>) -> bool {
         match self.evaluate(scope) {
             Ok(matched) => matched,
             Err(error) => {
+                if let Some(errors) = errors {
+                    errors.incr();
+                }
                 self.note(scope, &error);
                 false
             }
@@ -650,11 +657,11 @@ mod tests {
         assert!(!by_op.needs_payload());
         assert!(by_status.needs_payload());
         let scope = Scope::new("skor", "public", "orders", Op::Update, PAID);
-        assert!(by_op.matches_in(&scope));
+        assert!(by_op.matches_in(&scope, None));
         assert!(!scope.payload_parsed());
-        assert!(by_status.matches_in(&scope));
+        assert!(by_status.matches_in(&scope, None));
         assert!(scope.payload_parsed());
-        assert!(by_old.matches_in(&scope));
+        assert!(by_old.matches_in(&scope, None));
     }
 
     #[test]

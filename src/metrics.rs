@@ -31,6 +31,13 @@ struct SinkLabel {
     sink: String,
 }
 
+/// The label of `skor_route_filter_errors_total`: the route's index in the
+/// config, as in its errors (`route[0]`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
 /// A connection to PostgreSQL skor keeps open.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Connection {
@@ -105,6 +112,7 @@ pub struct Metrics {
     received: Family<ReceivedLabels, Counter>,
     pub(crate) invalid: Counter,
     pub(crate) unrouted: Counter,
+    filter_errors: Family<RouteLabel, Counter>,
     pub(crate) lost: Counter,
     pub(crate) claimed: Counter,
     pub(crate) finished: Counter,
@@ -135,6 +143,7 @@ impl Metrics {
             received: Family::default(),
             invalid: Counter::default(),
             unrouted: Counter::default(),
+            filter_errors: Family::default(),
             lost: Counter::default(),
             claimed: Counter::default(),
             finished: Counter::default(),
@@ -174,6 +183,12 @@ impl Metrics {
             "events_unrouted",
             "Events that no route matched",
             metrics.unrouted.clone(),
+        );
+        r.register(
+            "route_filter_errors",
+            "Events whose route filter could not be evaluated (a missing field, a type \
+             mismatch), which so did not match that route, by the route's index in the config",
+            metrics.filter_errors.clone(),
         );
         r.register(
             "events_lost",
@@ -326,6 +341,15 @@ impl Metrics {
             blocked: self.blocked.get_or_create_owned(&label),
             latency: self.latency.get_or_create_owned(&label),
         }
+    }
+
+    /// Failed evaluations of the filter of route `route` (its index).
+    pub fn filter_errors(&self, route: usize) -> counter::Counter {
+        self.filter_errors
+            .get_or_create_owned(&RouteLabel {
+                route: route.to_string(),
+            })
+            .into()
     }
 
     /// Whether `connection` is up, as a gauge.

@@ -9,6 +9,7 @@ use skor_sink_api::Op;
 use wildmatch::WildMatch;
 
 use crate::config::{Config, TableName};
+use crate::counter::Counter;
 use crate::filter::{Filter, Scope};
 
 /// A `schema.table` pattern; `*` matches any run of characters.
@@ -48,6 +49,8 @@ struct Route {
     tables: Vec<TablePattern>,
     ops: Vec<Op>,
     filter: Option<Filter>,
+    /// Events whose filter could not be evaluated.
+    filter_errors: Counter,
     sinks: Vec<usize>,
 }
 
@@ -70,6 +73,7 @@ impl Router {
                 tables: route.tables.iter().map(|t| TablePattern::new(t)).collect(),
                 ops: route.ops.clone(),
                 filter: route.filter.clone(),
+                filter_errors: Counter::default(),
                 sinks: route.sinks.iter().filter_map(index_of).collect(),
             })
             .collect();
@@ -77,6 +81,16 @@ impl Router {
             routes,
             sink_count: sink_names.len(),
         }
+    }
+
+    /// Counts each route's failed filter evaluations in `counters`, by
+    /// route index (as `EventStats::filter_errors`).
+    #[must_use]
+    pub fn counting_filter_errors(mut self, counters: &[Counter]) -> Self {
+        for (route, counter) in self.routes.iter_mut().zip(counters) {
+            route.filter_errors = counter.clone();
+        }
+        self
     }
 
     /// Fills `out` with the indexes of the sinks this event goes to, each
@@ -111,7 +125,7 @@ impl Router {
                 }
                 let scope =
                     scope.get_or_insert_with(|| Scope::new(channel, schema, table, op, payload));
-                matches = filter.matches_in(scope);
+                matches = filter.matches_in(scope, Some(&route.filter_errors));
                 filtered |= !matches;
             }
             if matches {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::config::RouteConfig;
 pub use crate::counter::Counter;
 use crate::metrics::{Connection, Metrics};
 
@@ -48,14 +49,25 @@ pub struct EventStats {
     pub received: Counter,
     /// Events no route matched.
     pub unrouted: Counter,
+    /// By route, as configured: events whose filter could not be
+    /// evaluated (so did not match). Exported for routes with a filter.
+    pub filter_errors: Vec<Counter>,
 }
 
 impl EventStats {
-    /// Counters exported by `metrics`.
-    pub fn registered(metrics: &Metrics) -> Self {
+    /// Counters exported by `metrics`; `routes` are the configured routes.
+    pub fn registered(metrics: &Metrics, routes: &[RouteConfig]) -> Self {
         Self {
             received: Counter::default(),
             unrouted: metrics.unrouted.clone().into(),
+            filter_errors: routes
+                .iter()
+                .enumerate()
+                .map(|(index, route)| match route.filter {
+                    Some(_) => metrics.filter_errors(index),
+                    None => Counter::default(),
+                })
+                .collect(),
         }
     }
 }

@@ -86,7 +86,8 @@ async fn a_missing_field_is_no_match_and_the_daemon_goes_on() {
              [sink.paid]\ntype = \"webhook\"\nurl = \"{}\"\nmax_in_flight = 1\n\
              [sink.bare]\ntype = \"webhook\"\nurl = \"{}\"\nmax_in_flight = 1\n\
              [[route]]\nfilter = 'data.status == \"paid\"'\nsinks = [\"paid\"]\n\
-             [[route]]\nfilter = '!has(data.status)'\nsinks = [\"bare\"]\n",
+             [[route]]\nfilter = '!has(data.status)'\nsinks = [\"bare\"]\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
             paid.url(),
             bare.url()
         ),
@@ -121,6 +122,28 @@ async fn a_missing_field_is_no_match_and_the_daemon_goes_on() {
     })
     .await;
     assert_eq!(daemon.stats.events.received.get(), 5);
+    // The two notes failed the first route's filter, and /metrics says so
+    // by route; the second route's filter never failed.
+    let admin = daemon.admin.expect("admin endpoint");
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut series: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("skor_route_filter_errors_total"))
+        .collect();
+    series.sort_unstable();
+    assert_eq!(
+        series,
+        vec![
+            r#"skor_route_filter_errors_total{route="0"} 2"#,
+            r#"skor_route_filter_errors_total{route="1"} 0"#
+        ],
+        "{metrics}"
+    );
     daemon.stop().await;
     assert_eq!(paid.count(), 2);
     assert_eq!(bare.count(), 2);
