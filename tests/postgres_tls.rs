@@ -345,5 +345,15 @@ async fn wal_mode_streams_over_tls_verified_like_the_other_connections() {
         .expect("skor's replication connection is in pg_stat_replication")
         .get(0);
     assert!(encrypted, "the replication stream uses TLS");
+    // The bridge's socket directory is gone once the stream is up, so a
+    // skor killed now leaves nothing in the temporary directory.
+    let bridge = format!("skor-wal-{}-", std::process::id());
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&bridge))
+        .map(|entry| entry.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
     daemon.stop().await;
 }

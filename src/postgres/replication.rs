@@ -42,7 +42,8 @@ pub struct Replication {
 }
 
 /// Forwards one connection from a private Unix socket to the server over
-/// TLS; removed when dropped.
+/// TLS; the socket's directory goes once that connection is accepted (or
+/// given up on), or when the bridge is dropped.
 pub struct TlsBridge {
     dir: PathBuf,
     task: JoinHandle<()>,
@@ -154,8 +155,13 @@ impl TlsBridge {
                 return Err(format!("cannot listen on {}: {error}", socket.display()));
             }
         };
+        let socket_dir = dir.clone();
         let task = tokio::spawn(async move {
             let accepted = tokio::time::timeout(ACCEPT_TIMEOUT, listener.accept()).await;
+            // The one connection is made or never will be: the socket is of
+            // no more use, and a skor killed while streaming leaves nothing.
+            drop(listener);
+            let _ = std::fs::remove_dir_all(&socket_dir);
             let Ok(Ok((mut client, _))) = accepted else {
                 return;
             };
