@@ -74,18 +74,52 @@ CREATE SEQUENCE IF NOT EXISTS skor.payload_seq;
 -- order. Built as text from row_to_json's own output so the keys keep the
 -- configured order and the compact formatting of row_to_json; a column
 -- dropped since install yields null instead of an error in the user's
--- transaction.
-CREATE OR REPLACE FUNCTION skor.pick(row_json pg_catalog.json, columns pg_catalog.text[])
+-- transaction. `row_value` is the row itself, `row_json` its row_to_json.
+--
+-- Reading a value back out of `row_json` parses it, and json's parser
+-- refuses some escapes a json column may hold (`\u0000`, a lone surrogate
+-- `\ud800`): the writer's statement would fail. Every such escape starts
+-- with `\u`, so a row without one is read back (which cannot fail), and a
+-- row with one takes its columns from the row itself, each rendered by
+-- to_json as row_to_json renders it, parsing nothing.
+DROP FUNCTION IF EXISTS skor.pick(pg_catalog.json, pg_catalog.text[]);
+CREATE OR REPLACE FUNCTION skor.pick(row_value anyelement, row_json pg_catalog.json,
+                                     columns pg_catalog.text[])
 RETURNS pg_catalog.json
-LANGUAGE sql IMMUTABLE AS $skor$
-    SELECT CASE WHEN coalesce(pg_catalog.cardinality(columns), 0) OPERATOR(pg_catalog.=) 0 THEN row_json ELSE
-        (SELECT ('{' OPERATOR(pg_catalog.||) pg_catalog.string_agg(
+LANGUAGE plpgsql STABLE AS $skor$
+DECLARE
+    picked pg_catalog.text;
+BEGIN
+    IF coalesce(pg_catalog.cardinality(columns), 0) OPERATOR(pg_catalog.=) 0 THEN
+        RETURN row_json;
+    END IF;
+    IF pg_catalog.strpos(row_json::pg_catalog.text, '\u') OPERATOR(pg_catalog.=) 0 THEN
+        RETURN (SELECT ('{' OPERATOR(pg_catalog.||) pg_catalog.string_agg(
                         pg_catalog.to_json(c.col)::pg_catalog.text OPERATOR(pg_catalog.||) ':'
                         OPERATOR(pg_catalog.||)
                         coalesce(row_json OPERATOR(pg_catalog.->) c.col, 'null'::pg_catalog.json)::pg_catalog.text,
                         ',' ORDER BY c.pos) OPERATOR(pg_catalog.||) '}')::pg_catalog.json
-           FROM pg_catalog.unnest(columns) WITH ORDINALITY AS c(col, pos))
-    END
+                  FROM pg_catalog.unnest(columns) WITH ORDINALITY AS c(col, pos));
+    END IF;
+    EXECUTE (SELECT 'SELECT ''{'' OPERATOR(pg_catalog.||) '
+                    OPERATOR(pg_catalog.||) pg_catalog.string_agg(
+                        pg_catalog.quote_literal(pg_catalog.to_json(c.col)::pg_catalog.text OPERATOR(pg_catalog.||) ':')
+                        OPERATOR(pg_catalog.||) ' OPERATOR(pg_catalog.||) '
+                        OPERATOR(pg_catalog.||) CASE WHEN a.attname IS NULL THEN '''null'''
+                            ELSE pg_catalog.format('coalesce(pg_catalog.to_json(($1).%I)::pg_catalog.text, ''null'')',
+                                                   c.col) END,
+                        ' OPERATOR(pg_catalog.||) '','' OPERATOR(pg_catalog.||) ' ORDER BY c.pos)
+                    OPERATOR(pg_catalog.||) ' OPERATOR(pg_catalog.||) ''}'''
+               FROM pg_catalog.unnest(columns) WITH ORDINALITY AS c(col, pos)
+               LEFT JOIN pg_catalog.pg_attribute a
+                 ON a.attrelid OPERATOR(pg_catalog.=)
+                        (SELECT t.typrelid FROM pg_catalog.pg_type t
+                          WHERE t.oid OPERATOR(pg_catalog.=) pg_catalog.pg_typeof(row_value))
+                AND a.attname OPERATOR(pg_catalog.=) c.col
+                AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped)
+      INTO picked USING row_value;
+    RETURN picked::pg_catalog.json;
+END
 $skor$;
 
 -- The event's payload, byte for byte the one the original skor's generated
@@ -100,12 +134,17 @@ $skor$;
 -- inside the trigger functions, whose pinned search_path they inherit (a SET
 -- costs a configuration save and restore per call, per row), every name in
 -- them is schema-qualified, and no other role may call them.
+-- `new_value` and `old_value` are the rows whose row_to_json are `new_row`
+-- and `old_row` (see skor.pick()).
 DROP FUNCTION IF EXISTS skor.payload(pg_catalog.text, pg_catalog.text, pg_catalog.text,
                                      pg_catalog.text[], pg_catalog.json, pg_catalog.json);
+DROP FUNCTION IF EXISTS skor.payload(pg_catalog.text, pg_catalog.text, pg_catalog.text,
+                                     pg_catalog.text[], pg_catalog.json, pg_catalog.json,
+                                     pg_catalog.int8);
 CREATE OR REPLACE FUNCTION skor.payload(
     op pg_catalog.text, table_schema pg_catalog.text, table_name pg_catalog.text,
     args pg_catalog.text[], new_row pg_catalog.json, old_row pg_catalog.json,
-    event_id pg_catalog.int8 DEFAULT NULL
+    event_id pg_catalog.int8, new_value anyelement, old_value anyelement
 ) RETURNS pg_catalog.text
 LANGUAGE plpgsql AS $skor$
 DECLARE
@@ -121,7 +160,7 @@ BEGIN
     IF pg_catalog.array_upper(args, 1) OPERATOR(pg_catalog.>=) first_column THEN
         columns := args[first_column:];
     END IF;
-    data := skor.pick(new_row, columns);
+    data := skor.pick(new_value, new_row, columns);
     payload := pg_catalog.json_build_object('table', table_name, 'schema', table_schema,
                                             'op', op, 'data', data)::pg_catalog.text;
     IF flags OPERATOR(pg_catalog.=) '' THEN
@@ -131,11 +170,11 @@ BEGIN
     payload := pg_catalog."left"(payload, -1);
     IF pg_catalog.strpos(flags, 'k') OPERATOR(pg_catalog.>) 0 THEN
         payload := payload OPERATOR(pg_catalog.||) ', "old_key" : '
-                   OPERATOR(pg_catalog.||) skor.pick(old_row, args[5:4 OPERATOR(pg_catalog.+) key_count])::pg_catalog.text;
+                   OPERATOR(pg_catalog.||) skor.pick(old_value, old_row, args[5:4 OPERATOR(pg_catalog.+) key_count])::pg_catalog.text;
     END IF;
     IF pg_catalog.strpos(flags, 'o') OPERATOR(pg_catalog.>) 0 AND op OPERATOR(pg_catalog.=) 'UPDATE' THEN
         payload := payload OPERATOR(pg_catalog.||) ', "old" : '
-                   OPERATOR(pg_catalog.||) skor.pick(old_row, columns)::pg_catalog.text;
+                   OPERATOR(pg_catalog.||) skor.pick(old_value, old_row, columns)::pg_catalog.text;
     END IF;
     IF pg_catalog.strpos(flags, 'u') OPERATOR(pg_catalog.>) 0 THEN
         payload := payload OPERATOR(pg_catalog.||) ', "skor_seq" : '
@@ -201,11 +240,16 @@ BEGIN
             'table', coalesce(NULLIF(TG_ARGV[3], ''), TG_TABLE_NAME),
             'schema', coalesce(NULLIF(TG_ARGV[2], ''), TG_TABLE_SCHEMA),
             'op', TG_OP, 'data', new_row)::pg_catalog.text;
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        payload := skor.payload(TG_OP,
+                                coalesce(NULLIF(TG_ARGV[2], ''), TG_TABLE_SCHEMA),
+                                coalesce(NULLIF(TG_ARGV[3], ''), TG_TABLE_NAME),
+                                TG_ARGV, new_row, old_row, NULL, OLD, OLD);
     ELSE
         payload := skor.payload(TG_OP,
                                 coalesce(NULLIF(TG_ARGV[2], ''), TG_TABLE_SCHEMA),
                                 coalesce(NULLIF(TG_ARGV[3], ''), TG_TABLE_NAME),
-                                TG_ARGV, new_row, old_row);
+                                TG_ARGV, new_row, old_row, NULL, NEW, OLD);
     END IF;
     IF pg_catalog.octet_length(payload) OPERATOR(pg_catalog.<) 8000 THEN
         PERFORM pg_catalog.pg_notify(TG_ARGV[0], payload);
@@ -303,8 +347,12 @@ BEGIN
             old_row := pg_catalog.row_to_json(OLD);
         END IF;
     END IF;
-    IF key_count OPERATOR(pg_catalog.>) 0 THEN
-        row_key := skor.pick(new_row, TG_ARGV[5:4 OPERATOR(pg_catalog.+) key_count])::pg_catalog.text;
+    IF key_count OPERATOR(pg_catalog.=) 0 THEN
+        NULL;
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        row_key := skor.pick(OLD, new_row, TG_ARGV[5:4 OPERATOR(pg_catalog.+) key_count])::pg_catalog.text;
+    ELSE
+        row_key := skor.pick(NEW, new_row, TG_ARGV[5:4 OPERATOR(pg_catalog.+) key_count])::pg_catalog.text;
     END IF;
     -- The common case inline: no opt-in field, every column.
     IF TG_ARGV[1] OPERATOR(pg_catalog.=) ''
@@ -316,7 +364,13 @@ BEGIN
         IF pg_catalog.strpos(TG_ARGV[1], 'e') OPERATOR(pg_catalog.>) 0 THEN
             event_id := pg_catalog.nextval('skor.event_log_id_seq'::pg_catalog.regclass);
         END IF;
-        payload := skor.payload(TG_OP, table_schema, table_name, TG_ARGV, new_row, old_row, event_id);
+        IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+            payload := skor.payload(TG_OP, table_schema, table_name, TG_ARGV, new_row, old_row,
+                                    event_id, OLD, OLD);
+        ELSE
+            payload := skor.payload(TG_OP, table_schema, table_name, TG_ARGV, new_row, old_row,
+                                    event_id, NEW, OLD);
+        END IF;
     END IF;
     IF event_id IS NULL THEN
         INSERT INTO skor.event_log (channel, schema_name, table_name, op, row_key, part, payload)
@@ -435,6 +489,21 @@ BEGIN
            FROM pg_catalog.unnest(args) WITH ORDINALITY AS x(a, o)));
 END
 $skor$;
+
+-- The objects outside skor's schema that skor created (wal mode's
+-- publication and replication slot): install adopts no object of that name
+-- it did not make, since whoever made it could change what skor captures.
+-- `state` is the publication as install left it and `config` the config it
+-- was made from, so the daemon and `skor check --connect` notice when
+-- either drifts.
+CREATE TABLE IF NOT EXISTS skor.created_object (
+    kind text NOT NULL CHECK (kind IN ('publication', 'slot')),
+    name text NOT NULL,
+    state text NOT NULL DEFAULT '',
+    config text NOT NULL DEFAULT '',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, name)
+);
 
 -- Objects of earlier versions.
 DROP FUNCTION IF EXISTS skor.create_capture_trigger(regclass, text, text, text, text[], text[]);

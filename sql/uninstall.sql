@@ -11,7 +11,9 @@ DROP FUNCTION IF EXISTS skor.create_trigger(regclass, text, text, text, text, te
 DROP FUNCTION IF EXISTS skor.execute_create_trigger(regclass, text, text, text, text, text[]);
 DROP FUNCTION IF EXISTS skor.payload(text, text, text, text[], json, json);
 DROP FUNCTION IF EXISTS skor.payload(text, text, text, text[], json, json, int8);
+DROP FUNCTION IF EXISTS skor.payload(text, text, text, text[], json, json, int8, anyelement, anyelement);
 DROP FUNCTION IF EXISTS skor.pick(json, text[]);
+DROP FUNCTION IF EXISTS skor.pick(anyelement, json, text[]);
 DROP TABLE IF EXISTS skor.oversized_payload;
 DROP TABLE IF EXISTS skor.event_log;
 DROP SEQUENCE IF EXISTS skor.payload_seq;
@@ -20,6 +22,7 @@ DROP TABLE IF EXISTS skor.daemon;
 DROP FUNCTION IF EXISTS skor.notify_payload(text, text);
 DROP TABLE IF EXISTS skor.backfill;
 DROP TABLE IF EXISTS skor.wal_backfill;
+DROP TABLE IF EXISTS skor.created_object;
 
 -- The schema goes too, unless somebody put objects of their own in it.
 DO $skor$

@@ -155,6 +155,10 @@ impl AdminState {
             );
         }
         if let Some(wal) = &self.stats.wal {
+            let drift = wal.drift.lock().map(|d| d.clone()).unwrap_or_default();
+            for problem in drift {
+                problems.push(format!("publication drift: {problem}"));
+            }
             if wal.standby.get() == 1 {
                 problems.push("standing by: another reader holds the replication slot".to_string());
             } else if !wal.link.is_up() {

@@ -43,7 +43,16 @@ pub enum Command {
     /// Listen and deliver events until SIGINT or SIGTERM (the default).
     Run,
     /// Create skor's trigger function and the triggers of every [[table]].
-    Install,
+    Install {
+        /// Take an existing replication slot of the configured name as
+        /// skor's own (install refuses a slot it did not create).
+        #[arg(long)]
+        adopt_slot: bool,
+        /// Seconds to wait for any one lock (skor's install lock, a
+        /// captured table) before giving up and naming who holds it.
+        #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+        lock_timeout: f64,
+    },
     /// Remove every trigger, function and table skor created; refuses while
     /// durable events are undelivered.
     Uninstall {
@@ -261,9 +270,20 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => serve(&config).await,
-        Command::Install => {
+        Command::Install {
+            adopt_slot,
+            lock_timeout,
+        } => {
+            let lock_timeout = std::time::Duration::try_from_secs_f64(lock_timeout)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .ok_or_else(|| anyhow!("--lock-timeout: expected a positive number of seconds"))?;
             let mut client = connect(&config).await?;
-            sql::install(&mut client, &config)
+            let options = sql::InstallOptions {
+                adopt_slot,
+                lock_timeout,
+            };
+            sql::install_with(&mut client, &config, &options)
                 .await
                 .context("install failed, nothing was changed")?;
             info!(tables = config.tables.len(), "installed skor's triggers");

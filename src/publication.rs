@@ -243,8 +243,17 @@ fn column_list(table: &Published<'_>) -> Option<Vec<String>> {
 }
 
 /// Creates or updates the publication and the tables' replica identity,
-/// inside install's transaction.
-pub async fn publish(client: &impl GenericClient, config: &Config) -> Result<(), InstallError> {
+/// inside install's transaction, and records what it made. A publication
+/// of that name that skor did not create is refused: its owner could drop
+/// tables from it or stop publishing an operation, and skor would deliver
+/// nothing for those changes. `upgrading` (skor's schema predates its
+/// record of what it created) adopts the one an earlier version made, if
+/// this role owns it.
+pub async fn publish(
+    client: &impl GenericClient,
+    config: &Config,
+    upgrading: bool,
+) -> Result<(), InstallError> {
     let publication = &config.source.publication;
     let tables = describe_tables(client, config).await?;
     if tables.is_empty() {
@@ -298,13 +307,30 @@ pub async fn publish(client: &impl GenericClient, config: &Config) -> Result<(),
         "publish = '{}', publish_via_partition_root = true",
         publish.join(", ")
     );
-    let exists: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[publication],
-        )
-        .await?
-        .get(0);
+    let exists = match publication_state(client, publication).await? {
+        None => false,
+        Some(found) => {
+            let ours = recorded(client, "publication", publication)
+                .await?
+                .is_some();
+            if found.owner != found.skor_owner {
+                return Err(InstallError::Schema(format!(
+                    "publication \"{publication}\" belongs to role {}, not to {}, who owns skor's \
+                     objects: skor adopts no publication it did not create, since its owner \
+                     could change what skor captures; drop it, or choose another \
+                     `source.publication`",
+                    found.owner, found.skor_owner
+                )));
+            }
+            if !ours && !upgrading {
+                return Err(InstallError::Schema(format!(
+                    "publication \"{publication}\" exists, but skor install did not create it: \
+                     drop it, or choose another `source.publication`"
+                )));
+            }
+            true
+        }
+    };
     let name = quote_ident(publication);
     // Row filters are compiled here: with pg_catalog's functions and
     // operators only, never another role's in `public`.
@@ -326,9 +352,177 @@ pub async fn publish(client: &impl GenericClient, config: &Config) -> Result<(),
             list.join(", ")
         );
     }
-    sql.push_str("SET LOCAL search_path TO DEFAULT;\n");
     client.batch_execute(&sql).await?;
+    let state = publication_state(client, publication)
+        .await?
+        .map(|s| s.lines.join("\n"))
+        .unwrap_or_default();
+    client
+        .execute(
+            "INSERT INTO skor.created_object (kind, name, state, config) \
+             VALUES ('publication', $1, $2, $3) \
+             ON CONFLICT (kind, name) DO UPDATE SET state = EXCLUDED.state, config = EXCLUDED.config",
+            &[publication, &state, &config_summary(config)],
+        )
+        .await?;
     Ok(())
+}
+
+/// A publication as the catalog describes it.
+#[derive(Debug)]
+pub struct PublicationState {
+    /// The role that owns it.
+    pub owner: String,
+    /// The role that owns skor's schema (None before install).
+    pub skor_owner: String,
+    /// What it publishes, one line per fact, in a fixed order: the
+    /// operations, then each table (or schema) with its columns, row
+    /// filter and replica identity.
+    pub lines: Vec<String>,
+}
+
+/// Reads `name`'s publication; `None` if there is none.
+pub async fn publication_state(
+    client: &impl GenericClient,
+    name: &str,
+) -> Result<Option<PublicationState>, tokio_postgres::Error> {
+    const PUBLICATION_SQL: &str = "SELECT p.oid, pg_catalog.pg_get_userbyid(p.pubowner)::text, \
+              coalesce((SELECT pg_catalog.pg_get_userbyid(n.nspowner)::text FROM pg_catalog.pg_namespace n \
+                         WHERE n.nspname OPERATOR(pg_catalog.=) 'skor'), ''), \
+              pg_catalog.format('publish insert=%s update=%s delete=%s truncate=%s via_root=%s all_tables=%s', \
+                                p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, p.pubviaroot, p.puballtables) \
+         FROM pg_catalog.pg_publication p WHERE p.pubname OPERATOR(pg_catalog.=) $1";
+    const TABLES_SQL: &str = "SELECT pg_catalog.format('table %I.%I columns (%s) where %s replica identity %s', \
+                  n.nspname, c.relname, \
+                  coalesce((SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) \
+                              FROM pg_catalog.pg_attribute a \
+                             WHERE a.attrelid OPERATOR(pg_catalog.=) r.prrelid \
+                               AND a.attnum OPERATOR(pg_catalog.=) ANY (r.prattrs::pg_catalog.int2[])), '*'), \
+                  coalesce(pg_catalog.pg_get_expr(r.prqual, r.prrelid), '-'), c.relreplident) \
+           FROM pg_catalog.pg_publication_rel r \
+           JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.prrelid \
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+          WHERE r.prpubid OPERATOR(pg_catalog.=) $1 \
+         UNION ALL \
+         SELECT pg_catalog.format('tables in schema %I', n.nspname) \
+           FROM pg_catalog.pg_publication_namespace s \
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) s.pnnspid \
+          WHERE s.pnpubid OPERATOR(pg_catalog.=) $1 \
+         ORDER BY 1";
+    let Some(row) = client.query_opt(PUBLICATION_SQL, &[&name]).await? else {
+        return Ok(None);
+    };
+    let oid: tokio_postgres::types::Oid = row.get(0);
+    let mut lines = vec![row.get::<_, String>(3)];
+    for table in client.query(TABLES_SQL, &[&oid]).await? {
+        lines.push(table.get(0));
+    }
+    Ok(Some(PublicationState {
+        owner: row.get(1),
+        skor_owner: row.get(2),
+        lines,
+    }))
+}
+
+/// What install recorded of the object `kind` named `name`: the state it
+/// left and the config it made it from; `None` if skor did not create it.
+async fn recorded(
+    client: &impl GenericClient,
+    kind: &str,
+    name: &str,
+) -> Result<Option<(String, String)>, tokio_postgres::Error> {
+    let table: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('skor.created_object') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !table {
+        return Ok(None);
+    }
+    Ok(client
+        .query_opt(
+            "SELECT state, config FROM skor.created_object \
+              WHERE kind OPERATOR(pg_catalog.=) $1 AND name OPERATOR(pg_catalog.=) $2",
+            &[&kind, &name],
+        )
+        .await?
+        .map(|row| (row.get(0), row.get(1))))
+}
+
+/// The wal-mode part of `config` the publication is made from, in a fixed
+/// form: install records it, and the daemon compares it with its own.
+pub fn config_summary(config: &Config) -> String {
+    let mut summary = String::new();
+    for table in wal_tables(config) {
+        let _ = writeln!(
+            summary,
+            "{} ops {:?} columns {:?} key {:?} when {:?} identity {:?} old {}",
+            table.name,
+            table.ops,
+            table
+                .ops
+                .iter()
+                .map(|&op| table.columns.for_op(op))
+                .collect::<Vec<_>>(),
+            table.key,
+            row_filter(table),
+            table.replica_identity,
+            table.old
+        );
+    }
+    summary
+}
+
+/// How wal mode's publication differs from what `skor install` made from
+/// this config: another role changed it, or the config changed since.
+/// Empty when they agree.
+/// `summary` is [`config_summary`] of the config in use.
+pub async fn drift(
+    client: &impl GenericClient,
+    name: &str,
+    summary: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let Some(found) = publication_state(client, name).await? else {
+        return Ok(vec![format!(
+            "publication \"{name}\" does not exist: run `skor install`"
+        )]);
+    };
+    let mut problems = Vec::new();
+    if found.owner != found.skor_owner {
+        problems.push(format!(
+            "publication \"{name}\" belongs to role {}, not to {}, who owns skor's objects",
+            found.owner, found.skor_owner
+        ));
+    }
+    let Some((state, installed_config)) = recorded(client, "publication", name).await? else {
+        problems.push(format!(
+            "publication \"{name}\" was not created by `skor install` (or by an earlier \
+             version): run `skor install`"
+        ));
+        return Ok(problems);
+    };
+    if installed_config != summary {
+        problems.push(format!(
+            "the config's wal-mode tables differ from those `skor install` published in \
+             \"{name}\": run `skor install`"
+        ));
+    }
+    let expected: Vec<&str> = state.lines().collect();
+    for line in &expected {
+        if !found.lines.iter().any(|l| l == line) {
+            problems.push(format!("publication \"{name}\" lost: {line}"));
+        }
+    }
+    for line in &found.lines {
+        if !expected.contains(&line.as_str()) {
+            problems.push(format!(
+                "publication \"{name}\" has, unlike install left it: {line}"
+            ));
+        }
+    }
+    Ok(problems)
 }
 
 /// With no table in wal mode any more: drops the publication, and warns
@@ -343,7 +537,7 @@ pub async fn unpublish(client: &Client, config: &Config) -> Result<(), InstallEr
         )
         .await?;
     let (published, slot): (bool, bool) = (row.get(0), row.get(1));
-    if published {
+    if published && created_by_skor(client, "publication", &config.source.publication).await? {
         client.batch_execute(&drop_publication_sql(config)).await?;
         info!(publication = %config.source.publication, "no table is in wal mode: dropped the publication");
     }
@@ -355,9 +549,16 @@ pub async fn unpublish(client: &Client, config: &Config) -> Result<(), InstallEr
     Ok(())
 }
 
-/// Creates the logical replication slot unless it exists; after the
-/// publication committed, so the slot never starts before it.
-pub async fn create_slot(client: &Client, config: &Config) -> Result<(), InstallError> {
+/// Creates the logical replication slot unless it exists, after the
+/// publication committed, so the slot never starts before it, and records
+/// it. A slot of that name skor did not create is refused unless `adopt`:
+/// PostgreSQL gives slots no owner, and any role with REPLICATION could
+/// have made it at a position of its choosing.
+pub async fn create_slot(
+    client: &Client,
+    config: &Config,
+    adopt: bool,
+) -> Result<(), InstallError> {
     let slot = &config.source.slot;
     let existing = client
         .query_opt(
@@ -377,26 +578,75 @@ pub async fn create_slot(client: &Client, config: &Config) -> Result<(), Install
                 plugin.as_deref().unwrap_or("(none)")
             )));
         }
+        if recorded(client, "slot", slot).await?.is_none() {
+            if !adopt {
+                return Err(InstallError::Schema(format!(
+                    "replication slot \"{slot}\" exists, but skor install did not create it (any role \
+                     with REPLICATION can make one, at a position of its choosing): drop it with \
+                     SELECT pg_drop_replication_slot('{slot}'), choose another `source.slot`, or, \
+                     if it is skor's own, pass --adopt-slot"
+                )));
+            }
+            warn!(%slot, "adopting the existing replication slot as skor's own (--adopt-slot)");
+            record_slot(client, slot).await?;
+        }
         return Ok(());
     }
     match client
         .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            "SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
             &[slot],
         )
         .await
     {
         Ok(_) => {
+            record_slot(client, slot).await?;
             warn!(%slot, "created the replication slot: PostgreSQL keeps every WAL segment it has not \
                   confirmed, also while no skor runs, until `skor uninstall` drops it");
             Ok(())
         }
-        // Another install created it meanwhile.
+        // Made meanwhile: by another install (which records it), or by
+        // another role.
         Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
-            Ok(())
+            if recorded(client, "slot", slot).await?.is_some() {
+                return Ok(());
+            }
+            Err(InstallError::Schema(format!(
+                "replication slot \"{slot}\" was created by another session while skor installed; \
+                 run `skor install` again once it is finished"
+            )))
         }
         Err(error) => Err(InstallError::Database(describe(&error))),
     }
+}
+
+async fn record_slot(client: &Client, slot: &str) -> Result<(), InstallError> {
+    client
+        .execute(
+            "INSERT INTO skor.created_object (kind, name) VALUES ('slot', $1) \
+             ON CONFLICT (kind, name) DO NOTHING",
+            &[&slot],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Whether skor created the slot (or the publication): what uninstall may
+/// drop. Installs of earlier versions kept no record; theirs counts as
+/// skor's.
+pub async fn created_by_skor(
+    client: &impl GenericClient,
+    kind: &str,
+    name: &str,
+) -> Result<bool, InstallError> {
+    let table: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('skor.created_object') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(!table || recorded(client, kind, name).await?.is_some())
 }
 
 /// Refuses while a reader holds the slot, before uninstall changes anything.
@@ -417,7 +667,7 @@ pub async fn drop_slot(client: &impl GenericClient, config: &Config) -> Result<(
     }
     let slot = &config.source.slot;
     client
-        .execute("SELECT pg_drop_replication_slot($1)", &[slot])
+        .execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[slot])
         .await?;
     info!(%slot, "dropped the replication slot: PostgreSQL no longer keeps WAL for skor");
     Ok(())
@@ -483,6 +733,13 @@ pub async fn slot_report(client: &Client, config: &Config) -> Result<String, Ins
         return Err(InstallError::Schema(format!(
             "publication \"{}\" does not exist: run `skor install`",
             config.source.publication
+        )));
+    }
+    let problems = drift(client, &config.source.publication, &config_summary(config)).await?;
+    if !problems.is_empty() {
+        return Err(InstallError::Schema(format!(
+            "the publication is not what skor install made from this config:\n  - {}",
+            problems.join("\n  - ")
         )));
     }
     let (active, lag, retained, status): (bool, Option<i64>, Option<i64>, String) =

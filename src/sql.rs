@@ -7,14 +7,15 @@ use skor_sink_api::Op;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{Config, Mode, TableConfig, TableName};
-use crate::postgres::{describe, quote_ident, quote_literal, text_array};
+use crate::postgres::{describe, locks, quote_ident, quote_literal, text_array};
 use crate::publication;
 
-/// Serialises concurrent installs and uninstalls on one database, and keeps
-/// PostgreSQL's notices ("already exists, skipping"), which only say what
-/// the idempotent script expects, out of the log.
-const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtext('skor install'));\n\
-                        SET LOCAL client_min_messages = warning;\n\n";
+/// The printed script's lock (`skor sql`, run by a migration tool): the
+/// advisory lock serialises it with concurrent installs; `skor install`
+/// itself takes the lock only skor's role can hold (see
+/// `postgres::locks::take_install_lock`).
+const LOCK_SQL: &str =
+    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('skor install'));\n\n";
 const INSTALL_SQL: &str = include_str!("../sql/install.sql");
 /// `skor backfill`'s progress and wal-mode tables.
 const BACKFILL_SQL: &str = include_str!("../sql/backfill.sql");
@@ -55,18 +56,70 @@ pub enum InstallError {
     /// PostgreSQL refused a statement.
     #[error("{0}")]
     Database(String),
+    /// A lock wait ran out; the text names the sessions holding it.
+    #[error("{0}")]
+    Locked(String),
+}
+
+impl From<locks::LockError> for InstallError {
+    fn from(error: locks::LockError) -> Self {
+        match error {
+            locks::LockError::Timeout(text) => Self::Locked(text),
+            locks::LockError::Db(error) => error.into(),
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for InstallError {
     fn from(error: tokio_postgres::Error) -> Self {
+        if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+            return Self::Locked(format!(
+                "{} (a lock wait ran out: every wait is bounded by lock_timeout)",
+                describe(&error)
+            ));
+        }
         Self::Database(describe(&error))
+    }
+}
+
+/// When a lock wait of install or uninstall (whose transaction has been
+/// rolled back) ran out on a table, names the sessions holding locks on
+/// skor's objects and captured tables.
+async fn name_lock_holders<T>(
+    client: &Client,
+    result: Result<T, InstallError>,
+    timeout: std::time::Duration,
+) -> Result<T, InstallError> {
+    match result {
+        Err(InstallError::Locked(text)) if !text.starts_with("waited ") => {
+            let holders = locks::holders(client).await.unwrap_or_default();
+            Err(InstallError::Locked(format!(
+                "{}: {text}",
+                locks::message(
+                    "a lock on a table install or uninstall changes",
+                    &holders,
+                    timeout
+                )
+            )))
+        }
+        other => other,
     }
 }
 
 /// The whole install script for `config`, as `skor sql` prints it.
 pub fn install_sql(config: &Config) -> String {
-    let mut sql = [
+    [
+        &locks::session_sql(locks::LOCK_TIMEOUT),
         LOCK_SQL,
+        &install_body(config),
+    ]
+    .concat()
+}
+
+/// The install script after its lock: skor's objects, the triggers and
+/// the privileges.
+fn install_body(config: &Config) -> String {
+    let mut sql = [
         INSTALL_SQL,
         "\n",
         LEASES_SQL,
@@ -273,23 +326,72 @@ pub async fn check_conditions(
 /// Creates skor's objects, the configured triggers and, in wal mode, the
 /// publication, in one transaction; then the replication slot.
 pub async fn install(client: &mut Client, config: &Config) -> Result<(), InstallError> {
+    install_with(client, config, &InstallOptions::default()).await
+}
+
+/// What `skor install` may do beyond the default.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// Take an existing replication slot of the configured name as skor's
+    /// own (`--adopt-slot`).
+    pub adopt_slot: bool,
+    /// How long to wait for any one lock (`--lock-timeout`).
+    pub lock_timeout: std::time::Duration,
+}
+
+impl Default for InstallOptions {
+    fn default() -> Self {
+        Self {
+            adopt_slot: false,
+            lock_timeout: locks::LOCK_TIMEOUT,
+        }
+    }
+}
+
+/// [`install`], with `options`.
+pub async fn install_with(
+    client: &mut Client,
+    config: &Config,
+    options: &InstallOptions,
+) -> Result<(), InstallError> {
     if config.uses_wal() {
         publication::check_server(&*client).await?;
     }
-    let transaction = client.transaction().await?;
-    check_tables(&transaction, config).await?;
-    check_conditions(&transaction, config).await?;
-    transaction.batch_execute(&install_sql(config)).await?;
+    let result = install_transaction(client, config, options.lock_timeout).await;
+    let upgrading = name_lock_holders(client, result, options.lock_timeout).await?;
     if config.uses_wal() {
-        publication::publish(&transaction, config).await?;
-    }
-    transaction.commit().await?;
-    if config.uses_wal() {
-        publication::create_slot(client, config).await?;
+        publication::create_slot(client, config, options.adopt_slot || upgrading).await?;
     } else {
         publication::unpublish(client, config).await?;
     }
     Ok(())
+}
+
+/// Whether skor's schema predates its record of the objects it created:
+/// an earlier version's install, whose publication and slot are adopted.
+async fn install_transaction(
+    client: &mut Client,
+    config: &Config,
+    lock_timeout: std::time::Duration,
+) -> Result<bool, InstallError> {
+    let transaction = client.transaction().await?;
+    locks::take_install_lock(&transaction, lock_timeout).await?;
+    let upgrading: bool = transaction
+        .query_one(
+            "SELECT pg_catalog.to_regnamespace('skor') IS NOT NULL \
+                AND pg_catalog.to_regclass('skor.created_object') IS NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    check_tables(&transaction, config).await?;
+    check_conditions(&transaction, config).await?;
+    transaction.batch_execute(&install_body(config)).await?;
+    if config.uses_wal() {
+        publication::publish(&transaction, config, upgrading).await?;
+    }
+    transaction.commit().await?;
+    Ok(upgrading)
 }
 
 /// Removes every object skor created, in one transaction, after the
@@ -300,12 +402,23 @@ pub async fn uninstall(
     config: &Config,
     drop_events: bool,
 ) -> Result<(), InstallError> {
+    publication::check_slot_idle(client, config).await?;
+    let timeout = locks::LOCK_TIMEOUT;
+    let result = uninstall_transaction(client, config, drop_events, timeout).await;
+    name_lock_holders(client, result, timeout).await
+}
+
+async fn uninstall_transaction(
+    client: &mut Client,
+    config: &Config,
+    drop_events: bool,
+    lock_timeout: std::time::Duration,
+) -> Result<(), InstallError> {
     const UNDELIVERED_SQL: &str = "SELECT count(*) FILTER (WHERE state = 'pending'), \
                                           count(*) FILTER (WHERE state = 'dead') \
                                      FROM skor.event_log";
-    publication::check_slot_idle(client, config).await?;
     let transaction = client.transaction().await?;
-    transaction.batch_execute(LOCK_SQL).await?;
+    locks::take_install_lock(&transaction, lock_timeout).await?;
     let has_log = transaction
         .query_one("SELECT to_regclass('skor.event_log') IS NOT NULL", &[])
         .await?
@@ -320,15 +433,21 @@ pub async fn uninstall(
             )));
         }
     }
-    let sql = [
-        DROP_TRIGGERS_SQL,
-        "\n",
-        &publication::drop_publication_sql(config),
-        UNINSTALL_SQL,
-    ]
-    .concat();
+    // Only what skor created goes: the record of it goes with the schema.
+    let publication_ours =
+        publication::created_by_skor(&transaction, "publication", &config.source.publication)
+            .await?;
+    let slot_ours = publication::created_by_skor(&transaction, "slot", &config.source.slot).await?;
+    let drop_publication = if publication_ours {
+        publication::drop_publication_sql(config)
+    } else {
+        String::new()
+    };
+    let sql = [DROP_TRIGGERS_SQL, "\n", &drop_publication, UNINSTALL_SQL].concat();
     transaction.batch_execute(&sql).await?;
-    publication::drop_slot(&transaction, config).await?;
+    if slot_ours {
+        publication::drop_slot(&transaction, config).await?;
+    }
     transaction.commit().await?;
     Ok(())
 }

@@ -253,6 +253,10 @@ pub struct WalStats {
     pub dead_lettered: Counter,
     /// TRUNCATE statements seen (not captured).
     pub truncates: Counter,
+    /// How the publication differs from what `skor install` made from
+    /// this config (checked at start and every minute); empty when it
+    /// agrees.
+    pub drift: std::sync::Mutex<Vec<String>>,
     /// The slot's confirmed position, as skor last sent it.
     pub confirmed_lsn: AtomicU64,
     /// When (`now_ms`) the confirmed position last moved.

@@ -192,7 +192,7 @@ impl Plan {
         let mut sql = String::new();
         let _ = write!(
             sql,
-            "WITH batch AS MATERIALIZED (\n    SELECT {}, pg_catalog.row_to_json(t) AS skor_row\n      FROM {} AS t\n     WHERE {}",
+            "WITH batch AS MATERIALIZED (\n    SELECT {}, pg_catalog.row_to_json(t) AS skor_row, t AS skor_record\n      FROM {} AS t\n     WHERE {}",
             selected.join(", "),
             self.qualified,
             self.filter()
@@ -238,16 +238,17 @@ impl Plan {
     /// The part of the batch statement that sends the rows, in key order,
     /// the way the table's mode captures changes.
     fn send_sql(&self, order: &str) -> String {
+        // `row` is the batch's alias: its row_to_json and the row itself.
         let payload = |row: &str, id: &str| {
             format!(
-                "skor.payload('READ', {}, {}, {}, {row}, NULL, {id})",
+                "skor.payload('READ', {}, {}, {}, {row}.skor_row, NULL, {id}, {row}.skor_record, {row}.skor_record)",
                 quote_literal(&self.schema),
                 quote_literal(&self.table),
                 self.args
             )
         };
         let row_key = format!(
-            "skor.pick(b.skor_row, {})::pg_catalog.text",
+            "skor.pick(b.skor_record, b.skor_row, {})::pg_catalog.text",
             text_array(&self.key_names)
         );
         let (channel, schema, table) = (
@@ -258,7 +259,7 @@ impl Plan {
         match self.mode {
             Mode::Notify => format!(
                 "SELECT skor.notify_payload({channel}, {}) FROM batch b ORDER BY {order}",
-                payload("b.skor_row", "NULL")
+                payload("b", "NULL")
             ),
             // The row key and partition as skor.capture() computes them, so
             // a row's READ and its changes are delivered in one order; the
@@ -268,18 +269,18 @@ impl Plan {
                 "INSERT INTO skor.event_log (id, channel, schema_name, table_name, op, row_key, part, payload)\n    \
                  SELECT k.id, {channel}, {schema}, {table}, 'READ', k.row_key,\n           \
                  pg_catalog.hashtext(k.row_key) OPERATOR(pg_catalog.&) 63, {}\n      \
-                 FROM (SELECT b.skor_row, {row_key} AS row_key,\n                   \
+                 FROM (SELECT b.skor_row, b.skor_record, {row_key} AS row_key,\n                   \
                  pg_catalog.nextval('skor.event_log_id_seq'::pg_catalog.regclass) AS id\n              \
                  FROM batch b ORDER BY {order}) k\n    \
                  RETURNING 1",
-                payload("k.skor_row", "k.id")
+                payload("k", "k.id")
             ),
             Mode::Wal => format!(
                 "INSERT INTO skor.wal_backfill (channel, schema_name, table_name, row_key, payload)\n    \
                  SELECT {channel}, {schema}, {table}, k.row_key, k.payload\n      \
                  FROM (SELECT {row_key} AS row_key, {} AS payload FROM batch b ORDER BY {order}) k\n    \
                  RETURNING 1",
-                payload("b.skor_row", "NULL")
+                payload("b", "NULL")
             ),
         }
     }

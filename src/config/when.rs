@@ -57,6 +57,7 @@ fn condition<E: de::Error>(v: &str) -> Result<String, E> {
             "the condition is empty; remove `when` to capture every change",
         ));
     }
+    one_expression(v).map_err(E::custom)?;
     Ok(v.to_string())
 }
 
@@ -151,63 +152,136 @@ pub fn row_reference(sql: &str) -> Option<String> {
     let bytes = sql.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
+        if let Some(next) = skip_non_code(sql, i) {
+            i = next;
+            continue;
+        }
         let b = bytes[i];
-        match b {
-            b'\'' => {
-                i = skip_quoted(
-                    bytes,
-                    i + 1,
-                    b'\'',
-                    i > 0 && matches!(bytes[i - 1], b'e' | b'E'),
-                )
+        if is_word(b) && (i == 0 || !is_word(bytes[i - 1])) {
+            let start = i;
+            while i < bytes.len() && is_word(bytes[i]) {
+                i += 1;
             }
-            b'"' => i = skip_quoted(bytes, i + 1, b'"', false),
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
+            let word = &sql[start..i];
+            let mut next = i;
+            while next < bytes.len() && bytes[next].is_ascii_whitespace() {
+                next += 1;
             }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i = sql[i + 2..]
-                    .find("*/")
-                    .map_or(bytes.len(), |end| i + 2 + end + 2);
+            if (word.eq_ignore_ascii_case("old") || word.eq_ignore_ascii_case("new"))
+                && bytes.get(next) == Some(&b'.')
+            {
+                return Some(word.to_string());
             }
-            b'$' if i == 0 || !is_word(bytes[i - 1]) => {
-                // A dollar-quoted string: $tag$ ... $tag$.
-                let tag_end = bytes[i + 1..]
-                    .iter()
-                    .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
-                    .map(|p| i + 1 + p);
-                match tag_end {
-                    Some(end) if bytes[end] == b'$' => {
-                        let tag = &sql[i..=end];
-                        i = sql[end + 1..]
-                            .find(tag)
-                            .map_or(bytes.len(), |p| end + 1 + p + tag.len());
-                    }
-                    _ => i += 1,
-                }
-            }
-            _ if is_word(b) && (i == 0 || !is_word(bytes[i - 1])) => {
-                let start = i;
-                while i < bytes.len() && is_word(bytes[i]) {
-                    i += 1;
-                }
-                let word = &sql[start..i];
-                let mut next = i;
-                while next < bytes.len() && bytes[next].is_ascii_whitespace() {
-                    next += 1;
-                }
-                if (word.eq_ignore_ascii_case("old") || word.eq_ignore_ascii_case("new"))
-                    && bytes.get(next) == Some(&b'.')
-                {
-                    return Some(word.to_string());
-                }
-            }
-            _ => i += 1,
+        } else {
+            i += 1;
         }
     }
     None
+}
+
+/// Checks that a condition is one expression: install pastes it between
+/// parentheses into `CREATE TRIGGER ... WHEN (...)` or a publication's
+/// `WHERE (...)`, so a parenthesis it closes without opening, a `;`, or a
+/// string, identifier or comment it leaves open would let it write the
+/// rest of that statement (`id > 0), public.other WHERE (true` adds a
+/// table to the publication).
+pub fn one_expression(sql: &str) -> Result<(), String> {
+    let bytes = sql.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(next) = skip_non_code(sql, i) {
+            if next > bytes.len() {
+                return Err(format!(
+                    "the condition leaves open what it starts at byte {i} ({}): close it",
+                    &sql[i..(i + 2).min(sql.len())]
+                ));
+            }
+            i = next;
+            continue;
+        }
+        match bytes[i] {
+            b'(' => depth += 1,
+            b')' => {
+                if depth == 0 {
+                    return Err(format!(
+                        "the condition closes a parenthesis it did not open (byte {i}): it must be \
+                         one SQL expression"
+                    ));
+                }
+                depth -= 1;
+            }
+            b';' => {
+                return Err(format!(
+                    "the condition holds a `;` (byte {i}): it must be one SQL expression"
+                ))
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if depth > 0 {
+        return Err("the condition opens a parenthesis it does not close".into());
+    }
+    Ok(())
+}
+
+/// If a string, quoted identifier, comment or dollar-quoted string starts
+/// at `i`, the index after its end (one past the text's length when it
+/// never ends); `None` at ordinary code. Standard strings take no
+/// backslash escapes (skor's sessions pin standard_conforming_strings).
+fn skip_non_code(sql: &str, i: usize) -> Option<usize> {
+    let bytes = sql.as_bytes();
+    let unterminated = bytes.len() + 1;
+    match bytes[i] {
+        b'\'' => Some(skip_quoted(
+            bytes,
+            i + 1,
+            b'\'',
+            i > 0 && matches!(bytes[i - 1], b'e' | b'E') && (i < 2 || !is_word(bytes[i - 2])),
+        )),
+        b'"' => Some(skip_quoted(bytes, i + 1, b'"', false)),
+        b'-' if bytes.get(i + 1) == Some(&b'-') => {
+            Some(sql[i..].find('\n').map_or(bytes.len(), |end| i + end + 1))
+        }
+        b'/' if bytes.get(i + 1) == Some(&b'*') => {
+            // Block comments nest in PostgreSQL.
+            let mut depth = 0usize;
+            let mut j = i;
+            while j + 1 < bytes.len() {
+                if bytes[j] == b'/' && bytes[j + 1] == b'*' {
+                    depth += 1;
+                    j += 2;
+                } else if bytes[j] == b'*' && bytes[j + 1] == b'/' {
+                    depth -= 1;
+                    j += 2;
+                    if depth == 0 {
+                        return Some(j);
+                    }
+                } else {
+                    j += 1;
+                }
+            }
+            Some(unterminated)
+        }
+        b'$' if i == 0 || !is_word(bytes[i - 1]) => {
+            // A dollar-quoted string: $tag$ ... $tag$.
+            let end = bytes[i + 1..]
+                .iter()
+                .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
+                .map(|p| i + 1 + p)?;
+            if bytes[end] != b'$' {
+                return None;
+            }
+            let tag = &sql[i..=end];
+            Some(
+                sql[end + 1..]
+                    .find(tag)
+                    .map_or(unterminated, |p| end + 1 + p + tag.len()),
+            )
+        }
+        _ => None,
+    }
 }
 
 fn is_word(b: u8) -> bool {
@@ -215,8 +289,8 @@ fn is_word(b: u8) -> bool {
 }
 
 /// The index after the closing `quote` of a string or identifier opened
-/// before `i`; a doubled quote is one character, and so is a backslash
-/// escape in an `E'...'` string.
+/// before `i` (one past the end when it is never closed); a doubled quote
+/// is one character, and so is a backslash escape in an `E'...'` string.
 fn skip_quoted(bytes: &[u8], mut i: usize, quote: u8, backslash: bool) -> usize {
     while i < bytes.len() {
         if backslash && bytes[i] == b'\\' {
@@ -232,12 +306,39 @@ fn skip_quoted(bytes: &[u8], mut i: usize, quote: u8, backslash: bool) -> usize 
         }
         i += 1;
     }
-    bytes.len()
+    bytes.len() + 1
 }
 
 #[cfg(test)]
 mod tests {
-    use super::row_reference;
+    use super::{one_expression, row_reference};
+
+    #[test]
+    fn a_condition_is_one_expression() {
+        for good in [
+            "status = 'paid'",
+            "(a > 1) AND (b < 2)",
+            "note = ')' AND \"odd)\" = 1",
+            "x = $t$ ) $t$ -- )\n",
+            "note = E'it\\'s )' /* ( /* ) */ */",
+            "lower(name) ~ '^a(b'",
+        ] {
+            assert_eq!(one_expression(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("id > 0), public.other WHERE (true", "closes a parenthesis"),
+            ("true; DROP TABLE t", "holds a `;`"),
+            ("(id > 0", "opens a parenthesis"),
+            ("note = 'open", "leaves open"),
+            ("x = 1 /* (", "leaves open"),
+            ("x = $q$ )", "leaves open"),
+            ("\"x) = 1", "leaves open"),
+            ("note = 'a\\' ) OR (true'", "closes a parenthesis"),
+        ] {
+            let error = one_expression(bad).expect_err(bad);
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn row_references_are_found_outside_strings_identifiers_and_comments() {

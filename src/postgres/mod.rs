@@ -17,6 +17,7 @@
 
 mod dsn;
 mod error;
+pub mod locks;
 mod quote;
 mod replication;
 mod tls;
@@ -76,6 +77,7 @@ impl Postgres {
                     .map_or_else(|| e.to_string(), ToString::to_string);
                 DsnError(format!("not a valid connection string: {cause}"))
             })?;
+        pin_search_path(&mut config);
         let roots = match tls.sslrootcert.as_deref() {
             None | Some("") => None,
             Some("system") => Some(RootCerts::System),
@@ -161,6 +163,30 @@ impl Postgres {
     }
 }
 
+/// The search_path of every session skor opens: PostgreSQL's own catalog,
+/// then temporary objects. A function or operator another role creates in
+/// `public` (or any schema on the connecting role's path) never resolves in
+/// skor's statements, which would otherwise run it as skor's role, or as a
+/// superuser when skor connects as one.
+pub const SEARCH_PATH: &str = "pg_catalog, pg_temp";
+
+/// The startup options that pin [`SEARCH_PATH`], and standard strings (no
+/// backslash escapes outside `E'...'`, as config checks lex a `when`): a
+/// startup setting wins over the role's and the database's defaults
+/// (`ALTER ROLE ... SET`), and `RESET` returns to it.
+pub const SEARCH_PATH_OPTION: &str =
+    "-c search_path=pg_catalog,pg_temp -c standard_conforming_strings=on";
+
+/// Appends the pinned search_path to the DSN's own `options`, last, so it
+/// wins over a search_path the DSN sets.
+fn pin_search_path(config: &mut tokio_postgres::Config) {
+    let options = match config.get_options() {
+        Some(own) if !own.trim().is_empty() => format!("{own} {SEARCH_PATH_OPTION}"),
+        _ => SEARCH_PATH_OPTION.to_string(),
+    };
+    config.options(&options);
+}
+
 #[cfg(test)]
 mod tests {
     use super::tls::presented_name;
@@ -193,6 +219,21 @@ mod tests {
 
     fn error(dsn: &str) -> String {
         Postgres::from_dsn(dsn).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_session_pins_its_search_path_after_the_dsns_options() {
+        let pg = Postgres::from_dsn("host=db").unwrap();
+        assert_eq!(pg.config().get_options(), Some(SEARCH_PATH_OPTION));
+        let pg =
+            Postgres::from_dsn("host=db options='-c search_path=public -c work_mem=4MB'").unwrap();
+        assert_eq!(
+            pg.config().get_options(),
+            Some(
+                "-c search_path=public -c work_mem=4MB -c search_path=pg_catalog,pg_temp \
+                 -c standard_conforming_strings=on"
+            )
+        );
     }
 
     #[test]

@@ -25,8 +25,9 @@ use tracing::warn;
 use super::{Postgres, SslMode};
 
 /// Values decoded from the stream render as row_to_json renders them only
-/// in ISO DateStyle, whatever the server's default is.
-const SESSION_OPTIONS: &str = "-c DateStyle=ISO,MDY";
+/// in ISO DateStyle, whatever the server's default is; and the search_path
+/// is pinned as on every other session (see [`super::SEARCH_PATH`]).
+const SESSION_OPTIONS: &str = "-c DateStyle=ISO,MDY -c search_path=pg_catalog,pg_temp";
 /// libpq's SSLRequest: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
 /// How long the bridge waits for the replication client to connect.

@@ -30,6 +30,9 @@ type Conn = PgConnection;
 /// The wait before the first reconnection attempt; it doubles up to
 /// `source.reconnect_max_backoff_ms`.
 pub const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(100);
+/// A session lost sooner than this after it opened counts as a failed
+/// attempt: the next reconnect waits first, as after a refused connect.
+pub const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// Most bytes of a rejected payload quoted in its log line.
 const LOGGED_PAYLOAD_BYTES: usize = 256;
@@ -250,8 +253,10 @@ impl Listener {
         ));
         self.stats.link.set(true);
         self.leftovers().await;
+        let mut quick_losses = 0u32;
         loop {
             self.use_keys(std::mem::take(&mut session.primary_keys));
+            let opened = Instant::now();
             let Some(reason) = self.pump(&mut session, &shutdown).await else {
                 info!("stopped listening");
                 return;
@@ -262,7 +267,12 @@ impl Listener {
             // hold up its notification queue.
             drop(session);
             let down_since = Instant::now();
-            let Some(next) = self.reconnect(&shutdown).await else {
+            quick_losses = if opened.elapsed() < STABLE_SESSION {
+                quick_losses.saturating_add(1)
+            } else {
+                0
+            };
+            let Some(next) = self.reconnect(&shutdown, quick_losses).await else {
                 info!("stopped reconnecting: shutting down");
                 return;
             };
@@ -359,8 +369,17 @@ impl Listener {
         connect.unwrap_or(Duration::from_secs(10)) + self.query_timeout
     }
 
-    async fn reconnect(&self, shutdown: &CancellationToken) -> Option<Session> {
+    /// Opens a new session, backing off between attempts; `quick_losses`
+    /// counts the sessions in a row that were lost soon after they opened,
+    /// so a session that dies as it starts is not opened again at once.
+    async fn reconnect(&self, shutdown: &CancellationToken, quick_losses: u32) -> Option<Session> {
         let waits = Schedule::exponential(RECONNECT_FIRST_WAIT, self.max_backoff);
+        if quick_losses > 0 {
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(waits.delay(quick_losses - 1)) => {}
+            }
+        }
         for attempt in 1u64.. {
             let delay = waits.delay_u64(attempt);
             let opened = tokio::select! {

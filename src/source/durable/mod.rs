@@ -207,6 +207,7 @@ impl Durable {
     /// those.
     pub async fn run(mut self, mut session: Session, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
+        let mut quick_losses: u32 = 0;
         loop {
             let started = Instant::now();
             let error = match self.serve(&mut session, &shutdown).await {
@@ -235,7 +236,13 @@ impl Durable {
                     self.lose(&held, "the event log connection was lost");
                     warn!(%error, "lost the event log connection, reconnecting; a new session \
                           takes partitions once their leases expire");
-                    match self.reconnect(&shutdown).await {
+                    let quick = started.elapsed() < crate::source::notify::STABLE_SESSION;
+                    quick_losses = if quick {
+                        quick_losses.saturating_add(1)
+                    } else {
+                        0
+                    };
+                    match self.reconnect(&shutdown, quick_losses).await {
                         Some(next) => session = next,
                         None => {
                             info!(
@@ -249,8 +256,17 @@ impl Durable {
         }
     }
 
-    async fn reconnect(&self, shutdown: &CancellationToken) -> Option<Session> {
+    /// Opens a new session, backing off between attempts; `quick_losses`
+    /// counts the sessions in a row that were lost soon after they opened,
+    /// so a session that dies as it starts is not opened again at once.
+    async fn reconnect(&self, shutdown: &CancellationToken, quick_losses: u32) -> Option<Session> {
         let waits = Schedule::exponential(RECONNECT_FIRST_WAIT, self.max_backoff);
+        if quick_losses > 0 {
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(waits.delay(quick_losses - 1)) => {}
+            }
+        }
         for attempt in 1u64.. {
             let delay = waits.delay_u64(attempt);
             let opened = tokio::select! {

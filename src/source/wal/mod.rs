@@ -46,6 +46,12 @@ use relations::{Rules, Table};
 const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// How often dead letters that could not be written are tried again.
 const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
+/// How often the publication is compared with what install made of the
+/// config: another role's change to it would silently stop events.
+const DRIFT_CHECK: Duration = Duration::from_secs(10);
+/// A stream that ends sooner than this after it started counts as a
+/// failure to start, so the next attempt backs off.
+const STABLE_STREAM: Duration = Duration::from_secs(10);
 
 /// Why wal mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +69,8 @@ pub struct WalSource {
     pg: Postgres,
     slot: String,
     publication: String,
+    /// The config's wal-mode tables as install records them, for drift.
+    summary: String,
     status_interval: Duration,
     max_backoff: Duration,
     rules: Rules,
@@ -140,10 +148,12 @@ impl WalSource {
             )));
         }
         let (acks, outcomes) = mpsc::unbounded_channel();
-        Ok(Self {
+        let summary = crate::publication::config_summary(config);
+        let source = Self {
             pg,
             slot,
             publication,
+            summary,
             status_interval: Duration::from_millis(config.source.wal_status_interval_ms),
             max_backoff: Duration::from_millis(config.source.reconnect_max_backoff_ms),
             rules: Rules::new(config),
@@ -159,7 +169,43 @@ impl WalSource {
             last_change: (0, 0),
             transaction: relations::Meta::default(),
             bridge: None,
-        })
+        };
+        source.check_drift().await;
+        Ok(source)
+    }
+
+    /// Compares the publication with what install made of the config;
+    /// logs an error when it starts or stops differing, and keeps the
+    /// differences for readiness.
+    async fn check_drift(&self) {
+        let Some(catalog) = self.catalog.as_ref() else {
+            return;
+        };
+        let problems = match crate::publication::drift(catalog, &self.publication, &self.summary)
+            .await
+        {
+            Ok(problems) => problems,
+            Err(error) => {
+                debug!(error = %describe(&error), "cannot compare the publication with the config");
+                return;
+            }
+        };
+        let Ok(mut known) = self.stats.drift.lock() else {
+            return;
+        };
+        if *known == problems {
+            return;
+        }
+        if problems.is_empty() {
+            info!(publication = %self.publication, "the publication agrees with the config again");
+        } else {
+            for problem in &problems {
+                error!(publication = %self.publication, %problem,
+                       "the publication is not what `skor install` made of this config: \
+                        changes it leaves out are not delivered");
+            }
+        }
+        *known = problems;
     }
 
     /// Streams until `shutdown`, reconnecting and standing by as needed.
@@ -189,10 +235,13 @@ impl WalSource {
                     standing_by = false;
                     streamed_before = true;
                     busy_polls = 0;
-                    failures = 0;
                     self.stats.standby.set(0);
                     self.stats.link.set(true);
+                    let began = tokio::time::Instant::now();
                     let ended = self.stream(client, &shutdown).await;
+                    if began.elapsed() >= STABLE_STREAM {
+                        failures = 0;
+                    }
                     self.progress.abandon_open();
                     self.tables.clear();
                     match ended {
@@ -200,9 +249,20 @@ impl WalSource {
                             self.finish(Some(client)).await;
                             return;
                         }
-                        Err(error) => {
+                        Err(error) if began.elapsed() >= STABLE_STREAM => {
                             warn!(%error, slot = %self.slot,
                                   "replication stream lost; reconnecting, unconfirmed changes come again");
+                        }
+                        // Ended as soon as it began (the server refuses
+                        // what it streams, say a publication that is
+                        // gone): back off as for a failed start.
+                        Err(error) => {
+                            let delay = backoff.delay(failures);
+                            failures = failures.saturating_add(1);
+                            warn!(%error, slot = %self.slot, retry_in_ms = delay.as_millis() as u64,
+                                  "replication stream ended as it began; reconnecting");
+                            self.check_drift().await;
+                            self.wait(delay, &shutdown).await;
                         }
                     }
                 }
@@ -269,6 +329,8 @@ impl WalSource {
         shutdown: &CancellationToken,
     ) -> Result<ReplicationClient, String> {
         let mut retry = tokio::time::interval(DEAD_LETTER_RETRY);
+        let mut drift = tokio::time::interval(DRIFT_CHECK);
+        drift.tick().await;
         let mut confirmed = self.progress.confirmed();
         client.update_applied_lsn(Lsn::from_u64(confirmed));
         let result = loop {
@@ -286,6 +348,10 @@ impl WalSource {
                     Err(error) => break Err(error.to_string()),
                 },
                 _ = retry.tick() => self.write_dead_letters().await,
+                _ = drift.tick() => {
+                    let _ = self.catalog().await;
+                    self.check_drift().await;
+                }
             }
             if let Some(lsn) = self.progress.take_moved() {
                 if lsn > confirmed {
