@@ -309,6 +309,11 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
             restart,
             status: false,
         } => {
+            // Pasted between parentheses into the batch's WHERE, as a
+            // table's `when` is into a trigger's.
+            if let Some(condition) = &condition {
+                crate::config::one_expression(condition).map_err(|e| anyhow!("--where: {e}"))?;
+            }
             let mut client = connect(&config).await?;
             let stop = CancellationToken::new();
             let trigger = stop.clone();

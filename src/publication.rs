@@ -95,15 +95,15 @@ async fn describe_tables<'a>(
 ) -> Result<Vec<Published<'a>>, InstallError> {
     const SQL: &str = "SELECT c.relreplident::text, \
               array(SELECT a.attname::text FROM pg_index i \
-                     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                     CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
                      WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord), \
               array(SELECT a.attname::text FROM pg_index i \
-                     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                     CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
                      WHERE i.indrelid = c.oid AND i.indisreplident ORDER BY k.ord), \
               array(SELECT format('%I.%I', n.nspname, p.relname) \
-                      FROM pg_partition_tree(c.oid) t \
+                      FROM pg_catalog.pg_partition_tree(c.oid) t \
                       JOIN pg_class p ON p.oid = t.relid \
                       JOIN pg_namespace n ON n.oid = p.relnamespace \
                      WHERE t.relid <> c.oid) \

@@ -194,7 +194,7 @@ pub async fn check_tables(
                                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                                      ORDER BY a.attnum), \
                               array(SELECT a.attname::text FROM pg_index i \
-                                     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                                     CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
                                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
                                      WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord) \
                          FROM pg_class c WHERE c.oid = to_regclass($1)";

@@ -266,7 +266,8 @@ async fn a_read_built_by_skor_payload_never_carries_old() {
         .client
         .query_one(
             "SELECT skor.payload('READ', 'public', 'items', '[0:6]={skor,ox,\"\",\"\",1,id,id}'::text[], \
-                                 '{\"id\":1,\"name\":\"a\"}'::json, '{\"id\":0}'::json)",
+                                 '{\"id\":1,\"name\":\"a\"}'::json, '{\"id\":0}'::json, NULL, \
+                                 ROW(1, 'a', NULL, NULL, NULL)::items, ROW(0, NULL, NULL, NULL, NULL)::items)",
             &[],
         )
         .await

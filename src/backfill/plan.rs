@@ -87,7 +87,7 @@ impl Plan {
         const PRIMARY_SQL: &str =
             "SELECT coalesce(array_agg(a.attname::text ORDER BY k.ord), '{}') \
                FROM pg_catalog.pg_index i \
-              CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+              CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
                JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
               WHERE i.indrelid = to_regclass($1) AND i.indisprimary";
         let name = TableName::parse(&table.name).expect("validated");
@@ -155,7 +155,8 @@ impl Plan {
 
     fn filter(&self) -> String {
         match &self.condition {
-            Some(condition) => format!("({condition})"),
+            // On a line of its own: a trailing `-- comment` ends with it.
+            Some(condition) => format!("({condition}\n)"),
             None => "true".to_string(),
         }
     }

@@ -20,7 +20,7 @@ pub use columns::Columns;
 pub use error::ConfigError;
 pub use outline::Outline;
 pub use validate::TableName;
-pub use when::{row_reference, Metadata, When};
+pub use when::{one_expression, row_reference, Metadata, When};
 
 /// The channel the original skor listened on, and skor's default.
 pub const DEFAULT_CHANNEL: &str = "skor";

@@ -19,11 +19,12 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 const ADVISORY_KEY_SQL: &str = "pg_catalog.hashtext('skor install')::pg_catalog.int8";
 
 /// The first statements of every install and uninstall transaction: the
-/// pinned search_path (also when the script runs from `skor sql` in
-/// another session), quiet notices, and the bound on every lock wait.
+/// pinned search_path (for the session: `skor sql`'s script may run
+/// outside a transaction block, where a local setting would not last),
+/// quiet notices, and the bound on every lock wait.
 pub fn session_sql(timeout: Duration) -> String {
     format!(
-        "SET LOCAL search_path = pg_catalog, pg_temp;\n\
+        "SET search_path = pg_catalog, pg_temp;\n\
          SET LOCAL client_min_messages = warning;\n\
          SET LOCAL lock_timeout = '{}ms';\n",
         timeout.as_millis().max(1)

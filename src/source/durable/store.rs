@@ -276,7 +276,7 @@ impl Store {
         const SQL: &str = "\
             WITH free AS (SELECT part FROM skor.partition_lease \
                            WHERE part = ANY($2) AND (holder IS NULL OR expires_at <= now()) \
-                           ORDER BY array_position($2, part) LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                           ORDER BY pg_catalog.array_position($2, part) LIMIT $3 FOR UPDATE SKIP LOCKED) \
             UPDATE skor.partition_lease l \
                SET holder = $1::text::uuid, expires_at = now() + $4 * interval '1 millisecond', \
                    taken_at = now() \

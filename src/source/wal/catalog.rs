@@ -57,7 +57,7 @@ pub async fn prepare(
                 "SELECT a.attname::text FROM pg_index i \
                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
                   WHERE i.indrelid = $1 AND i.indisprimary \
-                  ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                  ORDER BY pg_catalog.array_position(i.indkey::pg_catalog.int2[], a.attnum)",
                 &[&relation.id],
             )
             .await

@@ -185,6 +185,12 @@ impl WalSource {
             .await
         {
             Ok(problems) => problems,
+            // Refused (say the daemon's role may not read
+            // skor.created_object): unchecked is not agreed.
+            Err(error) if error.as_db_error().is_some() => vec![format!(
+                "cannot compare the publication with the config: {}",
+                describe(&error)
+            )],
             Err(error) => {
                 debug!(error = %describe(&error), "cannot compare the publication with the config");
                 return;
@@ -588,7 +594,7 @@ impl WalSource {
                     "INSERT INTO skor.event_log (channel, schema_name, table_name, op, row_key, \
                                                  part, payload, state, attempts, last_error, done_sinks) \
                      VALUES ($1, $2, $3, $4, $5, \
-                             hashtext(coalesce($5, $2 || '.' || $3)) & 63, \
+                             pg_catalog.hashtext(coalesce($5, $2 || '.' || $3)) & 63, \
                              $6, 'dead', $7, $8, $9)",
                     &[
                         &&*event.channel,
