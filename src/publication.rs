@@ -554,10 +554,15 @@ pub async fn unpublish(client: &Client, config: &Config) -> Result<(), InstallEr
 /// it. A slot of that name skor did not create is refused unless `adopt`:
 /// PostgreSQL gives slots no owner, and any role with REPLICATION could
 /// have made it at a position of its choosing.
+///
+/// PostgreSQL makes the slot once every transaction running when it
+/// starts has ended: any role that can connect could keep one open, so the
+/// wait ends after `lock_timeout`, naming the open transactions.
 pub async fn create_slot(
     client: &Client,
     config: &Config,
     adopt: bool,
+    lock_timeout: std::time::Duration,
 ) -> Result<(), InstallError> {
     let slot = &config.source.slot;
     let existing = client
@@ -592,13 +597,38 @@ pub async fn create_slot(
         }
         return Ok(());
     }
-    match client
+    client
+        .batch_execute(&format!(
+            "SET lock_timeout = '{}ms'",
+            lock_timeout.as_millis().max(1)
+        ))
+        .await?;
+    let created = client
         .execute(
             "SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
             &[slot],
         )
-        .await
-    {
+        .await;
+    client.batch_execute("RESET lock_timeout").await?;
+    match created {
+        Err(error)
+            if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+        {
+            let open = crate::postgres::locks::open_transactions(client)
+                .await
+                .unwrap_or_default();
+            Err(InstallError::Locked(format!(
+                "the replication slot \"{slot}\" is made once every transaction running when \
+                 install asked for it has ended; waited {:.1} s, still open: {}; end them (or \
+                 retry): the publication is installed, `skor install` creates the slot",
+                lock_timeout.as_secs_f64(),
+                if open.is_empty() {
+                    "(none left)".to_string()
+                } else {
+                    open.join(", ")
+                }
+            )))
+        }
         Ok(_) => {
             record_slot(client, slot).await?;
             warn!(%slot, "created the replication slot: PostgreSQL keeps every WAL segment it has not \

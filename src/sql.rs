@@ -360,7 +360,13 @@ pub async fn install_with(
     let result = install_transaction(client, config, options.lock_timeout).await;
     let upgrading = name_lock_holders(client, result, options.lock_timeout).await?;
     if config.uses_wal() {
-        publication::create_slot(client, config, options.adopt_slot || upgrading).await?;
+        publication::create_slot(
+            client,
+            config,
+            options.adopt_slot || upgrading,
+            options.lock_timeout,
+        )
+        .await?;
     } else {
         publication::unpublish(client, config).await?;
     }
@@ -378,8 +384,14 @@ async fn install_transaction(
     locks::take_install_lock(&transaction, lock_timeout).await?;
     let upgrading: bool = transaction
         .query_one(
+            // From the catalog: to_regclass needs USAGE on a schema that
+            // another role may own (the ownership check refuses that next).
             "SELECT pg_catalog.to_regnamespace('skor') IS NOT NULL \
-                AND pg_catalog.to_regclass('skor.created_object') IS NULL",
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c \
+                                  JOIN pg_catalog.pg_namespace n \
+                                    ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+                                 WHERE n.nspname OPERATOR(pg_catalog.=) 'skor' \
+                                   AND c.relname OPERATOR(pg_catalog.=) 'created_object')",
             &[],
         )
         .await?

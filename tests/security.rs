@@ -427,12 +427,12 @@ async fn install_refuses_a_skor_schema_that_another_role_owns() {
     );
 }
 
-/// The README's GRANTs for a daemon role of its own, for `role`.
-fn readme_daemon_grants(role: &str) -> String {
-    let readme = include_str!("../README.md");
+/// The GRANTs docs/security.md gives a daemon role of its own, for `role`.
+fn documented_daemon_grants(role: &str) -> String {
+    let readme = include_str!("../docs/security.md");
     let section = &readme[readme
         .find("**The daemon runs with least privilege.**")
-        .expect("README has the daemon's grants")..];
+        .expect("docs/security.md has the daemon's grants")..];
     let block = &section[section.find("```sql").unwrap() + "```sql".len()..];
     let block = &block[..block.find("```").unwrap()];
     block
@@ -452,7 +452,7 @@ async fn a_daemon_role_with_only_the_readmes_grants_delivers_every_mode() {
         .install(&fixture.config(&hook))
         .await
         .expect("install");
-    let grants = readme_daemon_grants(&fixture.daemon);
+    let grants = documented_daemon_grants(&fixture.daemon);
     assert!(grants.contains("GRANT"), "{grants}");
     fixture
         .db

@@ -422,6 +422,7 @@ async fn install_waits_a_bounded_time_and_names_who_holds_its_lock() {
         format!("{refused:?}").contains("permission denied"),
         "{refused:?}"
     );
+    mallory.batch_execute("ROLLBACK").await.unwrap();
     let (ok, error) = skor(&["install", "--lock-timeout", "1"], &config).await;
     assert!(ok, "reinstall beside the squatter: {error}");
     // A session that holds a captured table (here the application's own
@@ -438,6 +439,23 @@ async fn install_waits_a_bounded_time_and_names_who_holds_its_lock() {
             && error.contains("role postgres"),
         "{error}"
     );
+    writer.batch_execute("ROLLBACK").await.unwrap();
+    // Wal mode: PostgreSQL makes a slot once every transaction running
+    // then has ended, and a role that may only connect can keep one open.
+    mallory
+        .batch_execute("BEGIN; CREATE TEMP TABLE held (id int)")
+        .await
+        .unwrap();
+    let wal = db.config("[[table]]\nname = \"orders\"\n");
+    let (ok, error) = skor(&["install", "--lock-timeout", "1"], &wal).await;
+    assert!(!ok);
+    assert!(
+        error.contains("waited 1.0 s, still open: pid") && error.contains("role mallory"),
+        "{error}"
+    );
+    mallory.batch_execute("ROLLBACK").await.unwrap();
+    let (ok, error) = skor(&["install"], &wal).await;
+    assert!(ok, "{error}");
 }
 
 #[tokio::test]
@@ -565,7 +583,7 @@ async fn a_stream_refused_as_it_starts_is_retried_with_backoff() {
     let attempts = text
         .lines()
         .filter(|l| {
-            l.contains("replication stream ended as it began")
+            l.contains("replication stream lost")
                 || l.contains("cannot start the replication stream")
         })
         .count();

@@ -431,7 +431,7 @@ fn check_when(mode: Mode, table: &TableConfig) -> Result<(), (String, String)> {
             format!(
                 "wal mode filters with the publication's row filter, which sees one version of the row \
                  and names its columns bare (status = 'paid'), found `{word}.`: remove it; \
-                 an UPDATE is matched on the old and the new row, see the README"
+                 an UPDATE is matched on the old and the new row, see docs/modes.md"
             ),
         ));
     }

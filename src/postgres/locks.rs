@@ -72,8 +72,11 @@ async fn installed(client: &impl GenericClient) -> Result<bool, LockError> {
     Ok(client
         .query_one(
             "SELECT coalesce((SELECT c.relowner OPERATOR(pg_catalog.=) u.oid \
-                                FROM pg_catalog.pg_class c, pg_catalog.pg_roles u \
-                               WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('skor.event_log') \
+                                FROM pg_catalog.pg_class c \
+                                JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace, \
+                                     pg_catalog.pg_roles u \
+                               WHERE n.nspname OPERATOR(pg_catalog.=) 'skor' \
+                                 AND c.relname OPERATOR(pg_catalog.=) 'event_log' \
                                  AND u.rolname OPERATOR(pg_catalog.=) CURRENT_USER), false)",
             &[],
         )
@@ -111,9 +114,7 @@ async fn waiting(
 /// or in a publication, with their role, application, state and query.
 pub async fn holders(client: &impl GenericClient) -> Result<Vec<String>, tokio_postgres::Error> {
     let sql = format!(
-        "SELECT DISTINCT a.pid, coalesce(a.usename::pg_catalog.text, '?'), \
-                coalesce(a.application_name, ''), coalesce(a.state, '?'), \
-                pg_catalog.left(coalesce(a.query, ''), 80) \
+        "{SESSION_COLUMNS} \
            FROM pg_catalog.pg_locks l \
            JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid \
           WHERE l.granted AND l.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
@@ -136,24 +137,55 @@ pub async fn holders(client: &impl GenericClient) -> Result<Vec<String>, tokio_p
           ORDER BY a.pid",
         key = ADVISORY_KEY_SQL
     );
-    let rows = client.query(&sql, &[]).await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let (pid, user, application, state, query): (i32, String, String, String, String) =
-                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-            let mut text = format!("pid {pid} (role {user}");
-            if !application.is_empty() {
-                let _ = write!(text, ", application {application:?}");
-            }
-            let _ = write!(text, ", {state}");
-            if !query.is_empty() {
-                let _ = write!(text, ", last query {query:?}");
-            }
-            text.push(')');
-            text
-        })
-        .collect())
+    let mut seen = Vec::new();
+    for row in client.query(&sql, &[]).await? {
+        let text = session(&row);
+        if !seen.contains(&text) {
+            seen.push(text);
+        }
+    }
+    Ok(seen)
+}
+
+/// The columns [`session`] reads, of `pg_stat_activity a`.
+const SESSION_COLUMNS: &str = "SELECT a.pid, coalesce(a.usename::pg_catalog.text, '?'), \
+        coalesce(a.application_name, ''), coalesce(a.state, '?'), \
+        pg_catalog.left(coalesce(a.query, ''), 80)";
+
+/// A session in words: `pid 42 (role app, application "psql", idle in
+/// transaction, last query "...")`.
+fn session(row: &tokio_postgres::Row) -> String {
+    let (pid, user, application, state, query): (i32, String, String, String, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let mut text = format!("pid {pid} (role {user}");
+    if !application.is_empty() {
+        let _ = write!(text, ", application {application:?}");
+    }
+    let _ = write!(text, ", {state}");
+    if !query.is_empty() {
+        let _ = write!(text, ", last query {query:?}");
+    }
+    text.push(')');
+    text
+}
+
+/// The other sessions with a transaction that holds an xid: what
+/// PostgreSQL waits for before it makes a logical replication slot.
+pub async fn open_transactions(
+    client: &impl GenericClient,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "{SESSION_COLUMNS} FROM pg_catalog.pg_stat_activity a \
+                  WHERE a.backend_xid IS NOT NULL \
+                    AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
+                  ORDER BY a.pid"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(session).collect())
 }
 
 /// Says how long skor waited for `what` and who holds it.

@@ -14,7 +14,7 @@
 //! is commit order.
 //!
 //! What tail cannot see is an event a daemon deleted (delivered) before
-//! tail's next read of the log; see the README.
+//! tail's next read of the log; see docs/tail.md.
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::time::Duration;

@@ -255,20 +255,24 @@ impl WalSource {
                             self.finish(Some(client)).await;
                             return;
                         }
-                        Err(error) if began.elapsed() >= STABLE_STREAM => {
-                            warn!(%error, slot = %self.slot,
-                                  "replication stream lost; reconnecting, unconfirmed changes come again");
-                        }
-                        // Ended as soon as it began (the server refuses
-                        // what it streams, say a publication that is
-                        // gone): back off as for a failed start.
+                        // A stream that ended as soon as it began (the
+                        // server refuses what it streams, say a
+                        // publication it cannot find) is retried with
+                        // backoff, as a failed start is.
                         Err(error) => {
-                            let delay = backoff.delay(failures);
-                            failures = failures.saturating_add(1);
+                            let quick = began.elapsed() < STABLE_STREAM;
+                            let delay = if quick {
+                                failures = failures.saturating_add(1);
+                                backoff.delay(failures - 1)
+                            } else {
+                                Duration::ZERO
+                            };
                             warn!(%error, slot = %self.slot, retry_in_ms = delay.as_millis() as u64,
-                                  "replication stream ended as it began; reconnecting");
-                            self.check_drift().await;
-                            self.wait(delay, &shutdown).await;
+                                  "replication stream lost; reconnecting, unconfirmed changes come again");
+                            if quick {
+                                self.check_drift().await;
+                                self.wait(delay, &shutdown).await;
+                            }
                         }
                     }
                 }
