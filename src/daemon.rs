@@ -92,7 +92,7 @@ impl Daemon {
             sinks.push(("stdout".into(), stdout, DeliveryConfig::default()));
         }
         let names: Vec<String> = sinks.iter().map(|(name, ..)| name.clone()).collect();
-        let metrics = Arc::new(Metrics::new(config.uses_durable(), config.uses_wal()));
+        let metrics = Arc::new(Metrics::new(config.reads_event_log(), config.uses_wal()));
         let mut queues = Vec::new();
         let mut workers = Vec::new();
         for (index, (name, sink, delivery)) in sinks.into_iter().enumerate() {
@@ -111,7 +111,7 @@ impl Daemon {
                 .zip(workers.iter().map(Worker::stats))
                 .collect(),
             durable: config
-                .uses_durable()
+                .reads_event_log()
                 .then(|| Arc::new(DurableStats::registered(&metrics))),
             wal: config
                 .uses_wal()

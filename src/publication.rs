@@ -431,14 +431,7 @@ async fn recorded(
     kind: &str,
     name: &str,
 ) -> Result<Option<(String, String)>, tokio_postgres::Error> {
-    let table: bool = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('skor.created_object') IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get(0);
-    if !table {
+    if !has_record(client).await? {
         return Ok(None);
     }
     Ok(client
@@ -669,14 +662,19 @@ pub async fn created_by_skor(
     kind: &str,
     name: &str,
 ) -> Result<bool, InstallError> {
-    let table: bool = client
+    Ok(!has_record(client).await? || recorded(client, kind, name).await?.is_some())
+}
+
+/// Whether skor's schema has its record of the objects it created (an
+/// install of this version or later made it).
+async fn has_record(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
         .query_one(
             "SELECT pg_catalog.to_regclass('skor.created_object') IS NOT NULL",
             &[],
         )
         .await?
-        .get(0);
-    Ok(!table || recorded(client, kind, name).await?.is_some())
+        .get(0))
 }
 
 /// Refuses while a reader holds the slot, before uninstall changes anything.

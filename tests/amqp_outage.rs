@@ -1,9 +1,10 @@
 //! RabbitMQ stopped for a few seconds while events flow, then started
-//! again: every event arrives. A file of its own because it stops the
+//! again: every event arrives. A binary of its own because it stops the
 //! shared broker: test binaries run one after another, so no other AMQP
-//! test runs meanwhile.
+//! test (they are in tests/it) runs meanwhile.
 #![cfg(feature = "amqp")]
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::process::Command;

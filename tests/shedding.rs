@@ -2,6 +2,7 @@
 //! listener sheds load so the application's writes keep succeeding, and
 //! dropped events are logged once a second with a count and one sample.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::io::Write;

@@ -3,7 +3,7 @@
 //! restarted for. initdb into a temporary directory, a free 127.0.0.1 port,
 //! the shared server's durability settings (fsync, synchronous_commit and
 //! full_page_writes on, as there), stopped and removed when dropped, also
-//! when the run fails or is interrupted. As tests/common/pg_server.rs does:
+//! when the run fails or is interrupted. As tests/it/common/pg_server.rs does:
 //! as root, every PostgreSQL program runs as `postgres`.
 
 use std::net::TcpListener;

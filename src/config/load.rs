@@ -48,6 +48,14 @@ impl Config {
                     inner.message().trim().to_string(),
                 )
             })?;
+        if let Some(window) = config.durable.deprecated_batch_size.take() {
+            tracing::warn!(
+                file,
+                "durable.batch_size is now durable.claim_window (a sink's batch_size is events \
+                 per request); the old name still works, rename it"
+            );
+            config.durable.claim_window = window;
+        }
         config
             .parse_sinks()
             .and_then(|()| config.validate())

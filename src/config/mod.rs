@@ -337,7 +337,7 @@ pub struct RouteConfig {
     pub sinks: Vec<String>,
 }
 
-const fn default_batch_size() -> usize {
+const fn default_claim_window() -> usize {
     5_000
 }
 
@@ -363,9 +363,13 @@ const fn default_max_claim_bytes() -> u64 {
 pub struct DurableConfig {
     /// Most events one daemon has handed to one sink and not yet seen
     /// confirmed: the size of one claim, and the bound on events delivered
-    /// twice to a sink after a crash.
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
+    /// twice to a sink after a crash. (Not a batch: a sink's `batch_size`
+    /// is events per request.)
+    #[serde(default = "default_claim_window")]
+    pub claim_window: usize,
+    /// The old name of `claim_window`, still accepted with a warning.
+    #[serde(default, rename = "batch_size")]
+    pub deprecated_batch_size: Option<usize>,
     /// How often to look for events without a wake-up, in milliseconds.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
@@ -393,7 +397,8 @@ pub struct DurableConfig {
 impl Default for DurableConfig {
     fn default() -> Self {
         Self {
-            batch_size: default_batch_size(),
+            claim_window: default_claim_window(),
+            deprecated_batch_size: None,
             poll_interval_ms: default_poll_interval_ms(),
             retention_ms: 0,
             id_field: None,
@@ -489,9 +494,9 @@ impl Config {
         table.mode.unwrap_or(self.source.mode)
     }
 
-    /// Whether any event reaches skor through the event log. Wal mode
-    /// keeps its dead letters there, so it reads the log too.
-    pub fn uses_durable(&self) -> bool {
+    /// Whether the daemon reads skor's event log: durable tables' events
+    /// wait there, and wal mode keeps its dead letters there.
+    pub fn reads_event_log(&self) -> bool {
         self.uses_mode(Mode::Durable) || self.uses_wal()
     }
 

@@ -54,7 +54,7 @@ fn the_example_config_parses() {
         ("skor", "skor")
     );
     assert_eq!(config.table_mode(&config.tables[0]), Mode::Notify);
-    assert_eq!(config.durable.batch_size, 5_000);
+    assert_eq!(config.durable.claim_window, 5_000);
     assert_eq!(config.sinks.len(), 5);
     assert_eq!(config.routes.len(), 3);
     assert_eq!(
@@ -63,6 +63,14 @@ fn the_example_config_parses() {
     );
     let hook = webhook(&config, "orders_hook");
     assert_eq!(hook.headers["Authorization"].expose(), "Bearer change-me");
+}
+
+#[test]
+fn durable_batch_size_is_the_old_name_of_claim_window() {
+    let config = parse("[source]\ndsn = \"host=h\"\n[durable]\nbatch_size = 7\n").unwrap();
+    assert_eq!(config.durable.claim_window, 7);
+    let config = parse("[source]\ndsn = \"host=h\"\n[durable]\nclaim_window = 9\n").unwrap();
+    assert_eq!(config.durable.claim_window, 9);
 }
 
 #[test]
@@ -231,8 +239,8 @@ fn errors_name_the_file_line_and_key() {
             "skor.toml:6:19: key `table[0].unique_payloads`: wal mode delivers every change of a transaction and adds no \"skor_seq\"; remove the key",
         ),
         (
-            "[durable]\nbatch_size = 0\n",
-            "skor.toml:4:14: key `durable.batch_size`: expected at least 1",
+            "[durable]\nclaim_window = 0\n",
+            "skor.toml:4:16: key `durable.claim_window`: expected at least 1",
         ),
         (
             "[daemon]\ndrain_timeout = 5\n",
@@ -260,15 +268,15 @@ fn durable_channels_are_not_listened_to_for_payloads() {
     // `skor` carries only durable events; `audit` has a notify table too;
     // `other` is no table's, so something else may notify on it.
     assert_eq!(config.notify_channels(), ["audit", "other"]);
-    assert!(config.uses_durable());
-    assert_eq!(config.durable.batch_size, 5_000);
+    assert!(config.reads_event_log());
+    assert_eq!(config.durable.claim_window, 5_000);
 
     let all_durable = parse("[source]\ndsn = \"host=h\"\nmode = \"durable\"\n").unwrap();
     assert!(all_durable.notify_channels().is_empty());
-    assert!(all_durable.uses_durable());
+    assert!(all_durable.reads_event_log());
     let notify = parse(SOURCE).unwrap();
     assert_eq!(notify.notify_channels(), ["skor"]);
-    assert!(!notify.uses_durable());
+    assert!(!notify.reads_event_log());
 }
 
 #[test]

@@ -94,8 +94,8 @@ impl Config {
 
     fn validate_durable(&self) -> Result<(), Invalid> {
         let durable = &self.durable;
-        if durable.batch_size == 0 {
-            return Err(invalid(&["durable", "batch_size"], "expected at least 1"));
+        if durable.claim_window == 0 {
+            return Err(invalid(&["durable", "claim_window"], "expected at least 1"));
         }
         if durable.poll_interval_ms == 0 {
             return Err(invalid(

@@ -83,8 +83,10 @@ pub struct Event {
     /// the table's key is known and the payload holds every key column.
     /// Events with the same key must reach a sink in order.
     pub key: Option<Bytes>,
-    /// The event's id in skor's event log (durable mode): stable across
-    /// redeliveries, so consumers can deduplicate on it. `None` in notify mode.
+    /// The event's stable id, the same on every redelivery, so consumers
+    /// can deduplicate on it: its event log id in durable mode (wal mode's
+    /// dead letters included), its WAL position in wal mode. `None` in
+    /// notify mode, whose events have no stored identity.
     pub id: Option<i64>,
     /// The number the listener gave the event on arrival, unique within
     /// this process; names notify-mode events, which have no `id`.

@@ -18,7 +18,7 @@
 //! holds instead of starting an attempt. A lost connection revokes every
 //! fence of its session at once: the next session starts with new leases.
 //!
-//! Per-sink window: each sink may have at most `batch_size` events handed to
+//! Per-sink window: each sink may have at most `claim_window` events handed to
 //! it and not yet answered. An event is handed to each routed sink that has
 //! room and has no older event waiting for it (its order); a sink without
 //! room is skipped ("deferred") and the event stays pending for it. When
@@ -393,7 +393,7 @@ impl Durable {
     /// Whether a claim is worth making: some sink has half its window free
     /// and half the byte budget is free (or nothing is held).
     fn wants_claim(&self) -> bool {
-        let half = self.config.batch_size / 2;
+        let half = self.config.claim_window / 2;
         let bytes_free =
             self.tracked.is_empty() || self.held_bytes <= self.config.max_claim_bytes / 2;
         bytes_free && self.owed.iter().any(|&owed| owed <= half)
@@ -402,7 +402,7 @@ impl Durable {
     /// Claims events up to the free window and byte budget; true if there
     /// may be more.
     async fn claim(&mut self, store: &Store) -> Result<bool, StoreError> {
-        let window = self.config.batch_size;
+        let window = self.config.claim_window;
         let open: Vec<String> = self
             .sink_names
             .iter()
@@ -520,7 +520,7 @@ impl Durable {
             let older_waits = self.deferring[sink]
                 .first()
                 .is_some_and(|&older| older < id);
-            if self.owed[sink] < self.config.batch_size && !older_waits {
+            if self.owed[sink] < self.config.claim_window && !older_waits {
                 waiting.push(sink);
             } else {
                 deferred.push(sink);
@@ -641,7 +641,7 @@ impl Durable {
         };
         tracked.waiting.swap_remove(at);
         self.owed[sink] -= 1;
-        if self.owed[sink] == self.config.batch_size / 2 {
+        if self.owed[sink] == self.config.claim_window / 2 {
             *due = true;
         }
         match failed {
