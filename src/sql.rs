@@ -59,6 +59,10 @@ pub enum InstallError {
     /// A lock wait ran out; the text names the sessions holding it.
     #[error("{0}")]
     Locked(String),
+    /// A statement's lock wait ran out (lock_timeout), holders not yet
+    /// named: install and uninstall turn it into [`Self::Locked`].
+    #[error("{0} (a lock wait ran out: every wait is bounded by lock_timeout)")]
+    LockWait(String),
 }
 
 impl From<locks::LockError> for InstallError {
@@ -73,10 +77,7 @@ impl From<locks::LockError> for InstallError {
 impl From<tokio_postgres::Error> for InstallError {
     fn from(error: tokio_postgres::Error) -> Self {
         if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
-            return Self::Locked(format!(
-                "{} (a lock wait ran out: every wait is bounded by lock_timeout)",
-                describe(&error)
-            ));
+            return Self::LockWait(describe(&error));
         }
         Self::Database(describe(&error))
     }
@@ -91,7 +92,7 @@ async fn name_lock_holders<T>(
     timeout: std::time::Duration,
 ) -> Result<T, InstallError> {
     match result {
-        Err(InstallError::Locked(text)) if !text.starts_with("waited ") => {
+        Err(InstallError::LockWait(text)) => {
             let holders = locks::holders(client).await.unwrap_or_default();
             Err(InstallError::Locked(format!(
                 "{}: {text}",
