@@ -10,10 +10,13 @@ use skor_sink_api::Op;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::capture::durable::dead_letters;
+use crate::capture::notify::oversized;
 use crate::config::Config;
-use crate::daemon::{pg_config, target, Daemon};
-use crate::logging::{self, LogFormat};
-use crate::{backfill, dead_letters, oversized, sql, tail};
+use crate::daemon::Daemon;
+use crate::observe::logging::{self, LogFormat};
+use crate::postgres::{pg_config, target};
+use crate::{backfill, install, tail};
 
 /// skor: sends PostgreSQL row changes to webhooks and message brokers.
 #[derive(Debug, Parser)]
@@ -279,11 +282,11 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 .filter(|t| !t.is_zero())
                 .ok_or_else(|| anyhow!("--lock-timeout: expected a positive number of seconds"))?;
             let mut client = connect(&config).await?;
-            let options = sql::InstallOptions {
+            let options = install::InstallOptions {
                 adopt_slot,
                 lock_timeout,
             };
-            sql::install_with(&mut client, &config, &options)
+            install::install_with(&mut client, &config, &options)
                 .await
                 .context("install failed, nothing was changed")?;
             info!(tables = config.tables.len(), "installed skor's triggers");
@@ -291,7 +294,7 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Uninstall { drop_events } => {
             let mut client = connect(&config).await?;
-            sql::uninstall(&mut client, &config, drop_events)
+            install::uninstall(&mut client, &config, drop_events)
                 .await
                 .context("uninstall failed, nothing was changed")?;
             info!("removed every skor trigger, function and table");
@@ -396,7 +399,7 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
             json,
         } => watch(&config, &tables, &ops, filter.as_deref(), json).await,
         Command::Sql => {
-            print!("{}", sql::install_sql(&config));
+            print!("{}", install::install_sql(&config));
             Ok(())
         }
         Command::Check {
@@ -404,9 +407,10 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
         } => {
             if with_connection {
                 let client = connect(&config).await?;
-                sql::check_tables(&client, &config).await?;
+                install::check_tables(&client, &config).await?;
                 if config.uses_wal() {
-                    let report = crate::publication::slot_report(&client, &config).await?;
+                    let report =
+                        crate::capture::wal::publication::slot_report(&client, &config).await?;
                     println!("  wal:    {report}");
                 }
             }

@@ -10,18 +10,18 @@ use skor_sink_api::{Sink, SinkConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin::{Admin, AdminError};
+use crate::capture::durable::source::{DurableError, DurableSource};
+use crate::capture::notify::source::{NotifySource, OpenError};
+use crate::capture::wal::source::{WalError, WalSource};
+use crate::capture::Source;
 use crate::config::{Config, DeliveryConfig};
-use crate::fanout::Fanout;
-use crate::metrics::Metrics;
-use crate::postgres::{DsnError, Postgres};
+use crate::delivery::fanout::Fanout;
+use crate::delivery::worker::{worker, Worker};
+use crate::observe::admin::{Admin, AdminError};
+use crate::observe::metrics::Metrics;
+use crate::observe::stats::{DurableStats, EventStats, SinkStats, SourceStats, Stats, WalStats};
+use crate::postgres::{pg_config, target, DsnError};
 use crate::sinks::StdoutConfig;
-use crate::source::durable::{DurableError, DurableSource};
-use crate::source::notify::{NotifySource, OpenError};
-use crate::source::wal::{WalError, WalSource};
-use crate::source::Source;
-use crate::stats::{DurableStats, EventStats, SinkStats, SourceStats, Stats, WalStats};
-use crate::worker::{worker, Worker};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -275,34 +275,4 @@ impl Daemon {
         );
         Summary { undelivered }
     }
-}
-
-/// `user@host:port/dbname`, for logs: never the password.
-pub fn target(pg: &tokio_postgres::Config) -> String {
-    let host = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "{}@{host}:{port}/{}",
-        pg.get_user().unwrap_or("(default user)"),
-        pg.get_dbname().unwrap_or("(default database)")
-    )
-}
-
-/// The connection settings of `config`, named `skor` in pg_stat_activity
-/// unless the DSN names it otherwise. Validation parsed the DSN already; this
-/// fails only if a certificate file changed since.
-pub fn pg_config(config: &Config) -> Result<Postgres, DsnError> {
-    let mut pg = Postgres::from_dsn(config.source.dsn.expose())?;
-    let settings = pg.config_mut();
-    if settings.get_application_name().is_none() {
-        settings.application_name("skor");
-    }
-    if settings.get_connect_timeout().is_none() {
-        settings.connect_timeout(Duration::from_secs(10));
-    }
-    Ok(pg)
 }

@@ -1,35 +1,27 @@
 //! skor: turns PostgreSQL row changes into messages.
 //!
-//! Triggers publish each change with NOTIFY; the listener reads the routing
-//! fields once, the router picks the sinks, and one worker per sink delivers
-//! with retries. The binary in `main.rs` is a thin command line over this.
+//! The layers, each a folder: `config` (the TOML, validated), `capture`
+//! (the three ways changes leave PostgreSQL: notify, durable, wal, each a
+//! plug-in behind one trait), `delivery` (routing, fan-out, the worker per
+//! sink), `sinks` (the registry of sink types), `postgres` (connecting, and
+//! every catalog query and statement on skor's own tables), `install`,
+//! `backfill` and `tail` (commands that read the capture plug-ins),
+//! `observe` (stats, metrics, the admin endpoint) and `daemon` (wiring).
+//! The binary in `main.rs` is a thin command line over this.
 
-pub mod admin;
 pub mod backfill;
 pub mod backoff;
+pub mod capture;
 pub mod cli;
 pub mod config;
-pub mod counter;
 pub mod daemon;
-pub mod dead_letters;
-pub mod fanout;
-pub mod filter;
-pub mod logging;
-pub mod metrics;
-pub mod oversized;
-pub mod payload;
+pub mod delivery;
+pub mod install;
+pub mod observe;
 pub mod postgres;
-pub mod publication;
-pub mod retry;
-pub mod router;
-pub mod shed;
 pub mod sinks;
-pub mod source;
-pub mod sql;
-pub mod stats;
 pub mod tail;
-pub mod worker;
 
 pub use config::Config;
 pub use daemon::{Daemon, Summary};
-pub use stats::Stats;
+pub use observe::stats::Stats;

@@ -71,7 +71,7 @@ async fn past_the_threshold_the_listener_sheds_load_and_writes_keep_succeeding()
     );
     let mut client = connect(&server.dsn()).await;
     let parsed = skor::Config::from_toml(&config, "test.toml").unwrap();
-    skor::sql::install(&mut client, &parsed).await.unwrap();
+    skor::install::install(&mut client, &parsed).await.unwrap();
     let daemon = Running::start(&config).await;
     let sink = daemon.stats.sink("shed_hook").unwrap();
 

@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use skor_lib::router::Router;
+use skor_lib::delivery::router::Router;
 use skor_lib::Config;
 use skor_sink_api::Op;
 use wildmatch::WildMatch;

@@ -128,7 +128,7 @@ impl Plan {
         // Wal mode's metadata comes from the stream, as its changes' do.
         let flags = match mode {
             Mode::Wal => String::new(),
-            Mode::Notify | Mode::Durable => crate::sql::trigger_flags(table, Op::Read),
+            Mode::Notify | Mode::Durable => crate::install::trigger_flags(table, Op::Read),
         };
         let mut args = vec![
             channel.clone(),

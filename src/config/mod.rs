@@ -332,7 +332,7 @@ pub struct RouteConfig {
     /// read. An expression that cannot be evaluated for an event (a missing
     /// field) does not match it; see `src/filter.rs`.
     #[serde(default)]
-    pub filter: Option<crate::filter::Filter>,
+    pub filter: Option<crate::delivery::filter::Filter>,
     /// Names of the sinks that get the matching events.
     pub sinks: Vec<String>,
 }
@@ -448,8 +448,8 @@ pub struct AdminConfig {
 
 impl Config {
     /// The configured tables' names, by schema.
-    pub fn known_tables(&self) -> crate::metrics::KnownTables {
-        let mut known = crate::metrics::KnownTables::new();
+    pub fn known_tables(&self) -> crate::observe::metrics::KnownTables {
+        let mut known = crate::observe::metrics::KnownTables::new();
         for table in &self.tables {
             if let Ok(name) = TableName::parse(&table.name) {
                 known.entry(name.schema).or_default().insert(name.name);

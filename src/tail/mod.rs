@@ -8,10 +8,7 @@
 //! lines on a terminal, the payload exactly as delivered, one per line,
 //! otherwise.
 
-mod durable;
-mod notify;
 mod print;
-mod wal;
 
 use std::io::Write;
 use std::time::Duration;
@@ -24,8 +21,8 @@ use tracing::info;
 use wildmatch::WildMatch;
 
 use crate::config::{Config, Mode, TableName};
-use crate::daemon::pg_config;
-use crate::filter::Filter;
+use crate::delivery::filter::Filter;
+use crate::postgres::pg_config;
 use crate::postgres::Postgres;
 
 pub use print::Printer;
@@ -33,7 +30,7 @@ pub use print::Printer;
 /// How many seen events may wait for the printer before readers wait.
 const QUEUE: usize = 1024;
 /// How long a reader may take to let go at Ctrl-C.
-const STOP_PATIENCE: Duration = Duration::from_secs(5);
+pub(crate) const STOP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Why `skor tail` could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -178,9 +175,9 @@ fn uses_mode(config: &Config, mode: Mode) -> bool {
 
 /// One mode's reader, connected and ready.
 enum Reader {
-    Notify(notify::NotifyTail),
-    Durable(durable::DurableTail),
-    Wal(Box<wal::WalTail>),
+    Notify(crate::capture::notify::tail::NotifyTail),
+    Durable(crate::capture::durable::tail::DurableTail),
+    Wal(Box<crate::capture::wal::tail::WalTail>),
 }
 
 impl Reader {
@@ -204,17 +201,17 @@ async fn open(pg: &Postgres, config: &Config, slot: &str) -> Result<Vec<Reader>,
     let channels = config.notify_channels();
     if !channels.is_empty() {
         readers.push(Reader::Notify(
-            notify::NotifyTail::open(pg, &channels).await?,
+            crate::capture::notify::tail::NotifyTail::open(pg, &channels).await?,
         ));
     }
     if uses_mode(config, Mode::Durable) {
         readers.push(Reader::Durable(
-            durable::DurableTail::open(pg, config).await?,
+            crate::capture::durable::tail::DurableTail::open(pg, config).await?,
         ));
     }
     if config.uses_wal() {
         readers.push(Reader::Wal(Box::new(
-            wal::WalTail::open(pg, config, slot).await?,
+            crate::capture::wal::tail::WalTail::open(pg, config, slot).await?,
         )));
     }
     if readers.is_empty() {
@@ -235,13 +232,13 @@ pub async fn run(
     let pg = pg_config(config)
         .map_err(|e| TailError::Connect(format!("source.dsn: {e}")))?
         .named("skor tail");
-    let slot = wal::slot_name();
+    let slot = crate::capture::wal::tail::slot_name();
     // Opening may wait (a temporary slot waits for running transactions):
     // Ctrl-C ends it too, and whatever was opened closes with it.
     let readers = tokio::select! {
         () = shutdown.cancelled() => {
             if config.uses_wal() {
-                wal::abandon(&pg, &slot).await;
+                crate::capture::wal::tail::abandon(&pg, &slot).await;
             }
             return Ok(());
         }

@@ -262,7 +262,7 @@ async fn readyz_is_unready_while_postgres_is_stopped_and_ready_once_it_is_back()
     let mut client = crate::common::connect(&server.dsn()).await;
     client.batch_execute(ITEMS).await.unwrap();
     let parsed = Config::from_toml(&config, "test.toml").unwrap();
-    skor::sql::install(&mut client, &parsed).await.unwrap();
+    skor::install::install(&mut client, &parsed).await.unwrap();
     drop(client);
     let daemon = Running::start(&config).await;
     let admin = daemon.admin.expect("admin endpoint");

@@ -78,7 +78,9 @@ async fn server_with_items(tls: Option<&TlsFiles>) -> (PgServer, Client) {
         .unwrap();
     let config = Config::from_toml(&skor_config(&server.dsn(), None), "test.toml").unwrap();
     let mut installer = connect(&server.dsn()).await;
-    skor::sql::install(&mut installer, &config).await.unwrap();
+    skor::install::install(&mut installer, &config)
+        .await
+        .unwrap();
     (server, client)
 }
 
@@ -326,7 +328,9 @@ async fn wal_mode_streams_over_tls_verified_like_the_other_connections() {
         skor_config(&dsn, Some(&hook)).replacen("[[table]]", "mode = \"wal\"\n[[table]]", 1);
     let parsed = Config::from_toml(&config, "test.toml").unwrap();
     let mut installer = connect(&server.dsn()).await;
-    skor::sql::install(&mut installer, &parsed).await.unwrap();
+    skor::install::install(&mut installer, &parsed)
+        .await
+        .unwrap();
     let daemon = crate::common::Running::start(&config).await;
     client
         .batch_execute("INSERT INTO items VALUES (1, 'over TLS')")

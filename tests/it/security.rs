@@ -90,7 +90,7 @@ impl Fixture {
     async fn install(&self, config: &str) -> Result<(), String> {
         let config = skor::Config::from_toml(config, "test.toml").expect("valid config");
         let mut client = self.as_role(&self.owner).await;
-        skor::sql::install(&mut client, &config)
+        skor::install::install(&mut client, &config)
             .await
             .map_err(|e| e.to_string())
     }

@@ -145,14 +145,14 @@ async fn uninstall_leaves_no_slot_and_no_publication() {
     .await;
     let parsed = skor::Config::from_toml(&config, "t.toml").unwrap();
     let mut client = crate::common::connect(&db.dsn()).await;
-    let refused = skor::sql::uninstall(&mut client, &parsed, false)
+    let refused = skor::install::uninstall(&mut client, &parsed, false)
         .await
         .unwrap_err()
         .to_string();
     assert!(refused.contains("is being read"), "{refused}");
     assert_eq!(count("SELECT count(*) FROM pg_publication").await, 1);
     skor.stop().await;
-    skor::sql::uninstall(&mut client, &parsed, false)
+    skor::install::uninstall(&mut client, &parsed, false)
         .await
         .unwrap();
     assert_eq!(count("SELECT count(*) FROM pg_replication_slots").await, 0);
@@ -167,7 +167,7 @@ async fn install_says_how_to_turn_on_logical_decoding() {
     let config = crate::common::config(&db, "mode = \"wal\"\n[[table]]\nname = \"items\"\n");
     let config = skor::Config::from_toml(&config, "t.toml").unwrap();
     let mut client = crate::common::connect(&db.dsn()).await;
-    let error = skor::sql::install(&mut client, &config)
+    let error = skor::install::install(&mut client, &config)
         .await
         .unwrap_err()
         .to_string();

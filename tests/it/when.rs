@@ -112,7 +112,7 @@ async fn install_error(db: &TestDb, table: &str) -> String {
     let config = config(db, &format!("[[table]]\nname = \"orders\"\n{table}\n"));
     let config = skor::Config::from_toml(&config, "test.toml").expect("valid config");
     let mut client = connect(&db.dsn()).await;
-    skor::sql::install(&mut client, &config)
+    skor::install::install(&mut client, &config)
         .await
         .expect_err("install refuses")
         .to_string()

@@ -408,7 +408,7 @@ impl Running {
 pub async fn install(db: &TestDb, config: &str) {
     let config = Config::from_toml(config, "test.toml").expect("valid config");
     let mut client = connect(&db.dsn()).await;
-    skor::sql::install(&mut client, &config)
+    skor::install::install(&mut client, &config)
         .await
         .expect("install");
 }

@@ -92,7 +92,7 @@ impl WalDb {
     pub async fn try_install(&self, config: &str) -> Result<(), String> {
         let config = skor::Config::from_toml(config, "test.toml").expect("valid config");
         let mut client = connect(&self.dsn()).await;
-        skor::sql::install(&mut client, &config)
+        skor::install::install(&mut client, &config)
             .await
             .map_err(|e| e.to_string())
     }

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::{Job, Outcome};
-use crate::retry::RetryPolicy;
-use crate::stats::SinkStats;
+use crate::delivery::retry::RetryPolicy;
+use crate::observe::stats::SinkStats;
 
 /// Events delivered together, in queue order.
 type Batch = Vec<Job>;

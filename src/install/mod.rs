@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use skor_sink_api::Op;
 use tokio_postgres::{Client, GenericClient};
 
+use crate::capture::wal::publication;
 use crate::config::{Config, Mode, TableConfig, TableName};
 use crate::postgres::{describe, locks, quote_ident, quote_literal, text_array};
-use crate::publication;
 
 /// The printed script's lock (`skor sql`, run by a migration tool): the
 /// advisory lock serialises it with concurrent installs; `skor install`
@@ -16,14 +16,14 @@ use crate::publication;
 /// `postgres::locks::take_install_lock`).
 const LOCK_SQL: &str =
     "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('skor install'));\n\n";
-const INSTALL_SQL: &str = include_str!("../sql/install.sql");
+const INSTALL_SQL: &str = include_str!("../../sql/install.sql");
 /// `skor backfill`'s progress and wal-mode tables.
-const BACKFILL_SQL: &str = include_str!("../sql/backfill.sql");
+const BACKFILL_SQL: &str = include_str!("../../sql/backfill.sql");
 /// Durable mode's partition leases, installed after the shared objects.
-const LEASES_SQL: &str = include_str!("../sql/leases.sql");
-const DROP_TRIGGERS_SQL: &str = include_str!("../sql/drop_triggers.sql");
-const UNINSTALL_SQL: &str = include_str!("../sql/uninstall.sql");
-const PRIVILEGES_SQL: &str = include_str!("../sql/privileges.sql");
+const LEASES_SQL: &str = include_str!("../../sql/leases.sql");
+const DROP_TRIGGERS_SQL: &str = include_str!("../../sql/drop_triggers.sql");
+const UNINSTALL_SQL: &str = include_str!("../../sql/uninstall.sql");
+const PRIVILEGES_SQL: &str = include_str!("../../sql/privileges.sql");
 
 /// The trigger that captures `op` on a table.
 fn trigger_name(op: Op) -> String {

@@ -36,8 +36,6 @@
 //! become dead letters with the reason; they never stall their partition
 //! and are never deleted unseen.
 
-mod store;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,14 +48,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Schedule;
+use crate::capture::notify::source::RECONNECT_FIRST_WAIT;
 use crate::config::{Config, DurableConfig};
-use crate::fanout::{Acks, Fanout, Incoming};
+use crate::delivery::fanout::{Acks, Fanout, Incoming};
+use crate::delivery::worker::{Fence, Job, Outcome, Resume};
+use crate::observe::stats::DurableStats;
 use crate::postgres::{PgError, Postgres};
-use crate::source::notify::RECONNECT_FIRST_WAIT;
-use crate::stats::DurableStats;
-use crate::worker::{Fence, Job, Outcome, Resume};
 
-pub use store::{backlog, Backlog, Store, StoreError, PARTITIONS, WAKE_CHANNEL};
+pub use super::store::{backlog, Backlog, Store, StoreError, PARTITIONS, WAKE_CHANNEL};
 
 /// How often partition ownership is rebalanced among the daemons.
 const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -236,7 +234,7 @@ impl Durable {
                     self.lose(&held, "the event log connection was lost");
                     warn!(%error, "lost the event log connection, reconnecting; a new session \
                           takes partitions once their leases expire");
-                    let quick = started.elapsed() < crate::source::notify::STABLE_SESSION;
+                    let quick = started.elapsed() < crate::capture::notify::source::STABLE_SESSION;
                     quick_losses = if quick {
                         quick_losses.saturating_add(1)
                     } else {
@@ -468,10 +466,10 @@ impl Durable {
     async fn dispatch(
         &mut self,
         store: &Store,
-        claimed: store::Claimed,
+        claimed: super::store::Claimed,
         bytes: u64,
     ) -> Result<(), StoreError> {
-        let store::Claimed {
+        let super::store::Claimed {
             id,
             channel,
             schema,
@@ -920,7 +918,7 @@ impl DurableSource {
 }
 
 #[async_trait::async_trait]
-impl super::Source for DurableSource {
+impl crate::capture::Source for DurableSource {
     fn name(&self) -> &'static str {
         "durable"
     }

@@ -15,7 +15,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use skor_sink_api::Op;
 
-use crate::counter;
+use crate::observe::counter;
 
 /// Labels of `skor_events_received_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 
 use tokio_postgres::Client;
 
-use crate::payload;
+use crate::capture::durable::source::WAKE_CHANNEL;
+use crate::capture::payload;
 use crate::postgres::PgError;
-use crate::source::durable::WAKE_CHANNEL;
 
 /// Why an action on dead letters failed; nothing was changed.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
 //! Where events come from. Each source reads changes its own way and hands
-//! them to the fan-out stage (`crate::fanout`); the daemon holds a list of
+//! them to the fan-out stage (`crate::delivery::fanout`); the daemon holds a list of
 //! sources and runs them side by side.
 //!
 //! - [`notify`]: LISTEN for the triggers' NOTIFY payloads; nothing is kept.
@@ -10,6 +10,7 @@
 
 pub mod durable;
 pub mod notify;
+pub mod payload;
 pub mod wal;
 
 use tokio_util::sync::CancellationToken;

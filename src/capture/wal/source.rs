@@ -13,12 +13,6 @@
 //! event log's dead letters, so they never hold the slot, and its WAL,
 //! back forever.
 
-pub mod catalog;
-pub mod pgoutput;
-mod progress;
-pub mod relations;
-pub mod render;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,17 +24,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Schedule;
+use crate::capture::notify::source::RECONNECT_FIRST_WAIT;
+use crate::capture::Source;
 use crate::config::Config;
-use crate::fanout::{Acks, Fanout, Incoming};
+use crate::delivery::fanout::{Acks, Fanout, Incoming};
+use crate::delivery::worker::{Job, Outcome};
+use crate::observe::stats::WalStats;
 use crate::postgres::{describe, Postgres, Replication, TlsBridge};
-use crate::source::notify::RECONNECT_FIRST_WAIT;
-use crate::source::Source;
-use crate::stats::WalStats;
-use crate::worker::{Job, Outcome};
 
-use pgoutput::Change;
-use progress::Progress;
-use relations::{Rules, Table};
+use super::catalog;
+use super::pgoutput::{self, Change};
+use super::progress::Progress;
+use super::relations::{self, Rules, Table};
 
 /// How often a standby asks for the slot again.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
@@ -125,7 +120,7 @@ impl WalSource {
         if level != "logical" {
             return Err(WalError::Setup(format!(
                 "wal_level is {level}, wal mode needs logical: {}",
-                crate::publication::WAL_LEVEL_HOWTO
+                crate::capture::wal::publication::WAL_LEVEL_HOWTO
             )));
         }
         match plugin.as_deref() {
@@ -148,7 +143,7 @@ impl WalSource {
             )));
         }
         let (acks, outcomes) = mpsc::unbounded_channel();
-        let summary = crate::publication::config_summary(config);
+        let summary = crate::capture::wal::publication::config_summary(config);
         let source = Self {
             pg,
             slot,
@@ -181,8 +176,12 @@ impl WalSource {
         let Some(catalog) = self.catalog.as_ref() else {
             return;
         };
-        let problems = match crate::publication::drift(catalog, &self.publication, &self.summary)
-            .await
+        let problems = match crate::capture::wal::publication::drift(
+            catalog,
+            &self.publication,
+            &self.summary,
+        )
+        .await
         {
             Ok(problems) => problems,
             // Refused (say the daemon's role may not read

@@ -9,8 +9,8 @@ use skor_sink_api::Op;
 use wildmatch::WildMatch;
 
 use crate::config::{Config, TableName};
-use crate::counter::Counter;
-use crate::filter::{Filter, Scope};
+use crate::delivery::filter::{Filter, Scope};
+use crate::observe::counter::Counter;
 
 /// A `schema.table` pattern; `*` matches any run of characters.
 #[derive(Debug)]

@@ -9,8 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::RouteConfig;
-pub use crate::counter::Counter;
-use crate::metrics::{Connection, Metrics};
+pub use crate::observe::counter::Counter;
+use crate::observe::metrics::{Connection, Metrics};
 
 /// Whether a connection is up, and since when it is down.
 #[derive(Debug, Default)]
@@ -147,7 +147,7 @@ impl Default for SinkStats {
             depth: Gauge::default(),
             disconnected: Gauge::default(),
             blocked: Gauge::default(),
-            latency: crate::metrics::latency_histogram(),
+            latency: crate::observe::metrics::latency_histogram(),
             progress_ms: AtomicU64::new(now_ms()),
         }
     }

@@ -25,10 +25,10 @@ use tokio_postgres::{Client, IsolationLevel};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::notify::listening_connection;
-use super::{Event, Seen, TailError};
+use crate::capture::notify::tail::listening_connection;
 use crate::config::{Config, Mode, TableName};
 use crate::postgres::{describe, Postgres};
+use crate::tail::{Event, Seen, TailError};
 
 /// The channel the durable trigger notifies, with an empty payload.
 const WAKE_CHANNEL: &str = "skor_event_log";

@@ -18,12 +18,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::capture::notify::shed::Shedding;
 use crate::config::Config;
-use crate::metrics::ReceivedCounter;
-use crate::router::Router;
-use crate::shed::Shedding;
-use crate::stats::EventStats;
-use crate::worker::{Job, Outcome, SinkQueue};
+use crate::delivery::router::Router;
+use crate::delivery::worker::{Job, Outcome, SinkQueue};
+use crate::observe::metrics::ReceivedCounter;
+use crate::observe::stats::EventStats;
 
 /// Where the workers report what became of a source's events.
 pub type Acks = mpsc::UnboundedSender<Outcome>;

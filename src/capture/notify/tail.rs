@@ -11,9 +11,9 @@ use tokio_postgres::{AsyncMessage, Client, Notification as PgNotification};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{Event, Seen, TailError};
-use crate::payload::{self, Notification, Reference};
+use crate::capture::payload::{self, Notification, Reference};
 use crate::postgres::{describe, quote_ident, Postgres};
+use crate::tail::{Event, Seen, TailError};
 
 /// Listening on the notify-mode channels.
 pub struct NotifyTail {
@@ -23,7 +23,7 @@ pub struct NotifyTail {
 
 /// A connection whose notifications arrive on the returned receiver; the
 /// receiver closes when the connection does.
-pub(super) async fn listening_connection(
+pub(crate) async fn listening_connection(
     pg: &Postgres,
 ) -> Result<(Client, mpsc::UnboundedReceiver<PgNotification>), TailError> {
     let (client, mut conn) = pg

@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Schedule;
+use crate::capture::notify::shed::{self, Shedding};
+use crate::capture::payload::{self, Notification, Reference};
 use crate::config::{Config, TableName};
-use crate::fanout::{Fanout, Incoming};
-use crate::payload::{self, Notification, Reference};
+use crate::delivery::fanout::{Fanout, Incoming};
+use crate::observe::stats::SourceStats;
 use crate::postgres::{describe, quote_ident, ContextError, PgConnection, PgError, Postgres};
-use crate::shed::{self, Shedding};
-use crate::stats::SourceStats;
 
 /// The listening connection, driven by hand so notifications are not lost.
 type Conn = PgConnection;
@@ -648,7 +648,7 @@ impl NotifySource {
 }
 
 #[async_trait::async_trait]
-impl super::Source for NotifySource {
+impl crate::capture::Source for NotifySource {
     fn name(&self) -> &'static str {
         "notify"
     }

@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::Job;
+use crate::capture::notify::shed::Shedding;
+use crate::capture::payload;
 use crate::config::WhenFull;
-use crate::payload;
-use crate::shed::Shedding;
-use crate::stats::SinkStats;
+use crate::observe::stats::SinkStats;
 
 /// Most bytes of a dropped event's payload quoted in the log.
 const LOGGED_PAYLOAD_BYTES: usize = 256;

@@ -16,8 +16,8 @@ use tokio_postgres::{Client, GenericClient};
 use tracing::{info, warn};
 
 use crate::config::{Config, Mode, ReplicaIdentity, TableConfig, TableName};
+use crate::install::InstallError;
 use crate::postgres::{describe, quote_ident};
-use crate::sql::InstallError;
 
 /// How to turn on logical decoding, for errors.
 pub const WAL_LEVEL_HOWTO: &str = "as a superuser run `ALTER SYSTEM SET wal_level = logical;` \
@@ -198,7 +198,7 @@ async fn check_row_filter(
            JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
           WHERE d.refobjid = to_regclass($1) AND d.refobjsubid > 0 \
           ORDER BY a.attnum";
-    let compiled = crate::sql::try_compile(
+    let compiled = crate::install::try_compile(
         client,
         &format!(
             "CREATE PUBLICATION skor_when_check FOR TABLE {qualified} WHERE ({condition}\n) \

@@ -16,12 +16,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Event, Seen, TailError, STOP_PATIENCE};
+use crate::capture::wal::catalog;
+use crate::capture::wal::pgoutput::{self, Change};
+use crate::capture::wal::relations::{Meta, Rules, Table};
 use crate::config::Config;
 use crate::postgres::{describe, Postgres, Replication, TlsBridge};
-use crate::source::wal::catalog;
-use crate::source::wal::pgoutput::{self, Change};
-use crate::source::wal::relations::{Meta, Rules, Table};
+use crate::tail::{Event, Seen, TailError, STOP_PATIENCE};
 
 /// Reading a temporary slot.
 pub struct WalTail {
@@ -64,7 +64,7 @@ impl WalTail {
         if level != "logical" {
             return Err(TailError::Setup(format!(
                 "wal mode: wal_level is {level}, wal mode needs logical: {}",
-                crate::publication::WAL_LEVEL_HOWTO
+                crate::capture::wal::publication::WAL_LEVEL_HOWTO
             )));
         }
         if !published {

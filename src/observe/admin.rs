@@ -15,12 +15,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::capture::durable::source as durable;
 use crate::config::AdminConfig;
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
+use crate::observe::stats::Stats;
 use crate::postgres::PgError;
 use crate::postgres::Postgres;
-use crate::source::durable;
-use crate::stats::Stats;
 
 /// How long a scrape waits for PostgreSQL's gauges before going without.
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);

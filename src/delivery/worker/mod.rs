@@ -16,9 +16,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliveryConfig;
-use crate::fanout::Acks;
-use crate::retry::RetryPolicy;
-use crate::stats::SinkStats;
+use crate::delivery::fanout::Acks;
+use crate::delivery::retry::RetryPolicy;
+use crate::observe::stats::SinkStats;
 use lane::Deliverer;
 pub use queue::SinkQueue;
 

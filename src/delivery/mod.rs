@@ -1,0 +1,9 @@
+//! From an event to its sinks: the router picks the routes (table,
+//! operation, channel, filter), the fan-out stage queues a job per routed
+//! sink, and one worker per sink delivers with retries, lanes and batches.
+
+pub mod fanout;
+pub mod filter;
+pub mod retry;
+pub mod router;
+pub mod worker;

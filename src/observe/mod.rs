@@ -1,0 +1,8 @@
+//! What skor tells about itself: counters, the Prometheus registry, the
+//! admin endpoint (health, readiness, metrics) and the log format.
+
+pub mod admin;
+pub mod counter;
+pub mod logging;
+pub mod metrics;
+pub mod stats;
