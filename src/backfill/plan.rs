@@ -9,6 +9,8 @@ use skor_sink_api::Op;
 use tokio_postgres::GenericClient;
 
 use crate::config::{Config, Mode, TableConfig, TableName};
+use crate::postgres::catalog;
+use crate::postgres::event_log::{partition_sql, WAKE_SQL};
 use crate::postgres::{quote_ident, quote_literal, text_array};
 
 /// How a batch waits for rows a writer holds.
@@ -84,12 +86,6 @@ impl Plan {
                FROM pg_catalog.pg_attribute a \
               WHERE a.attrelid = to_regclass($1) AND a.attname = ANY($2) \
                 AND a.attnum > 0 AND NOT a.attisdropped";
-        const PRIMARY_SQL: &str =
-            "SELECT coalesce(array_agg(a.attname::text ORDER BY k.ord), '{}') \
-               FROM pg_catalog.pg_index i \
-              CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-              WHERE i.indrelid = to_regclass($1) AND i.indisprimary";
         let name = TableName::parse(&table.name).expect("validated");
         let qualified = format!("{}.{}", quote_ident(&name.schema), quote_ident(&name.name));
         let exists: bool = client
@@ -101,7 +97,10 @@ impl Plan {
         }
         let key_names: Vec<String> = match &table.key {
             Some(key) => key.clone(),
-            None => client.query_one(PRIMARY_SQL, &[&qualified]).await?.get(0),
+            None => client
+                .query_one(catalog::PRIMARY_KEY_BY_NAME, &[&qualified])
+                .await?
+                .get(0),
         };
         if key_names.is_empty() {
             return Err(PlanError::Table(format!(
@@ -269,12 +268,13 @@ impl Plan {
             Mode::Durable => format!(
                 "INSERT INTO skor.event_log (id, channel, schema_name, table_name, op, row_key, part, payload)\n    \
                  SELECT k.id, {channel}, {schema}, {table}, 'READ', k.row_key,\n           \
-                 pg_catalog.hashtext(k.row_key) OPERATOR(pg_catalog.&) 63, {}\n      \
+                 {part}, {}\n      \
                  FROM (SELECT b.skor_row, b.skor_record, {row_key} AS row_key,\n                   \
                  pg_catalog.nextval('skor.event_log_id_seq'::pg_catalog.regclass) AS id\n              \
                  FROM batch b ORDER BY {order}) k\n    \
                  RETURNING 1",
-                payload("k", "k.id")
+                payload("k", "k.id"),
+                part = partition_sql("k.row_key", &schema, &table),
             ),
             Mode::Wal => format!(
                 "INSERT INTO skor.wal_backfill (channel, schema_name, table_name, row_key, payload)\n    \
@@ -292,7 +292,7 @@ impl Plan {
     pub fn after_batch_sql(&self) -> Option<&'static str> {
         match self.mode {
             Mode::Notify => None,
-            Mode::Durable => Some("SELECT pg_catalog.pg_notify('skor_event_log', '')"),
+            Mode::Durable => Some(WAKE_SQL),
             Mode::Wal => Some("DELETE FROM skor.wal_backfill"),
         }
     }

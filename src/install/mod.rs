@@ -8,6 +8,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::capture::wal::publication;
 use crate::config::{Config, Mode, TableConfig, TableName};
+use crate::postgres::catalog;
 use crate::postgres::{describe, locks, quote_ident, quote_literal, text_array};
 
 /// The printed script's lock (`skor sql`, run by a migration tool): the
@@ -190,19 +191,12 @@ pub async fn check_tables(
     client: &impl GenericClient,
     config: &Config,
 ) -> Result<(), InstallError> {
-    const SQL: &str = "SELECT c.relkind::text, \
-                              array(SELECT a.attname::text FROM pg_attribute a \
-                                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                                     ORDER BY a.attnum), \
-                              array(SELECT a.attname::text FROM pg_index i \
-                                     CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                                     WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord) \
-                         FROM pg_class c WHERE c.oid = to_regclass($1)";
     for table in &config.tables {
         let name = TableName::parse(&table.name).expect("validated");
         let qualified = format!("{}.{}", quote_ident(&name.schema), quote_ident(&name.name));
-        let row = client.query_opt(SQL, &[&qualified]).await?;
+        let row = client
+            .query_opt(catalog::TABLE_SHAPE, &[&qualified])
+            .await?;
         let Some(row) = row else {
             return Err(InstallError::Schema(format!("table {name} does not exist")));
         };

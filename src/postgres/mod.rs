@@ -15,8 +15,10 @@
 //! | `verify-ca`   | yes                | yes           | no                |
 //! | `verify-full` | yes                | yes           | yes               |
 
+pub mod catalog;
 mod dsn;
 mod error;
+pub mod event_log;
 pub mod locks;
 mod quote;
 mod replication;

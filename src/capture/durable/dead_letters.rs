@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 
 use tokio_postgres::Client;
 
-use crate::capture::durable::source::WAKE_CHANNEL;
 use crate::capture::payload;
+use crate::postgres::event_log::WAKE_CHANNEL;
 use crate::postgres::PgError;
 
 /// Why an action on dead letters failed; nothing was changed.

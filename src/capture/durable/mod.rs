@@ -5,5 +5,5 @@
 
 pub mod dead_letters;
 pub mod source;
-mod store;
+
 pub mod tail;

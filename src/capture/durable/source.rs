@@ -55,7 +55,9 @@ use crate::delivery::worker::{Fence, Job, Outcome, Resume};
 use crate::observe::stats::DurableStats;
 use crate::postgres::{PgError, Postgres};
 
-pub use super::store::{backlog, Backlog, Store, StoreError, PARTITIONS, WAKE_CHANNEL};
+pub use crate::postgres::event_log::{
+    backlog, Backlog, Store, StoreError, PARTITIONS, WAKE_CHANNEL,
+};
 
 /// How often partition ownership is rebalanced among the daemons.
 const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -466,10 +468,10 @@ impl Durable {
     async fn dispatch(
         &mut self,
         store: &Store,
-        claimed: super::store::Claimed,
+        claimed: crate::postgres::event_log::Claimed,
         bytes: u64,
     ) -> Result<(), StoreError> {
-        let super::store::Claimed {
+        let crate::postgres::event_log::Claimed {
             id,
             channel,
             schema,

@@ -27,11 +27,11 @@ use tracing::warn;
 
 use crate::capture::notify::tail::listening_connection;
 use crate::config::{Config, Mode, TableName};
+use crate::postgres::event_log::WAKE_CHANNEL;
 use crate::postgres::{describe, Postgres};
 use crate::tail::{Event, Seen, TailError};
 
 /// The channel the durable trigger notifies, with an empty payload.
-const WAKE_CHANNEL: &str = "skor_event_log";
 /// How often the log is read without a wake-up.
 const POLL: Duration = Duration::from_millis(500);
 /// At start, the ids this far below the highest one are checked for events

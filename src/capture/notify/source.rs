@@ -22,6 +22,7 @@ use crate::capture::payload::{self, Notification, Reference};
 use crate::config::{Config, TableName};
 use crate::delivery::fanout::{Fanout, Incoming};
 use crate::observe::stats::SourceStats;
+use crate::postgres::catalog;
 use crate::postgres::{describe, quote_ident, ContextError, PgConnection, PgError, Postgres};
 
 /// The listening connection, driven by hand so notifications are not lost.
@@ -78,18 +79,6 @@ pub struct Session {
 /// Key columns by schema, then table, so an event's `&str` names look
 /// them up without allocating.
 pub type KeyColumns = HashMap<String, HashMap<String, Arc<[String]>>>;
-
-/// The primary-key columns, in key order, of each table that has a trigger.
-const PRIMARY_KEYS_SQL: &str = "\
-SELECT n.nspname::text, c.relname::text, array_agg(a.attname::text ORDER BY k.ord)
-FROM pg_index i
-JOIN pg_class c ON c.oid = i.indrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-WHERE i.indisprimary
-  AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
-GROUP BY 1, 2";
 
 /// Polls `conn` while `request` runs: the connection only makes progress
 /// while polled, and notifications that arrive meanwhile are of no use yet.
@@ -215,7 +204,7 @@ impl Listener {
         let rows = drive(
             &mut conn,
             self.query_timeout,
-            client.query(PRIMARY_KEYS_SQL, &[]),
+            client.query(catalog::TRIGGERED_PRIMARY_KEYS, &[]),
         )
         .await
         .map_err(|e| e.context("reading primary keys"))?;

@@ -10,6 +10,7 @@ use tracing::warn;
 use super::pgoutput::Relation;
 use super::relations::{Rules, Table};
 use super::render::{builtin_kind, resolve_kinds, Kind};
+use crate::postgres::catalog as pg_catalog;
 use crate::postgres::describe;
 
 /// Prepares `relation` under `rules`. Without a catalog, or when it fails,
@@ -53,16 +54,10 @@ pub async fn prepare(
         .collect();
     let primary = match catalog.filter(|_| healthy) {
         Some(catalog) => match catalog
-            .query(
-                "SELECT a.attname::text FROM pg_index i \
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
-                  WHERE i.indrelid = $1 AND i.indisprimary \
-                  ORDER BY pg_catalog.array_position(i.indkey::pg_catalog.int2[], a.attnum)",
-                &[&relation.id],
-            )
+            .query_one(pg_catalog::PRIMARY_KEY_BY_OID, &[&relation.id])
             .await
         {
-            Ok(rows) => Some(rows.iter().map(|r| r.get(0)).collect::<Vec<String>>()),
+            Ok(row) => Some(row.get::<_, Vec<String>>(0)),
             Err(error) => {
                 healthy = false;
                 warn!(error = %describe(&error), table = %relation.name,

@@ -4,6 +4,7 @@
 //! slot past what every routed sink confirmed.
 
 pub mod catalog;
+pub mod decode;
 pub mod pgoutput;
 mod progress;
 pub mod publication;

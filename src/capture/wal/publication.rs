@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, Mode, ReplicaIdentity, TableConfig, TableName};
 use crate::install::InstallError;
+use crate::postgres::catalog::index_columns;
 use crate::postgres::{describe, quote_ident};
 
 /// How to turn on logical decoding, for errors.
@@ -93,21 +94,18 @@ async fn describe_tables<'a>(
     client: &impl GenericClient,
     config: &'a Config,
 ) -> Result<Vec<Published<'a>>, InstallError> {
-    const SQL: &str = "SELECT c.relreplident::text, \
-              array(SELECT a.attname::text FROM pg_index i \
-                     CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                     WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord), \
-              array(SELECT a.attname::text FROM pg_index i \
-                     CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                     WHERE i.indrelid = c.oid AND i.indisreplident ORDER BY k.ord), \
-              array(SELECT format('%I.%I', n.nspname, p.relname) \
-                      FROM pg_catalog.pg_partition_tree(c.oid) t \
-                      JOIN pg_class p ON p.oid = t.relid \
-                      JOIN pg_namespace n ON n.oid = p.relnamespace \
-                     WHERE t.relid <> c.oid) \
-         FROM pg_class c WHERE c.oid = to_regclass($1)";
+    const SQL: &str = concat!(
+        "SELECT c.relreplident::text, ",
+        index_columns!("c.oid", "indisprimary"),
+        ", ",
+        index_columns!("c.oid", "indisreplident"),
+        ", array(SELECT format('%I.%I', n.nspname, p.relname) \
+                  FROM pg_catalog.pg_partition_tree(c.oid) t \
+                  JOIN pg_class p ON p.oid = t.relid \
+                  JOIN pg_namespace n ON n.oid = p.relnamespace \
+                 WHERE t.relid <> c.oid) \
+         FROM pg_class c WHERE c.oid = to_regclass($1)"
+    );
     let ops = published_ops(config);
     let rewrites = ops.contains("update") || ops.contains("delete");
     let mut tables = Vec::new();

@@ -13,12 +13,10 @@
 //! event log's dead letters, so they never hold the slot, and its WAL,
 //! back forever.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
-use skor_sink_api::Op;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -30,12 +28,13 @@ use crate::config::Config;
 use crate::delivery::fanout::{Acks, Fanout, Incoming};
 use crate::delivery::worker::{Job, Outcome};
 use crate::observe::stats::WalStats;
+use crate::postgres::event_log::{insert_dead_letter, DeadLetter};
 use crate::postgres::{describe, Postgres, Replication, TlsBridge};
 
 use super::catalog;
-use super::pgoutput::{self, Change};
+use super::decode::{Decoder, Step};
 use super::progress::Progress;
-use super::relations::{self, Rules, Table};
+use super::relations::Rules;
 
 /// How often a standby asks for the slot again.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
@@ -68,7 +67,7 @@ pub struct WalSource {
     summary: String,
     status_interval: Duration,
     max_backoff: Duration,
-    rules: Rules,
+    decoder: Decoder,
     fanout: Fanout,
     stats: Arc<WalStats>,
     /// Given to every job; let go at shutdown, so `outcomes` ends once
@@ -76,8 +75,6 @@ pub struct WalSource {
     acks: Option<Acks>,
     outcomes: mpsc::UnboundedReceiver<Outcome>,
     progress: Progress,
-    /// The stream's relations, by id; resent by the server on each stream.
-    tables: HashMap<u32, Table>,
     /// For column types and dead letters.
     catalog: Option<tokio_postgres::Client>,
     /// Events a sink gave up on, waiting to be written as dead letters:
@@ -85,10 +82,6 @@ pub struct WalSource {
     dead: Vec<(i64, usize, u32, String)>,
     /// The current transaction was streamed before: its events are skipped.
     skipping: bool,
-    /// The last change's WAL position and how many changes shared it.
-    last_change: (u64, i64),
-    /// The current transaction as its BEGIN describes it, for `metadata`.
-    transaction: relations::Meta,
     /// The current session's TLS bridge, when the DSN asks for TLS.
     bridge: Option<TlsBridge>,
 }
@@ -151,18 +144,15 @@ impl WalSource {
             summary,
             status_interval: Duration::from_millis(config.source.wal_status_interval_ms),
             max_backoff: Duration::from_millis(config.source.reconnect_max_backoff_ms),
-            rules: Rules::new(config),
+            decoder: Decoder::new(Rules::new(config)),
             fanout,
             stats,
             acks: Some(acks),
             outcomes,
             progress: Progress::default(),
-            tables: HashMap::new(),
             catalog: Some(catalog),
             dead: Vec::new(),
             skipping: false,
-            last_change: (0, 0),
-            transaction: relations::Meta::default(),
             bridge: None,
         };
         source.check_drift().await;
@@ -248,7 +238,7 @@ impl WalSource {
                         failures = 0;
                     }
                     self.progress.abandon_open();
-                    self.tables.clear();
+                    self.decoder.forget_tables();
                     match ended {
                         Ok(client) => {
                             self.finish(Some(client)).await;
@@ -389,9 +379,8 @@ impl WalSource {
                 commit_time_micros,
             } => {
                 self.skipping = !self.progress.begin(final_lsn.as_u64());
-                self.last_change = (0, 0);
-                self.transaction =
-                    relations::Meta::begin(final_lsn.as_u64(), xid, commit_time_micros);
+                self.decoder
+                    .begin(final_lsn.as_u64(), xid, commit_time_micros);
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 if !self.skipping {
@@ -404,117 +393,47 @@ impl WalSource {
             ReplicationEvent::XLogData {
                 wal_start, data, ..
             } => {
-                let change = pgoutput::decode(&data)
-                    .map_err(|e| format!("cannot decode the stream: {e}"))?;
-                self.on_change(wal_start.as_u64(), change).await;
+                let step = self
+                    .decoder
+                    .xlog(wal_start.as_u64(), &data, self.skipping)?;
+                self.on_step(step).await;
             }
             ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
         }
         Ok(())
     }
 
-    async fn on_change(&mut self, position: u64, change: Change) {
-        let (relation, op, row, old) = match change.into_row() {
-            Ok(row) => row,
-            Err(Change::Relation(relation)) => {
+    async fn on_step(&mut self, step: Step) {
+        match step {
+            Step::Relation(relation) => {
                 // Reconnects a lost catalog connection first.
                 let _ = self.catalog().await;
                 let (table, healthy) =
-                    catalog::prepare(self.catalog.as_ref(), &relation, &self.rules).await;
+                    catalog::prepare(self.catalog.as_ref(), &relation, self.decoder.rules()).await;
                 if !healthy {
                     self.catalog = None;
                 }
-                self.tables.insert(relation.id, table);
-                return;
+                self.decoder.describe(relation.id, table);
             }
-            Err(Change::Truncate { relations }) => {
+            Step::Truncate(names) => {
                 self.stats.truncates.incr();
-                let names: Vec<String> = relations
-                    .iter()
-                    .filter_map(|id| self.tables.get(id))
-                    .map(|t| format!("{}.{}", t.schema, t.name))
-                    .collect();
                 warn!(tables = ?names,
                       "TRUNCATE is not captured (as with triggers): no event is sent for the rows it removed");
-                return;
             }
-            Err(_) => return,
-        };
-        // Changes of one WAL record (a multi-row insert) share its
-        // position; the next record starts further on than their count.
-        self.last_change = if self.last_change.0 == position {
-            (position, self.last_change.1 + 1)
-        } else {
-            (position, 0)
-        };
-        if self.skipping {
-            return;
-        }
-        let Some(table) = self.tables.get(&relation) else {
-            warn!(
-                relation,
-                "a change of a relation the stream did not describe; skipped"
-            );
-            return;
-        };
-        let id = position as i64 + self.last_change.1;
-        if table.is_backfill() {
-            // Its deletes only empty it again.
-            if op == Op::Insert {
-                self.on_backfilled(id, &row).await;
+            Step::Event(event) => {
+                let incoming = Incoming {
+                    channel: &event.channel,
+                    schema: event.schema,
+                    table: event.table,
+                    op: event.op,
+                    payload: event.payload,
+                    key: event.key,
+                    id: Some(event.id),
+                };
+                self.dispatch(incoming).await;
             }
-            return;
+            Step::Nothing => {}
         }
-        if !table.captures(op) {
-            return;
-        }
-        let id = position as i64 + self.last_change.1;
-        let meta = relations::Meta {
-            event_id: id,
-            ..self.transaction
-        };
-        let rendered = table.render(op, &row, old.as_ref(), &meta);
-        let channel = match &table.rule {
-            Some(rule) => Arc::clone(&rule.channel),
-            None => return,
-        };
-        let incoming = Incoming {
-            channel: &channel,
-            schema: table.schema.clone(),
-            table: table.name.clone(),
-            op,
-            payload: rendered.payload,
-            key: rendered.key,
-            id: Some(id),
-        };
-        self.dispatch(incoming).await;
-    }
-
-    /// A row `skor backfill` sent: a READ event of the table it names, its
-    /// payload rendered by the same SQL as the triggers', then the
-    /// table's `metadata` from this transaction, as its changes get them.
-    async fn on_backfilled(&mut self, id: i64, row: &pgoutput::Tuple) {
-        let meta = relations::Meta {
-            event_id: id,
-            ..self.transaction
-        };
-        let Some(read) = self.rules.backfilled(row, &meta) else {
-            warn!(
-                id,
-                "a backfilled row without its channel, table or payload; skipped"
-            );
-            return;
-        };
-        let incoming = Incoming {
-            channel: &read.channel,
-            schema: read.schema,
-            table: read.table,
-            op: Op::Read,
-            payload: read.payload,
-            key: read.key,
-            id: Some(id),
-        };
-        self.dispatch(incoming).await;
     }
 
     /// Routes an event and queues it for its sinks, remembering it until
@@ -586,32 +505,21 @@ impl WalSource {
                 .filter(|(i, _)| *i != sink)
                 .map(|(_, n)| n.as_str())
                 .collect();
-            let payload = String::from_utf8_lossy(&event.payload).into_owned();
-            let key = event
-                .key
-                .as_ref()
-                .map(|k| String::from_utf8_lossy(k).into_owned());
-            let attempts_i32 = i32::try_from(attempts).unwrap_or(i32::MAX);
-            let written = catalog
-                .execute(
-                    "INSERT INTO skor.event_log (channel, schema_name, table_name, op, row_key, \
-                                                 part, payload, state, attempts, last_error, done_sinks) \
-                     VALUES ($1, $2, $3, $4, $5, \
-                             pg_catalog.hashtext(coalesce($5, $2 || '.' || $3)) & 63, \
-                             $6, 'dead', $7, $8, $9)",
-                    &[
-                        &&*event.channel,
-                        &event.schema,
-                        &event.table,
-                        &event.op.as_str(),
-                        &key,
-                        &payload,
-                        &attempts_i32,
-                        &error,
-                        &done,
-                    ],
-                )
-                .await;
+            let letter = DeadLetter {
+                channel: &event.channel,
+                schema: &event.schema,
+                table: &event.table,
+                op: event.op.as_str(),
+                key: event
+                    .key
+                    .as_ref()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload: String::from_utf8_lossy(&event.payload).into_owned(),
+                attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+                error: &error,
+                done_sinks: done,
+            };
+            let written = insert_dead_letter(catalog, &letter).await;
             match written {
                 Ok(_) => {
                     self.stats.dead_lettered.incr();

@@ -7,18 +7,16 @@
 //! prints the payloads the daemon sends, byte for byte, from the moment
 //! the slot is created on.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
-use skor_sink_api::Op;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::capture::wal::catalog;
-use crate::capture::wal::pgoutput::{self, Change};
-use crate::capture::wal::relations::{Meta, Rules, Table};
+use super::catalog;
+use super::decode::{Decoder, Step};
+use super::relations::Rules;
 use crate::config::Config;
 use crate::postgres::{describe, Postgres, Replication, TlsBridge};
 use crate::tail::{Event, Seen, TailError, STOP_PATIENCE};
@@ -30,14 +28,9 @@ pub struct WalTail {
     _bridge: Option<TlsBridge>,
     /// For column types and primary keys.
     catalog: tokio_postgres::Client,
-    rules: Rules,
-    tables: HashMap<u32, Table>,
+    /// The daemon's decoder: the same payloads and ids.
+    decoder: Decoder,
     slot: String,
-    /// The current transaction as its BEGIN describes it, for `metadata`.
-    transaction: Meta,
-    /// The last change's WAL position and how many changes shared it, for
-    /// the event ids the daemon gives (see the wal source).
-    last_change: (u64, i64),
 }
 
 impl WalTail {
@@ -114,11 +107,8 @@ impl WalTail {
             client,
             _bridge: bridge,
             catalog,
-            rules: Rules::new(config),
-            tables: HashMap::new(),
+            decoder: Decoder::new(Rules::new(config)),
             slot,
-            transaction: Meta::default(),
-            last_change: (0, 0),
         })
     }
 
@@ -144,17 +134,17 @@ impl WalTail {
                     final_lsn,
                     xid,
                     commit_time_micros,
-                } => {
-                    self.transaction = Meta::begin(final_lsn.as_u64(), xid, commit_time_micros);
-                }
+                } => self
+                    .decoder
+                    .begin(final_lsn.as_u64(), xid, commit_time_micros),
                 ReplicationEvent::XLogData {
                     wal_start, data, ..
                 } => {
-                    let change = match pgoutput::decode(&data) {
-                        Ok(change) => change,
-                        Err(e) => break Err(lost(format!("cannot decode the stream: {e}"))),
+                    let step = match self.decoder.xlog(wal_start.as_u64(), &data, false) {
+                        Ok(step) => step,
+                        Err(error) => break Err(lost(error)),
                     };
-                    if let Some(event) = self.on_change(wal_start.as_u64(), change).await {
+                    if let Some(event) = self.on_step(step).await {
                         if seen.send(Seen::Event(event)).await.is_err() {
                             break Ok(());
                         }
@@ -174,59 +164,23 @@ impl WalTail {
         result
     }
 
-    async fn on_change(&mut self, position: u64, change: Change) -> Option<Event> {
-        let (relation, op, row, old) = match change.into_row() {
-            Ok(row) => row,
-            Err(Change::Relation(relation)) => {
+    async fn on_step(&mut self, step: Step) -> Option<Event> {
+        match step {
+            Step::Relation(relation) => {
                 let (table, _) =
-                    catalog::prepare(Some(&self.catalog), &relation, &self.rules).await;
-                self.tables.insert(relation.id, table);
-                return None;
+                    catalog::prepare(Some(&self.catalog), &relation, self.decoder.rules()).await;
+                self.decoder.describe(relation.id, table);
+                None
             }
-            Err(_) => return None,
-        };
-        self.last_change = if self.last_change.0 == position {
-            (position, self.last_change.1 + 1)
-        } else {
-            (position, 0)
-        };
-        let Some(table) = self.tables.get(&relation) else {
-            warn!(
-                relation,
-                "a change of a relation the stream did not describe; skipped"
-            );
-            return None;
-        };
-        let meta = Meta {
-            event_id: position as i64 + self.last_change.1,
-            ..self.transaction
-        };
-        if table.is_backfill() {
-            // `skor backfill`'s rows; its deletes only empty the table.
-            let read = self
-                .rules
-                .backfilled(&row, &meta)
-                .filter(|_| op == Op::Insert)?;
-            return Some(Event {
-                channel: read.channel,
-                schema: read.schema,
-                table: read.table,
-                op: Op::Read,
-                payload: read.payload,
-            });
+            Step::Event(event) => Some(Event {
+                channel: event.channel.to_string(),
+                schema: event.schema,
+                table: event.table,
+                op: event.op,
+                payload: event.payload,
+            }),
+            Step::Truncate(_) | Step::Nothing => None,
         }
-        if !table.captures(op) {
-            return None;
-        }
-        let channel = table.rule.as_ref()?.channel.to_string();
-        let rendered = table.render(op, &row, old.as_ref(), &meta);
-        Some(Event {
-            channel,
-            schema: table.schema.clone(),
-            table: table.name.clone(),
-            op,
-            payload: rendered.payload,
-        })
     }
 }
 

@@ -1,6 +1,9 @@
-//! The event log's SQL: claiming, finishing, retrying and dead-lettering
-//! events, and the leases (`skor.daemon`, `skor.partition_lease`) that give
-//! one daemon session a key partition.
+//! Every statement on `skor.event_log` and its leases, written once:
+//! claiming, finishing, retrying and dead-lettering events, the leases
+//! (`skor.daemon`, `skor.partition_lease`) that give one daemon session a
+//! key partition, the partition an event is filed under and the wake-up
+//! notification. Durable mode reads the log; wal mode writes its dead
+//! letters to it; backfill and `skor dead-letters` write to it too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -18,6 +21,73 @@ use crate::postgres::{describe, PgError, Postgres};
 pub const PARTITIONS: i16 = 64;
 /// The channel the durable trigger notifies, with an empty payload.
 pub const WAKE_CHANNEL: &str = "skor_event_log";
+/// Wakes every daemon reading the log, as the durable trigger does.
+pub const WAKE_SQL: &str = "SELECT pg_catalog.pg_notify('skor_event_log', '')";
+
+/// The partition an event of row key `key` (a SQL expression, NULL for a
+/// keyless row) in `schema`.`table` is filed under: the same expression
+/// as `skor.capture()` in sql/install.sql, so a row's events from the
+/// trigger, a backfill and wal mode's dead letters share one order.
+pub fn partition_sql(key: &str, schema: &str, table: &str) -> String {
+    format!(
+        "pg_catalog.hashtext(coalesce({key}, {schema} OPERATOR(pg_catalog.||) '.' \
+         OPERATOR(pg_catalog.||) {table})) OPERATOR(pg_catalog.&) {}",
+        PARTITIONS - 1
+    )
+}
+
+/// A dead letter written straight to the log (wal mode: the event was
+/// never in it).
+#[derive(Debug)]
+pub struct DeadLetter<'a> {
+    /// The channel of its table.
+    pub channel: &'a str,
+    /// Schema of the changed table.
+    pub schema: &'a str,
+    /// Name of the changed table.
+    pub table: &'a str,
+    /// INSERT, UPDATE, DELETE or READ.
+    pub op: &'a str,
+    /// The row key, if the row has one.
+    pub key: Option<String>,
+    /// The payload as the sinks got it.
+    pub payload: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// The last error.
+    pub error: &'a str,
+    /// The sinks that delivered it.
+    pub done_sinks: Vec<&'a str>,
+}
+
+/// Writes `letter` to the log as a dead letter.
+pub async fn insert_dead_letter(
+    client: &impl tokio_postgres::GenericClient,
+    letter: &DeadLetter<'_>,
+) -> Result<u64, tokio_postgres::Error> {
+    let sql = format!(
+        "INSERT INTO skor.event_log (channel, schema_name, table_name, op, row_key, \
+                                     part, payload, state, attempts, last_error, done_sinks) \
+         VALUES ($1, $2, $3, $4, $5, {}, $6, 'dead', $7, $8, $9)",
+        partition_sql("$5", "$2", "$3")
+    );
+    client
+        .execute(
+            &sql,
+            &[
+                &letter.channel,
+                &letter.schema,
+                &letter.table,
+                &letter.op,
+                &letter.key,
+                &letter.payload,
+                &letter.attempts,
+                &letter.error,
+                &letter.done_sinks,
+            ],
+        )
+        .await
+}
 /// Daemon rows expired this long are deleted by whichever daemon looks.
 const FORGET_DAEMONS_AFTER: &str = "10 minutes";
 
