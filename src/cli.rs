@@ -408,10 +408,10 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
             if with_connection {
                 let client = connect(&config).await?;
                 install::check_tables(&client, &config).await?;
-                if config.uses_wal() {
-                    let report =
-                        crate::capture::wal::publication::slot_report(&client, &config).await?;
-                    println!("  wal:    {report}");
+                for capture in crate::capture::CAPTURES {
+                    if let Some(line) = capture.report(&client, &config).await? {
+                        println!("  {line}");
+                    }
                 }
             }
             println!(

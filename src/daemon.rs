@@ -10,10 +10,7 @@ use skor_sink_api::{Sink, SinkConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::capture::durable::source::{DurableError, DurableSource};
-use crate::capture::notify::source::{NotifySource, OpenError};
-use crate::capture::wal::source::{WalError, WalSource};
-use crate::capture::Source;
+use crate::capture::{OpenError, Source, Wiring, CAPTURES};
 use crate::config::{Config, DeliveryConfig};
 use crate::delivery::fanout::Fanout;
 use crate::delivery::worker::{worker, Worker};
@@ -34,19 +31,14 @@ pub enum StartError {
         /// What went wrong.
         message: String,
     },
-    /// The first connection to PostgreSQL failed; this is not retried, so a
-    /// wrong password or database name stops skor at once.
-    #[error("cannot listen to PostgreSQL: {0}")]
+    /// A capture mode's source could not open (the first connection to
+    /// PostgreSQL failed, the slot or the event log is missing); this is
+    /// not retried, so a wrong password or database name stops skor at once.
+    #[error("{0}")]
     Source(#[from] OpenError),
     /// The DSN could not be used, e.g. its `sslrootcert` file is gone.
     #[error("source.dsn: {0}")]
     Dsn(#[from] DsnError),
-    /// The event log could not be read at start-up.
-    #[error("{0}")]
-    Durable(#[from] DurableError),
-    /// The replication slot or publication is missing or unusable.
-    #[error("{0}")]
-    Wal(#[from] WalError),
     /// The admin endpoint's address could not be bound.
     #[error("{0}")]
     Admin(#[from] AdminError),
@@ -144,25 +136,14 @@ impl Daemon {
         // Each source gets its own handle; the stage's queues close once
         // every source has let go of its handle.
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
-        if let Some(durable_stats) = &stats.durable {
-            let durable = DurableSource::open(
-                pg.clone(),
-                config,
-                fanout.clone(),
-                Arc::clone(durable_stats),
-            )
-            .await?;
-            sources.push(Box::new(durable));
-        }
-        if let Some(wal_stats) = &stats.wal {
-            let wal =
-                WalSource::open(pg.clone(), config, fanout.clone(), Arc::clone(wal_stats)).await?;
-            sources.push(Box::new(wal));
-        }
-        if !channels.is_empty() {
-            let notify =
-                NotifySource::open(pg, config, fanout.clone(), Arc::clone(&stats.source)).await?;
-            sources.push(Box::new(notify));
+        let wiring = Wiring {
+            pg: &pg,
+            config,
+            fanout: &fanout,
+            stats: &stats,
+        };
+        for capture in CAPTURES.iter().filter(|c| c.runs_source(config)) {
+            sources.push(capture.open_source(&wiring).await?);
         }
         drop(fanout);
         let names_of_sources: Vec<&str> = sources.iter().map(|s| s.name()).collect();

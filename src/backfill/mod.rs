@@ -27,7 +27,8 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, Mode, TableConfig, TableName};
+use crate::capture;
+use crate::config::{Config, TableConfig, TableName};
 use crate::postgres::describe;
 use plan::{Locking, Plan};
 use report::Report;
@@ -106,9 +107,8 @@ pub async fn run(
         let plan = Plan::new(&*client, config, table, options.condition.as_deref())
             .await
             .map_err(|e| anyhow!("cannot backfill {}: {e}", table.name))?;
-        if config.table_mode(table) == Mode::Notify {
-            warn!(table = %plan.name,
-                  "notify mode: the rows reach the sinks only if skor is running and listening now");
+        if let Some(warning) = capture::of(config.table_mode(table)).backfill_warning() {
+            warn!(table = %plan.name, "{warning}");
         }
         let outcome = backfill(client, &plan, options, stop)
             .await

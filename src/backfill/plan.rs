@@ -8,9 +8,9 @@ use std::fmt::Write as _;
 use skor_sink_api::Op;
 use tokio_postgres::GenericClient;
 
+use crate::capture::{self, BackfillBatch};
 use crate::config::{Config, Mode, TableConfig, TableName};
 use crate::postgres::catalog;
-use crate::postgres::event_log::{partition_sql, WAKE_SQL};
 use crate::postgres::{quote_ident, quote_literal, text_array};
 
 /// How a batch waits for rows a writer holds.
@@ -125,10 +125,7 @@ impl Plan {
         // columns.
         let mode = config.table_mode(table);
         // Wal mode's metadata comes from the stream, as its changes' do.
-        let flags = match mode {
-            Mode::Wal => String::new(),
-            Mode::Notify | Mode::Durable => crate::install::trigger_flags(table, Op::Read),
-        };
+        let flags = capture::of(mode).backfill_flags(table);
         let mut args = vec![
             channel.clone(),
             flags,
@@ -256,45 +253,21 @@ impl Plan {
             quote_literal(&self.schema),
             quote_literal(&self.table),
         );
-        match self.mode {
-            Mode::Notify => format!(
-                "SELECT skor.notify_payload({channel}, {}) FROM batch b ORDER BY {order}",
-                payload("b", "NULL")
-            ),
-            // The row key and partition as skor.capture() computes them, so
-            // a row's READ and its changes are delivered in one order; the
-            // ids taken in key order (volatile, so after the sort), and
-            // given to the payload for its `event_id`.
-            Mode::Durable => format!(
-                "INSERT INTO skor.event_log (id, channel, schema_name, table_name, op, row_key, part, payload)\n    \
-                 SELECT k.id, {channel}, {schema}, {table}, 'READ', k.row_key,\n           \
-                 {part}, {}\n      \
-                 FROM (SELECT b.skor_row, b.skor_record, {row_key} AS row_key,\n                   \
-                 pg_catalog.nextval('skor.event_log_id_seq'::pg_catalog.regclass) AS id\n              \
-                 FROM batch b ORDER BY {order}) k\n    \
-                 RETURNING 1",
-                payload("k", "k.id"),
-                part = partition_sql("k.row_key", &schema, &table),
-            ),
-            Mode::Wal => format!(
-                "INSERT INTO skor.wal_backfill (channel, schema_name, table_name, row_key, payload)\n    \
-                 SELECT {channel}, {schema}, {table}, k.row_key, k.payload\n      \
-                 FROM (SELECT {row_key} AS row_key, {} AS payload FROM batch b ORDER BY {order}) k\n    \
-                 RETURNING 1",
-                payload("b", "NULL")
-            ),
-        }
+        capture::of(self.mode).backfill_send_sql(&BackfillBatch {
+            channel: &channel,
+            schema: &schema,
+            table: &table,
+            order,
+            row_key: &row_key,
+            payload: &payload,
+        })
     }
 
     /// What runs after the batch in its transaction: durable mode wakes
     /// the daemons as the triggers do; wal mode empties its table again
     /// (the publication already has the inserts).
     pub fn after_batch_sql(&self) -> Option<&'static str> {
-        match self.mode {
-            Mode::Notify => None,
-            Mode::Durable => Some(WAKE_SQL),
-            Mode::Wal => Some("DELETE FROM skor.wal_backfill"),
-        }
+        capture::of(self.mode).backfill_after_batch_sql()
     }
 }
 

@@ -507,7 +507,7 @@ impl Config {
 
     /// Whether some table (or, with none configured, the source) captures
     /// in `mode`.
-    fn uses_mode(&self, mode: Mode) -> bool {
+    pub fn uses_mode(&self, mode: Mode) -> bool {
         if self.tables.is_empty() {
             return self.source.mode == mode;
         }

@@ -6,10 +6,13 @@ use std::fmt::Write as _;
 use skor_sink_api::Op;
 use tokio_postgres::{Client, GenericClient};
 
-use crate::capture::wal::publication;
-use crate::config::{Config, Mode, TableConfig, TableName};
+use crate::capture::trigger::trigger_flags;
+use crate::capture::{self, CAPTURES};
+use crate::config::{Config, TableName};
 use crate::postgres::catalog;
-use crate::postgres::{describe, locks, quote_ident, quote_literal, text_array};
+use crate::postgres::{locks, quote_ident, quote_literal, text_array, try_compile};
+
+pub use crate::capture::{InstallError, InstallOptions};
 
 /// The printed script's lock (`skor sql`, run by a migration tool): the
 /// advisory lock serialises it with concurrent installs; `skor install`
@@ -29,59 +32,6 @@ const PRIVILEGES_SQL: &str = include_str!("../../sql/privileges.sql");
 /// The trigger that captures `op` on a table.
 fn trigger_name(op: Op) -> String {
     format!("skor_{}", op.as_str().to_lowercase())
-}
-
-/// The payload flags of `table`'s `op` trigger besides `u` (see
-/// `skor.notify()` in sql/install.sql): `o` for the old row on UPDATE, one
-/// letter per metadata field.
-pub fn trigger_flags(table: &TableConfig, op: Op) -> String {
-    let mut flags = String::new();
-    if table.old && op == Op::Update {
-        flags.push('o');
-    }
-    let mut fields = table.metadata.clone();
-    fields.sort();
-    flags.extend(fields.iter().filter_map(|f| f.flag()));
-    flags
-}
-
-/// Why install or uninstall failed.
-#[derive(Debug, thiserror::Error)]
-pub enum InstallError {
-    /// A configured table or column is not in the database.
-    #[error("{0}")]
-    Schema(String),
-    /// Durable events are still undelivered.
-    #[error("{0}")]
-    Pending(String),
-    /// PostgreSQL refused a statement.
-    #[error("{0}")]
-    Database(String),
-    /// A lock wait ran out; the text names the sessions holding it.
-    #[error("{0}")]
-    Locked(String),
-    /// A statement's lock wait ran out (lock_timeout), holders not yet
-    /// named: install and uninstall turn it into [`Self::Locked`].
-    #[error("{0} (a lock wait ran out: every wait is bounded by lock_timeout)")]
-    LockWait(String),
-}
-
-impl From<locks::LockError> for InstallError {
-    fn from(error: locks::LockError) -> Self {
-        match error {
-            locks::LockError::Timeout(text) => Self::Locked(text),
-            locks::LockError::Db(error) => error.into(),
-        }
-    }
-}
-
-impl From<tokio_postgres::Error> for InstallError {
-    fn from(error: tokio_postgres::Error) -> Self {
-        if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
-            return Self::LockWait(describe(&error));
-        }
-        Self::Database(describe(&error))
-    }
 }
 
 /// When a lock wait of install or uninstall (whose transaction has been
@@ -137,12 +87,10 @@ fn install_body(config: &Config) -> String {
     for table in &config.tables {
         let name = TableName::parse(&table.name).expect("validated");
         let qualified = format!("{}.{}", quote_ident(&name.schema), quote_ident(&name.name));
-        let function = match config.table_mode(table) {
-            Mode::Notify => "notify",
-            Mode::Durable => "capture",
-            // Read from the WAL: no trigger (the publication is created
-            // from the catalog by `install`, see `publication.rs`).
-            Mode::Wal => continue,
+        // A mode without triggers (wal) sets its tables up in its own
+        // install step.
+        let Some(function) = capture::of(config.table_mode(table)).trigger_function() else {
+            continue;
         };
         let key = table
             .key
@@ -173,11 +121,9 @@ fn install_body(config: &Config) -> String {
             );
         }
     }
-    if config.uses_wal() {
-        sql.push_str(
-            "\n-- Wal mode: `skor install` creates the publication and the replication slot\n\
-             -- from the catalog (replica identities, column lists); see `skor check --connect`.\n",
-        );
+    for note in capture::used(config).filter_map(|c| c.install_script_note()) {
+        sql.push('\n');
+        sql.push_str(note);
     }
     sql.push('\n');
     sql.push_str(PRIVILEGES_SQL);
@@ -244,37 +190,6 @@ pub async fn check_tables(
     Ok(())
 }
 
-/// Runs `statement` in a savepoint under the pinned search_path, then, if
-/// PostgreSQL took it, `inspect` (a query and its one text parameter)
-/// while the statement's object stands, and rolls both back: the query's
-/// rows, or PostgreSQL's message refusing either. `statement` is sent as
-/// one statement (the extended protocol takes no more), whatever a
-/// condition in it holds.
-pub async fn try_compile(
-    client: &impl GenericClient,
-    statement: &str,
-    inspect: Option<(&str, &str)>,
-) -> Result<Result<Vec<tokio_postgres::Row>, String>, InstallError> {
-    client
-        .batch_execute("SAVEPOINT skor_when; SET LOCAL search_path = pg_catalog, pg_temp")
-        .await?;
-    let result = match client.execute(statement, &[]).await {
-        Ok(_) => match inspect {
-            Some((query, parameter)) => client.query(query, &[&parameter]).await,
-            None => Ok(Vec::new()),
-        },
-        Err(error) => Err(error),
-    };
-    client
-        .batch_execute("ROLLBACK TO SAVEPOINT skor_when; RELEASE SAVEPOINT skor_when")
-        .await?;
-    Ok(result.map_err(|error| {
-        error
-            .as_db_error()
-            .map_or_else(|| describe(&error), |db| db.message().to_string())
-    }))
-}
-
 /// Compiles each trigger-mode table's `when` conditions as install will
 /// (a `WHEN` clause under the pinned search_path), in a savepoint rolled
 /// back at once, so a condition PostgreSQL rejects is reported with its
@@ -284,7 +199,10 @@ pub async fn check_conditions(
     config: &Config,
 ) -> Result<(), InstallError> {
     for table in &config.tables {
-        if config.table_mode(table) == Mode::Wal || !table.when.is_set() {
+        let triggered = capture::of(config.table_mode(table))
+            .trigger_function()
+            .is_some();
+        if !triggered || !table.when.is_set() {
             continue;
         }
         let name = TableName::parse(&table.name).expect("validated");
@@ -324,46 +242,21 @@ pub async fn install(client: &mut Client, config: &Config) -> Result<(), Install
     install_with(client, config, &InstallOptions::default()).await
 }
 
-/// What `skor install` may do beyond the default.
-#[derive(Debug, Clone)]
-pub struct InstallOptions {
-    /// Take an existing replication slot of the configured name as skor's
-    /// own (`--adopt-slot`).
-    pub adopt_slot: bool,
-    /// How long to wait for any one lock (`--lock-timeout`).
-    pub lock_timeout: std::time::Duration,
-}
-
-impl Default for InstallOptions {
-    fn default() -> Self {
-        Self {
-            adopt_slot: false,
-            lock_timeout: locks::LOCK_TIMEOUT,
-        }
-    }
-}
-
 /// [`install`], with `options`.
 pub async fn install_with(
     client: &mut Client,
     config: &Config,
     options: &InstallOptions,
 ) -> Result<(), InstallError> {
-    if config.uses_wal() {
-        publication::check_server(&*client).await?;
+    for capture in CAPTURES {
+        capture.before_install(client, config).await?;
     }
     let result = install_transaction(client, config, options.lock_timeout).await;
     let upgrading = name_lock_holders(client, result, options.lock_timeout).await?;
-    if config.uses_wal() {
-        publication::create_slot(
-            client,
-            config,
-            options.adopt_slot || upgrading,
-            options.lock_timeout,
-        )
-        .await?;
-    } else {
-        publication::unpublish(client, config).await?;
+    for capture in CAPTURES {
+        capture
+            .after_install(client, config, options, upgrading)
+            .await?;
     }
     Ok(())
 }
@@ -394,8 +287,8 @@ async fn install_transaction(
     check_tables(&transaction, config).await?;
     check_conditions(&transaction, config).await?;
     transaction.batch_execute(&install_body(config)).await?;
-    if config.uses_wal() {
-        publication::publish(&transaction, config, upgrading).await?;
+    for capture in CAPTURES {
+        capture.install(&transaction, config, upgrading).await?;
     }
     transaction.commit().await?;
     Ok(upgrading)
@@ -409,7 +302,9 @@ pub async fn uninstall(
     config: &Config,
     drop_events: bool,
 ) -> Result<(), InstallError> {
-    publication::check_slot_idle(client, config).await?;
+    for capture in CAPTURES {
+        capture.before_uninstall(client, config).await?;
+    }
     let timeout = locks::LOCK_TIMEOUT;
     let result = uninstall_transaction(client, config, drop_events, timeout).await;
     name_lock_holders(client, result, timeout).await
@@ -440,20 +335,20 @@ async fn uninstall_transaction(
             )));
         }
     }
-    // Only what skor created goes: the record of it goes with the schema.
-    let publication_ours =
-        publication::created_by_skor(&transaction, "publication", &config.source.publication)
-            .await?;
-    let slot_ours = publication::created_by_skor(&transaction, "slot", &config.source.slot).await?;
-    let drop_publication = if publication_ours {
-        publication::drop_publication_sql(config)
-    } else {
-        String::new()
-    };
-    let sql = [DROP_TRIGGERS_SQL, "\n", &drop_publication, UNINSTALL_SQL].concat();
+    let mut removals = Vec::new();
+    for capture in CAPTURES {
+        removals.push(capture.uninstall(&transaction, config).await?);
+    }
+    let mut sql = [DROP_TRIGGERS_SQL, "\n"].concat();
+    for removal in &removals {
+        sql.push_str(&removal.sql);
+    }
+    sql.push_str(UNINSTALL_SQL);
     transaction.batch_execute(&sql).await?;
-    if slot_ours {
-        publication::drop_slot(&transaction, config).await?;
+    for (capture, removal) in CAPTURES.iter().zip(&removals) {
+        if removal.after {
+            capture.after_uninstall(&transaction, config).await?;
+        }
     }
     transaction.commit().await?;
     Ok(())

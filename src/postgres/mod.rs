@@ -190,6 +190,37 @@ fn pin_search_path(config: &mut tokio_postgres::Config) {
     config.options(&options);
 }
 
+/// Runs `statement` in a savepoint under the pinned search_path, then, if
+/// PostgreSQL took it, `inspect` (a query and its one text parameter)
+/// while the statement's object stands, and rolls both back: the query's
+/// rows, or PostgreSQL's message refusing either. `statement` is sent as
+/// one statement (the extended protocol takes no more), whatever a
+/// condition in it holds.
+pub async fn try_compile(
+    client: &impl tokio_postgres::GenericClient,
+    statement: &str,
+    inspect: Option<(&str, &str)>,
+) -> Result<Result<Vec<tokio_postgres::Row>, String>, tokio_postgres::Error> {
+    client
+        .batch_execute("SAVEPOINT skor_when; SET LOCAL search_path = pg_catalog, pg_temp")
+        .await?;
+    let result = match client.execute(statement, &[]).await {
+        Ok(_) => match inspect {
+            Some((query, parameter)) => client.query(query, &[&parameter]).await,
+            None => Ok(Vec::new()),
+        },
+        Err(error) => Err(error),
+    };
+    client
+        .batch_execute("ROLLBACK TO SAVEPOINT skor_when; RELEASE SAVEPOINT skor_when")
+        .await?;
+    Ok(result.map_err(|error| {
+        error
+            .as_db_error()
+            .map_or_else(|| describe(&error), |db| db.message().to_string())
+    }))
+}
+
 /// `user@host:port/dbname`, for logs: never the password.
 pub fn target(pg: &tokio_postgres::Config) -> String {
     let host = match pg.get_hosts().first() {

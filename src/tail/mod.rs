@@ -11,85 +11,26 @@
 mod print;
 
 use std::io::Write;
-use std::time::Duration;
 
-use skor_sink_api::{Bytes, Op};
+use skor_sink_api::Op;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use wildmatch::WildMatch;
 
-use crate::config::{Config, Mode, TableName};
+use crate::capture::tail::STOP_PATIENCE;
+use crate::capture::{self, TailReader};
+use crate::config::{Config, TableName};
 use crate::delivery::filter::Filter;
 use crate::postgres::pg_config;
 use crate::postgres::Postgres;
 
+pub use crate::capture::tail::{Event, Seen, TailError};
 pub use print::Printer;
 
 /// How many seen events may wait for the printer before readers wait.
 const QUEUE: usize = 1024;
-/// How long a reader may take to let go at Ctrl-C.
-pub(crate) const STOP_PATIENCE: Duration = Duration::from_secs(5);
-
-/// Why `skor tail` could not start or stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum TailError {
-    /// A `--table` pattern does not parse.
-    #[error("--table: {0}")]
-    Pattern(String),
-    /// The `--filter` expression does not parse.
-    #[error("--filter: {0}")]
-    Filter(String),
-    /// PostgreSQL could not be reached.
-    #[error("cannot connect to PostgreSQL: {0}")]
-    Connect(String),
-    /// Something `skor install` sets up is missing.
-    #[error("{0}")]
-    Setup(String),
-    /// A connection was lost or a statement failed while watching.
-    #[error("{mode} mode: {message}")]
-    Lost {
-        /// The mode whose reader stopped.
-        mode: &'static str,
-        /// What happened.
-        message: String,
-    },
-    /// The config captures nothing.
-    #[error("the config captures nothing to watch")]
-    Nothing,
-}
-
-/// Something a reader saw.
-#[derive(Debug)]
-pub enum Seen {
-    /// An event, as the daemon would deliver it.
-    Event(Event),
-    /// A notify-mode oversized payload that was gone when tail looked: the
-    /// daemon fetched (and deleted) it first.
-    Gone {
-        /// Its id in `skor.oversized_payload`.
-        id: i64,
-        /// The channel it was notified on.
-        channel: String,
-    },
-}
-
-/// One event and its routing fields.
-#[derive(Debug)]
-pub struct Event {
-    /// The channel its table is configured with.
-    pub channel: String,
-    /// Schema of the changed table.
-    pub schema: String,
-    /// Name of the changed table.
-    pub table: String,
-    /// What happened.
-    pub op: Op,
-    /// The payload, byte for byte as the sinks get it.
-    pub payload: Bytes,
-}
-
 /// A `schema.table` pattern as routes have them; `*` matches any run of
 /// characters.
 #[derive(Debug)]
@@ -164,55 +105,11 @@ impl Selection {
     }
 }
 
-/// Whether some table (or, with none configured, the source) captures in
-/// `mode`.
-fn uses_mode(config: &Config, mode: Mode) -> bool {
-    if config.tables.is_empty() {
-        return config.source.mode == mode;
-    }
-    config.tables.iter().any(|t| config.table_mode(t) == mode)
-}
-
-/// One mode's reader, connected and ready.
-enum Reader {
-    Notify(crate::capture::notify::tail::NotifyTail),
-    Durable(crate::capture::durable::tail::DurableTail),
-    Wal(Box<crate::capture::wal::tail::WalTail>),
-}
-
-impl Reader {
-    async fn run(
-        self,
-        seen: mpsc::Sender<Seen>,
-        shutdown: CancellationToken,
-    ) -> Result<(), TailError> {
-        match self {
-            Reader::Notify(reader) => reader.run(seen, shutdown).await,
-            Reader::Durable(reader) => reader.run(seen, shutdown).await,
-            Reader::Wal(reader) => reader.run(seen, shutdown).await,
-        }
-    }
-}
-
-/// Connects a reader for every mode `config` captures in; wal mode's
-/// temporary slot is named `slot`.
-async fn open(pg: &Postgres, config: &Config, slot: &str) -> Result<Vec<Reader>, TailError> {
+/// Connects a reader for every mode `config` captures in.
+async fn open(pg: &Postgres, config: &Config) -> Result<Vec<Box<dyn TailReader>>, TailError> {
     let mut readers = Vec::new();
-    let channels = config.notify_channels();
-    if !channels.is_empty() {
-        readers.push(Reader::Notify(
-            crate::capture::notify::tail::NotifyTail::open(pg, &channels).await?,
-        ));
-    }
-    if uses_mode(config, Mode::Durable) {
-        readers.push(Reader::Durable(
-            crate::capture::durable::tail::DurableTail::open(pg, config).await?,
-        ));
-    }
-    if config.uses_wal() {
-        readers.push(Reader::Wal(Box::new(
-            crate::capture::wal::tail::WalTail::open(pg, config, slot).await?,
-        )));
+    for capture in capture::used(config) {
+        readers.push(capture.open_tail(pg, config).await?);
     }
     if readers.is_empty() {
         return Err(TailError::Nothing);
@@ -232,26 +129,18 @@ pub async fn run(
     let pg = pg_config(config)
         .map_err(|e| TailError::Connect(format!("source.dsn: {e}")))?
         .named("skor tail");
-    let slot = crate::capture::wal::tail::slot_name();
     // Opening may wait (a temporary slot waits for running transactions):
     // Ctrl-C ends it too, and whatever was opened closes with it.
     let readers = tokio::select! {
         () = shutdown.cancelled() => {
-            if config.uses_wal() {
-                crate::capture::wal::tail::abandon(&pg, &slot).await;
+            for capture in capture::used(config) {
+                capture.abandon_tail(&pg).await;
             }
             return Ok(());
         }
-        readers = open(&pg, config, &slot) => readers?,
+        readers = open(&pg, config) => readers?,
     };
-    let modes: Vec<&str> = readers
-        .iter()
-        .map(|r| match r {
-            Reader::Notify(_) => "notify",
-            Reader::Durable(_) => "durable",
-            Reader::Wal(_) => "wal",
-        })
-        .collect();
+    let modes: Vec<&str> = capture::used(config).map(|c| c.name()).collect();
     info!(modes = ?modes, "tail: watching; Ctrl-C ends");
     let (sender, mut seen) = mpsc::channel(QUEUE);
     let mut tasks = JoinSet::new();
@@ -306,6 +195,7 @@ pub fn parse_op(text: &str) -> Result<Op, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skor_sink_api::Bytes;
 
     fn event(schema: &str, table: &str, op: Op) -> Event {
         Event {

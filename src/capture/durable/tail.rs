@@ -26,10 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::capture::notify::tail::listening_connection;
+use crate::capture::tail::{Event, Seen, TailError};
 use crate::config::{Config, Mode, TableName};
 use crate::postgres::event_log::WAKE_CHANNEL;
 use crate::postgres::{describe, Postgres};
-use crate::tail::{Event, Seen, TailError};
 
 /// The channel the durable trigger notifies, with an empty payload.
 /// How often the log is read without a wake-up.

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::capture::payload::{self, Notification, Reference};
+use crate::capture::tail::{Event, Seen, TailError};
 use crate::postgres::{describe, quote_ident, Postgres};
-use crate::tail::{Event, Seen, TailError};
 
 /// Listening on the notify-mode channels.
 pub struct NotifyTail {

@@ -15,8 +15,8 @@ use skor_sink_api::Op;
 use tokio_postgres::{Client, GenericClient};
 use tracing::{info, warn};
 
+use crate::capture::InstallError;
 use crate::config::{Config, Mode, ReplicaIdentity, TableConfig, TableName};
-use crate::install::InstallError;
 use crate::postgres::catalog::index_columns;
 use crate::postgres::{describe, quote_ident};
 
@@ -196,7 +196,7 @@ async fn check_row_filter(
            JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
           WHERE d.refobjid = to_regclass($1) AND d.refobjsubid > 0 \
           ORDER BY a.attnum";
-    let compiled = crate::install::try_compile(
+    let compiled = crate::postgres::try_compile(
         client,
         &format!(
             "CREATE PUBLICATION skor_when_check FOR TABLE {qualified} WHERE ({condition}\n) \

@@ -17,9 +17,9 @@ use tracing::{debug, info, warn};
 use super::catalog;
 use super::decode::{Decoder, Step};
 use super::relations::Rules;
+use crate::capture::tail::{Event, Seen, TailError, STOP_PATIENCE};
 use crate::config::Config;
 use crate::postgres::{describe, Postgres, Replication, TlsBridge};
-use crate::tail::{Event, Seen, TailError, STOP_PATIENCE};
 
 /// Reading a temporary slot.
 pub struct WalTail {
@@ -184,9 +184,11 @@ impl WalTail {
     }
 }
 
-/// A temporary slot's name for this run: `skor_tail_<pid>_<random>`.
-pub fn slot_name() -> String {
-    format!("skor_tail_{}_{:08x}", std::process::id(), random())
+/// The temporary slot's name for this run, `skor_tail_<pid>_<random>`:
+/// the same for opening it and for abandoning it.
+pub fn slot_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| format!("skor_tail_{}_{:08x}", std::process::id(), random()))
 }
 
 /// Ends the session still creating `slot` (Ctrl-C while it waited for
