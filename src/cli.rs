@@ -15,7 +15,7 @@ use crate::capture::notify::oversized;
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::observe::logging::{self, LogFormat};
-use crate::postgres::{pg_config, target};
+use crate::postgres::target;
 use crate::{backfill, install, tail};
 
 /// skor: sends PostgreSQL row changes to webhooks and message brokers.
@@ -426,7 +426,7 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
                     ""
                 }
             );
-            let pg = pg_config(&config).map_err(|e| anyhow!("source.dsn: {e}"))?;
+            let pg = config.postgres().map_err(|e| anyhow!("source.dsn: {e}"))?;
             let outline = config.outline(&format!(
                 "{} sslmode={}",
                 target(pg.config()),
@@ -442,7 +442,8 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
 
 /// A plain connection for administrative commands.
 async fn connect(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = pg_config(config)
+    let (client, connection) = config
+        .postgres()
         .map_err(|e| anyhow!("source.dsn: {e}"))?
         .connect()
         .await

@@ -17,7 +17,7 @@ use crate::delivery::worker::{worker, Worker};
 use crate::observe::admin::{Admin, AdminError};
 use crate::observe::metrics::Metrics;
 use crate::observe::stats::{DurableStats, EventStats, SinkStats, SourceStats, Stats, WalStats};
-use crate::postgres::{pg_config, target, DsnError};
+use crate::postgres::{target, DsnError};
 use crate::sinks::StdoutConfig;
 
 /// Why the daemon could not start.
@@ -63,7 +63,7 @@ pub struct Daemon {
 impl Daemon {
     /// Builds every sink, connects to PostgreSQL and LISTENs.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let pg = pg_config(config)?;
+        let pg = config.postgres()?;
         let database = target(pg.config());
         let outline = config.outline(&format!("{database} sslmode={}", pg.ssl_mode()));
         info!(source = %outline.source, sinks = %outline.sinks, routes = %outline.routes,
@@ -125,7 +125,7 @@ impl Daemon {
             }
             None => None,
         };
-        let known_tables = Arc::new(config.known_tables());
+        let known_tables = Arc::new(crate::observe::metrics::known_tables(config));
         let fanout = Fanout::new(
             config,
             names.clone(),

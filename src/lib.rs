@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod counter;
 pub mod daemon;
 pub mod delivery;
 pub mod install;

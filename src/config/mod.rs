@@ -4,6 +4,7 @@
 mod columns;
 mod env;
 mod error;
+pub mod filter;
 mod load;
 mod outline;
 mod sinks;
@@ -332,7 +333,7 @@ pub struct RouteConfig {
     /// read. An expression that cannot be evaluated for an event (a missing
     /// field) does not match it; see `src/filter.rs`.
     #[serde(default)]
-    pub filter: Option<crate::delivery::filter::Filter>,
+    pub filter: Option<crate::config::filter::Filter>,
     /// Names of the sinks that get the matching events.
     pub sinks: Vec<String>,
 }
@@ -447,15 +448,19 @@ pub struct AdminConfig {
 }
 
 impl Config {
-    /// The configured tables' names, by schema.
-    pub fn known_tables(&self) -> crate::observe::metrics::KnownTables {
-        let mut known = crate::observe::metrics::KnownTables::new();
-        for table in &self.tables {
-            if let Ok(name) = TableName::parse(&table.name) {
-                known.entry(name.schema).or_default().insert(name.name);
-            }
+    /// The connection settings of the source, named `skor` in
+    /// pg_stat_activity unless the DSN names it otherwise. Validation parsed
+    /// the DSN already; this fails only if a certificate file changed since.
+    pub fn postgres(&self) -> Result<crate::postgres::Postgres, crate::postgres::DsnError> {
+        let mut pg = crate::postgres::Postgres::from_dsn(self.source.dsn.expose())?;
+        let settings = pg.config_mut();
+        if settings.get_application_name().is_none() {
+            settings.application_name("skor");
         }
-        known
+        if settings.get_connect_timeout().is_none() {
+            settings.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        Ok(pg)
     }
 
     /// The config the original command line `skor DSN URL` stands for: LISTEN

@@ -6,7 +6,7 @@
 //! confirmed (durable mode deletes them from the log, a replication source
 //! moves its slot) attaches its own [`Acks`] sender to the jobs it sends;
 //! each sink's worker reports to it what became of the event at that sink
-//! ([`Outcome`]: delivered, retrying, given up). The source keeps the set of
+//! ([`Outcome`](crate::delivery::worker::Outcome): delivered, retrying, given up). The source keeps the set of
 //! sinks each event was routed to and learns when all of them confirmed.
 //! Notify mode attaches none: nothing is kept, nothing to confirm.
 
@@ -14,19 +14,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use skor_sink_api::{Bytes, Event, Op};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::capture::notify::shed::Shedding;
 use crate::config::Config;
 use crate::delivery::router::Router;
-use crate::delivery::worker::{Job, Outcome, SinkQueue};
+use crate::delivery::shedding::Shedding;
+use crate::delivery::worker::{Job, SinkQueue};
+
+pub use crate::delivery::worker::Acks;
 use crate::observe::metrics::ReceivedCounter;
 use crate::observe::stats::EventStats;
-
-/// Where the workers report what became of a source's events.
-pub type Acks = mpsc::UnboundedSender<Outcome>;
 
 /// An event as a source read it, before the stage numbers and routes it.
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 //! sink, and one worker per sink delivers with retries, lanes and batches.
 
 pub mod fanout;
-pub mod filter;
 pub mod retry;
 pub mod router;
+pub mod shedding;
 pub mod worker;

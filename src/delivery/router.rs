@@ -8,9 +8,9 @@
 use skor_sink_api::Op;
 use wildmatch::WildMatch;
 
+use crate::config::filter::{Filter, Scope};
 use crate::config::{Config, TableName};
-use crate::delivery::filter::{Filter, Scope};
-use crate::observe::counter::Counter;
+use crate::counter::Counter;
 
 /// A `schema.table` pattern; `*` matches any run of characters.
 #[derive(Debug)]

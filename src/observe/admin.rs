@@ -15,10 +15,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::capture::durable::source as durable;
 use crate::config::AdminConfig;
 use crate::observe::metrics::Metrics;
 use crate::observe::stats::Stats;
+use crate::postgres::event_log as durable;
 use crate::postgres::PgError;
 use crate::postgres::Postgres;
 

@@ -46,3 +46,26 @@ pub fn legacy_level(level: &str) -> Result<&'static str, String> {
         other => Err(format!("log_level must be 0 to 5, got `{other}`")),
     }
 }
+
+/// At most `max` bytes of `text`, cut on a character boundary, for logs.
+pub fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}... ({} bytes)", &text[..end], text.len()))
+}
+
+#[cfg(test)]
+mod truncate_tests {
+    use super::truncate;
+
+    #[test]
+    fn cuts_on_a_character_boundary() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("ééé", 3), "é... (6 bytes)");
+    }
+}

@@ -15,7 +15,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use skor_sink_api::Op;
 
-use crate::observe::counter;
+use crate::counter;
 
 /// Labels of `skor_events_received_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -390,6 +390,18 @@ type TableCounters = HashMap<String, [Option<Counter>; 4]>;
 
 /// Table names by schema.
 pub type KnownTables = HashMap<String, HashSet<String>>;
+
+/// The tables `config` names, by schema: the only `table` labels events
+/// get.
+pub fn known_tables(config: &crate::config::Config) -> KnownTables {
+    let mut known = KnownTables::new();
+    for table in &config.tables {
+        if let Ok(name) = crate::config::TableName::parse(&table.name) {
+            known.entry(name.schema).or_default().insert(name.name);
+        }
+    }
+    known
+}
 
 /// The `table` label of events from tables no `[[table]]` names: a
 /// notification anyone can send must not grow the metrics without bound.

@@ -2,7 +2,6 @@
 //! admin endpoint (health, readiness, metrics) and the log format.
 
 pub mod admin;
-pub mod counter;
 pub mod logging;
 pub mod metrics;
 pub mod stats;

@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::RouteConfig;
-pub use crate::observe::counter::Counter;
+pub use crate::counter::Counter;
 use crate::observe::metrics::{Connection, Metrics};
 
 /// Whether a connection is up, and since when it is down.

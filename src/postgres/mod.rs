@@ -34,7 +34,6 @@ pub use replication::{Replication, TlsBridge};
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use rustls::ClientConfig;
 use tokio_postgres::config::SslMode as WireSslMode;
@@ -234,21 +233,6 @@ pub fn target(pg: &tokio_postgres::Config) -> String {
         pg.get_user().unwrap_or("(default user)"),
         pg.get_dbname().unwrap_or("(default database)")
     )
-}
-
-/// The connection settings of `config`, named `skor` in pg_stat_activity
-/// unless the DSN names it otherwise. Validation parsed the DSN already; this
-/// fails only if a certificate file changed since.
-pub fn pg_config(config: &crate::config::Config) -> Result<Postgres, DsnError> {
-    let mut pg = Postgres::from_dsn(config.source.dsn.expose())?;
-    let settings = pg.config_mut();
-    if settings.get_application_name().is_none() {
-        settings.application_name("skor");
-    }
-    if settings.get_connect_timeout().is_none() {
-        settings.connect_timeout(Duration::from_secs(10));
-    }
-    Ok(pg)
 }
 
 #[cfg(test)]

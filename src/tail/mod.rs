@@ -21,9 +21,8 @@ use wildmatch::WildMatch;
 
 use crate::capture::tail::STOP_PATIENCE;
 use crate::capture::{self, TailReader};
+use crate::config::filter::Filter;
 use crate::config::{Config, TableName};
-use crate::delivery::filter::Filter;
-use crate::postgres::pg_config;
 use crate::postgres::Postgres;
 
 pub use crate::capture::tail::{Event, Seen, TailError};
@@ -126,7 +125,8 @@ pub async fn run(
     printer: &mut Printer<impl Write>,
     shutdown: CancellationToken,
 ) -> Result<(), TailError> {
-    let pg = pg_config(config)
+    let pg = config
+        .postgres()
         .map_err(|e| TailError::Connect(format!("source.dsn: {e}")))?
         .named("skor tail");
     // Opening may wait (a temporary slot waits for running transactions):

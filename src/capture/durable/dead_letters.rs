@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 
 use tokio_postgres::Client;
 
-use crate::capture::payload;
 use crate::postgres::event_log::WAKE_CHANNEL;
 use crate::postgres::PgError;
 
@@ -86,7 +85,7 @@ pub fn render(letters: &[DeadLetter]) -> String {
             op = letter.op,
             attempts = letter.attempts,
             error = letter.last_error,
-            payload = payload::truncate(&letter.payload, LISTED_PAYLOAD_BYTES),
+            payload = crate::observe::logging::truncate(&letter.payload, LISTED_PAYLOAD_BYTES),
         );
     }
     out

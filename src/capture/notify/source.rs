@@ -17,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Schedule;
-use crate::capture::notify::shed::{self, Shedding};
+use crate::capture::notify::shed;
 use crate::capture::payload::{self, Notification, Reference};
 use crate::config::{Config, TableName};
 use crate::delivery::fanout::{Fanout, Incoming};
+use crate::delivery::shedding::Shedding;
 use crate::observe::stats::SourceStats;
 use crate::postgres::catalog;
 use crate::postgres::{describe, quote_ident, ContextError, PgConnection, PgError, Postgres};
@@ -433,7 +434,7 @@ impl Listener {
 
     fn skip(&self, channel: &str, text: &str, error: &str) {
         self.stats.invalid.incr();
-        warn!(channel, error, payload = %payload::truncate(text, LOGGED_PAYLOAD_BYTES),
+        warn!(channel, error, payload = %crate::observe::logging::truncate(text, LOGGED_PAYLOAD_BYTES),
               "skipping a notification that is not a skor event");
     }
 

@@ -111,7 +111,7 @@ impl NotifyTail {
             )),
             Ok(Notification::Reference(reference)) => self.oversized(channel, &reference).await,
             Err(error) => {
-                warn!(channel, %error, payload = %payload::truncate(text, 256),
+                warn!(channel, %error, payload = %crate::observe::logging::truncate(text, 256),
                       "a notification that is not a skor event");
                 None
             }

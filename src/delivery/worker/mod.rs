@@ -16,7 +16,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliveryConfig;
-use crate::delivery::fanout::Acks;
 use crate::delivery::retry::RetryPolicy;
 use crate::observe::stats::SinkStats;
 use lane::Deliverer;
@@ -141,6 +140,9 @@ pub struct Resume {
     /// Not to be tried again before this.
     pub at: Instant,
 }
+
+/// Where the workers report what became of a source's events.
+pub type Acks = tokio::sync::mpsc::UnboundedSender<Outcome>;
 
 /// What became of an event at one sink, for the source that sent it
 /// with an [`Acks`] sender.

@@ -11,9 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::Job;
-use crate::capture::notify::shed::Shedding;
-use crate::capture::payload;
 use crate::config::WhenFull;
+use crate::delivery::shedding::Shedding;
 use crate::observe::stats::SinkStats;
 
 /// Most bytes of a dropped event's payload quoted in the log.
@@ -200,7 +199,7 @@ impl SinkQueue {
 /// The start of an event's payload, for a log line.
 fn sample(event: &Event) -> String {
     let text = String::from_utf8_lossy(&event.payload);
-    payload::truncate(&text, LOGGED_PAYLOAD_BYTES).into_owned()
+    crate::observe::logging::truncate(&text, LOGGED_PAYLOAD_BYTES).into_owned()
 }
 
 #[cfg(test)]

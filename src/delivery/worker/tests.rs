@@ -294,7 +294,7 @@ async fn a_full_queue_waits_by_default_until_shedding_starts() {
         &delivery,
         Arc::default(),
     );
-    let shedding = Arc::new(crate::capture::notify::shed::Shedding::default());
+    let shedding = Arc::new(crate::delivery::shedding::Shedding::default());
     queue.shed_with(Arc::clone(&shedding));
     let stats = worker.stats();
     queue.push(&event()).await;

@@ -38,7 +38,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use skor_sink_api::Op;
 use tracing::{debug, warn};
 
-use crate::observe::counter::Counter;
+use crate::counter::Counter;
 
 /// The variables that come from the routing fields, not from the payload.
 const ROUTING_VARIABLES: [&str; 4] = ["op", "table", "schema", "channel"];
