@@ -11,18 +11,21 @@
 
 pub mod backfill;
 pub mod backoff;
-pub mod capture;
+pub(crate) mod capture;
 pub mod cli;
 pub mod config;
-pub mod counter;
-pub mod daemon;
-pub mod delivery;
+pub(crate) mod counter;
+pub(crate) mod daemon;
+pub(crate) mod delivery;
 pub mod install;
-pub mod observe;
-pub mod postgres;
-pub mod sinks;
-pub mod tail;
+pub(crate) mod observe;
+pub(crate) mod postgres;
+pub(crate) mod sinks;
+pub(crate) mod tail;
 
+pub use capture::notify::oversized;
+pub use capture::wal::render;
 pub use config::Config;
 pub use daemon::{Daemon, Summary};
+pub use delivery::router::Router;
 pub use observe::stats::Stats;

@@ -15,8 +15,8 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use skor_lib::delivery::router::Router;
 use skor_lib::Config;
+use skor_lib::Router;
 use skor_sink_api::Op;
 use wildmatch::WildMatch;
 

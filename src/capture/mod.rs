@@ -214,6 +214,44 @@ pub trait Capture: Sync {
     }
 }
 
+/// A reader whose first session opens at start-up, so a wrong setting
+/// stops the daemon there, and whose loop starts from that session.
+#[async_trait::async_trait]
+pub trait Sessions: Send + Sized + 'static {
+    /// One connection's state.
+    type Session: Send + 'static;
+    /// Its name in logs.
+    const NAME: &'static str;
+    /// Reads from `session`, reconnecting whenever it is lost, until
+    /// `shutdown`; then lets go of the sink queues and settles.
+    async fn run(self, session: Self::Session, shutdown: CancellationToken);
+}
+
+/// A [`Sessions`] reader and its first session: a [`Source`].
+pub struct Opened<R: Sessions> {
+    reader: R,
+    session: R::Session,
+}
+
+impl<R: Sessions> Opened<R> {
+    /// The source that runs `reader` from `session`.
+    pub fn new(reader: R, session: R::Session) -> Self {
+        Self { reader, session }
+    }
+}
+
+#[async_trait::async_trait]
+impl<R: Sessions> Source for Opened<R> {
+    fn name(&self) -> &'static str {
+        R::NAME
+    }
+
+    async fn run(self: Box<Self>, shutdown: CancellationToken) {
+        let Self { reader, session } = *self;
+        reader.run(session, shutdown).await;
+    }
+}
+
 /// A source of events, connected and ready to run.
 #[async_trait::async_trait]
 pub trait Source: Send {

@@ -331,7 +331,7 @@ pub struct RouteConfig {
     /// Only events for which this CEL expression is true, e.g.
     /// `op == "UPDATE" && data.status == "paid"`; parsed when the config is
     /// read. An expression that cannot be evaluated for an event (a missing
-    /// field) does not match it; see `src/filter.rs`.
+    /// field) does not match it; see `src/config/filter.rs`.
     #[serde(default)]
     pub filter: Option<crate::config::filter::Filter>,
     /// Names of the sinks that get the matching events.

@@ -201,7 +201,9 @@ pub async fn try_compile(
     inspect: Option<(&str, &str)>,
 ) -> Result<Result<Vec<tokio_postgres::Row>, String>, tokio_postgres::Error> {
     client
-        .batch_execute("SAVEPOINT skor_when; SET LOCAL search_path = pg_catalog, pg_temp")
+        .batch_execute(&format!(
+            "SAVEPOINT skor_when; SET LOCAL search_path = {SEARCH_PATH}"
+        ))
         .await?;
     let result = match client.execute(statement, &[]).await {
         Ok(_) => match inspect {

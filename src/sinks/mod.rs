@@ -6,4 +6,6 @@ mod registry;
 mod stdout;
 
 pub use registry::{ParseError, SinkType, SINK_TYPES};
-pub use stdout::{StdoutConfig, StdoutSink};
+pub use stdout::StdoutConfig;
+#[cfg(test)]
+pub use stdout::StdoutSink;

@@ -241,25 +241,17 @@ async fn oversized_payloads_left_from_downtime_are_delivered_on_demand() {
     let daemon = crate::common::Running::start(&config).await;
     db.wait_for_listener(None).await;
     let mut client = crate::common::connect(&db.dsn()).await;
-    let waiting = skor::capture::notify::oversized::list(&client)
-        .await
-        .unwrap();
+    let waiting = skor::oversized::list(&client).await.unwrap();
     assert_eq!(waiting.len(), 1);
     assert_eq!(waiting[0].channel, "skor");
-    let sent = skor::capture::notify::oversized::deliver(
-        &mut client,
-        &skor::capture::notify::oversized::Which::All,
-    )
-    .await
-    .unwrap();
+    let sent = skor::oversized::deliver(&mut client, &skor::oversized::Which::All)
+        .await
+        .unwrap();
     assert_eq!(sent, 1);
     let bodies = hook.wait_for(1).await;
     assert!(bodies[0].body.ends_with(&format!("\"note\":\"{big}\"}}}}")));
     daemon.stop().await;
-    assert!(skor::capture::notify::oversized::list(&client)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(skor::oversized::list(&client).await.unwrap().is_empty());
 }
 
 #[tokio::test]

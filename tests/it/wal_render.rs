@@ -4,7 +4,7 @@
 
 use crate::common::wal_types::{ROWS_SQL, SCHEMA_SQL, TABLE};
 use crate::common::TestDb;
-use skor::capture::wal::render::{escape_json, render_value, resolve_kinds, Kind};
+use skor::render::{escape_json, render_value, resolve_kinds, Kind};
 use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 
 /// Zones with whole-hour, half-hour and negative offsets; America/St_Johns
@@ -186,7 +186,7 @@ async fn kinds_of_user_types_come_from_the_catalog() {
         by_base.insert(row.get::<_, u32>(1), row.get::<_, u32>(0));
     }
     for oid in builtin {
-        if let Some(kind) = skor::capture::wal::render::builtin_kind(oid) {
+        if let Some(kind) = skor::render::builtin_kind(oid) {
             assert_eq!(from_catalog[&by_base[&oid]], kind, "type {oid}");
         }
     }

@@ -11,12 +11,10 @@ pub mod tail;
 use std::sync::Arc;
 
 use skor_sink_api::Op;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use super::tail::{Seen, TailError, TailReader};
+use super::tail::{TailError, TailReader};
 use super::trigger::trigger_flags;
-use super::{BackfillBatch, Capture, OpenError, Source, Wiring};
+use super::{BackfillBatch, Capture, OpenError, Opened, Source, Wiring};
 use crate::config::{Config, Mode, TableConfig};
 use crate::postgres::event_log::{partition_sql, WAKE_SQL};
 use crate::postgres::Postgres;
@@ -84,15 +82,14 @@ impl Capture for Durable {
             wiring.stats.durable.as_ref().ok_or_else(|| {
                 OpenError("durable mode: its counters were not registered".into())
             })?;
-        let source = source::DurableSource::open(
+        let durable = source::Durable::new(
             wiring.pg.clone(),
             wiring.config,
             wiring.fanout.clone(),
             Arc::clone(stats),
-        )
-        .await
-        .map_err(|e| OpenError(e.to_string()))?;
-        Ok(Box::new(source))
+        );
+        let session = durable.open().await.map_err(|e| OpenError(e.to_string()))?;
+        Ok(Box::new(Opened::new(durable, session)))
     }
 
     async fn open_tail(
@@ -101,16 +98,5 @@ impl Capture for Durable {
         config: &Config,
     ) -> Result<Box<dyn TailReader>, TailError> {
         Ok(Box::new(tail::DurableTail::open(pg, config).await?))
-    }
-}
-
-#[async_trait::async_trait]
-impl TailReader for tail::DurableTail {
-    async fn run(
-        self: Box<Self>,
-        seen: mpsc::Sender<Seen>,
-        shutdown: CancellationToken,
-    ) -> Result<(), TailError> {
-        (*self).run(seen, shutdown).await
     }
 }

@@ -49,15 +49,13 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Schedule;
 use crate::capture::notify::source::RECONNECT_FIRST_WAIT;
+use crate::capture::Sessions;
 use crate::config::{Config, DurableConfig};
 use crate::delivery::fanout::{Acks, Fanout, Incoming};
 use crate::delivery::worker::{Fence, Job, Outcome, Resume};
 use crate::observe::stats::DurableStats;
+use crate::postgres::event_log::{Store, StoreError, PARTITIONS};
 use crate::postgres::{PgError, Postgres};
-
-pub use crate::postgres::event_log::{
-    backlog, Backlog, Store, StoreError, PARTITIONS, WAKE_CHANNEL,
-};
 
 /// How often partition ownership is rebalanced among the daemons.
 const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -170,11 +168,6 @@ impl Durable {
         }
     }
 
-    /// Its counters.
-    pub fn stats(&self) -> Arc<DurableStats> {
-        Arc::clone(&self.stats)
-    }
-
     fn ttl(&self) -> Duration {
         Duration::from_millis(self.config.lease_ttl_ms)
     }
@@ -200,62 +193,6 @@ impl Durable {
         );
         Ok(Session { store, wake })
     }
-
-    /// Delivers events until `shutdown`, retrying failed statements on the
-    /// same connection and reconnecting when it is lost; then waits for the
-    /// sinks to answer for the events already handed to them, and finishes
-    /// those.
-    pub async fn run(mut self, mut session: Session, shutdown: CancellationToken) {
-        let mut failures: u32 = 0;
-        let mut quick_losses: u32 = 0;
-        loop {
-            let started = Instant::now();
-            let error = match self.serve(&mut session, &shutdown).await {
-                Ok(()) => return,
-                Err(error) => error,
-            };
-            match error {
-                StoreError::Statement(_) | StoreError::NotInstalled => {
-                    self.stats.statement_errors.incr();
-                    if started.elapsed() > STATEMENT_RETRY_MAX {
-                        failures = 0;
-                    }
-                    failures += 1;
-                    let delay = Schedule::exponential(RECONNECT_FIRST_WAIT, STATEMENT_RETRY_MAX)
-                        .delay(failures);
-                    warn!(%error, failures, retry_in_ms = delay.as_millis() as u64,
-                          "a statement on the event log failed; retrying on the same connection");
-                    tokio::select! {
-                        () = shutdown.cancelled(), if self.tracked.is_empty() => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-                StoreError::Lost(error) => {
-                    self.stats.link.set(false);
-                    let held: Vec<i16> = self.leases.keys().copied().collect();
-                    self.lose(&held, "the event log connection was lost");
-                    warn!(%error, "lost the event log connection, reconnecting; a new session \
-                          takes partitions once their leases expire");
-                    let quick = started.elapsed() < crate::capture::notify::source::STABLE_SESSION;
-                    quick_losses = if quick {
-                        quick_losses.saturating_add(1)
-                    } else {
-                        0
-                    };
-                    match self.reconnect(&shutdown, quick_losses).await {
-                        Some(next) => session = next,
-                        None => {
-                            info!(
-                                "stopped reconnecting: unfinished events stay pending in the log"
-                            );
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /// Opens a new session, backing off between attempts; `quick_losses`
     /// counts the sessions in a row that were lost soon after they opened,
     /// so a session that dies as it starts is not opened again at once.
@@ -899,35 +836,64 @@ impl Durable {
     }
 }
 
-/// Durable mode as one of the daemon's sources.
-pub struct DurableSource {
-    durable: Durable,
-    session: Session,
-}
-
-impl DurableSource {
-    /// Connects to the event log and reports its backlog.
-    pub async fn open(
-        pg: Postgres,
-        config: &Config,
-        fanout: Fanout,
-        stats: Arc<DurableStats>,
-    ) -> Result<Self, DurableError> {
-        let durable = Durable::new(pg, config, fanout, stats);
-        let session = durable.open().await?;
-        Ok(Self { durable, session })
-    }
-}
-
 #[async_trait::async_trait]
-impl crate::capture::Source for DurableSource {
-    fn name(&self) -> &'static str {
-        "durable"
-    }
+impl Sessions for Durable {
+    type Session = Session;
+    const NAME: &'static str = "durable";
 
-    async fn run(self: Box<Self>, shutdown: CancellationToken) {
-        let Self { durable, session } = *self;
-        durable.run(session, shutdown).await;
+    /// Delivers events until `shutdown`, retrying failed statements on the
+    /// same connection and reconnecting when it is lost; then waits for the
+    /// sinks to answer for the events already handed to them, and finishes
+    /// those.
+    async fn run(mut self, mut session: Session, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        let mut quick_losses: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let error = match self.serve(&mut session, &shutdown).await {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            match error {
+                StoreError::Statement(_) | StoreError::NotInstalled => {
+                    self.stats.statement_errors.incr();
+                    if started.elapsed() > STATEMENT_RETRY_MAX {
+                        failures = 0;
+                    }
+                    failures += 1;
+                    let delay = Schedule::exponential(RECONNECT_FIRST_WAIT, STATEMENT_RETRY_MAX)
+                        .delay(failures);
+                    warn!(%error, failures, retry_in_ms = delay.as_millis() as u64,
+                          "a statement on the event log failed; retrying on the same connection");
+                    tokio::select! {
+                        () = shutdown.cancelled(), if self.tracked.is_empty() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                StoreError::Lost(error) => {
+                    self.stats.link.set(false);
+                    let held: Vec<i16> = self.leases.keys().copied().collect();
+                    self.lose(&held, "the event log connection was lost");
+                    warn!(%error, "lost the event log connection, reconnecting; a new session \
+                          takes partitions once their leases expire");
+                    let quick = started.elapsed() < crate::capture::notify::source::STABLE_SESSION;
+                    quick_losses = if quick {
+                        quick_losses.saturating_add(1)
+                    } else {
+                        0
+                    };
+                    match self.reconnect(&shutdown, quick_losses).await {
+                        Some(next) => session = next,
+                        None => {
+                            info!(
+                                "stopped reconnecting: unfinished events stay pending in the log"
+                            );
+                            return;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::capture::notify::tail::listening_connection;
-use crate::capture::tail::{Event, Seen, TailError};
+use crate::capture::tail::{Event, Seen, TailError, TailReader};
 use crate::config::{Config, Mode, TableName};
 use crate::postgres::event_log::WAKE_CHANNEL;
 use crate::postgres::{describe, Postgres};
@@ -142,34 +142,6 @@ impl DurableTail {
             rows,
         })
     }
-
-    /// Reads the log after every wake-up and poll until `shutdown`.
-    pub async fn run(
-        mut self,
-        seen: mpsc::Sender<Seen>,
-        shutdown: CancellationToken,
-    ) -> Result<(), TailError> {
-        let mut poll = tokio::time::interval(POLL);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                wake_up = self.wake_ups.recv() => {
-                    if wake_up.is_none() {
-                        return Err(lost("the connection to PostgreSQL was lost".into()));
-                    }
-                    // One read covers every wake-up that came meanwhile.
-                    while self.wake_ups.try_recv().is_ok() {}
-                }
-                _ = poll.tick() => {}
-            }
-            for event in self.next().await? {
-                if seen.send(Seen::Event(event)).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-    }
-
     /// The events that became visible since the last read, in id order.
     async fn next(&mut self) -> Result<Vec<Event>, TailError> {
         // What was printed is left out by id, so its payload is not read
@@ -231,5 +203,35 @@ fn lost(message: String) -> TailError {
     TailError::Lost {
         mode: "durable",
         message,
+    }
+}
+
+#[async_trait::async_trait]
+impl TailReader for DurableTail {
+    /// Reads the log after every wake-up and poll until `shutdown`.
+    async fn run(
+        mut self: Box<Self>,
+        seen: mpsc::Sender<Seen>,
+        shutdown: CancellationToken,
+    ) -> Result<(), TailError> {
+        let mut poll = tokio::time::interval(POLL);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                wake_up = self.wake_ups.recv() => {
+                    if wake_up.is_none() {
+                        return Err(lost("the connection to PostgreSQL was lost".into()));
+                    }
+                    // One read covers every wake-up that came meanwhile.
+                    while self.wake_ups.try_recv().is_ok() {}
+                }
+                _ = poll.tick() => {}
+            }
+            for event in self.next().await? {
+                if seen.send(Seen::Event(event)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
     }
 }

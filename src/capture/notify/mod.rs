@@ -10,12 +10,10 @@ pub mod tail;
 use std::sync::Arc;
 
 use skor_sink_api::Op;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use super::tail::{Seen, TailError, TailReader};
+use super::tail::{TailError, TailReader};
 use super::trigger::trigger_flags;
-use super::{BackfillBatch, Capture, OpenError, Source, Wiring};
+use super::{BackfillBatch, Capture, OpenError, Opened, Source, Wiring};
 use crate::config::{Config, Mode, TableConfig};
 use crate::postgres::Postgres;
 
@@ -58,15 +56,17 @@ impl Capture for Notify {
     }
 
     async fn open_source(&self, wiring: &Wiring<'_>) -> Result<Box<dyn Source>, OpenError> {
-        let source = source::NotifySource::open(
+        let listener = source::Listener::new(
             wiring.pg.clone(),
             wiring.config,
             wiring.fanout.clone(),
             Arc::clone(&wiring.stats.source),
-        )
-        .await
-        .map_err(|e| OpenError(format!("cannot listen to PostgreSQL: {e}")))?;
-        Ok(Box::new(source))
+        );
+        let session = listener
+            .open()
+            .await
+            .map_err(|e| OpenError(format!("cannot listen to PostgreSQL: {e}")))?;
+        Ok(Box::new(Opened::new(listener, session)))
     }
 
     async fn open_tail(
@@ -77,16 +77,5 @@ impl Capture for Notify {
         Ok(Box::new(
             tail::NotifyTail::open(pg, &config.notify_channels()).await?,
         ))
-    }
-}
-
-#[async_trait::async_trait]
-impl TailReader for tail::NotifyTail {
-    async fn run(
-        self: Box<Self>,
-        seen: mpsc::Sender<Seen>,
-        shutdown: CancellationToken,
-    ) -> Result<(), TailError> {
-        (*self).run(seen, shutdown).await
     }
 }

@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::backoff::Schedule;
 use crate::capture::notify::shed;
 use crate::capture::payload::{self, Notification, Reference};
+use crate::capture::Sessions;
 use crate::config::{Config, TableName};
 use crate::delivery::fanout::{Fanout, Incoming};
 use crate::delivery::shedding::Shedding;
@@ -227,56 +228,6 @@ impl Listener {
             primary_keys,
         })
     }
-
-    /// Routes notifications until `shutdown`, reconnecting whenever the
-    /// connection is lost. Dropping the listener closes the sink queues.
-    pub async fn run(mut self, mut session: Session, shutdown: CancellationToken) {
-        self.fanout.stop_waiting_on(&shutdown);
-        let stop_watch = shutdown.child_token();
-        let _stop_watch_on_return = stop_watch.clone().drop_guard();
-        tokio::spawn(shed::watch(
-            self.pg.named("skor-watch"),
-            Arc::clone(&self.shedding),
-            self.shed_threshold,
-            self.query_timeout,
-            stop_watch,
-        ));
-        self.stats.link.set(true);
-        self.leftovers().await;
-        let mut quick_losses = 0u32;
-        loop {
-            self.use_keys(std::mem::take(&mut session.primary_keys));
-            let opened = Instant::now();
-            let Some(reason) = self.pump(&mut session, &shutdown).await else {
-                info!("stopped listening");
-                return;
-            };
-            self.stats.link.set(false);
-            warn!(error = %reason, "lost the connection to PostgreSQL, reconnecting");
-            // Closed now, so the server ends a session that could still
-            // hold up its notification queue.
-            drop(session);
-            let down_since = Instant::now();
-            quick_losses = if opened.elapsed() < STABLE_SESSION {
-                quick_losses.saturating_add(1)
-            } else {
-                0
-            };
-            let Some(next) = self.reconnect(&shutdown, quick_losses).await else {
-                info!("stopped reconnecting: shutting down");
-                return;
-            };
-            session = next;
-            self.stats.link.set(true);
-            self.stats.link.reconnects.incr();
-            warn!(
-                disconnected_ms = down_since.elapsed().as_millis() as u64,
-                "reconnected and listening again; events committed while disconnected were not captured"
-            );
-            self.leftovers().await;
-        }
-    }
-
     /// Reports leftover oversized payloads, unless PostgreSQL does not
     /// answer in time: the listener must get back to listening.
     async fn leftovers(&mut self) {
@@ -616,35 +567,57 @@ impl Listener {
     }
 }
 
-/// Notify mode as one of the daemon's sources.
-pub struct NotifySource {
-    listener: Listener,
-    session: Session,
-}
-
-impl NotifySource {
-    /// Connects, LISTENs on every notify-mode channel and reads the tables'
-    /// primary keys.
-    pub async fn open(
-        pg: Postgres,
-        config: &Config,
-        fanout: Fanout,
-        stats: Arc<SourceStats>,
-    ) -> Result<Self, OpenError> {
-        let listener = Listener::new(pg, config, fanout, stats);
-        let session = listener.open().await?;
-        Ok(Self { listener, session })
-    }
-}
-
 #[async_trait::async_trait]
-impl crate::capture::Source for NotifySource {
-    fn name(&self) -> &'static str {
-        "notify"
-    }
+impl Sessions for Listener {
+    type Session = Session;
+    const NAME: &'static str = "notify";
 
-    async fn run(self: Box<Self>, shutdown: CancellationToken) {
-        let Self { listener, session } = *self;
-        listener.run(session, shutdown).await;
+    /// Routes notifications until `shutdown`, reconnecting whenever the
+    /// connection is lost. Dropping the listener closes the sink queues.
+    async fn run(mut self, mut session: Session, shutdown: CancellationToken) {
+        self.fanout.stop_waiting_on(&shutdown);
+        let stop_watch = shutdown.child_token();
+        let _stop_watch_on_return = stop_watch.clone().drop_guard();
+        tokio::spawn(shed::watch(
+            self.pg.named("skor-watch"),
+            Arc::clone(&self.shedding),
+            self.shed_threshold,
+            self.query_timeout,
+            stop_watch,
+        ));
+        self.stats.link.set(true);
+        self.leftovers().await;
+        let mut quick_losses = 0u32;
+        loop {
+            self.use_keys(std::mem::take(&mut session.primary_keys));
+            let opened = Instant::now();
+            let Some(reason) = self.pump(&mut session, &shutdown).await else {
+                info!("stopped listening");
+                return;
+            };
+            self.stats.link.set(false);
+            warn!(error = %reason, "lost the connection to PostgreSQL, reconnecting");
+            // Closed now, so the server ends a session that could still
+            // hold up its notification queue.
+            drop(session);
+            let down_since = Instant::now();
+            quick_losses = if opened.elapsed() < STABLE_SESSION {
+                quick_losses.saturating_add(1)
+            } else {
+                0
+            };
+            let Some(next) = self.reconnect(&shutdown, quick_losses).await else {
+                info!("stopped reconnecting: shutting down");
+                return;
+            };
+            session = next;
+            self.stats.link.set(true);
+            self.stats.link.reconnects.incr();
+            warn!(
+                disconnected_ms = down_since.elapsed().as_millis() as u64,
+                "reconnected and listening again; events committed while disconnected were not captured"
+            );
+            self.leftovers().await;
+        }
     }
 }

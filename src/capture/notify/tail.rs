@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::capture::payload::{self, Notification, Reference};
-use crate::capture::tail::{Event, Seen, TailError};
+use crate::capture::tail::{Event, Seen, TailError, TailReader};
 use crate::postgres::{describe, quote_ident, Postgres};
 
 /// Listening on the notify-mode channels.
@@ -68,36 +68,6 @@ impl NotifyTail {
             notifications,
         })
     }
-
-    /// Hands every notification on, as an event, until `shutdown`.
-    pub async fn run(
-        mut self,
-        seen: mpsc::Sender<Seen>,
-        shutdown: CancellationToken,
-    ) -> Result<(), TailError> {
-        loop {
-            let notification = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                n = self.notifications.recv() => n,
-            };
-            let Some(notification) = notification else {
-                return Err(TailError::Lost {
-                    mode: "notify",
-                    message: "the connection to PostgreSQL was lost".into(),
-                });
-            };
-            let Some(note) = self
-                .read(notification.channel(), notification.payload())
-                .await
-            else {
-                continue;
-            };
-            if seen.send(note).await.is_err() {
-                return Ok(());
-            }
-        }
-    }
-
     async fn read(&self, channel: &str, text: &str) -> Option<Seen> {
         match payload::parse(text) {
             Ok(Notification::Event {
@@ -179,4 +149,36 @@ fn seen(channel: &str, schema: String, table: String, op: Op, payload: String) -
         op,
         payload: Bytes::from(payload),
     })
+}
+
+#[async_trait::async_trait]
+impl TailReader for NotifyTail {
+    /// Hands every notification on, as an event, until `shutdown`.
+    async fn run(
+        mut self: Box<Self>,
+        seen: mpsc::Sender<Seen>,
+        shutdown: CancellationToken,
+    ) -> Result<(), TailError> {
+        loop {
+            let notification = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                n = self.notifications.recv() => n,
+            };
+            let Some(notification) = notification else {
+                return Err(TailError::Lost {
+                    mode: "notify",
+                    message: "the connection to PostgreSQL was lost".into(),
+                });
+            };
+            let Some(note) = self
+                .read(notification.channel(), notification.payload())
+                .await
+            else {
+                continue;
+            };
+            if seen.send(note).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
 }

@@ -15,11 +15,9 @@ pub mod tail;
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio_postgres::{Client, Transaction};
-use tokio_util::sync::CancellationToken;
 
-use super::tail::{Seen, TailError, TailReader};
+use super::tail::{TailError, TailReader};
 use super::{
     BackfillBatch, Capture, InstallError, InstallOptions, OpenError, Removal, Source, Wiring,
 };
@@ -188,16 +186,5 @@ impl Capture for Wal {
         }
         let report = publication::slot_report(client, config).await?;
         Ok(Some(format!("wal:    {report}")))
-    }
-}
-
-#[async_trait::async_trait]
-impl TailReader for tail::WalTail {
-    async fn run(
-        self: Box<Self>,
-        seen: mpsc::Sender<Seen>,
-        shutdown: CancellationToken,
-    ) -> Result<(), TailError> {
-        (*self).run(seen, shutdown).await
     }
 }

@@ -84,15 +84,6 @@ pub enum OldTuple {
     Full(Tuple),
 }
 
-impl OldTuple {
-    /// The row, whichever kind it is.
-    pub fn tuple(&self) -> &Tuple {
-        match self {
-            OldTuple::Key(tuple) | OldTuple::Full(tuple) => tuple,
-        }
-    }
-}
-
 /// A table as a Relation message describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Relation {

@@ -3,7 +3,7 @@
 //! that then reads it, so PostgreSQL drops it when that session ends
 //! (Ctrl-C, a crash, a lost connection). The configured slot is never
 //! read, held or moved: the daemon goes on streaming from it. Changes are
-//! decoded and rendered by wal mode's own code (`source::wal`), so tail
+//! decoded and rendered by the daemon's own decoder (`decode.rs`), so tail
 //! prints the payloads the daemon sends, byte for byte, from the moment
 //! the slot is created on.
 
@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::catalog;
 use super::decode::{Decoder, Step};
 use super::relations::Rules;
-use crate::capture::tail::{Event, Seen, TailError, STOP_PATIENCE};
+use crate::capture::tail::{Event, Seen, TailError, TailReader, STOP_PATIENCE};
 use crate::config::Config;
 use crate::postgres::{describe, Postgres, Replication, TlsBridge};
 
@@ -111,59 +111,6 @@ impl WalTail {
             slot,
         })
     }
-
-    /// Hands every captured change on until `shutdown`, then ends the
-    /// session, which drops the slot.
-    pub async fn run(
-        mut self,
-        seen: mpsc::Sender<Seen>,
-        shutdown: CancellationToken,
-    ) -> Result<(), TailError> {
-        let result = loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
-                event = self.client.recv() => event,
-            };
-            let event = match event {
-                Ok(Some(event)) => event,
-                Ok(None) => break Err(lost("the server ended the stream".into())),
-                Err(error) => break Err(lost(error.to_string())),
-            };
-            match event {
-                ReplicationEvent::Begin {
-                    final_lsn,
-                    xid,
-                    commit_time_micros,
-                } => self
-                    .decoder
-                    .begin(final_lsn.as_u64(), xid, commit_time_micros),
-                ReplicationEvent::XLogData {
-                    wal_start, data, ..
-                } => {
-                    let step = match self.decoder.xlog(wal_start.as_u64(), &data, false) {
-                        Ok(step) => step,
-                        Err(error) => break Err(lost(error)),
-                    };
-                    if let Some(event) = self.on_step(step).await {
-                        if seen.send(Seen::Event(event)).await.is_err() {
-                            break Ok(());
-                        }
-                    }
-                }
-                // The slot is tail's own: moving it on keeps only the WAL
-                // tail has not read yet.
-                ReplicationEvent::Commit { end_lsn, .. } => self.client.update_applied_lsn(end_lsn),
-                _ => {}
-            }
-        };
-        match tokio::time::timeout(STOP_PATIENCE, self.client.shutdown()).await {
-            Ok(Ok(())) => debug!(slot = %self.slot, "temporary slot released"),
-            Ok(Err(error)) => debug!(%error, "replication stream closed"),
-            Err(_) => self.client.abort(),
-        }
-        result
-    }
-
     async fn on_step(&mut self, step: Step) -> Option<Event> {
         match step {
             Step::Relation(relation) => {
@@ -231,4 +178,59 @@ fn random() -> u32 {
             .map_or(0, |d| d.as_nanos()),
     );
     hasher.finish() as u32
+}
+
+#[async_trait::async_trait]
+impl TailReader for WalTail {
+    /// Hands every captured change on until `shutdown`, then ends the
+    /// session, which drops the slot.
+    async fn run(
+        mut self: Box<Self>,
+        seen: mpsc::Sender<Seen>,
+        shutdown: CancellationToken,
+    ) -> Result<(), TailError> {
+        let result = loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                event = self.client.recv() => event,
+            };
+            let event = match event {
+                Ok(Some(event)) => event,
+                Ok(None) => break Err(lost("the server ended the stream".into())),
+                Err(error) => break Err(lost(error.to_string())),
+            };
+            match event {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => self
+                    .decoder
+                    .begin(final_lsn.as_u64(), xid, commit_time_micros),
+                ReplicationEvent::XLogData {
+                    wal_start, data, ..
+                } => {
+                    let step = match self.decoder.xlog(wal_start.as_u64(), &data, false) {
+                        Ok(step) => step,
+                        Err(error) => break Err(lost(error)),
+                    };
+                    if let Some(event) = self.on_step(step).await {
+                        if seen.send(Seen::Event(event)).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                }
+                // The slot is tail's own: moving it on keeps only the WAL
+                // tail has not read yet.
+                ReplicationEvent::Commit { end_lsn, .. } => self.client.update_applied_lsn(end_lsn),
+                _ => {}
+            }
+        };
+        match tokio::time::timeout(STOP_PATIENCE, self.client.shutdown()).await {
+            Ok(Ok(())) => debug!(slot = %self.slot, "temporary slot released"),
+            Ok(Err(error)) => debug!(%error, "replication stream closed"),
+            Err(_) => self.client.abort(),
+        }
+        result
+    }
 }
