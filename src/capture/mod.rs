@@ -11,6 +11,7 @@
 pub mod durable;
 pub mod notify;
 pub mod payload;
+pub mod reconnect;
 pub mod tail;
 pub mod trigger;
 pub mod wal;

@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Schedule;
-use crate::capture::notify::source::RECONNECT_FIRST_WAIT;
+use crate::capture::reconnect::{reconnect, RECONNECT_FIRST_WAIT, STABLE_SESSION};
 use crate::capture::Sessions;
 use crate::config::{Config, DurableConfig};
 use crate::delivery::fanout::{Acks, Fanout, Incoming};
@@ -197,35 +197,18 @@ impl Durable {
     /// counts the sessions in a row that were lost soon after they opened,
     /// so a session that dies as it starts is not opened again at once.
     async fn reconnect(&self, shutdown: &CancellationToken, quick_losses: u32) -> Option<Session> {
-        let waits = Schedule::exponential(RECONNECT_FIRST_WAIT, self.max_backoff);
-        if quick_losses > 0 {
-            tokio::select! {
-                () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(waits.delay(quick_losses - 1)) => {}
-            }
-        }
-        for attempt in 1u64.. {
-            let delay = waits.delay_u64(attempt);
-            let opened = tokio::select! {
-                () = shutdown.cancelled() => return None,
-                opened = Store::connect(&self.pg, self.ttl()) => opened,
-            };
-            match opened {
-                Ok((store, wake)) => {
-                    self.stats.link.set(true);
-                    self.stats.link.reconnects.incr();
-                    info!(session = store.session(), "event log connection back");
-                    return Some(Session { store, wake });
-                }
-                Err(e) => warn!(attempt, retry_in_ms = delay.as_millis() as u64, error = %e,
-                                "cannot reconnect to the event log yet"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(delay) => {}
-            }
-        }
-        None
+        let (store, wake) = reconnect(
+            shutdown,
+            quick_losses,
+            self.max_backoff,
+            "the event log",
+            || Store::connect(&self.pg, self.ttl()),
+        )
+        .await?;
+        self.stats.link.set(true);
+        self.stats.link.reconnects.incr();
+        info!(session = store.session(), "event log connection back");
+        Some(Session { store, wake })
     }
 
     /// One connection's life: `Ok` once shut down and drained.
@@ -876,7 +859,7 @@ impl Sessions for Durable {
                     self.lose(&held, "the event log connection was lost");
                     warn!(%error, "lost the event log connection, reconnecting; a new session \
                           takes partitions once their leases expire");
-                    let quick = started.elapsed() < crate::capture::notify::source::STABLE_SESSION;
+                    let quick = started.elapsed() < STABLE_SESSION;
                     quick_losses = if quick {
                         quick_losses.saturating_add(1)
                     } else {

@@ -16,9 +16,9 @@ use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::Schedule;
 use crate::capture::notify::shed;
 use crate::capture::payload::{self, Notification, Reference};
+use crate::capture::reconnect::{reconnect, STABLE_SESSION};
 use crate::capture::Sessions;
 use crate::config::{Config, TableName};
 use crate::delivery::fanout::{Fanout, Incoming};
@@ -29,13 +29,6 @@ use crate::postgres::{describe, quote_ident, ContextError, PgConnection, PgError
 
 /// The listening connection, driven by hand so notifications are not lost.
 type Conn = PgConnection;
-
-/// The wait before the first reconnection attempt; it doubles up to
-/// `source.reconnect_max_backoff_ms`.
-pub const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(100);
-/// A session lost sooner than this after it opened counts as a failed
-/// attempt: the next reconnect waits first, as after a refused connect.
-pub const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// Most bytes of a rejected payload quoted in its log line.
 const LOGGED_PAYLOAD_BYTES: usize = 256;
@@ -314,30 +307,14 @@ impl Listener {
     /// counts the sessions in a row that were lost soon after they opened,
     /// so a session that dies as it starts is not opened again at once.
     async fn reconnect(&self, shutdown: &CancellationToken, quick_losses: u32) -> Option<Session> {
-        let waits = Schedule::exponential(RECONNECT_FIRST_WAIT, self.max_backoff);
-        if quick_losses > 0 {
-            tokio::select! {
-                () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(waits.delay(quick_losses - 1)) => {}
-            }
-        }
-        for attempt in 1u64.. {
-            let delay = waits.delay_u64(attempt);
-            let opened = tokio::select! {
-                () = shutdown.cancelled() => return None,
-                opened = self.open() => opened,
-            };
-            match opened {
-                Ok(session) => return Some(session),
-                Err(e) => warn!(attempt, retry_in_ms = delay.as_millis() as u64, error = %e,
-                                "cannot reconnect to PostgreSQL yet"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(delay) => {}
-            }
-        }
-        None
+        reconnect(
+            shutdown,
+            quick_losses,
+            self.max_backoff,
+            "PostgreSQL",
+            || self.open(),
+        )
+        .await
     }
 
     fn use_keys(&mut self, primary_keys: KeyColumns) {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Schedule;
-use crate::capture::notify::source::RECONNECT_FIRST_WAIT;
+use crate::capture::reconnect::RECONNECT_FIRST_WAIT;
 use crate::capture::Source;
 use crate::config::Config;
 use crate::delivery::fanout::{Acks, Fanout, Incoming};
