@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::common::pg_server::PgServer;
 use crate::common::{
-    config, eventually, hook_config, slow, start_installed, status, Hook, Running, TestDb, PATIENCE,
+    config, eventually_true, hook_config, slow, start_installed, status, Hook, Running, TestDb,
+    PATIENCE,
 };
 use skor::{Config, Daemon};
 use tokio::time::Instant;
@@ -104,7 +105,7 @@ async fn metrics_follow_a_burst_from_queue_to_delivery() {
     );
 
     hook.wait_for(60).await;
-    eventually("60 delivered", || {
+    eventually_true("60 delivered", || {
         daemon.stats.sink("hook").unwrap().delivered.get() == 60
     })
     .await;

@@ -1021,7 +1021,7 @@ async fn a_failing_statement_is_retried_without_reconnecting() {
     // on a connection that stays open.
     db.exec("ALTER TABLE skor.event_log RENAME TO event_log_away")
         .await;
-    crate::common::eventually("a statement on the event log failed", || {
+    crate::common::eventually_true("a statement on the event log failed", || {
         durable.statement_errors.get() > 0
     })
     .await;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use crate::common::proxy::Proxy;
 use crate::common::{
-    eventually, hook_config, install, start_installed, Hook, Running, TestDb, PATIENCE,
+    eventually_true, hook_config, install, start_installed, Hook, Running, TestDb, PATIENCE,
 };
 use tokio::time::Instant;
 
@@ -85,7 +85,7 @@ async fn a_silent_connection_is_noticed_and_replaced() {
     proxy.resume();
     wait_for_readyz(admin, 200).await;
     let link = &daemon.stats.source.link;
-    eventually("one reconnection", || link.reconnects.get() == 1).await;
+    eventually_true("one reconnection", || link.reconnects.get() == 1).await;
 
     db.exec("INSERT INTO items VALUES (2)").await;
     let requests = hook.wait_for(2).await;

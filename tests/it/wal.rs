@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::common::wal::WalDb;
-use crate::common::{eventually, status, Hook, Running, TestDb, PATIENCE};
+use crate::common::{eventually_true, status, Hook, Running, TestDb, PATIENCE};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, name text, note text);";
 
@@ -108,7 +108,7 @@ async fn the_slot_never_passes_an_event_a_sink_has_not_confirmed() {
     assert!(lag > 0.0, "lag shows the held event: {lag}");
     hook.answer(status(200));
     let wal = skor.stats.wal.clone().unwrap();
-    eventually("the slot moves past the insert", || {
+    eventually_true("the slot moves past the insert", || {
         wal.confirmed_lsn.load(std::sync::atomic::Ordering::Relaxed) as i64 >= written
     })
     .await;
@@ -478,7 +478,7 @@ async fn truncate_and_schema_changes_mid_stream_do_not_stop_the_stream() {
     .await;
     hook.wait_for(3).await;
     db.exec("TRUNCATE items;").await;
-    eventually("the TRUNCATE is counted", || wal.truncates.get() == 1).await;
+    eventually_true("the TRUNCATE is counted", || wal.truncates.get() == 1).await;
     db.exec("INSERT INTO items VALUES (4, 'd', 6); UPDATE items SET extra = 7 WHERE id = 4;")
         .await;
     let bodies = bodies(&hook, 5).await;

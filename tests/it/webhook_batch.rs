@@ -114,7 +114,7 @@ async fn a_failed_batch_is_sent_again_whole() {
     assert_eq!(elements(&requests[0]).len(), 10);
     assert_eq!(requests[1].body, requests[0].body, "the same batch again");
     let sink = daemon.stats.sink("hook").unwrap();
-    crate::common::eventually("ten delivered", || sink.delivered.get() == 10).await;
+    crate::common::eventually_true("ten delivered", || sink.delivered.get() == 10).await;
     assert_eq!(sink.retried.get(), 10);
     daemon.stop().await;
     assert_eq!(hook.count(), 2);

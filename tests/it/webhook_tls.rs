@@ -3,7 +3,7 @@
 //! `client_key` satisfy a receiver that demands mutual TLS.
 
 use crate::common::https::{pem_file, HttpsHook, TestCa};
-use crate::common::{config, eventually, start_installed, Running, TestDb, PATIENCE};
+use crate::common::{config, eventually_true, start_installed, Running, TestDb, PATIENCE};
 
 const TABLE: &str = "CREATE TABLE items (id int PRIMARY KEY, name text);";
 
@@ -55,7 +55,7 @@ async fn a_receiver_signed_by_the_ca_file_gets_the_event() {
     assert!(requests[0].body.contains(r#""over tls""#), "{requests:?}");
     assert!(requests[0].client_cert.is_none());
     let sink = daemon.stats.sink("hook").unwrap();
-    eventually("delivered", || sink.delivered.get() == 1).await;
+    eventually_true("delivered", || sink.delivered.get() == 1).await;
     assert_eq!(sink.failed.get(), 0);
     daemon.stop().await;
 }
@@ -67,7 +67,7 @@ async fn without_the_ca_file_the_certificate_is_not_trusted() {
     let (db, daemon) = setup(&hook, "").await;
     db.exec("INSERT INTO items VALUES (1, 'untrusted')").await;
     let sink = daemon.stats.sink("hook").unwrap();
-    eventually("retried, then failed", || sink.failed.get() == 1).await;
+    eventually_true("retried, then failed", || sink.failed.get() == 1).await;
     assert_eq!((sink.retried.get(), sink.delivered.get()), (1, 0));
     let error = last_error(&db).await;
     assert!(
@@ -121,7 +121,7 @@ async fn without_a_client_certificate_the_receiver_refuses() {
     let (db, daemon) = setup(&hook, &options).await;
     db.exec("INSERT INTO items VALUES (1, 'anonymous')").await;
     let sink = daemon.stats.sink("hook").unwrap();
-    eventually("retried, then failed", || sink.failed.get() == 1).await;
+    eventually_true("retried, then failed", || sink.failed.get() == 1).await;
     assert_eq!(sink.delivered.get(), 0);
     assert!(hook.requests().is_empty());
     let refused = hook.handshake_errors();
