@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use crate::common::bin::{config_file, run, signal, skor, stderr};
 use crate::common::wal::WalDb;
-use crate::common::{config, connect, hook_config, install, Hook, Running, TestDb, PATIENCE};
+use crate::common::{
+    config, connect, eventually, hook_config, install, Hook, Running, TestDb, PATIENCE,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, name text)";
 
@@ -72,15 +73,11 @@ impl Tail {
     }
 
     async fn wait_log(&self, text: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.log().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "no \"{text}\" in tail's log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(&format!("\"{text}\" in tail's log"), || {
+            let log = self.log();
+            std::future::ready(if log.contains(text) { Ok(()) } else { Err(log) })
+        })
+        .await
     }
 
     /// The next `n` lines of standard output.
@@ -431,15 +428,15 @@ async fn wal_mode_streams_a_temporary_slot_and_leaves_the_daemons_alone() {
 /// Waits until the temporary slot is gone: PostgreSQL drops it when the
 /// session that made it has ended, a moment after tail exited.
 async fn only_the_configured_slot_remains(wal: &WalDb) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually("only the configured slot left", || async {
         let left = slots(wal).await;
         if left == vec![("skor".to_string(), false)] {
-            return;
+            Ok(())
+        } else {
+            Err(left)
         }
-        assert!(Instant::now() < deadline, "slots left: {left:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]

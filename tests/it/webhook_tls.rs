@@ -3,7 +3,7 @@
 //! `client_key` satisfy a receiver that demands mutual TLS.
 
 use crate::common::https::{pem_file, HttpsHook, TestCa};
-use crate::common::{config, eventually_true, start_installed, Running, TestDb, PATIENCE};
+use crate::common::{config, eventually, eventually_true, start_installed, Running, TestDb};
 
 const TABLE: &str = "CREATE TABLE items (id int PRIMARY KEY, name text);";
 
@@ -25,22 +25,17 @@ async fn setup(hook: &HttpsHook, sink_options: &str) -> (TestDb, Running) {
 
 /// The error skor recorded for the event it gave up on, once recorded.
 async fn last_error(db: &TestDb) -> String {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let row = db
-            .client
+    eventually("a dead event", || async {
+        db.client
             .query_opt(
                 "SELECT coalesce(last_error, '') FROM skor.event_log WHERE state = 'dead'",
                 &[],
             )
             .await
-            .unwrap();
-        if let Some(row) = row {
-            return row.get(0);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no dead event");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+            .unwrap()
+            .map(|row| row.get(0))
+    })
+    .await
 }
 
 #[tokio::test]
