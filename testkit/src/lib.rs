@@ -1,7 +1,8 @@
 //! What skor's integration tests (`tests/`) and its benchmark (`bench/`)
 //! share: a database per test on the shared PostgreSQL, private PostgreSQL
 //! servers, the brokers' helpers, recording HTTP and HTTPS receivers, and
-//! waiting with a deadline ([`eventually`]) instead of sleeping.
+//! waiting with a deadline ([`eventually`]) or behind a barrier
+//! ([`Hook::barrier`]) instead of sleeping.
 //!
 //! Nothing here calls skor's library: what does (installing triggers,
 //! running a daemon in process) is in `tests/it/common`, which re-exports
@@ -485,6 +486,38 @@ impl Hook {
         }
         requests
     }
+
+    /// "Nothing more arrives", proved instead of slept on. `cause` makes
+    /// one more event, the barrier, after the changes whose events must
+    /// not arrive (an `INSERT` of a marked row, say); once a request
+    /// `is_barrier` accepts (by body) arrived, returns every request up to
+    /// and including that one, so a test can assert exactly what came
+    /// before it.
+    ///
+    /// That proves something only if the barrier travels behind the
+    /// events it fences: the webhook sink sends each row's events down one
+    /// lane in commit order, but rows on other lanes may overtake each
+    /// other. So the barrier must be an event of the same row as the
+    /// events that must not arrive, or the sink must have a single lane
+    /// (`max_in_flight = 1`), or the test must also wait for the sink to
+    /// have settled its queue (tests/it/common's `barrier` does).
+    pub async fn barrier(
+        &self,
+        cause: impl Future<Output = ()>,
+        is_barrier: impl Fn(&str) -> bool,
+    ) -> Vec<Request> {
+        cause.await;
+        let requests = self
+            .wait_until("the barrier event", |requests| {
+                requests.iter().any(|r| is_barrier(&r.body))
+            })
+            .await;
+        let at = requests
+            .iter()
+            .position(|r| is_barrier(&r.body))
+            .expect("the barrier arrived");
+        requests[..=at].to_vec()
+    }
 }
 
 /// A config for the database `dsn` with `rest` appended after `[source]`.
@@ -520,6 +553,13 @@ pub fn inserts(from: i32, to: i32) -> String {
 pub fn row_id(payload: &str) -> i64 {
     let event: serde_json::Value = serde_json::from_str(payload).unwrap();
     event["data"]["id"].as_i64().unwrap()
+}
+
+/// Whether `payload` is one event of the row whose `data.id` is `id`
+/// (for [`Hook::barrier`]).
+pub fn is_row(payload: &str, id: i64) -> bool {
+    serde_json::from_str::<serde_json::Value>(payload)
+        .is_ok_and(|event| event["data"]["id"].as_i64() == Some(id))
 }
 
 /// Checks that the payloads hold exactly the ids `1..=count`, each at least

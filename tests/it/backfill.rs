@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::common::bin::{config_file, run, signal, skor, stderr};
 use crate::common::wal::WalDb;
 use crate::common::{
-    connect, eventually, eventually_every, hook_config, install, Hook, Request, Running, TestDb,
-    PATIENCE,
+    connect, eventually, eventually_every, hook_config, install, is_row, Hook, Request, Running,
+    TestDb, PATIENCE,
 };
 use skor::backfill::{self, Options, Outcome};
 use skor::Config;
@@ -116,8 +116,18 @@ async fn notify_mode_sends_each_row_as_its_insert_would_with_op_read() {
 
     // Done: running it again sends nothing, unless told to restart.
     backfill(&db.dsn(), &config, &options(2), &CancellationToken::new()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(hook.count(), 3);
+    // The barrier: a live change committed after the second run, down the
+    // one lane (max_in_flight = 1) its READ events would have taken.
+    let requests = hook
+        .barrier(db.exec("INSERT INTO items (id) VALUES (100)"), |body| {
+            is_row(body, 100)
+        })
+        .await;
+    assert_eq!(
+        requests.len(),
+        4,
+        "nothing between the reads and the barrier"
+    );
     let restart = Options {
         restart: true,
         condition: Some("n >= 20".into()),
@@ -391,8 +401,14 @@ async fn wal_backfill_sends_reads_through_the_slot() {
         .await;
     let all = hook.wait_for(3).await;
     assert_eq!(json(&all[2].body)["op"], "UPDATE");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(hook.count(), 3);
+    // The barrier: an UPDATE committed after them, down the one lane
+    // (max_in_flight = 1): the INSERT would have arrived before it.
+    let requests = hook
+        .barrier(db.exec("UPDATE items SET n = 6 WHERE id = 2"), |body| {
+            json(body)["op"] == "UPDATE" && is_row(body, 2)
+        })
+        .await;
+    assert_eq!(requests.len(), 4, "{requests:#?}");
     daemon.stop().await;
 }
 

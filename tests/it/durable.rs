@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::common::bin::{config_file, run, signal, stderr};
 use crate::common::{
-    assert_every_id, eventually, eventually_every, eventually_within, hook_config, install, row_id,
-    slow, status, Hook, Request, Running, TestDb, PATIENCE,
+    assert_every_id, eventually, eventually_every, eventually_within, hook_config, install, is_row,
+    row_id, slow, status, Hook, Request, Running, TestDb, PATIENCE,
 };
 use tokio::process::Child;
 use tokio::time::Instant;
@@ -344,15 +344,22 @@ async fn a_spoofed_notify_delivers_nothing() {
     .await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     hook.wait_for(1).await;
-    // Time passes on purpose: nothing forged may arrive after the real
-    // event either, and there is no event to wait for that proves it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let ids: Vec<i64> = hook.bodies().iter().map(|b| row_id(b)).collect();
-    assert_eq!(ids, vec![1], "only the committed change arrived");
+    // The barrier: a committed change of the forged row itself, so it
+    // takes the lane the forged event would have; and the sink settled.
+    let requests = daemon
+        .barrier(
+            "hook",
+            &hook,
+            db.exec("INSERT INTO items (id) VALUES (666)"),
+            |body| is_row(body, 666),
+        )
+        .await;
+    let ids: Vec<i64> = requests.iter().map(|r| row_id(&r.body)).collect();
+    assert_eq!(ids, vec![1, 666], "only the committed changes arrived");
     // Durable mode takes events from the log only: the forged wake-ups
-    // made it claim nothing but the committed change.
+    // made it claim nothing but the committed changes.
     let durable = daemon.stats.durable.as_ref().expect("durable mode runs");
-    assert_eq!(durable.claimed.get(), 1);
+    assert_eq!(durable.claimed.get(), 2);
     assert_eq!(
         count(&db, "SELECT count(*) FROM skor.event_log").await,
         0,

@@ -1,8 +1,8 @@
 //! Shared test harness: skor-testkit (a database per test on the real
 //! PostgreSQL, private servers, the brokers, recording receivers, waiting
-//! with a deadline), re-exported so tests write `common::...`, plus what
-//! needs skor's library: installing triggers and a daemon running
-//! in-process.
+//! with a deadline or behind a barrier), re-exported so tests write
+//! `common::...`, plus what needs skor's library: installing triggers, a
+//! daemon running in-process, and the barrier that also reads its stats.
 #![allow(dead_code)]
 
 pub mod bin;
@@ -51,6 +51,34 @@ impl Running {
             .await
             .expect("daemon stops")
             .unwrap()
+    }
+
+    /// Waits until the sink `sink` settled every event it was handed
+    /// (its queue depth is 0): what reached its queue before has been
+    /// delivered, failed or dropped, whichever lane it took.
+    pub async fn settled(&self, sink: &str) {
+        let stats = self.stats.sink(sink).expect("a sink of that name");
+        eventually(&format!("sink {sink} settled its queue"), || {
+            let depth = stats.depth.get();
+            std::future::ready(if depth == 0 { Ok(()) } else { Err(depth) })
+        })
+        .await
+    }
+
+    /// A webhook barrier (see [`Hook::barrier`]) that holds whichever
+    /// lanes the events took: after the barrier arrived at `hook`, also
+    /// waits for the sink `sink` to have settled its queue, then returns
+    /// every request so far.
+    pub async fn barrier(
+        &self,
+        sink: &str,
+        hook: &Hook,
+        cause: impl std::future::Future<Output = ()>,
+        is_barrier: impl Fn(&str) -> bool,
+    ) -> Vec<Request> {
+        hook.barrier(cause, is_barrier).await;
+        self.settled(sink).await;
+        hook.requests()
     }
 }
 
