@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::amqp::Rabbit;
-use common::{assert_every_id, config, eventually, inserts, start_installed, TestDb};
+use common::{assert_every_id, config, eventually_true, inserts, start_installed, TestDb};
 
 /// Runs `rabbitmqctl <action>`; the tests run as a user allowed to.
 fn rabbitmqctl(action: &str) {
@@ -51,7 +51,7 @@ async fn rabbitmq_stopped_and_started_loses_no_event() {
     // Events keep coming while the broker is down; skor holds them, and
     // the broker stays down until the sink has found it gone and waited.
     db.exec(&inserts(101, 200)).await;
-    eventually("the broker's absence is waited out", || {
+    eventually_true("the broker's absence is waited out", || {
         sink.disconnected.get() == 1 && sink.outage_waits.get() > 0
     })
     .await;
@@ -59,7 +59,7 @@ async fn rabbitmq_stopped_and_started_loses_no_event() {
     rabbit.reconnect().await;
     db.exec(&inserts(201, 300)).await;
 
-    eventually("every event confirmed", || sink.delivered.get() == 300).await;
+    eventually_true("every event confirmed", || sink.delivered.get() == 300).await;
     seen.extend(rabbit.take_within(200, Duration::from_secs(30)).await);
     seen.extend(rabbit.rest().await);
     let duplicates = assert_every_id(seen.iter().map(|m| m.body.as_str()), 300);

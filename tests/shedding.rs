@@ -10,7 +10,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::pg_server::PgServer;
-use common::{config, connect, eventually, install, slow, status, Hook, Running, TestDb, PATIENCE};
+use common::{
+    config, connect, eventually_true, install, slow, status, Hook, Running, TestDb, PATIENCE,
+};
 use tokio::time::Instant;
 
 /// Every log line of this test binary's daemons.
@@ -121,7 +123,7 @@ async fn past_the_threshold_the_listener_sheds_load_and_writes_keep_succeeding()
         rows += 500;
     }
     // Every event is delivered, dropped and counted, or on its way.
-    eventually("every event received", || {
+    eventually_true("every event received", || {
         daemon.stats.events.received.get() == rows as u64
     })
     .await;
@@ -135,7 +137,7 @@ async fn past_the_threshold_the_listener_sheds_load_and_writes_keep_succeeding()
 
     // The sink recovers: shedding stops and later events arrive.
     hook.answer(status(200));
-    eventually("shedding stops", || daemon.stats.source.shedding.get() == 0).await;
+    eventually_true("shedding stops", || daemon.stats.source.shedding.get() == 0).await;
     // Each episode is said when it starts and when it stops.
     let starts = lines_with(&["past shed_notify_queue_usage: shedding load"]);
     assert_eq!(lines_with(&["stopped shedding load"]).len(), starts.len());
@@ -143,15 +145,11 @@ async fn past_the_threshold_the_listener_sheds_load_and_writes_keep_succeeding()
         .batch_execute("INSERT INTO items VALUES (0, 'after')")
         .await
         .unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while !hook.bodies().iter().any(|b| b.contains(r#""pad":"after""#)) {
-        assert!(
-            Instant::now() < deadline,
-            "the event after recovery arrives"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eventually("every event delivered or dropped", || {
+    hook.wait_until("the event after recovery", |requests| {
+        requests.iter().any(|r| r.body.contains(r#""pad":"after""#))
+    })
+    .await;
+    eventually_true("every event delivered or dropped", || {
         sink.delivered.get() + sink.dropped.get() == rows as u64 + 1
     })
     .await;
@@ -180,7 +178,7 @@ async fn dropped_events_are_logged_once_a_second_with_a_count_and_a_sample() {
     let started = Instant::now();
     db.exec("INSERT INTO items SELECT g FROM generate_series(1, 3000) g")
         .await;
-    eventually("every event received", || {
+    eventually_true("every event received", || {
         daemon.stats.events.received.get() == 3000
     })
     .await;

@@ -16,7 +16,6 @@ mod load;
 mod mqtt;
 #[cfg(feature = "nats")]
 mod nats;
-mod pg_server;
 #[cfg(feature = "pubsub")]
 mod pubsub;
 mod receiver;
@@ -31,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use skor_testkit::pg_server::{Options, PgServer, DURABLE_SETTINGS};
 
 use crate::cases::{Outcome, Runner};
 use crate::db::Database;
@@ -127,10 +127,11 @@ async fn bench(args: &Args) -> Result<()> {
             eprintln!(
                 "== starting a private PostgreSQL with wal_level = logical for the wal cases"
             );
-            let server = tokio::task::spawn_blocking(pg_server::PgServer::start)
+            let server = tokio::task::spawn_blocking(|| PgServer::try_start(&Options::durable()))
                 .await
-                .context("starting the wal server")??;
-            let dsn = server.dsn();
+                .context("starting the wal server")?
+                .map_err(anyhow::Error::msg)?;
+            let dsn = server.server_dsn();
             wal_server = Some(server);
             Some(dsn)
         }
@@ -153,7 +154,7 @@ async fn bench(args: &Args) -> Result<()> {
         let which = if wal_server.is_some() {
             format!(
                 "a private server started for this run (initdb, settings: {})",
-                pg_server::SETTINGS.trim().replace('\n', ", ")
+                DURABLE_SETTINGS.trim().replace('\n', ", ")
             )
         } else {
             "the server of --wal-dsn".to_string()

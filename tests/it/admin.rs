@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use crate::common::pg_server::PgServer;
 use crate::common::{
-    config, eventually, hook_config, slow, start_installed, status, Hook, Running, TestDb, PATIENCE,
+    config, eventually, eventually_true, hook_config, slow, start_installed, status, Hook, Running,
+    TestDb, PATIENCE,
 };
 use skor::{Config, Daemon};
-use tokio::time::Instant;
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY)";
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
@@ -86,15 +86,16 @@ async fn metrics_follow_a_burst_from_queue_to_delivery() {
     db.exec("INSERT INTO items SELECT generate_series(1, 60)")
         .await;
     // While the sink works through the burst, the queue shows it.
-    let deadline = Instant::now() + PATIENCE;
-    let during = loop {
+    let during = eventually("the queue depth to rise", || async {
         let scrape = Scrape::of(admin).await;
-        if scrape.value(DEPTH) > 0.0 {
-            break scrape;
+        let depth = scrape.value(DEPTH);
+        if depth > 0.0 {
+            Ok(scrape)
+        } else {
+            Err(depth)
         }
-        assert!(Instant::now() < deadline, "queue depth never rose");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    })
+    .await;
     assert_eq!(during.value(RECEIVED), 60.0);
     assert!(
         during.value(DEPTH) + during.value(DELIVERED) == 60.0,
@@ -104,7 +105,7 @@ async fn metrics_follow_a_burst_from_queue_to_delivery() {
     );
 
     hook.wait_for(60).await;
-    eventually("60 delivered", || {
+    eventually_true("60 delivered", || {
         daemon.stats.sink("hook").unwrap().delivered.get() == 60
     })
     .await;
@@ -149,15 +150,7 @@ async fn readyz_says_which_sink_is_stuck_until_it_delivers_again() {
 
     db.exec("INSERT INTO items VALUES (1)").await;
     hook.wait_for(2).await;
-    let deadline = Instant::now() + PATIENCE;
-    let (code, body) = loop {
-        let (code, body) = get(admin, "/readyz").await;
-        if code != 200 {
-            break (code, body);
-        }
-        assert!(Instant::now() < deadline, "never unready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (code, body) = wait_for_readyz(admin, |code| code != 200).await;
     assert_eq!(code, 503, "{body}");
     assert!(
         body.contains("sink `hook` is stuck: 1 events waiting, none settled for"),
@@ -169,11 +162,7 @@ async fn readyz_says_which_sink_is_stuck_until_it_delivers_again() {
     assert_eq!(scrape.value(DEPTH), 1.0);
 
     hook.answer(status(200));
-    let deadline = Instant::now() + PATIENCE;
-    while get(admin, "/readyz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "never ready again");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_readyz(admin, |code| code == 200).await;
     assert_eq!(Scrape::of(admin).await.value(DELIVERED), 1.0);
     daemon.stop().await;
 }
@@ -199,15 +188,16 @@ async fn durable_mode_exports_its_backlog_and_its_age() {
     hook.wait_for(2).await;
     // The oldest event's age is read from the log at each scrape: it must
     // pass a second while the sink keeps failing.
-    let deadline = Instant::now() + PATIENCE;
-    let scrape = loop {
+    let scrape = eventually("the oldest event to age a second", || async {
         let scrape = Scrape::of(admin).await;
-        if scrape.value("skor_durable_oldest_pending_seconds") >= 1.0 {
-            break scrape;
+        let age = scrape.value("skor_durable_oldest_pending_seconds");
+        if age >= 1.0 {
+            Ok(scrape)
+        } else {
+            Err(age)
         }
-        assert!(Instant::now() < deadline, "the oldest event never aged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     assert_eq!(scrape.value("skor_durable_backlog_events"), 5.0);
     assert_eq!(scrape.value("skor_durable_dead_letters"), 0.0);
     let age = scrape.value("skor_durable_oldest_pending_seconds");
@@ -220,11 +210,15 @@ async fn durable_mode_exports_its_backlog_and_its_age() {
     assert_eq!(scrape.value(RECEIVED), 5.0);
 
     hook.answer(status(200));
-    let deadline = Instant::now() + PATIENCE;
-    while Scrape::of(admin).await.value("skor_durable_backlog_events") != 0.0 {
-        assert!(Instant::now() < deadline, "backlog never drained");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the backlog to drain", || async {
+        let backlog = Scrape::of(admin).await.value("skor_durable_backlog_events");
+        if backlog == 0.0 {
+            Ok(())
+        } else {
+            Err(backlog)
+        }
+    })
+    .await;
     assert_eq!(Scrape::of(admin).await.value(DELIVERED), 5.0);
     daemon.stop().await;
 }
@@ -317,13 +311,13 @@ async fn readyz_is_unready_while_postgres_is_stopped_and_ready_once_it_is_back()
 
 /// Polls `/readyz` until its status satisfies `wanted`.
 async fn wait_for_readyz(addr: SocketAddr, wanted: impl Fn(u16) -> bool) -> (u16, String) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually("/readyz to answer as wanted", || async {
         let (code, body) = get(addr, "/readyz").await;
         if wanted(code) {
-            return (code, body);
+            Ok((code, body))
+        } else {
+            Err((code, body))
         }
-        assert!(Instant::now() < deadline, "/readyz stayed {code}: {body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }

@@ -1,7 +1,7 @@
 //! The AMQP sink against the real RabbitMQ: what a consumer of the queue
 //! sees, in what order, and what happens to a message no queue takes.
 use crate::common::amqp::Rabbit;
-use crate::common::{config, eventually, start_installed, TestDb};
+use crate::common::{config, eventually_true, start_installed, TestDb};
 
 const TABLE: &str = "CREATE TABLE items (id int PRIMARY KEY, name text, n int NOT NULL DEFAULT 0);";
 
@@ -51,7 +51,7 @@ async fn a_consumer_gets_the_payload_routing_key_headers_and_persistence() {
     assert_eq!(first.delivery_mode, Some(2), "persistent");
     assert_eq!(first.content_type.as_deref(), Some("application/json"));
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("three confirmed", || sink.delivered.get() == 3).await;
+    eventually_true("three confirmed", || sink.delivered.get() == 3).await;
     assert_eq!(daemon.stop().await.undelivered, 0);
     assert!(rabbit.rest().await.is_empty(), "no duplicates");
     rabbit.delete().await;
@@ -93,7 +93,7 @@ async fn every_row_keeps_its_order_across_1000_updates_of_10_rows() {
     }
     assert!(last[1..].iter().all(|&n| n == 100), "{last:?}");
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("all confirmed", || sink.delivered.get() == 1010).await;
+    eventually_true("all confirmed", || sink.delivered.get() == 1010).await;
     assert_eq!(sink.retried.get(), 0);
     daemon.stop().await;
     rabbit.delete().await;
@@ -105,7 +105,7 @@ async fn an_unroutable_message_is_counted_as_failed_not_dropped_silently() {
     let (db, daemon) = setup(&rabbit, "retries = 1\nbackoff_ms = 10").await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("the returned message counted as failed", || {
+    eventually_true("the returned message counted as failed", || {
         sink.failed.get() == 1
     })
     .await;
@@ -130,7 +130,7 @@ async fn a_missing_exchange_holds_events_until_it_exists() {
     let daemon = start_installed(&db, &cfg).await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("a failed connect attempt", || sink.disconnected.get() == 1).await;
+    eventually_true("a failed connect attempt", || sink.disconnected.get() == 1).await;
     assert_eq!(
         (sink.retried.get(), sink.failed.get()),
         (0, 0),
@@ -140,7 +140,7 @@ async fn a_missing_exchange_holds_events_until_it_exists() {
     rabbit.add_exchange(&missing).await;
     let messages = rabbit.take(1).await;
     assert!(messages[0].body.contains(r#""id":1"#));
-    eventually("delivered", || sink.delivered.get() == 1).await;
+    eventually_true("delivered", || sink.delivered.get() == 1).await;
     daemon.stop().await;
     rabbit.delete_exchange(&missing).await;
     rabbit.delete().await;
@@ -165,7 +165,7 @@ async fn a_publish_the_broker_closes_the_channel_for_spends_retries_then_fails()
     let daemon = start_installed(&db, &cfg).await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("the refused event is given up on", || {
+    eventually_true("the refused event is given up on", || {
         sink.failed.get() == 1
     })
     .await;
@@ -176,7 +176,7 @@ async fn a_publish_the_broker_closes_the_channel_for_spends_retries_then_fails()
     db.exec("INSERT INTO items (id) VALUES (2)").await;
     let messages = rabbit.take(1).await;
     assert!(messages[0].body.contains(r#""id":2"#), "{messages:?}");
-    eventually("delivered", || sink.delivered.get() == 1).await;
+    eventually_true("delivered", || sink.delivered.get() == 1).await;
     assert_eq!(sink.failed.get(), 1);
     daemon.stop().await;
     rabbit.delete_exchange(&internal).await;
@@ -211,7 +211,7 @@ async fn durable_events_carry_their_id_and_leave_the_log_once_confirmed() {
     assert_eq!(message_ids, ids);
     assert_eq!(headers, ids);
     let durable = daemon.stats.durable.clone().unwrap();
-    eventually("three finished", || durable.finished.get() == 3).await;
+    eventually_true("three finished", || durable.finished.get() == 3).await;
     let left: i64 = db
         .client
         .query_one("SELECT count(*) FROM skor.event_log", &[])

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use crate::common::bin::{config_file, run, signal, skor, stderr};
 use crate::common::wal::WalDb;
-use crate::common::{connect, hook_config, install, Hook, Request, Running, TestDb, PATIENCE};
+use crate::common::{
+    connect, eventually, eventually_every, hook_config, install, is_row, Hook, Request, Running,
+    TestDb, PATIENCE,
+};
 use skor::backfill::{self, Options, Outcome};
 use skor::Config;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL DEFAULT 0, body text)";
@@ -53,8 +55,9 @@ fn rows_sql(rows: i64) -> String {
 
 /// Waits until `n` requests with `"op" : "READ"` arrived, and returns them.
 async fn reads(hook: &Hook, n: usize, patience: Duration) -> Vec<String> {
-    let deadline = Instant::now() + patience;
-    loop {
+    // Parsing every body is not free, and the daemon shares the runtime.
+    let every = Duration::from_millis(100);
+    eventually_every(&format!("{n} READ events"), patience, every, || {
         // A single event as it came, byte for byte; a batch's re-encoded.
         let reads: Vec<String> = hook
             .bodies()
@@ -65,16 +68,13 @@ async fn reads(hook: &Hook, n: usize, patience: Duration) -> Vec<String> {
             })
             .filter(|b| json(b)["op"] == "READ")
             .collect();
-        if reads.len() >= n {
-            return reads;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} READ events arrived",
-            reads.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        std::future::ready(if reads.len() >= n {
+            Ok(reads)
+        } else {
+            Err(format!("{} READ events", reads.len()))
+        })
+    })
+    .await
 }
 
 #[tokio::test]
@@ -116,8 +116,18 @@ async fn notify_mode_sends_each_row_as_its_insert_would_with_op_read() {
 
     // Done: running it again sends nothing, unless told to restart.
     backfill(&db.dsn(), &config, &options(2), &CancellationToken::new()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(hook.count(), 3);
+    // The barrier: a live change committed after the second run, down the
+    // one lane (max_in_flight = 1) its READ events would have taken.
+    let requests = hook
+        .barrier(db.exec("INSERT INTO items (id) VALUES (100)"), |body| {
+            is_row(body, 100)
+        })
+        .await;
+    assert_eq!(
+        requests.len(),
+        4,
+        "nothing between the reads and the barrier"
+    );
     let restart = Options {
         restart: true,
         condition: Some("n >= 20".into()),
@@ -286,8 +296,9 @@ async fn backfill_under_churn(
         .iter()
         .map(|r| (i64::from(r.get::<_, i32>(0)), r.get(1)))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let what = "every row's last event at the consumer to be its final state";
+    let (patience, every) = (Duration::from_secs(120), Duration::from_millis(500));
+    eventually_every(what, patience, every, || {
         let last = last_seen(&hook.requests());
         let stale: Vec<String> = (1..=rows)
             .filter_map(|id| {
@@ -307,17 +318,17 @@ async fn backfill_under_churn(
                 })
             })
             .collect();
-        if stale.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} rows stale at the consumer, e.g. {:?}",
-            stale.len(),
-            &stale[..stale.len().min(3)]
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        std::future::ready(if stale.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} rows stale, e.g. {:?}",
+                stale.len(),
+                &stale[..stale.len().min(3)]
+            ))
+        })
+    })
+    .await;
     let read_count = reads(hook, 0, PATIENCE).await.len();
     assert!(
         read_count >= finals.len(),
@@ -390,8 +401,14 @@ async fn wal_backfill_sends_reads_through_the_slot() {
         .await;
     let all = hook.wait_for(3).await;
     assert_eq!(json(&all[2].body)["op"], "UPDATE");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(hook.count(), 3);
+    // The barrier: an UPDATE committed after them, down the one lane
+    // (max_in_flight = 1): the INSERT would have arrived before it.
+    let requests = hook
+        .barrier(db.exec("UPDATE items SET n = 6 WHERE id = 2"), |body| {
+            json(body)["op"] == "UPDATE" && is_row(body, 2)
+        })
+        .await;
+    assert_eq!(requests.len(), 4, "{requests:#?}");
     daemon.stop().await;
 }
 
@@ -439,8 +456,7 @@ async fn the_command_reports_progress_resumes_after_sigkill_and_explains_errors(
         ])
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually("the backfill to send 50 rows", || async {
         let sent: i64 = db
             .client
             .query_one("SELECT coalesce(max(rows_sent), 0) FROM skor.backfill", &[])
@@ -448,11 +464,12 @@ async fn the_command_reports_progress_resumes_after_sigkill_and_explains_errors(
             .unwrap()
             .get(0);
         if sent >= 50 {
-            break;
+            Ok(())
+        } else {
+            Err(sent)
         }
-        assert!(Instant::now() < deadline, "the backfill started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await;
     signal(&child, "KILL");
     child.wait().await.unwrap();
 

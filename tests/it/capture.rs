@@ -270,7 +270,7 @@ async fn a_payload_over_max_payload_bytes_stays_in_the_table_and_is_counted() {
     db.exec("INSERT INTO items VALUES (2, 'small', '')").await;
     let bodies = hook.wait_for(1).await;
     assert!(bodies[0].body.contains(r#""id":2"#));
-    crate::common::eventually("the huge event is counted lost", || {
+    crate::common::eventually_true("the huge event is counted lost", || {
         daemon.stats.source.lost.get() == 1
     })
     .await;

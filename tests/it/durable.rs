@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::common::bin::{config_file, run, signal, stderr};
 use crate::common::{
-    assert_every_id, hook_config, install, row_id, slow, status, Hook, Request, Running, TestDb,
-    PATIENCE,
+    assert_every_id, eventually, eventually_every, eventually_within, hook_config, install, is_row,
+    row_id, slow, status, Hook, Request, Running, TestDb, PATIENCE,
 };
 use tokio::process::Child;
 use tokio::time::Instant;
@@ -48,16 +48,11 @@ fn bulk_inserts(rows: i32, per_statement: i32) -> Vec<String> {
 /// Waits until every id in `1..=count` arrived with a 2xx answer, for at
 /// most `patience`, and returns the successful payloads.
 async fn delivered_ids(hook: &Hook, count: i64, patience: Duration) -> Vec<String> {
-    let deadline = Instant::now() + patience;
-    loop {
+    let every = Duration::from_millis(50);
+    eventually_every(&format!("{count} ids"), patience, every, || {
         // Copying and parsing every request is slow: only once enough came.
-        while (hook.count() as i64) < count {
-            assert!(
-                Instant::now() < deadline,
-                "{} requests for {count} ids",
-                hook.count()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if (hook.count() as i64) < count {
+            return std::future::ready(Err(format!("{} requests", hook.count())));
         }
         let bodies: Vec<String> = hook
             .requests()
@@ -68,25 +63,26 @@ async fn delivered_ids(hook: &Hook, count: i64, patience: Duration) -> Vec<Strin
         let mut ids: Vec<i64> = bodies.iter().map(|b| row_id(b)).collect();
         ids.sort_unstable();
         ids.dedup();
-        if ids.len() as i64 >= count {
-            return bodies;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {count} ids arrived",
-            ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        std::future::ready(if ids.len() as i64 >= count {
+            Ok(bodies)
+        } else {
+            Err(format!("{} distinct ids", ids.len()))
+        })
+    })
+    .await
 }
 
 /// Waits until the count `sql` returns satisfies `done`.
 async fn wait_until(db: &TestDb, sql: &str, what: &str, done: impl Fn(i64) -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done(count(db, sql).await) {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(what, || async {
+        let n = count(db, sql).await;
+        if done(n) {
+            Ok(())
+        } else {
+            Err(n)
+        }
+    })
+    .await
 }
 
 async fn eventually_empty(db: &TestDb) {
@@ -176,14 +172,12 @@ async fn sigkill_in_a_burst_loses_nothing_and_duplicates_at_most_one_batch() {
             }
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while hook.count() < 5_000 {
-        assert!(
-            Instant::now() < deadline,
-            "skor delivered too little before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    hook.wait_within(
+        "5000 requests before the kill",
+        Duration::from_secs(60),
+        |r| r.len() >= 5_000,
+    )
+    .await;
     signal(&first, "KILL");
     first.wait().await.unwrap();
     let at_kill = hook.count();
@@ -350,20 +344,31 @@ async fn a_spoofed_notify_delivers_nothing() {
     .await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     hook.wait_for(1).await;
-    // Time passes on purpose: nothing forged may arrive after the real
-    // event either, and there is no event to wait for that proves it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let ids: Vec<i64> = hook.bodies().iter().map(|b| row_id(b)).collect();
-    assert_eq!(ids, vec![1], "only the committed change arrived");
+    // The barrier: a committed change of the forged row itself, so it
+    // takes the lane the forged event would have; and the sink settled.
+    let requests = daemon
+        .barrier(
+            "hook",
+            &hook,
+            db.exec("INSERT INTO items (id) VALUES (666)"),
+            |body| is_row(body, 666),
+        )
+        .await;
+    let ids: Vec<i64> = requests.iter().map(|r| row_id(&r.body)).collect();
+    assert_eq!(ids, vec![1, 666], "only the committed changes arrived");
     // Durable mode takes events from the log only: the forged wake-ups
-    // made it claim nothing but the committed change.
+    // made it claim nothing but the committed changes.
     let durable = daemon.stats.durable.as_ref().expect("durable mode runs");
-    assert_eq!(durable.claimed.get(), 1);
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM skor.event_log").await,
-        0,
-        "nothing forged entered the log"
-    );
+    assert_eq!(durable.claimed.get(), 2);
+    // The barrier's row leaves the log a moment after its delivery; what
+    // is left then would be forged.
+    wait_until(
+        &db,
+        "SELECT count(*) FROM skor.event_log",
+        "the log to empty: nothing forged entered it",
+        |n| n == 0,
+    )
+    .await;
     daemon.stop().await;
 }
 
@@ -404,8 +409,8 @@ async fn uninstall_refuses_to_drop_undelivered_events_unless_asked() {
 /// Waits until `daemons` daemon sessions lease all 64 key partitions
 /// between them.
 async fn wait_for_partition_owners(db: &TestDb, daemons: i64) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    let what = format!("{daemons} daemons leasing all 64 partitions");
+    eventually(&what, || async {
         let owners = count(
             db,
             "SELECT count(DISTINCT holder) FROM skor.partition_lease WHERE expires_at > now()",
@@ -418,14 +423,12 @@ async fn wait_for_partition_owners(db: &TestDb, daemons: i64) {
         )
         .await;
         if owners == daemons && owned == 64 {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{owners} daemons lease {owned} partitions"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{owners} daemons lease {owned} partitions, expected {daemons} leasing all 64"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// `daemons` skor processes share 20 rows' 2020 events; with `kill`, the
@@ -465,16 +468,10 @@ async fn daemons_share_the_log(daemons: usize, kill: bool) {
     }
 
     let expected = (ROWS * (ROUNDS + 1)) as usize;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let requests = loop {
+    let (patience, every) = (Duration::from_secs(60), Duration::from_millis(50));
+    let requests = eventually_every(&format!("{expected} events"), patience, every, || {
         if hook.count() < expected {
-            assert!(
-                Instant::now() < deadline,
-                "{} of {expected} events arrived",
-                hook.count()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+            return std::future::ready(Err(format!("{} requests", hook.count())));
         }
         let requests = hook.requests();
         let distinct: std::collections::HashSet<(i64, i64)> = requests
@@ -487,16 +484,13 @@ async fn daemons_share_the_log(daemons: usize, kill: bool) {
                 )
             })
             .collect();
-        if distinct.len() == expected {
-            break requests;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {expected} events arrived",
-            distinct.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        std::future::ready(if distinct.len() == expected {
+            Ok(requests)
+        } else {
+            Err(format!("{} distinct events", distinct.len()))
+        })
+    })
+    .await;
     let mut by_daemon: BTreeMap<String, usize> = BTreeMap::new();
     let mut by_row: HashMap<i64, Vec<i64>> = HashMap::new();
     for request in &requests {
@@ -672,8 +666,8 @@ fn version(body: &str) -> (i64, i64) {
 /// rows `1..=rows`, and returns them in arrival order.
 async fn wait_for_versions(hook: &Hook, rows: i64, last: i64, patience: Duration) -> Vec<Request> {
     let expected = (rows * (last + 1)) as usize;
-    let deadline = Instant::now() + patience;
-    loop {
+    let every = Duration::from_millis(50);
+    eventually_every(&format!("{expected} events"), patience, every, || {
         let requests: Vec<Request> = hook
             .requests()
             .into_iter()
@@ -681,16 +675,13 @@ async fn wait_for_versions(hook: &Hook, rows: i64, last: i64, patience: Duration
             .collect();
         let distinct: std::collections::HashSet<(i64, i64)> =
             requests.iter().map(|r| version(&r.body)).collect();
-        if distinct.len() == expected {
-            return requests;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {expected} events arrived",
-            distinct.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        std::future::ready(if distinct.len() == expected {
+            Ok(requests)
+        } else {
+            Err(format!("{} distinct events", distinct.len()))
+        })
+    })
+    .await
 }
 
 /// Checks that each row's versions first arrived in order.
@@ -991,15 +982,14 @@ async fn retention_removal_keeps_up_with_a_large_backlog() {
     .await;
     let daemon = Running::start(&config).await;
     // Removing 1000 a second would take 30 s.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while count(&db, "SELECT count(*) FROM skor.event_log").await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{} delivered events left after 10 s",
-            count(&db, "SELECT count(*) FROM skor.event_log").await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = "the delivered events removed from the log";
+    eventually_within(what, Duration::from_secs(10), || async {
+        match count(&db, "SELECT count(*) FROM skor.event_log").await {
+            0 => Ok(()),
+            left => Err(left),
+        }
+    })
+    .await;
     assert_eq!(hook.count(), 0, "delivered events are not sent again");
     daemon.stop().await;
 }
@@ -1021,7 +1011,7 @@ async fn a_failing_statement_is_retried_without_reconnecting() {
     // on a connection that stays open.
     db.exec("ALTER TABLE skor.event_log RENAME TO event_log_away")
         .await;
-    crate::common::eventually("a statement on the event log failed", || {
+    crate::common::eventually_true("a statement on the event log failed", || {
         durable.statement_errors.get() > 0
     })
     .await;

@@ -2,7 +2,7 @@
 //! once: each consumer sees the same payloads, in commit order.
 use crate::common::amqp::Rabbit;
 use crate::common::kafka::Tansu;
-use crate::common::{config, eventually, start_installed, Hook, TestDb};
+use crate::common::{config, eventually_true, start_installed, Hook, TestDb};
 
 #[tokio::test]
 async fn one_table_reaches_a_webhook_rabbitmq_and_kafka() {
@@ -52,7 +52,7 @@ async fn one_table_reaches_a_webhook_rabbitmq_and_kafka() {
     assert_eq!(kafka, expected);
     for sink in ["hook", "bus", "log"] {
         let stats = daemon.stats.sink(sink).unwrap();
-        eventually(sink, || stats.delivered.get() == 3).await;
+        eventually_true(sink, || stats.delivered.get() == 3).await;
     }
     assert_eq!(daemon.stop().await.undelivered, 0);
     rabbit.delete().await;

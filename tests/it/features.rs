@@ -70,3 +70,12 @@ fn each_feature_pulls_its_own_client_only() {
     assert!(has(&pubsub, "gcp_auth") && !has(&pubsub, "async-nats"));
     assert!(has(&pubsub, "ring") && !has(&pubsub, "aws-lc-rs"));
 }
+
+#[test]
+fn the_test_harness_stays_out_of_every_build_of_skor() {
+    // skor's features turn on skor-testkit's broker helpers, but it is a
+    // dev-dependency: no build of the library or binary links it.
+    let all = tree(&["amqp", "kafka", "nats", "redis", "mqtt", "pubsub"]);
+    assert!(has(&all, "lapin"), "the tree was read: {all}");
+    assert!(!has(&all, "skor-testkit"), "{all}");
+}

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use crate::common::proxy::Proxy;
 use crate::common::{
-    eventually, hook_config, install, start_installed, Hook, Running, TestDb, PATIENCE,
+    eventually, eventually_true, hook_config, install, start_installed, Hook, Running, TestDb,
 };
 use tokio::time::Instant;
 
@@ -19,18 +19,13 @@ async fn readyz(addr: SocketAddr) -> (u16, String) {
 
 /// Polls `/readyz` until it answers `status`; returns its body.
 async fn wait_for_readyz(addr: SocketAddr, status: u16) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (now, body) = readyz(addr).await;
-        if now == status {
-            return body;
+    eventually(&format!("/readyz to answer {status}"), || async {
+        match readyz(addr).await {
+            (now, body) if now == status => Ok(body),
+            other => Err(other),
         }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz still answers {now}, not {status}: {body}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// The shared server's address, for the proxy to forward to.
@@ -85,7 +80,7 @@ async fn a_silent_connection_is_noticed_and_replaced() {
     proxy.resume();
     wait_for_readyz(admin, 200).await;
     let link = &daemon.stats.source.link;
-    eventually("one reconnection", || link.reconnects.get() == 1).await;
+    eventually_true("one reconnection", || link.reconnects.get() == 1).await;
 
     db.exec("INSERT INTO items VALUES (2)").await;
     let requests = hook.wait_for(2).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::kafka::{Message, Tansu};
 use crate::common::{
-    assert_every_id, config, eventually, inserts, row_id, start_installed, TestDb,
+    assert_every_id, config, eventually_true, inserts, row_id, start_installed, TestDb,
 };
 
 const TABLES: &str = "CREATE TABLE items (id int PRIMARY KEY, name text, n int NOT NULL DEFAULT 0);
@@ -82,7 +82,7 @@ async fn a_consumer_gets_the_payload_topic_key_and_headers() {
     assert_eq!(notes[0].key.as_deref(), Some(r#"{"author":"ann"}"#));
     assert_eq!(notes[0].topic, format!("{prefix}.notes"));
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("four delivery reports", || sink.delivered.get() == 4).await;
+    eventually_true("four delivery reports", || sink.delivered.get() == 4).await;
     assert_eq!(daemon.stop().await.undelivered, 0);
 }
 
@@ -124,7 +124,7 @@ async fn every_row_keeps_its_order_across_1000_updates_of_10_rows() {
         "keys spread over partitions: {partitions:?}"
     );
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("all reported", || sink.delivered.get() == 1010).await;
+    eventually_true("all reported", || sink.delivered.get() == 1010).await;
     daemon.stop().await;
 }
 
@@ -149,7 +149,7 @@ async fn a_broker_paused_for_seconds_loses_no_event() {
     let duplicates = assert_every_id(messages.iter().map(|m| m.body.as_str()), 300);
     assert_per_row_order_of_inserts(&messages);
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("every event reported", || sink.delivered.get() == 300).await;
+    eventually_true("every event reported", || sink.delivered.get() == 300).await;
     eprintln!(
         "paused broker: {duplicates} duplicates, {} retries",
         sink.retried.get()
@@ -192,7 +192,7 @@ async fn a_broker_killed_and_restarted_loses_no_event() {
     tansu.create_topic(&format!("{prefix}.notes"), 1).await;
     db.exec(&inserts(201, 300)).await;
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("every event reported", || sink.delivered.get() == 300).await;
+    eventually_true("every event reported", || sink.delivered.get() == 300).await;
     seen.extend(
         tansu
             .consume_within(&topic, 1, 200, Duration::from_secs(30))
@@ -239,7 +239,7 @@ async fn durable_events_carry_their_id_and_the_same_row_key() {
         ]
     );
     let durable = daemon.stats.durable.clone().unwrap();
-    eventually("both finished", || durable.finished.get() == 2).await;
+    eventually_true("both finished", || durable.finished.get() == 2).await;
     daemon.stop().await;
 }
 

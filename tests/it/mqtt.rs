@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::common::mqtt::{prefix, shared_broker, Message, Mosquitto, Subscriber};
-use crate::common::{config, eventually, start_installed, TestDb};
+use crate::common::{config, eventually_true, start_installed, TestDb};
 use skor_sink_mqtt::rumqttc::QoS;
 
 const TABLE: &str = "CREATE TABLE items (id int PRIMARY KEY, name text, n int NOT NULL DEFAULT 0);";
@@ -67,7 +67,7 @@ async fn a_subscriber_gets_the_payload_on_the_templated_topic_with_qos_1_unretai
         "{messages:?}"
     );
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("three acked", || sink.delivered.get() == 3).await;
+    eventually_true("three acked", || sink.delivered.get() == 3).await;
     assert_eq!(daemon.stop().await.undelivered, 0);
     assert_eq!(subscriber.messages().len(), 3, "no duplicates");
     subscriber.close().await;
@@ -89,7 +89,7 @@ async fn qos_2_and_retain_reach_a_subscriber_that_comes_later() {
     // Exactly once end to end; a live subscriber sees no retain flag.
     assert_eq!((live[0].qos, live[0].retain), (QoS::ExactlyOnce, false));
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("PUBCOMP received", || sink.delivered.get() == 1).await;
+    eventually_true("PUBCOMP received", || sink.delivered.get() == 1).await;
     daemon.stop().await;
     let topic = format!("{prefix}/public/items/INSERT");
     let late = Subscriber::with(&host, port, &topic, QoS::ExactlyOnce, true).await;
@@ -141,7 +141,7 @@ async fn every_row_keeps_its_order_across_1000_updates_of_10_rows() {
     let messages = subscriber.take(1010).await;
     assert_eq!(assert_per_row_order(&messages, 10, 100), 0, "no repeats");
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("all acked", || sink.delivered.get() == 1010).await;
+    eventually_true("all acked", || sink.delivered.get() == 1010).await;
     assert_eq!((sink.retried.get(), sink.failed.get()), (0, 0));
     daemon.stop().await;
     assert_eq!(subscriber.messages().len(), 1010, "no duplicates");
@@ -184,14 +184,14 @@ async fn a_broker_stopped_and_started_while_events_flow_loses_none_and_keeps_row
             }
         })
     };
-    eventually("some updates delivered", || sink.delivered.get() >= 200).await;
+    eventually_true("some updates delivered", || sink.delivered.get() >= 200).await;
     broker.stop();
-    eventually("skor saw the broker go", || sink.disconnected.get() == 1).await;
+    eventually_true("skor saw the broker go", || sink.disconnected.get() == 1).await;
     broker.start_again().await;
     writer.await.unwrap();
 
     let total = 10 + 10 * rounds as u64;
-    eventually("every event acked", || sink.delivered.get() >= total).await;
+    eventually_true("every event acked", || sink.delivered.get() >= total).await;
     // Everything acked reached the broker; the subscriber may still be
     // catching up with what the broker kept for it.
     let messages = subscriber
@@ -246,7 +246,7 @@ async fn credentials_come_from_the_environment_and_a_wrong_password_is_waited_ou
     // connection's success instead.
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("acked with the password", || sink.delivered.get() == 1).await;
+    eventually_true("acked with the password", || sink.delivered.get() == 1).await;
     daemon.stop().await;
 
     // A wrong password: refused at connect, waited out without retries.
@@ -258,8 +258,8 @@ async fn credentials_come_from_the_environment_and_a_wrong_password_is_waited_ou
     .await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("a refused connect", || sink.disconnected.get() == 1).await;
-    eventually("waited out", || sink.outage_waits.get() > 0).await;
+    eventually_true("a refused connect", || sink.disconnected.get() == 1).await;
+    eventually_true("waited out", || sink.outage_waits.get() > 0).await;
     assert_eq!((sink.retried.get(), sink.failed.get()), (0, 0));
     assert_eq!(daemon.stop().await.undelivered, 1);
 }

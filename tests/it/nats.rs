@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::common::nats::{Message, NatsServer, Stream};
-use crate::common::{assert_every_id, config, eventually, inserts, start_installed, TestDb};
+use crate::common::{assert_every_id, config, eventually_true, inserts, start_installed, TestDb};
 use skor_sink_api::{ErrorKind, Event, Op, Sink};
 use skor_sink_nats::{NatsConfig, NatsSink, Subject};
 
@@ -85,7 +85,7 @@ async fn a_consumer_gets_the_payload_subject_and_headers() {
     assert_eq!(ids.len(), 3, "one message id per event: {ids:?}");
     assert!(ids.iter().all(|id| id.starts_with("msg_")), "{ids:?}");
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("three acknowledged", || sink.delivered.get() == 3).await;
+    eventually_true("three acknowledged", || sink.delivered.get() == 3).await;
     assert_eq!(daemon.stop().await.undelivered, 0);
     assert!(stream.rest().await.is_empty(), "no duplicates");
     stream.delete().await;
@@ -104,7 +104,7 @@ async fn every_row_keeps_its_order_across_1000_updates_of_10_rows() {
     let messages = stream.take(1010).await;
     assert_per_row_order(&messages, 10, 100);
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("all acknowledged", || sink.delivered.get() == 1010).await;
+    eventually_true("all acknowledged", || sink.delivered.get() == 1010).await;
     assert_eq!(sink.retried.get(), 0);
     daemon.stop().await;
     assert!(stream.rest().await.is_empty(), "no duplicates");
@@ -177,7 +177,7 @@ async fn a_subject_no_stream_covers_is_a_permanent_error_that_says_so() {
     let daemon = start_installed(&db, &cfg).await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     let stats = daemon.stats.sink("bus").unwrap();
-    eventually("the event given up on", || stats.failed.get() == 1).await;
+    eventually_true("the event given up on", || stats.failed.get() == 1).await;
     assert_eq!((stats.retried.get(), stats.delivered.get()), (0, 0));
     daemon.stop().await;
     stream.delete().await;
@@ -203,7 +203,7 @@ async fn create_stream_makes_the_stream_over_the_subjects_wildcard() {
     let daemon = start_installed(&db, &cfg).await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     let stats = daemon.stats.sink("bus").unwrap();
-    eventually("delivered", || stats.delivered.get() == 1).await;
+    eventually_true("delivered", || stats.delivered.get() == 1).await;
     daemon.stop().await;
     let client = skor_sink_nats::async_nats::connect(url.as_str())
         .await
@@ -239,16 +239,16 @@ async fn a_server_stopped_and_started_while_events_flow_loses_none_and_spends_no
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
-    eventually("some events acknowledged", || sink.delivered.get() >= 50).await;
+    eventually_true("some events acknowledged", || sink.delivered.get() >= 50).await;
     server.stop();
-    eventually("the outage noticed", || sink.disconnected.get() == 1).await;
+    eventually_true("the outage noticed", || sink.disconnected.get() == 1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.start_again().await;
     stream.reconnect().await;
     writing.await.unwrap();
     db.exec(&inserts(401, 500)).await;
 
-    eventually("every event acknowledged", || sink.delivered.get() == 500).await;
+    eventually_true("every event acknowledged", || sink.delivered.get() == 500).await;
     let seen = stream.take_within(500, Duration::from_secs(30)).await;
     assert!(stream.rest().await.is_empty(), "no more than 500 stored");
     let duplicates = assert_every_id(seen.iter().map(|m| m.body.as_str()), 500);

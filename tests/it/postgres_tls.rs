@@ -287,7 +287,7 @@ async fn skor_reconnects_over_tls_after_postgres_restarts() {
     server.stop();
     server.start_again();
     let client = connect(&server.dsn()).await;
-    crate::common::eventually("skor reconnected", || {
+    crate::common::eventually_true("skor reconnected", || {
         daemon.stats.source.link.reconnects.get() > 0
     })
     .await;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::common::pubsub::{Emulator, Gate, Message, PROJECT};
-use crate::common::{assert_every_id, config, eventually, inserts, start_installed, TestDb};
+use crate::common::{assert_every_id, config, eventually_true, inserts, start_installed, TestDb};
 
 const TABLES: &str = "CREATE TABLE items (id int PRIMARY KEY, name text, n int NOT NULL DEFAULT 0);
                       CREATE TABLE notes (body text);";
@@ -82,7 +82,7 @@ async fn a_subscriber_gets_the_payload_attributes_and_ordering_key() {
     assert_eq!(notes[0].ordering_key, "public.notes");
     assert_eq!(notes[0].attributes["table"], "notes");
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("four published", || sink.delivered.get() == 4).await;
+    eventually_true("four published", || sink.delivered.get() == 4).await;
     assert_eq!(daemon.stop().await.undelivered, 0);
     assert!(
         emulator
@@ -125,7 +125,7 @@ async fn every_row_keeps_its_order_across_1000_updates_of_10_rows() {
     // Pub/Sub received them; keys interleave.
     assert_per_row_order(&messages, 10, 100);
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("all published", || sink.delivered.get() == 1010).await;
+    eventually_true("all published", || sink.delivered.get() == 1010).await;
     assert_eq!(sink.retried.get(), 0);
     daemon.stop().await;
 }
@@ -146,7 +146,7 @@ async fn an_emulator_killed_and_restarted_loses_no_event_and_spends_no_retry() {
     db.exec(&inserts(1, 100)).await;
     let mut seen = emulator.pull(&topic, 100).await;
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("the first hundred published", || {
+    eventually_true("the first hundred published", || {
         sink.delivered.get() == 100
     })
     .await;
@@ -162,7 +162,7 @@ async fn an_emulator_killed_and_restarted_loses_no_event_and_spends_no_retry() {
     gate.open().await;
     db.exec(&inserts(201, 300)).await;
 
-    eventually("every event published", || sink.delivered.get() == 300).await;
+    eventually_true("every event published", || sink.delivered.get() == 300).await;
     seen.extend(
         emulator
             .pull_within(&topic, 200, std::time::Duration::from_secs(30))
@@ -210,7 +210,7 @@ async fn durable_events_carry_their_stable_id() {
         ]
     );
     let durable = daemon.stats.durable.clone().unwrap();
-    eventually("both finished", || durable.finished.get() == 2).await;
+    eventually_true("both finished", || durable.finished.get() == 2).await;
     daemon.stop().await;
 }
 
@@ -230,7 +230,7 @@ async fn a_missing_topic_fails_at_once_and_says_so() {
     let daemon = start_installed(&db, &cfg).await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("the event failed", || sink.failed.get() == 1).await;
+    eventually_true("the event failed", || sink.failed.get() == 1).await;
     assert_eq!(sink.retried.get(), 0, "404 is permanent");
     daemon.stop().await;
 }

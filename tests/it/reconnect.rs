@@ -1,7 +1,6 @@
 //! The listener survives its connection being killed.
 
-use crate::common::{hook_config, start_installed, Hook, TestDb, PATIENCE};
-use tokio::time::Instant;
+use crate::common::{eventually, hook_config, start_installed, Hook, TestDb};
 
 /// Every connection skor's listener holds to `db`, whatever it is doing
 /// (the other connections skor opens have names of their own): its pid and
@@ -45,20 +44,18 @@ async fn a_terminated_listener_reconnects_and_later_events_arrive() {
 
     // Replaced means: the killed backend is gone, and skor holds exactly one
     // connection again, a new backend whose last statement was LISTEN.
-    let deadline = Instant::now() + PATIENCE;
-    let new = loop {
-        let connections = listener_connections(&db).await;
-        if let [(pid, true)] = connections[..] {
-            if pid != old {
-                break pid;
+    let new = eventually(
+        &format!("a new listener in place of the killed {old}"),
+        || async {
+            let connections = listener_connections(&db).await;
+            match connections[..] {
+                [(pid, true)] if pid != old => Ok(pid),
+                // skor's connections (pid, listens)
+                _ => Err(connections),
             }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not replaced: killed {old}; skor's connections (pid, listens) {connections:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+        },
+    )
+    .await;
     assert_eq!(link.reconnects.get(), 1);
     assert!(link.is_up());
 

@@ -3,7 +3,7 @@
 //! server stopped and started while events flow, TLS, a password from the
 //! environment, and config errors.
 use crate::common::redis::{Server, Streams};
-use crate::common::{assert_every_id, config, eventually, inserts, start_installed, TestDb};
+use crate::common::{assert_every_id, config, eventually_true, inserts, start_installed, TestDb};
 use skor_sink_api::{ErrorKind, Sink};
 use skor_sink_redis::{redis, RedisConfig, RedisSink};
 
@@ -82,7 +82,7 @@ async fn a_consumer_reads_the_payload_and_fields_with_xrange() {
     assert!(notes[0].payload().contains(r#""body":"hello""#));
 
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("four confirmed", || sink.delivered.get() == 4).await;
+    eventually_true("four confirmed", || sink.delivered.get() == 4).await;
     assert_eq!(daemon.stop().await.undelivered, 0);
     assert_eq!(streams.len(&streams.stream("items")), 3, "no duplicates");
 }
@@ -115,7 +115,7 @@ async fn durable_events_carry_their_log_id() {
         .collect();
     assert_eq!(event_ids, ids);
     let durable = daemon.stats.durable.clone().unwrap();
-    eventually("three finished", || durable.finished.get() == 3).await;
+    eventually_true("three finished", || durable.finished.get() == 3).await;
     daemon.stop().await;
 }
 
@@ -145,7 +145,7 @@ async fn every_row_keeps_its_order_across_1000_updates_of_10_rows() {
     }
     assert!(last[1..].iter().all(|&n| n == 100), "{last:?}");
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("all confirmed", || sink.delivered.get() == 1010).await;
+    eventually_true("all confirmed", || sink.delivered.get() == 1010).await;
     assert_eq!(sink.retried.get(), 0);
     daemon.stop().await;
     assert_eq!(entries.len(), 1010, "no duplicates");
@@ -157,7 +157,7 @@ async fn maxlen_trims_each_stream_approximately() {
     let (db, daemon) = setup(&streams, "maxlen = 10").await;
     db.exec(&inserts(1, 500)).await;
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("all confirmed", || sink.delivered.get() == 500).await;
+    eventually_true("all confirmed", || sink.delivered.get() == 500).await;
     // `~` lets Redis drop only whole nodes (100 entries by default): the
     // stream keeps at least 10 entries, the newest, and far fewer than 500.
     let entries = streams.entries(&streams.stream("items"));
@@ -181,7 +181,7 @@ async fn a_key_of_the_wrong_type_fails_the_event_at_once_and_later_ones_flow() {
     let (db, daemon) = setup(&streams, "retries = 3\nbackoff_ms = 10").await;
     db.exec("INSERT INTO items (id) VALUES (1)").await;
     let sink = daemon.stats.sink("bus").unwrap();
-    eventually("the refused event is given up on", || {
+    eventually_true("the refused event is given up on", || {
         sink.failed.get() == 1
     })
     .await;
@@ -194,7 +194,7 @@ async fn a_key_of_the_wrong_type_fails_the_event_at_once_and_later_ones_flow() {
     db.exec("INSERT INTO items (id) VALUES (2)").await;
     let entries = streams.take(&stream, 1).await;
     assert_eq!(crate::common::row_id(entries[0].payload()), 2);
-    eventually("delivered", || sink.delivered.get() == 1).await;
+    eventually_true("delivered", || sink.delivered.get() == 1).await;
     daemon.stop().await;
 
     // The error a log line shows names the stream and the server's words.
@@ -249,21 +249,21 @@ async fn redis_stopped_and_started_while_events_flow_loses_nothing_and_spends_no
             }
         }
     });
-    eventually("some events after the first 100", || {
+    eventually_true("some events after the first 100", || {
         sink.delivered.get() > 110
     })
     .await;
     server.stop();
     // At least these find the server gone, whether or not the writer is done.
     db.exec(&inserts(301, 310)).await;
-    eventually("the sink waits for the server", || {
+    eventually_true("the sink waits for the server", || {
         sink.disconnected.get() == 1
     })
     .await;
     server.restart().await;
     writer.await.unwrap();
     db.exec(&inserts(311, 400)).await;
-    eventually("every event confirmed", || sink.delivered.get() == 400).await;
+    eventually_true("every event confirmed", || sink.delivered.get() == 400).await;
 
     let entries = streams.entries(&stream);
     let duplicates = assert_every_id(entries.iter().map(|e| e.payload()), 400);

@@ -59,7 +59,7 @@ async fn two_filtered_routes_split_one_table_between_two_hooks() {
     };
     assert_eq!(bodies(other.wait_for(4).await), other_expected);
     assert_eq!(bodies(paid.wait_for(2).await), paid_expected);
-    crate::common::eventually("the shipped update counted as unrouted", || {
+    crate::common::eventually_true("the shipped update counted as unrouted", || {
         daemon.stats.events.unrouted.get() == 1
     })
     .await;
@@ -115,7 +115,7 @@ async fn a_missing_field_is_no_match_and_the_daemon_goes_on() {
         vec![order(2, "\"paid\""), order(5, "\"paid\"")]
     );
     assert_eq!(bodies(bare.wait_for(2).await), vec![note(1), note(4)]);
-    crate::common::eventually("the NULL status counted as unrouted", || {
+    crate::common::eventually_true("the NULL status counted as unrouted", || {
         daemon.stats.events.unrouted.get() == 1
     })
     .await;
@@ -192,7 +192,7 @@ async fn filters_read_the_old_row_of_a_wal_table() {
             event("orders", "DELETE", &row("paid")),
         ]
     );
-    crate::common::eventually("the unchanged update counted as unrouted", || {
+    crate::common::eventually_true("the unchanged update counted as unrouted", || {
         daemon.stats.events.unrouted.get() == 1
     })
     .await;
@@ -265,7 +265,7 @@ async fn durable_events_no_filter_takes_leave_the_event_log() {
     );
     // The event the filter turned away is done with, not left pending.
     let durable = daemon.stats.durable.clone().unwrap();
-    crate::common::eventually("three finished", || durable.finished.get() == 3).await;
+    crate::common::eventually_true("three finished", || durable.finished.get() == 3).await;
     let left: i64 = db
         .client
         .query_one("SELECT count(*) FROM skor.event_log", &[])

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use crate::common::bin::{config_file, run, signal, skor, stderr};
 use crate::common::wal::WalDb;
-use crate::common::{config, connect, hook_config, install, Hook, Running, TestDb, PATIENCE};
+use crate::common::{
+    config, connect, eventually, hook_config, install, Hook, Running, TestDb, PATIENCE,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, name text)";
 
@@ -22,6 +23,8 @@ struct Tail {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
     log: Arc<Mutex<String>>,
+    /// Reads standard error into `log` until the pipe closes.
+    log_reader: tokio::task::JoinHandle<()>,
     _config: tempfile::NamedTempFile,
 }
 
@@ -52,7 +55,7 @@ impl Tail {
         let log = Arc::new(Mutex::new(String::new()));
         let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
         let written = Arc::clone(&log);
-        tokio::spawn(async move {
+        let log_reader = tokio::spawn(async move {
             while let Ok(Some(line)) = stderr.next_line().await {
                 let mut log = written.lock().unwrap();
                 log.push_str(&line);
@@ -63,6 +66,7 @@ impl Tail {
             child,
             lines,
             log,
+            log_reader,
             _config: file,
         }
     }
@@ -72,15 +76,11 @@ impl Tail {
     }
 
     async fn wait_log(&self, text: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.log().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "no \"{text}\" in tail's log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(&format!("\"{text}\" in tail's log"), || {
+            let log = self.log();
+            std::future::ready(if log.contains(text) { Ok(()) } else { Err(log) })
+        })
+        .await
     }
 
     /// The next `n` lines of standard output.
@@ -98,10 +98,18 @@ impl Tail {
         lines
     }
 
-    /// Nothing more is printed within a short while.
-    async fn quiet(&mut self) {
-        let more = tokio::time::timeout(Duration::from_millis(700), self.lines.recv()).await;
-        assert!(more.is_err(), "unexpected output: {more:?}");
+    /// Nothing more is printed before a barrier: `cause` commits one
+    /// more change that tail shows, and the next line must be it
+    /// (`is_barrier`). tail prints in commit order, one stream, so a line
+    /// that should not be there would come first.
+    async fn nothing_more_before(
+        &mut self,
+        cause: impl std::future::Future<Output = ()>,
+        is_barrier: impl Fn(&str) -> bool,
+    ) {
+        cause.await;
+        let next = self.lines(1).await.remove(0);
+        assert!(is_barrier(&next), "unexpected output: {next}");
     }
 
     /// SIGINT, as Ctrl-C sends; waits for the exit and returns its log.
@@ -112,8 +120,11 @@ impl Tail {
             .expect("tail exits on SIGINT")
             .unwrap();
         // The log reader finishes once the pipe closes.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let log = self.log();
+        tokio::time::timeout(PATIENCE, self.log_reader)
+            .await
+            .expect("tail's standard error closes")
+            .unwrap();
+        let log = self.log.lock().unwrap().clone();
         assert!(status.success(), "tail failed: {status}\n{log}");
         log
     }
@@ -213,7 +224,16 @@ async fn tail_narrows_by_table_and_operation() {
     ))
     .await;
     assert_eq!(tail.lines(2).await, change_payloads()[1..].to_vec());
-    tail.quiet().await;
+    // The barrier's INSERT and `other`'s changes are filtered out too.
+    let barrier = payload("UPDATE", r#"{"id":1000,"name":"zz"}"#);
+    tail.nothing_more_before(
+        db.exec(
+            "INSERT INTO other VALUES (2); INSERT INTO items VALUES (1000, 'z'); \
+             UPDATE items SET name = 'zz' WHERE id = 1000",
+        ),
+        |line| line == barrier,
+    )
+    .await;
     tail.interrupt().await;
 }
 
@@ -226,7 +246,12 @@ async fn tail_narrows_by_a_filter_expression() {
     let mut tail = Tail::start(&config, &["--filter", r#"data.name == "b""#]).await;
     db.exec(CHANGES).await;
     assert_eq!(tail.lines(2).await, change_payloads()[1..].to_vec());
-    tail.quiet().await;
+    let barrier = payload("INSERT", r#"{"id":1000,"name":"b"}"#);
+    tail.nothing_more_before(
+        db.exec("INSERT INTO items VALUES (999, 'a'); INSERT INTO items VALUES (1000, 'b')"),
+        |line| line == barrier,
+    )
+    .await;
     tail.interrupt().await;
 
     let file = config_file(&config);
@@ -322,11 +347,17 @@ async fn durable_mode_reads_the_event_log_and_changes_nothing() {
         tail.lines(1).await,
         vec![payload("INSERT", r#"{"id":2,"name":"first"}"#)]
     );
-    tail.quiet().await;
+    let barrier = payload("INSERT", r#"{"id":1000,"name":"barrier"}"#);
+    tail.nothing_more_before(
+        db.exec("INSERT INTO items VALUES (1000, 'barrier')"),
+        |line| line == barrier,
+    )
+    .await;
     tail.interrupt().await;
 
+    // Row 100 from before tail, CHANGES, rows 3 and 2, the barrier.
     let log = event_log(&db).await;
-    assert_eq!(log.len(), 6, "every event is still there: {log:?}");
+    assert_eq!(log.len(), 7, "every event is still there: {log:?}");
     assert!(
         log.iter()
             .all(|(_, state, attempts)| state == "pending" && *attempts == 0),
@@ -431,15 +462,15 @@ async fn wal_mode_streams_a_temporary_slot_and_leaves_the_daemons_alone() {
 /// Waits until the temporary slot is gone: PostgreSQL drops it when the
 /// session that made it has ended, a moment after tail exited.
 async fn only_the_configured_slot_remains(wal: &WalDb) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually("only the configured slot left", || async {
         let left = slots(wal).await;
         if left == vec![("skor".to_string(), false)] {
-            return;
+            Ok(())
+        } else {
+            Err(left)
         }
-        assert!(Instant::now() < deadline, "slots left: {left:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -490,7 +521,11 @@ async fn wal_mode_beside_a_running_daemon_prints_what_it_delivers() {
         "tail shows the backfill as the daemon sends it"
     );
     assert!(shown[1].contains(r#""op" : "READ""#), "{shown:?}");
-    tail.quiet().await;
+    tail.nothing_more_before(
+        wal.exec("INSERT INTO items (id, name) VALUES (1000, 'barrier')"),
+        |line| line.contains(r#""op" : "INSERT""#) && line.contains(r#""id":1000"#),
+    )
+    .await;
     tail.interrupt().await;
     skor.stop().await;
     only_the_configured_slot_remains(&wal).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::bin::{config_file, run, stderr};
 use crate::common::wal::WalDb;
 use crate::common::wal_types::{ROWS_SQL, SCHEMA_SQL};
-use crate::common::{Hook, Running, PATIENCE};
+use crate::common::{eventually, eventually_within, Hook, Running};
 use serde_json::value::RawValue;
 
 /// The built-in types `wal_types` lacks, and the json values that json's
@@ -513,31 +513,24 @@ async fn wal_mode_adopts_no_publication_or_slot_it_did_not_create_and_notices_dr
             .unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     };
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while ready().await.0 != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            ready().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("/readyz to answer 200", || async {
+        match ready().await {
+            (200, _) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
     // Another role (here a superuser, as a publication's owner could)
     // narrows what the publication carries.
     db.exec("ALTER PUBLICATION skor SET (publish = 'insert')")
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let body = loop {
-        let (code, body) = ready().await;
-        if code == 503 {
-            break body;
+    let body = eventually_within("/readyz to answer 503", Duration::from_secs(30), || async {
+        match ready().await {
+            (503, body) => Ok(body),
+            other => Err(other),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readiness never failed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     assert!(
         body.contains("publication drift: publication \"skor\" lost: publish insert=t update=t"),
         "{body}"

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::common::wal::WalDb;
-use crate::common::{eventually, status, Hook, Running, TestDb, PATIENCE};
+use crate::common::{eventually, eventually_true, status, Hook, Running, TestDb};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, name text, note text);";
 
@@ -108,18 +108,19 @@ async fn the_slot_never_passes_an_event_a_sink_has_not_confirmed() {
     assert!(lag > 0.0, "lag shows the held event: {lag}");
     hook.answer(status(200));
     let wal = skor.stats.wal.clone().unwrap();
-    eventually("the slot moves past the insert", || {
+    eventually_true("the slot moves past the insert", || {
         wal.confirmed_lsn.load(std::sync::atomic::Ordering::Relaxed) as i64 >= written
     })
     .await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while db.confirmed("skor").await < written {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "PostgreSQL saw the confirmation"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("PostgreSQL to see the confirmation", || async {
+        let confirmed = db.confirmed("skor").await;
+        if confirmed >= written {
+            Ok(())
+        } else {
+            Err(confirmed)
+        }
+    })
+    .await;
     skor.stop().await;
 }
 
@@ -139,7 +140,7 @@ async fn uninstall_leaves_no_slot_and_no_publication() {
     let skor = Running::start(&config).await;
     // The daemon is running once its stream holds the slot: before that,
     // uninstall could drop the publication and only then find the reader.
-    until("the daemon reads the slot", || async {
+    eventually("the daemon reads the slot", || async {
         count("SELECT count(*) FROM pg_replication_slots WHERE active").await == 1
     })
     .await;
@@ -227,22 +228,6 @@ async fn bodies(hook: &Hook, n: usize) -> Vec<String> {
     hook.wait_for(n).await.into_iter().map(|r| r.body).collect()
 }
 
-/// Waits until `condition` (an async check on the database) holds.
-async fn until<F, Fut>(what: &str, condition: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn every_common_type_arrives_as_row_to_json_renders_it() {
     use crate::common::wal_types::{ROWS_SQL, SCHEMA_SQL, TABLE};
@@ -253,7 +238,7 @@ async fn every_common_type_arrives_as_row_to_json_renders_it() {
     db.exec("ALTER SYSTEM SET TimeZone = 'America/St_Johns'")
         .await;
     db.exec("SELECT pg_reload_conf()").await;
-    until("new sessions run in America/St_Johns", || async {
+    eventually("new sessions run in America/St_Johns", || async {
         let client = crate::common::connect(&db.dsn()).await;
         let zone: String = client
             .query_one("SELECT current_setting('TimeZone')", &[])
@@ -478,7 +463,7 @@ async fn truncate_and_schema_changes_mid_stream_do_not_stop_the_stream() {
     .await;
     hook.wait_for(3).await;
     db.exec("TRUNCATE items;").await;
-    eventually("the TRUNCATE is counted", || wal.truncates.get() == 1).await;
+    eventually_true("the TRUNCATE is counted", || wal.truncates.get() == 1).await;
     db.exec("INSERT INTO items VALUES (4, 'd', 6); UPDATE items SET extra = 7 WHERE id = 4;")
         .await;
     let bodies = bodies(&hook, 5).await;
@@ -507,7 +492,7 @@ async fn writes_to_other_tables_move_the_slot_while_the_captured_one_is_idle() {
     let config = db.hook_config("name = \"items\"", &hook, "");
     db.install(&config).await;
     let skor = Running::start(&config).await;
-    until("the slot is being read", || async {
+    eventually("the slot is being read", || async {
         db.client
             .query_one(
                 "SELECT active FROM pg_replication_slots WHERE slot_name = 'skor'",
@@ -525,7 +510,7 @@ async fn writes_to_other_tables_move_the_slot_while_the_captured_one_is_idle() {
         ))
         .await;
         let written = db.current().await;
-        until(
+        eventually(
             &format!("round {round}: confirmed_flush_lsn reaches {written}"),
             || async { db.confirmed("skor").await >= written },
         )
@@ -548,7 +533,7 @@ async fn an_event_a_sink_gives_up_on_becomes_a_dead_letter_and_the_slot_moves_on
     let written = db.current().await;
     let requests = hook.wait_for(1).await;
     assert_eq!(requests[0].status, 400);
-    until("the dead letter is written", || async {
+    eventually("the dead letter is written", || async {
         db.client
             .query_one("SELECT count(*) FROM skor.event_log", &[])
             .await
@@ -577,7 +562,7 @@ async fn an_event_a_sink_gives_up_on_becomes_a_dead_letter_and_the_slot_moves_on
     assert!(error.contains("400"), "the sink's error: {error}");
     assert_eq!(row.get::<_, i32>(5), 1, "a 400 is not retried");
     assert_eq!(hook.count(), 1, "a 400 is not retried");
-    until("the slot moves past the dead letter", || async {
+    eventually("the slot moves past the dead letter", || async {
         db.confirmed("skor").await >= written
     })
     .await;

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use crate::common::bin::{config_file, signal, spawn_logged};
 use crate::common::wal::WalDb;
-use crate::common::{assert_every_id, row_id, Hook, Running, PATIENCE};
-use tokio::time::Instant;
+use crate::common::{
+    assert_every_id, eventually, eventually_every, eventually_true, row_id, Hook, Running, PATIENCE,
+};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);";
 
@@ -19,40 +20,41 @@ fn log_path(config: &tempfile::NamedTempFile, name: &str) -> PathBuf {
 
 /// Waits until the log at `path` contains `needle`.
 async fn wait_for_log(path: &Path, needle: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually(&format!("{needle:?} in the log"), || {
         let log = std::fs::read_to_string(path).unwrap_or_default();
-        if log.contains(needle) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the log:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        std::future::ready(if log.contains(needle) {
+            Ok(())
+        } else {
+            Err(log)
+        })
+    })
+    .await
 }
 
 /// Waits until requests for every id in `1..=count` arrived; returns them.
 async fn wait_for_ids(hook: &Hook, count: i64, patience: Duration) -> Vec<crate::common::Request> {
-    let deadline = Instant::now() + patience;
-    loop {
-        if hook.count() as i64 >= count {
-            let requests = hook.requests();
-            let mut ids: Vec<i64> = requests.iter().map(|r| row_id(&r.body)).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            if ids.len() as i64 >= count {
-                return requests;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} requests for {count} ids",
-            hook.count()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let every = Duration::from_millis(50);
+    eventually_every(
+        &format!("requests for {count} ids"),
+        patience,
+        every,
+        || {
+            std::future::ready(if hook.count() as i64 >= count {
+                let requests = hook.requests();
+                let mut ids: Vec<i64> = requests.iter().map(|r| row_id(&r.body)).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                if ids.len() as i64 >= count {
+                    Ok(requests)
+                } else {
+                    Err(format!("{} distinct ids", ids.len()))
+                }
+            } else {
+                Err(format!("{} requests", hook.count()))
+            })
+        },
+    )
+    .await
 }
 
 /// A port free right now, for an admin endpoint of a child process.
@@ -94,14 +96,12 @@ async fn sigkill_mid_burst_redelivers_with_the_same_event_ids() {
             }
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while hook.count() < 300 {
-        assert!(
-            Instant::now() < deadline,
-            "skor delivered too little before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    hook.wait_within(
+        "300 requests before the kill",
+        Duration::from_secs(60),
+        |r| r.len() >= 300,
+    )
+    .await;
     signal(&first, "KILL");
     first.wait().await.unwrap();
     let at_kill = hook.count();
@@ -169,15 +169,12 @@ async fn changes_committed_while_no_daemon_runs_arrive_on_start_in_order() {
     }
     let expected = 10_000 + 2_000 + 2 * 50;
     let skor = Running::start(&config).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while hook.count() < expected {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {expected} events arrived",
-            hook.count()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hook.wait_within(
+        &format!("{expected} events"),
+        Duration::from_secs(120),
+        |r| r.len() >= expected,
+    )
+    .await;
     let requests = hook.requests();
     assert_eq!(requests.len(), expected, "each change once");
     let mut versions: HashMap<i64, Vec<i64>> = HashMap::new();
@@ -222,17 +219,12 @@ async fn metric(admin_port: u16, name: &str, label: &str) -> f64 {
 
 /// `/readyz` of a child's admin endpoint, once it answers.
 async fn readyz(admin_port: u16) -> (u16, String) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match reqwest::get(format!("http://127.0.0.1:{admin_port}/readyz")).await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                return (status, response.text().await.unwrap());
-            }
-            Err(error) => assert!(Instant::now() < deadline, "/readyz: {error}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let response = eventually("/readyz to answer", || {
+        reqwest::get(format!("http://127.0.0.1:{admin_port}/readyz"))
+    })
+    .await;
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
 }
 
 // Multi-threaded: pg_ctl blocks a thread while the receiver must go on
@@ -297,22 +289,17 @@ async fn postgresql_restarted_mid_stream_loses_nothing() {
             }
         })
     };
-    let deadline = Instant::now() + PATIENCE;
-    while hook.count() < 100 {
-        assert!(Instant::now() < deadline, "{} delivered", hook.count());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    hook.wait_for(100).await;
     tokio::task::block_in_place(|| db.server.stop());
     wait_for_log(&log, "replication stream lost").await;
     let before_restart = committed.load(Ordering::Relaxed);
     tokio::task::block_in_place(|| db.server.start_again());
     db.reconnect().await;
     wait_for_log(&log, "replication stream re-established").await;
-    let deadline = Instant::now() + PATIENCE;
-    while committed.load(Ordering::Relaxed) < before_restart + 200 {
-        assert!(Instant::now() < deadline, "the writer is stuck");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_true("the writer commits again", || {
+        committed.load(Ordering::Relaxed) >= before_restart + 200
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
 
@@ -375,18 +362,13 @@ async fn a_standby_takes_over_the_slot_when_the_reader_is_killed() {
     db.exec("INSERT INTO items (id) VALUES (2)").await;
     let requests = wait_for_ids(&hook, 2, PATIENCE).await;
     assert_every_id(requests.iter().map(|r| r.body.as_str()), 2);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (status, body) = readyz(admin2).await;
-        if status == 200 {
-            break;
+    eventually("the new reader to be ready", || async {
+        match readyz(admin2).await {
+            (200, _) => Ok(()),
+            other => Err(other),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the new reader is not ready: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let log = std::fs::read_to_string(&log2).unwrap();
     assert!(
         log.find("standing by") < log.find("took over the replication slot"),

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::common::bin::{config_file, run, sigterm_and_wait, skor, stderr};
 use crate::common::{
-    config, eventually, hook_config, inserts, row_id, slow, start_installed, status, Hook, Running,
-    TestDb,
+    config, eventually_true, hook_config, inserts, row_id, slow, start_installed, status, Hook,
+    Running, TestDb,
 };
 use tokio::time::Instant;
 
@@ -39,7 +39,7 @@ async fn two_500s_then_200_delivers_once_after_100_and_200_ms() {
     assert!(first_gap >= Duration::from_millis(100), "{first_gap:?}");
     assert!(second_gap >= Duration::from_millis(200), "{second_gap:?}");
     let sink = daemon.stats.sink("hook").unwrap();
-    eventually("both events counted", || sink.delivered.get() == 2).await;
+    eventually_true("both events counted", || sink.delivered.get() == 2).await;
     assert_eq!((sink.retried.get(), sink.failed.get()), (2, 0));
     daemon.stop().await;
     assert_eq!(hook.requests().len(), 4, "the 200 was the last attempt");
@@ -58,7 +58,7 @@ async fn a_403_is_not_retried() {
     assert!(requests[0].body.contains(r#""forbidden""#));
     assert!(requests[1].body.contains(r#""allowed""#), "{:#?}", requests);
     let sink = daemon.stats.sink("hook").unwrap();
-    eventually("second event counted", || sink.delivered.get() == 1).await;
+    eventually_true("second event counted", || sink.delivered.get() == 1).await;
     assert_eq!((sink.retried.get(), sink.failed.get()), (0, 1));
     daemon.stop().await;
 }
@@ -83,7 +83,7 @@ async fn a_hung_webhook_times_out_and_is_retried() {
         "did not wait for the hung answer: {gap:?}"
     );
     let sink = daemon.stats.sink("hook").unwrap();
-    eventually("retry counted as delivered", || sink.delivered.get() == 1).await;
+    eventually_true("retry counted as delivered", || sink.delivered.get() == 1).await;
     assert_eq!(sink.retried.get(), 1);
     daemon.stop().await;
 }
@@ -99,7 +99,7 @@ async fn a_webhook_down_for_3_seconds_loses_nothing_and_spends_no_retry() {
 
     hook.stop().await;
     db.exec(&inserts(6, 10)).await;
-    eventually("the outage is seen", || sink.disconnected.get() == 1).await;
+    eventually_true("the outage is seen", || sink.disconnected.get() == 1).await;
     let down = Instant::now();
     // Events keep coming while the receiver is down; versions of one row
     // must still arrive in commit order. The sleeps are the point: the
@@ -117,7 +117,7 @@ async fn a_webhook_down_for_3_seconds_loses_nothing_and_spends_no_retry() {
 
     // 5 inserts, 5 more while down, 3 updates of 10 rows.
     let requests = hook.wait_for(5 + 5 + 30).await;
-    eventually("every event counted", || sink.delivered.get() == 40).await;
+    eventually_true("every event counted", || sink.delivered.get() == 40).await;
     let mut versions = std::collections::BTreeMap::<i64, Vec<String>>::new();
     for request in &requests {
         let event: serde_json::Value = serde_json::from_str(&request.body).unwrap();
@@ -170,7 +170,7 @@ async fn an_unreachable_webhook_is_waited_for_up_to_max_outage_ms_then_failed() 
     db.exec("INSERT INTO items VALUES (1, 'x')").await;
     live.wait_for(1).await;
     let dead = daemon.stats.sink("dead").unwrap();
-    eventually("the dead sink gives up", || dead.failed.get() == 1).await;
+    eventually_true("the dead sink gives up", || dead.failed.get() == 1).await;
     // Waited out for 300 ms, then two retries of 10 and 20 ms.
     assert!(
         started.elapsed() >= Duration::from_millis(300),
@@ -273,8 +273,8 @@ async fn a_302_fails_without_a_get_while_a_same_origin_307_delivers_the_post() {
     db.exec("INSERT INTO items VALUES (1, 'x')").await;
     let moved = daemon.stats.sink("moved").unwrap();
     let temp = daemon.stats.sink("temp").unwrap();
-    eventually("the 302 is a final error", || moved.failed.get() == 1).await;
-    eventually("the 307 is followed", || temp.delivered.get() == 1).await;
+    eventually_true("the 302 is a final error", || moved.failed.get() == 1).await;
+    eventually_true("the 307 is followed", || temp.delivered.get() == 1).await;
     assert_eq!(moved.retried.get(), 0, "a redirect is not retried");
     let seen = seen.lock().unwrap().clone();
     let at_new: Vec<_> = seen.iter().filter(|(_, path, _)| path == "/new").collect();

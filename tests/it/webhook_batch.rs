@@ -114,7 +114,7 @@ async fn a_failed_batch_is_sent_again_whole() {
     assert_eq!(elements(&requests[0]).len(), 10);
     assert_eq!(requests[1].body, requests[0].body, "the same batch again");
     let sink = daemon.stats.sink("hook").unwrap();
-    crate::common::eventually("ten delivered", || sink.delivered.get() == 10).await;
+    crate::common::eventually_true("ten delivered", || sink.delivered.get() == 10).await;
     assert_eq!(sink.retried.get(), 10);
     daemon.stop().await;
     assert_eq!(hook.count(), 2);
@@ -148,14 +148,15 @@ async fn durable_batches_name_their_event_ids_in_body_order() {
     }
     let expected: BTreeSet<String> = ids.into_iter().collect();
     assert_eq!(seen, expected, "each event named once, by its log id");
-    let deadline = tokio::time::Instant::now() + crate::common::PATIENCE;
-    while !db.event_ids().await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the log did not empty"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    crate::common::eventually("the log to empty", || async {
+        let left = db.event_ids().await;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(left)
+        }
+    })
+    .await;
     daemon.stop().await;
 }
 

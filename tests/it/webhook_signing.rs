@@ -123,7 +123,7 @@ async fn a_batch_is_signed_over_its_array_body_and_keeps_its_id_on_retry() {
     db.exec("INSERT INTO items SELECT id, 'n' FROM generate_series(1, 15) id")
         .await;
     let sink = daemon.stats.sink("hook").unwrap();
-    crate::common::eventually("all delivered", || sink.delivered.get() == 15).await;
+    crate::common::eventually_true("all delivered", || sink.delivered.get() == 15).await;
     let requests = hook.requests();
     let ids: Vec<String> = requests.iter().map(|r| verify(r, &key)).collect();
     assert!(

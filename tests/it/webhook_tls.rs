@@ -3,7 +3,7 @@
 //! `client_key` satisfy a receiver that demands mutual TLS.
 
 use crate::common::https::{pem_file, HttpsHook, TestCa};
-use crate::common::{config, eventually, start_installed, Running, TestDb, PATIENCE};
+use crate::common::{config, eventually, eventually_true, start_installed, Running, TestDb};
 
 const TABLE: &str = "CREATE TABLE items (id int PRIMARY KEY, name text);";
 
@@ -25,22 +25,17 @@ async fn setup(hook: &HttpsHook, sink_options: &str) -> (TestDb, Running) {
 
 /// The error skor recorded for the event it gave up on, once recorded.
 async fn last_error(db: &TestDb) -> String {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let row = db
-            .client
+    eventually("a dead event", || async {
+        db.client
             .query_opt(
                 "SELECT coalesce(last_error, '') FROM skor.event_log WHERE state = 'dead'",
                 &[],
             )
             .await
-            .unwrap();
-        if let Some(row) = row {
-            return row.get(0);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no dead event");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+            .unwrap()
+            .map(|row| row.get(0))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -55,7 +50,7 @@ async fn a_receiver_signed_by_the_ca_file_gets_the_event() {
     assert!(requests[0].body.contains(r#""over tls""#), "{requests:?}");
     assert!(requests[0].client_cert.is_none());
     let sink = daemon.stats.sink("hook").unwrap();
-    eventually("delivered", || sink.delivered.get() == 1).await;
+    eventually_true("delivered", || sink.delivered.get() == 1).await;
     assert_eq!(sink.failed.get(), 0);
     daemon.stop().await;
 }
@@ -67,7 +62,7 @@ async fn without_the_ca_file_the_certificate_is_not_trusted() {
     let (db, daemon) = setup(&hook, "").await;
     db.exec("INSERT INTO items VALUES (1, 'untrusted')").await;
     let sink = daemon.stats.sink("hook").unwrap();
-    eventually("retried, then failed", || sink.failed.get() == 1).await;
+    eventually_true("retried, then failed", || sink.failed.get() == 1).await;
     assert_eq!((sink.retried.get(), sink.delivered.get()), (1, 0));
     let error = last_error(&db).await;
     assert!(
@@ -121,7 +116,7 @@ async fn without_a_client_certificate_the_receiver_refuses() {
     let (db, daemon) = setup(&hook, &options).await;
     db.exec("INSERT INTO items VALUES (1, 'anonymous')").await;
     let sink = daemon.stats.sink("hook").unwrap();
-    eventually("retried, then failed", || sink.failed.get() == 1).await;
+    eventually_true("retried, then failed", || sink.failed.get() == 1).await;
     assert_eq!(sink.delivered.get(), 0);
     assert!(hook.requests().is_empty());
     let refused = hook.handshake_errors();

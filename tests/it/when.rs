@@ -4,7 +4,7 @@
 //! another role's functions in `public` cannot slip into a condition.
 
 use crate::common::wal::WalDb;
-use crate::common::{config, connect, hook_config, Hook, Running, TestDb, TestRoles};
+use crate::common::{config, connect, hook_config, is_row, Hook, Running, TestDb, TestRoles};
 
 const ORDERS: &str = "CREATE TABLE orders (id int PRIMARY KEY, status text, total int);";
 
@@ -19,6 +19,11 @@ const CHANGES: &str = "INSERT INTO orders VALUES (1, 'new', 5);\
      DELETE FROM orders WHERE id = 1;\
      UPDATE orders SET status = 'cancelled' WHERE id = 4;\
      DELETE FROM orders WHERE id = 4;";
+
+/// A change committed after the others that every condition here lets
+/// through: the barrier behind which nothing else may arrive.
+const BARRIER: &str = "INSERT INTO orders VALUES (100, 'paid', 100)";
+const BARRIER_ID: i64 = 100;
 
 const PER_OP: &str = "when = { insert = \"NEW.total > 10 -- big ones\", \
      update = \"NEW.status IS DISTINCT FROM OLD.status\", \
@@ -67,12 +72,19 @@ async fn run_changes(mode: &str, table: &str, expected: usize) -> (i64, Vec<Stri
         Some(skor) => skor,
         None => Running::start(&config).await,
     };
-    let bodies = hook.wait_for(expected).await;
-    // Nothing more comes.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(hook.count(), expected, "{:?}", hook.bodies());
+    // Nothing more comes: one lane (max_in_flight = 1) delivers in commit
+    // order, so whatever else CHANGES let through arrives before a row
+    // committed after them that every condition here lets through.
+    let mut bodies: Vec<String> = hook
+        .barrier(db.exec(BARRIER), |body| is_row(body, BARRIER_ID))
+        .await
+        .into_iter()
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(bodies.len(), expected + 1, "{bodies:#?}");
+    bodies.pop();
     skor.stop().await;
-    (logged, bodies.into_iter().map(|r| r.body).collect())
+    (logged, bodies)
 }
 
 #[tokio::test]
@@ -296,8 +308,12 @@ async fn wal_mode_filters_with_the_publication_and_refuses_what_would_break_writ
             r#"{"table" : "orders", "schema" : "public", "op" : "DELETE", "data" : {"id":1,"status":"paid","total":5}}"#,
         ]
     );
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(hook.count(), 5, "{:?}", hook.bodies());
+    // Nothing more comes: one lane, commit order, and the barrier row
+    // passes the filter.
+    let requests = hook
+        .barrier(db.exec(BARRIER), |body| is_row(body, BARRIER_ID))
+        .await;
+    assert_eq!(requests.len(), 6, "{requests:#?}");
     let filter: String = db
         .client
         .query_one(

@@ -16,10 +16,9 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::PATIENCE;
+use crate::{eventually_within, PATIENCE};
 
 /// How long the emulator (gcloud, then a JVM) may take to answer: a few
 /// seconds on an idle machine, more while other builds run.
@@ -97,29 +96,20 @@ impl Emulator {
             .spawn()
             .expect("start gcloud beta emulators pubsub");
         self.child = Some(child);
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            let answered = self
-                .http
-                .get(format!("http://{}/", self.host()))
+        let host = self.host();
+        let log = self.dir.path().join("emulator.log");
+        let (http, child) = (&self.http, &mut self.child);
+        let what = format!("the Pub/Sub emulator answering on {host}");
+        eventually_within(&what, STARTUP, || {
+            if let Some(status) = child.as_mut().unwrap().try_wait().unwrap() {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("the Pub/Sub emulator exited with {status}: {log}");
+            }
+            http.get(format!("http://{host}/"))
                 .timeout(Duration::from_secs(2))
                 .send()
-                .await
-                .is_ok();
-            if answered {
-                return;
-            }
-            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
-            if exited.is_some() || Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.path().join("emulator.log"));
-                panic!(
-                    "the Pub/Sub emulator did not start on {} ({exited:?}): {}",
-                    self.host(),
-                    log.unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
     }
 
     /// `127.0.0.1:PORT`, as `emulator_host` takes it.
@@ -202,21 +192,19 @@ impl Emulator {
     }
 
     pub async fn pull_within(&self, topic: &str, n: usize, patience: Duration) -> Vec<Message> {
-        let deadline = Instant::now() + patience;
-        let mut messages = Vec::new();
-        while messages.len() < n {
+        let messages = Mutex::new(Vec::new());
+        eventually_within(&format!("{n} messages"), patience, || async {
             let got = self.pull_once(topic).await;
-            if got.is_empty() {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} of {n} messages arrived in {patience:?}",
-                    messages.len()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let mut messages = messages.lock().unwrap();
             messages.extend(got);
-        }
-        messages
+            if messages.len() >= n {
+                Ok(())
+            } else {
+                Err(format!("{} of {n} messages arrived", messages.len()))
+            }
+        })
+        .await;
+        messages.into_inner().unwrap()
     }
 
     /// What the subscription holds now, acknowledged.

@@ -3,15 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::{eventually_within, PATIENCE};
 use skor_sink_amqp::lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use skor_sink_amqp::lapin::types::{AMQPValue, FieldTable};
 use skor_sink_amqp::lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use tokio::time::Instant;
-
-use super::PATIENCE;
 
 /// The broker the tests use.
 pub fn url() -> String {
@@ -114,27 +112,26 @@ impl Rabbit {
 
     /// Takes `n` messages off the queue, waiting at most `patience`.
     pub async fn take_within(&self, n: usize, patience: Duration) -> Vec<Message> {
-        let deadline = Instant::now() + patience;
-        let mut messages = Vec::with_capacity(n);
-        while messages.len() < n {
-            let got = self
-                .channel
-                .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
-                .await
-                .expect("basic.get");
-            match got {
-                Some(message) => messages.push(to_message(message.delivery)),
-                None => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{} of {n} messages arrived in {patience:?}",
-                        messages.len()
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+        let messages = std::sync::Mutex::new(Vec::with_capacity(n));
+        eventually_within(&format!("{n} messages"), patience, || async {
+            let mut taken = messages.lock().unwrap().len();
+            while taken < n {
+                let got = self
+                    .channel
+                    .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+                    .await
+                    .expect("basic.get");
+                let Some(message) = got else {
+                    return Err(format!("{taken} of {n} messages arrived"));
+                };
+                let mut messages = messages.lock().unwrap();
+                messages.push(to_message(message.delivery));
+                taken = messages.len();
             }
-        }
-        messages
+            Ok(())
+        })
+        .await;
+        messages.into_inner().unwrap()
     }
 
     /// Messages still in the queue, without waiting.

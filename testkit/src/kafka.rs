@@ -6,14 +6,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::{wait_for_port, PATIENCE};
 use skor_sink_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use skor_sink_kafka::rdkafka::client::DefaultClientContext;
 use skor_sink_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use skor_sink_kafka::rdkafka::message::{Headers, Message as _};
 use skor_sink_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::time::Instant;
-
-use super::PATIENCE;
 
 /// Where the tansu binary is: `$TANSU`, else `tansu` on the PATH, else the
 /// cache the CI script fills.
@@ -87,14 +85,7 @@ impl Tansu {
             .spawn()
             .expect("start tansu");
         self.child = Some(child);
-        let deadline = Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "tansu did not start on {url}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_port(&format!("tansu ({url})"), self.port).await;
     }
 
     /// `host:port` for `bootstrap.servers`.

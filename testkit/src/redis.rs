@@ -4,12 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
+use crate::{eventually_within, wait_for_port, PATIENCE};
 use skor_sink_redis::redis::{self, Commands, Value};
-use tokio::time::Instant;
-
-use super::PATIENCE;
 
 /// The server the tests share.
 pub fn url() -> String {
@@ -55,6 +52,8 @@ pub struct Streams {
 
 impl Streams {
     /// A fresh prefix on the shared server.
+    // Not Default: each call makes a new prefix and a client.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         Self::on(&url())
     }
@@ -112,18 +111,16 @@ impl Streams {
 
     /// Waits until `stream` holds at least `n` entries and returns them all.
     pub async fn take(&self, stream: &str, n: usize) -> Vec<Entry> {
-        let deadline = Instant::now() + PATIENCE * 2;
-        loop {
+        eventually_within(&format!("{n} entries in {stream}"), PATIENCE * 2, || {
             let len = self.len(stream);
-            if len >= n {
-                return self.entries(stream);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{len} of {n} entries arrived in {stream}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            std::future::ready(if len >= n {
+                Ok(())
+            } else {
+                Err(format!("{len} of {n} entries arrived"))
+            })
+        })
+        .await;
+        self.entries(stream)
     }
 
     /// Deletes every key under the prefix.
@@ -265,18 +262,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         self.child = Some(command.spawn().expect("start redis-server"));
-        let deadline = Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {}",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_port("redis-server", self.port).await;
     }
 
     /// `redis://127.0.0.1:PORT`.

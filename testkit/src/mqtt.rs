@@ -7,12 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::{eventually, eventually_within, PATIENCE};
 use skor_sink_mqtt::rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
-
-use super::PATIENCE;
 
 /// The shared broker's `host:port`.
 pub fn shared_broker() -> (String, u16) {
@@ -147,20 +145,15 @@ impl Subscriber {
 
     /// Waits at most `patience` until at least `n` messages arrived.
     pub async fn take_within(&self, n: usize, patience: Duration) -> Vec<Message> {
-        let deadline = Instant::now() + patience;
-        loop {
+        eventually_within(&format!("{n} messages"), patience, || async {
             let got = self.messages();
             if got.len() >= n {
-                return got;
+                Ok(got)
+            } else {
+                Err(format!("{} of {n} messages arrived", got.len()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {n} messages arrived in {patience:?}",
-                got.len()
-            );
-            let arrived = self.inbox.arrived.notified();
-            let _ = tokio::time::timeout(Duration::from_millis(100), arrived).await;
-        }
+        })
+        .await
     }
 
     /// Every message so far.
@@ -248,26 +241,21 @@ impl Mosquitto {
             .spawn()
             .expect("start mosquitto");
         self.child = Some(child);
-        let deadline = Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("mosquitto exited with {status}: {}", self.log());
+        let port = self.port;
+        let log = self.dir.path().join("mosquitto.log");
+        let child = &mut self.child;
+        eventually(&format!("mosquitto listening on port {port}"), || {
+            if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("mosquitto exited with {status}: {log}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not start on port {}: {}",
-                self.port,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map(drop)
+            }
+        })
+        .await;
     }
 
     /// The broker's log so far, for failure messages.

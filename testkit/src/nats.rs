@@ -7,11 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::{eventually, eventually_within, wait_for_port, PATIENCE};
 use skor_sink_nats::async_nats::jetstream::{self, stream};
 use skor_sink_nats::async_nats::{self, Client};
-use tokio::time::Instant;
-
-use super::PATIENCE;
 
 /// The server the tests use.
 pub fn url() -> String {
@@ -48,7 +46,7 @@ pub struct Message {
 impl Message {
     /// The `data.id` of the payload.
     pub fn row_id(&self) -> i64 {
-        super::row_id(&self.body)
+        crate::row_id(&self.body)
     }
 }
 
@@ -101,14 +99,8 @@ impl Stream {
 
     /// Connects again, after the server restarted.
     pub async fn reconnect(&mut self) {
-        let deadline = Instant::now() + PATIENCE;
-        self.client = loop {
-            match connect(&self.url).await {
-                Ok(client) => break client,
-                Err(e) => assert!(Instant::now() < deadline, "reconnect to NATS: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let url = &self.url;
+        self.client = eventually("a connection to NATS again", || connect(url)).await;
         self.jetstream = jetstream::new(self.client.clone());
     }
 
@@ -136,9 +128,8 @@ impl Stream {
         use std::sync::atomic::Ordering;
         let first = self.next.load(Ordering::Relaxed);
         let last = first + n as u64 - 1;
-        let deadline = Instant::now() + patience;
         let stream = self.jetstream.get_stream(&self.name).await.expect("stream");
-        loop {
+        eventually_within(&format!("{n} messages"), patience, || async {
             let stored = stream
                 .get_info()
                 .await
@@ -146,15 +137,15 @@ impl Stream {
                 .state
                 .last_sequence;
             if stored >= last {
-                break;
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} of {n} messages arrived",
+                    stored.saturating_sub(first - 1)
+                ))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {n} messages arrived in {patience:?}",
-                stored.saturating_sub(first - 1)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
         let mut messages = Vec::with_capacity(n);
         for sequence in first..=last {
             let raw = stream.get_raw_message(sequence).await.expect("get message");
@@ -274,18 +265,7 @@ impl NatsServer {
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        let deadline = Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on port {}",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_port("nats-server", self.port).await;
     }
 
     /// Stops the server the way an init system does (SIGTERM), so

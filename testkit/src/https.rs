@@ -20,7 +20,7 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{crypto, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use super::PATIENCE;
+use crate::PATIENCE;
 
 /// A certificate authority that lives for one test.
 pub struct TestCa {
