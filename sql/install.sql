@@ -349,6 +349,14 @@ BEGIN
     END IF;
     IF key_count OPERATOR(pg_catalog.=) 0 THEN
         NULL;
+    ELSIF key_count OPERATOR(pg_catalog.=) 1
+          AND pg_catalog.strpos(new_row::pg_catalog.text, '\u') OPERATOR(pg_catalog.=) 0 THEN
+        -- skor.pick()'s own reading of one column, without its call and
+        -- its query: the common key, and most of a captured row's cost.
+        row_key := '{' OPERATOR(pg_catalog.||) pg_catalog.to_json(TG_ARGV[5])::pg_catalog.text
+                   OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||)
+                   coalesce(new_row OPERATOR(pg_catalog.->) TG_ARGV[5], 'null'::pg_catalog.json)::pg_catalog.text
+                   OPERATOR(pg_catalog.||) '}';
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         row_key := skor.pick(OLD, new_row, TG_ARGV[5:4 OPERATOR(pg_catalog.+) key_count])::pg_catalog.text;
     ELSE
@@ -389,6 +397,103 @@ BEGIN
     END IF;
     PERFORM pg_catalog.pg_notify('skor_event_log', '');
     RETURN NULL;
+END
+$skor$;
+
+-- Durable mode's statement-level trigger function, for INSERT and DELETE
+-- on a plain table without a `when`: the rows of one statement arrive as
+-- the transition table `skor_rows` and go into the event log in one INSERT,
+-- in the statement's row order, followed by one NOTIFY. A row trigger pays
+-- an executor start-up per row (the event log's indexes and CHECK prepared
+-- again each time); this pays it once per statement. Arguments, payloads,
+-- keys and partitions are skor.capture()'s, row for row. UPDATE keeps the
+-- row trigger: its key-change split needs each row's old and new version
+-- side by side, which a transition table does not pair.
+--
+-- A transition table's rows are of type record, which skor.pick()'s
+-- fallback for rows holding `\u` escapes cannot read columns from; those
+-- rare rows go through skor.typed_key() and skor.typed_payload(), which
+-- read them back as the table's own row type.
+CREATE OR REPLACE FUNCTION skor.capture_rows() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $skor$
+DECLARE
+    key_count pg_catalog.int4 := TG_ARGV[4]::pg_catalog.int4;
+    key_columns pg_catalog.text[] := TG_ARGV[5:4 OPERATOR(pg_catalog.+) key_count];
+    key_head pg_catalog.text := '{' OPERATOR(pg_catalog.||) pg_catalog.to_json(TG_ARGV[5])::pg_catalog.text
+                                OPERATOR(pg_catalog.||) ':';
+    table_schema pg_catalog.text := coalesce(NULLIF(TG_ARGV[2], ''), TG_TABLE_SCHEMA);
+    table_name pg_catalog.text := coalesce(NULLIF(TG_ARGV[3], ''), TG_TABLE_NAME);
+    plain pg_catalog.bool := TG_ARGV[1] OPERATOR(pg_catalog.=) ''
+                             AND TG_NARGS OPERATOR(pg_catalog.=) (5 OPERATOR(pg_catalog.+) key_count);
+    logged pg_catalog.int8;
+BEGIN
+    INSERT INTO skor.event_log (id, channel, schema_name, table_name, op, row_key, part, payload)
+    SELECT k.id, TG_ARGV[0], table_schema, table_name, TG_OP, k.row_key,
+           pg_catalog.hashtext(coalesce(k.row_key, table_schema OPERATOR(pg_catalog.||) '.'
+                                                   OPERATOR(pg_catalog.||) table_name))
+               OPERATOR(pg_catalog.&) 63,
+           CASE WHEN plain THEN
+                    pg_catalog.json_build_object('table', table_name, 'schema', table_schema,
+                                                 'op', TG_OP, 'data', k.row_json)::pg_catalog.text
+                WHEN NOT k.escaped THEN
+                    skor.payload(TG_OP, table_schema, table_name, TG_ARGV, k.row_json, NULL,
+                                 k.id, k.row_value, k.row_value)
+                ELSE skor.typed_payload(TG_RELID, k.row_value::pg_catalog.text, TG_OP, table_schema,
+                                        table_name, TG_ARGV, k.row_json, k.id) END
+      FROM (SELECT pg_catalog.nextval('skor.event_log_id_seq'::pg_catalog.regclass) AS id,
+                   r.row_value, r.row_json, r.escaped,
+                   CASE WHEN key_count OPERATOR(pg_catalog.=) 0 THEN NULL
+                        WHEN r.escaped THEN
+                             skor.typed_key(TG_RELID, r.row_value::pg_catalog.text, r.row_json, key_columns)
+                        WHEN key_count OPERATOR(pg_catalog.=) 1 THEN
+                             key_head OPERATOR(pg_catalog.||)
+                             coalesce(r.row_json OPERATOR(pg_catalog.->) TG_ARGV[5],
+                                      'null'::pg_catalog.json)::pg_catalog.text
+                             OPERATOR(pg_catalog.||) '}'
+                        ELSE skor.pick(r.row_value, r.row_json, key_columns)::pg_catalog.text
+                   END AS row_key
+              FROM (SELECT j.row_value, j.row_json,
+                           pg_catalog.strpos(j.row_json::pg_catalog.text, '\u') OPERATOR(pg_catalog.>) 0
+                               AS escaped
+                      FROM (SELECT s AS row_value, pg_catalog.row_to_json(s) AS row_json
+                              FROM skor_rows s) j) r) k;
+    GET DIAGNOSTICS logged = ROW_COUNT;
+    IF logged OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM pg_catalog.pg_notify('skor_event_log', '');
+    END IF;
+    RETURN NULL;
+END
+$skor$;
+
+-- skor.pick() and skor.payload() of a transition table's row, given as the
+-- text of the record: read back as `tbl`'s row type, whose columns the
+-- fallback of skor.pick() can name. Every row type's text reads back as
+-- itself. No SET search_path, as skor.pick()'s.
+CREATE OR REPLACE FUNCTION skor.typed_key(tbl pg_catalog.regclass, row_text pg_catalog.text,
+                                          row_json pg_catalog.json, columns pg_catalog.text[])
+RETURNS pg_catalog.text
+LANGUAGE plpgsql AS $skor$
+DECLARE
+    picked pg_catalog.text;
+BEGIN
+    EXECUTE pg_catalog.format('SELECT skor.pick($1::%s, $2, $3)::pg_catalog.text', tbl)
+       INTO picked USING row_text, row_json, columns;
+    RETURN picked;
+END
+$skor$;
+
+CREATE OR REPLACE FUNCTION skor.typed_payload(
+    tbl pg_catalog.regclass, row_text pg_catalog.text, op pg_catalog.text,
+    table_schema pg_catalog.text, table_name pg_catalog.text, args pg_catalog.text[],
+    row_json pg_catalog.json, event_id pg_catalog.int8
+) RETURNS pg_catalog.text
+LANGUAGE plpgsql AS $skor$
+DECLARE
+    payload pg_catalog.text;
+BEGIN
+    EXECUTE pg_catalog.format('SELECT skor.payload($1, $2, $3, $4, $5, NULL, $6, $7::%1$s, $7::%1$s)', tbl)
+       INTO payload USING op, table_schema, table_name, args, row_json, event_id, row_text;
+    RETURN payload;
 END
 $skor$;
 
@@ -462,6 +567,22 @@ BEGIN
                   pg_catalog.cardinality(key_columns)::pg_catalog.text]
                 OPERATOR(pg_catalog.||) key_columns OPERATOR(pg_catalog.||) columns);
     ELSE
+        -- Durable INSERT and DELETE log a statement's rows at once (see
+        -- skor.capture_rows()), except where a statement trigger would not
+        -- see every row: a `when` is a row condition, and the rows of a
+        -- partitioned table, a partition, an inheritance parent or child
+        -- also change through statements on another table, which fire
+        -- that table's statement triggers, not this one's.
+        IF func OPERATOR(pg_catalog.=) 'capture' AND condition IS NULL
+           AND op OPERATOR(pg_catalog.<>) 'UPDATE'
+           AND EXISTS (SELECT FROM pg_catalog.pg_class c
+                        WHERE c.oid OPERATOR(pg_catalog.=) tbl
+                          AND c.relkind OPERATOR(pg_catalog.=) 'r'
+                          AND NOT c.relispartition AND NOT c.relhassubclass)
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i
+                            WHERE i.inhrelid OPERATOR(pg_catalog.=) tbl) THEN
+            func := 'capture_rows';
+        END IF;
         PERFORM skor.execute_create_trigger(tbl, name, op, func, condition,
             ARRAY[channel, flags, root_schema, root_name,
                   pg_catalog.cardinality(key_columns)::pg_catalog.text]
@@ -477,12 +598,17 @@ CREATE OR REPLACE FUNCTION skor.execute_create_trigger(
 ) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $skor$
 BEGIN
-    IF func OPERATOR(pg_catalog.<>) ALL (ARRAY['notify', 'capture'])
-       OR op OPERATOR(pg_catalog.<>) ALL (ARRAY['INSERT', 'UPDATE', 'DELETE']) THEN
+    IF func OPERATOR(pg_catalog.<>) ALL (ARRAY['notify', 'capture', 'capture_rows'])
+       OR op OPERATOR(pg_catalog.<>) ALL (ARRAY['INSERT', 'UPDATE', 'DELETE'])
+       OR (func OPERATOR(pg_catalog.=) 'capture_rows'
+           AND (op OPERATOR(pg_catalog.=) 'UPDATE' OR condition IS NOT NULL)) THEN
         RAISE EXCEPTION 'skor: cannot create a trigger calling % for %', func, op;
     END IF;
-    EXECUTE pg_catalog.format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW %s EXECUTE FUNCTION skor.%I(%s)',
+    EXECUTE pg_catalog.format('CREATE TRIGGER %I AFTER %s ON %s %s %s EXECUTE FUNCTION skor.%I(%s)',
         name, op, tbl,
+        CASE WHEN func OPERATOR(pg_catalog.<>) 'capture_rows' THEN 'FOR EACH ROW'
+             WHEN op OPERATOR(pg_catalog.=) 'INSERT' THEN 'REFERENCING NEW TABLE AS skor_rows FOR EACH STATEMENT'
+             ELSE 'REFERENCING OLD TABLE AS skor_rows FOR EACH STATEMENT' END,
         CASE WHEN condition IS NULL THEN '' ELSE 'WHEN (' OPERATOR(pg_catalog.||) condition OPERATOR(pg_catalog.||) ')' END,
         func,
         (SELECT pg_catalog.string_agg(pg_catalog.quote_literal(a), ', ' ORDER BY o)

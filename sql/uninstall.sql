@@ -5,6 +5,9 @@
 
 DROP FUNCTION IF EXISTS skor.notify();
 DROP FUNCTION IF EXISTS skor.capture();
+DROP FUNCTION IF EXISTS skor.capture_rows();
+DROP FUNCTION IF EXISTS skor.typed_key(regclass, text, json, text[]);
+DROP FUNCTION IF EXISTS skor.typed_payload(regclass, text, text, text, text, text[], json, int8);
 DROP FUNCTION IF EXISTS skor.create_capture_trigger(regclass, text, text, text, text[], text[]);
 DROP FUNCTION IF EXISTS skor.create_trigger(regclass, text, text, text, text, text[], text[], bool);
 DROP FUNCTION IF EXISTS skor.create_trigger(regclass, text, text, text, text, text[], text[], bool, text, text);

@@ -18,6 +18,12 @@ const STALL: Duration = Duration::from_secs(10);
 /// Rows of the wal-backlog case at scale 1: 2.5 times the burst.
 const BACKLOG_ROWS: f64 = 500_000.0;
 
+/// Rows of the recovery cases at scale 1: the backlog an outage leaves.
+const RECOVERY_ROWS: f64 = 50_000.0;
+
+/// How long the receiver stays down after the recovery load committed.
+const OUTAGE_AFTER_LOAD: Duration = Duration::from_secs(2);
+
 /// What receives the events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -42,6 +48,10 @@ pub enum Target {
     Pubsub,
     /// skor publishes to NATS JetStream; the bench consumes the stream.
     Nats,
+    /// No skor: a minimal hand-written outbox trigger (one INSERT and one
+    /// `pg_notify` per row), what durable mode's triggers are measured
+    /// against.
+    Outbox,
     /// No skor: the durable-mode triggers only write the event log, whose
     /// rows the bench counts once the load is over.
     DurableLog,
@@ -49,6 +59,11 @@ pub enum Target {
     DurableWebhook,
     /// Webhook batches, with the table in durable mode.
     DurableWebhookBatch,
+    /// Webhook batches with the receiver down (connection refused) while
+    /// a backlog builds up, then up: how fast skor drains it.
+    Recovery,
+    /// The same, with the table in durable mode.
+    DurableRecovery,
     /// The wal cases' baseline, on the wal server: no trigger, no slot,
     /// nobody reading, only the load; its commit rate is what the other
     /// wal cases of the same load are measured against.
@@ -78,9 +93,12 @@ impl Target {
             Self::Mqtt => "mqtt",
             Self::Pubsub => "pubsub",
             Self::Nats => "nats",
+            Self::Outbox => "outbox",
             Self::DurableLog => "durable-log",
             Self::DurableWebhook => "durable-webhook",
             Self::DurableWebhookBatch => "durable-webhook-batch",
+            Self::Recovery => "recovery",
+            Self::DurableRecovery => "durable-recovery",
             Self::WalNone => "wal-none",
             Self::WalWebhook => "wal-webhook",
             Self::WalWebhookBatch => "wal-webhook-batch",
@@ -109,8 +127,16 @@ impl Target {
     fn durable(self) -> bool {
         matches!(
             self,
-            Self::DurableLog | Self::DurableWebhook | Self::DurableWebhookBatch
+            Self::DurableLog
+                | Self::DurableWebhook
+                | Self::DurableWebhookBatch
+                | Self::DurableRecovery
         )
+    }
+
+    /// Whether the receiver is down while the load runs.
+    fn outage(self) -> bool {
+        matches!(self, Self::Recovery | Self::DurableRecovery)
     }
 }
 
@@ -162,7 +188,7 @@ pub fn matrix(scale: f64) -> Vec<Case> {
             if cfg!(feature = "nats") {
                 targets.push(Target::Nats);
             }
-            targets.extend([Target::DurableLog, Target::DurableWebhook]);
+            targets.extend([Target::Outbox, Target::DurableLog, Target::DurableWebhook]);
         }
         if kind == Kind::Burst {
             targets.push(Target::DurableWebhookBatch);
@@ -191,6 +217,13 @@ pub fn matrix(scale: f64) -> Vec<Case> {
         target: Target::WalBacklog,
         load: Load::burst(BACKLOG_ROWS, scale),
     });
+    // A backlog of 50,000 events built while the receiver is down.
+    for target in [Target::Recovery, Target::DurableRecovery] {
+        cases.push(Case {
+            target,
+            load: Load::burst(RECOVERY_ROWS, scale),
+        });
+    }
     cases.push(Case {
         target: Target::WebhookSlow,
         load: Load::burst(50_000.0, scale),
@@ -262,6 +295,8 @@ pub struct CaseResult {
 enum Side {
     Listen(#[allow(dead_code)] listen::Listening),
     Http(#[allow(dead_code)] receiver::Receiver),
+    /// A receiver not started yet, and its port.
+    Down(u16),
     #[cfg(feature = "amqp")]
     Amqp(crate::amqp::Consumer),
     #[cfg(feature = "kafka")]
@@ -279,7 +314,7 @@ enum Side {
 impl Side {
     async fn stop(self) -> Result<(), String> {
         match self {
-            Self::Listen(_) | Self::Http(_) => Ok(()),
+            Self::Listen(_) | Self::Http(_) | Self::Down(_) => Ok(()),
             #[cfg(feature = "mqtt")]
             Self::Mqtt(_) => Ok(()),
             #[cfg(feature = "amqp")]
@@ -404,6 +439,10 @@ impl<'a> Runner<'a> {
                     .await
                     .map_err(fail)?;
                 (Side::Listen(listening), String::new())
+            }
+            Target::Recovery | Target::DurableRecovery => {
+                let port = receiver::free_port().map_err(fail)?;
+                (Side::Down(port), webhook(port, BATCH))
             }
             Target::Webhook
             | Target::WebhookBatch
@@ -535,6 +574,10 @@ impl<'a> Runner<'a> {
             .await
             .map_err(|e| format!("CHECKPOINT: {e}"))?;
 
+        if case.target == Target::Outbox {
+            db.install_outbox().await.map_err(db_error)?;
+            return count_outbox(db, case, notes).await;
+        }
         if case.target == Target::DurableLog {
             let config = write("skor.toml", &skor::config(&db.dsn, TABLE, "durable", ""))?;
             self.skor.admin(&config, &["install"]).await?;
@@ -546,7 +589,7 @@ impl<'a> Runner<'a> {
 
         let events = case.load.events();
         let arrivals = Arc::new(Arrivals::with_capacity(events + events / 8 + 1024));
-        let (side, sink) = self.start_side(case.target, Arc::clone(&arrivals)).await?;
+        let (mut side, sink) = self.start_side(case.target, Arc::clone(&arrivals)).await?;
         let wal = case.target.wal_capture();
         let text = if wal {
             skor::wal_config(&db.dsn, TABLE, &sink)
@@ -571,6 +614,11 @@ impl<'a> Runner<'a> {
                 Target::Ceiling => None,
                 _ => Some(self.skor.start(&config, &log_path).await?),
             };
+            if case.target.outage() {
+                return self
+                    .deliver_after_outage(db, case, &arrivals, running, &mut side, notes)
+                    .await;
+            }
             let start_of_rate = None;
             self.deliver(db, case, &arrivals, running, notes)
                 .await
@@ -594,7 +642,23 @@ impl<'a> Runner<'a> {
 
         let mut measured = measure(&produced, &commits, &arrivals.snapshot(), usage);
         measured.malformed = arrivals.malformed();
-        if let Some(started) = start_of_rate {
+        if let (Some(up), true) = (start_of_rate, case.target.outage()) {
+            let snapshot = arrivals.snapshot();
+            measured.events_per_second = delivery_rate(&commits, &snapshot, up);
+            measured.latency_ms = None;
+            let first = snapshot.iter().map(|&(_, at)| at).min();
+            if let Some(first) = first {
+                notes.push(format!(
+                    "the receiver came up {:.1} s after the load ended, with {} events waiting; \
+                     the first arrived {:.2} s later; events/s is from the receiver's start to \
+                     the last arrival ({} /s from the first arrival)",
+                    OUTAGE_AFTER_LOAD.as_secs_f64(),
+                    measured.produced,
+                    first.saturating_duration_since(up).as_secs_f64(),
+                    int_rate(delivery_rate(&commits, &snapshot, first))
+                ));
+            }
+        } else if let Some(started) = start_of_rate {
             // The backlog: delivery from skor's start, not the load's; the
             // events waited in the slot, so commit-to-arrival says nothing.
             measured.events_per_second = delivery_rate(&commits, &arrivals.snapshot(), started);
@@ -680,6 +744,26 @@ async fn count_logged(
     Ok(measured)
 }
 
+/// Runs the load with only the minimal outbox trigger, and counts its rows.
+async fn count_outbox(
+    db: &Database,
+    case: &Case,
+    notes: &mut Vec<String>,
+) -> Result<Measured, String> {
+    let produced = case.load.run(&db.dsn).await;
+    let logged = db.drop_outbox().await.map_err(|e| format!("{e:#}"))?;
+    let produced = produced.map_err(|e| format!("load failed: {e:#}"))?;
+    let measured = measure_logged(&produced, logged.max(0) as usize);
+    if measured.lost() > 0 {
+        notes.push(format!(
+            "{} of {} committed events are not in the outbox",
+            measured.lost(),
+            measured.produced
+        ));
+    }
+    Ok(measured)
+}
+
 /// wal-none: runs the load with nothing capturing it (no trigger, no
 /// publication, no slot) and takes its commit rate.
 async fn count_committed(db: &Database, case: &Case) -> Result<Measured, String> {
@@ -726,6 +810,53 @@ impl Runner<'_> {
         Ok((produced, commits, ending, usage))
     }
 
+    /// recovery: runs the load while the receiver is down (skor retries
+    /// against a closed port), waits [`OUTAGE_AFTER_LOAD`], starts the
+    /// receiver and waits for the backlog; also returns when the receiver
+    /// came up, where the drain rate starts.
+    async fn deliver_after_outage(
+        &self,
+        db: &Database,
+        case: &Case,
+        arrivals: &Arc<Arrivals>,
+        running: Option<Running>,
+        side: &mut Side,
+        notes: &mut Vec<String>,
+    ) -> Result<(Delivered, Option<Instant>), String> {
+        let Some(mut running) = running else {
+            return Err("no skor to recover".into());
+        };
+        let Side::Down(port) = *side else {
+            return Err("the recovery case has no receiver to start".into());
+        };
+        let produced = match case.load.run(&db.dsn).await {
+            Ok(produced) => produced,
+            Err(e) => {
+                let _ = running.stop().await;
+                return Err(format!("load failed: {e:#}"));
+            }
+        };
+        tokio::time::sleep(OUTAGE_AFTER_LOAD).await;
+        let early = arrivals.count();
+        if early > 0 {
+            notes.push(format!(
+                "{early} events arrived while the receiver was down"
+            ));
+        }
+        let http = receiver::start_on(port, Arc::clone(arrivals), Duration::ZERO)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let up = Instant::now();
+        *side = Side::Http(http);
+        let commits: HashMap<Key, Instant> = produced.commits.iter().copied().collect();
+        let ending = wait(arrivals, &commits, Some(&mut running)).await;
+        let usage = running.usage();
+        if let Err(e) = running.stop().await {
+            notes.push(e);
+        }
+        Ok(((produced, commits, ending, usage), Some(up)))
+    }
+
     /// wal-backlog: runs the whole load into the slot, then starts skor,
     /// waits for its events and stops it; also returns when skor was
     /// ready, where its delivery rate starts.
@@ -768,6 +899,10 @@ impl Runner<'_> {
         }
         Ok(((produced, commits, ending, usage), Some(started)))
     }
+}
+
+fn int_rate(rate: f64) -> String {
+    crate::report::int(rate.round() as usize)
 }
 
 /// Unique deliveries of committed events per second from `from` to the

@@ -114,6 +114,49 @@ impl Database {
         Ok(())
     }
 
+    /// Installs the baseline of durable mode: what a user writes instead
+    /// of skor, a minimal outbox table and a row trigger that INSERTs the
+    /// event and NOTIFYs a consumer, once per row.
+    pub async fn install_outbox(&self) -> Result<()> {
+        self.client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS public.bench_outbox;
+                 CREATE TABLE public.bench_outbox (id bigserial PRIMARY KEY, payload json NOT NULL);
+                 CREATE OR REPLACE FUNCTION public.bench_outbox() RETURNS trigger
+                 LANGUAGE plpgsql AS $$
+                 BEGIN
+                     INSERT INTO public.bench_outbox (payload)
+                     VALUES (json_build_object('table', TG_TABLE_NAME, 'schema', TG_TABLE_SCHEMA,
+                                               'op', TG_OP, 'data', row_to_json(NEW)));
+                     PERFORM pg_notify('bench_outbox', '');
+                     RETURN NULL;
+                 END $$;
+                 CREATE TRIGGER bench_outbox AFTER INSERT ON {TABLE}
+                     FOR EACH ROW EXECUTE FUNCTION public.bench_outbox();"
+            ))
+            .await
+            .context("installing the outbox trigger")
+    }
+
+    /// Counts the outbox's rows, then removes the outbox and its trigger.
+    pub async fn drop_outbox(&self) -> Result<i64> {
+        let rows: i64 = self
+            .client
+            .query_one("SELECT count(*) FROM public.bench_outbox", &[])
+            .await
+            .context("counting the outbox")?
+            .get(0);
+        self.client
+            .batch_execute(&format!(
+                "DROP TRIGGER bench_outbox ON {TABLE};
+                 DROP FUNCTION public.bench_outbox();
+                 DROP TABLE public.bench_outbox;"
+            ))
+            .await
+            .context("dropping the outbox trigger")?;
+        Ok(rows)
+    }
+
     /// Drops every replication slot of this database and skor's
     /// publication, so no WAL is kept for a case that is over. A slot's
     /// walsender may outlive its reader for a moment: waits up to 10 s for

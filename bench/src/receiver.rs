@@ -35,7 +35,19 @@ impl Drop for Receiver {
 /// Starts a receiver that records into `arrivals` and waits `delay` before
 /// answering each request.
 pub async fn start(arrivals: Arc<Arrivals>, delay: Duration) -> Result<Receiver> {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    start_on(0, arrivals, delay).await
+}
+
+/// A port on 127.0.0.1 that nothing listens on now: where a receiver that
+/// is down at first will be started.
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// [`start`] on `port` (0: any free port).
+pub async fn start_on(port: u16, arrivals: Arc<Arrivals>, delay: Duration) -> Result<Receiver> {
+    let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .context("binding the HTTP receiver")?;
     let port = listener.local_addr()?.port();

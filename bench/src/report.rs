@@ -103,7 +103,7 @@ impl Environment {
 }
 
 /// `n` with thousands separators.
-fn int(n: usize) -> String {
+pub(crate) fn int(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -186,7 +186,9 @@ impl Report<'_> {
              durable-log runs no skor and no receiver, only the durable-mode triggers: \
              delivered is the events PostgreSQL wrote to skor.event_log and events/s is \
              produced / the load's own duration, so its ratio is the share of the notify \
-             ceiling PostgreSQL can log at all, the bound of any durable delivery rate. The wal-* cases run on the \
+             ceiling PostgreSQL can log at all, the bound of any durable delivery rate. \
+             outbox is the same with a minimal hand-written outbox trigger instead of \
+             skor's. The wal-* cases run on the \
              wal server (wal_level = logical) and their ratio is against wal-none of the \
              same load and run: the load alone on that server, no trigger, no slot, nobody \
              reading (its events/s is its commit rate). wal-backlog commits its whole load \
@@ -277,6 +279,7 @@ impl Report<'_> {
             );
         }
         wal_targets(&mut out, self.results);
+        speed_targets(&mut out, self.results);
         let noted: Vec<&CaseResult> = self
             .results
             .iter()
@@ -334,6 +337,107 @@ fn verdict(met: bool) -> &'static str {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1024.0 / 1024.0
+}
+
+/// Durable mode against the minimal outbox trigger, and skor's CPU per
+/// event against its budget, when those cases ran.
+fn speed_targets(out: &mut String, results: &[CaseResult]) {
+    let mut lines = Vec::new();
+    for load in ["burst", "single-4"] {
+        let Some(outbox) = measured_case(results, Target::Outbox, load) else {
+            continue;
+        };
+        let base = outbox.committed_per_second();
+        for target in [
+            Target::DurableLog,
+            Target::DurableWebhook,
+            Target::DurableWebhookBatch,
+        ] {
+            let Some(m) = measured_case(results, target, load) else {
+                continue;
+            };
+            let ratio = m.committed_per_second() / base;
+            lines.push(format!(
+                "- {}/{load} writers' rate: {} /s = {ratio:.2} × outbox's {} /s (target ≥ 0.80), {} lost: {}",
+                target.name(),
+                int(m.committed_per_second().round() as usize),
+                int(base.round() as usize),
+                int(m.lost()),
+                verdict(ratio >= 0.8 && m.lost() == 0)
+            ));
+        }
+    }
+    if let Some(m) = measured_case(results, Target::DurableWebhookBatch, "burst") {
+        let ratio = m.events_per_second / m.committed_per_second();
+        lines.push(format!(
+            "- durable-webhook-batch/burst delivery rate: {} /s = {ratio:.2} × its commit rate (target ≥ 0.90): {}",
+            int(m.events_per_second.round() as usize),
+            verdict(ratio >= 0.9 && m.lost() == 0)
+        ));
+    }
+    for (recovery, normal) in [
+        (Target::Recovery, Target::WebhookBatch),
+        (Target::DurableRecovery, Target::DurableWebhookBatch),
+    ] {
+        let (Some(r), Some(n)) = (
+            measured_case(results, recovery, "burst"),
+            measured_case(results, normal, "burst"),
+        ) else {
+            continue;
+        };
+        let ratio = r.events_per_second / n.events_per_second;
+        lines.push(format!(
+            "- {}: a backlog of {} events drained at {} /s = {ratio:.2} × {}/burst's {} /s (target ≥ 0.80), {} lost: {}",
+            recovery.name(),
+            int(r.produced),
+            int(r.events_per_second.round() as usize),
+            normal.name(),
+            int(n.events_per_second.round() as usize),
+            int(r.lost()),
+            verdict(ratio >= 0.8 && r.lost() == 0)
+        ));
+    }
+    for result in results {
+        let Outcome::Measured(m) = &result.outcome else {
+            continue;
+        };
+        let Some(usage) = m.usage.filter(|_| m.delivered > 0) else {
+            continue;
+        };
+        let target = result.case.target;
+        let load = result.case.load.name.as_str();
+        let budget = match (target, load) {
+            (_, "single-1" | "single-4" | "single-16") => 30.0,
+            (Target::Webhook, "burst") => 20.0,
+            (
+                Target::Amqp
+                | Target::Kafka
+                | Target::Redis
+                | Target::Mqtt
+                | Target::Pubsub
+                | Target::Nats,
+                "burst",
+            ) => 12.0,
+            _ => continue,
+        };
+        let cpu = usage.cpu_seconds * 1e6 / m.delivered as f64;
+        lines.push(format!(
+            "- {}/{load} CPU: {cpu:.1} µs/event (target ≤ {budget:.0}): {}",
+            target.name(),
+            verdict(cpu <= budget)
+        ));
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Speed against its targets\n\nDurable mode against the same run's outbox of the same load: a \
+         hand-written trigger that INSERTs the event into a two-column table and NOTIFYs, once per row.\n"
+    );
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 /// The wal cases against the targets of the wal-mode issue, when any ran.

@@ -54,3 +54,29 @@ pub const TRIGGERED_PRIMARY_KEYS: &str = concat!(
      WHERE EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
        AND EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)"
 );
+
+/// Tables whose durable statement trigger (`skor.capture_rows()`) no
+/// longer sees every row: since `skor install` chose it, the table became
+/// a partition or joined an inheritance tree, whose rows also change
+/// through statements on another table.
+pub const STALE_STATEMENT_TRIGGERS: &str = "\
+    SELECT DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname) \
+      FROM pg_catalog.pg_trigger t \
+      JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE t.tgfoid = pg_catalog.to_regprocedure('skor.capture_rows()') \
+       AND (c.relispartition \
+            OR EXISTS (SELECT FROM pg_catalog.pg_inherits i \
+                        WHERE i.inhrelid = c.oid OR i.inhparent = c.oid)) \
+     ORDER BY 1";
+
+/// What to tell the user about `tables`, the result of
+/// [`STALE_STATEMENT_TRIGGERS`].
+pub fn stale_statement_triggers(tables: &[String]) -> String {
+    format!(
+        "durable mode: the statement triggers of {} miss the rows written through another \
+         table: it became a partition or joined an inheritance tree after `skor install`; \
+         run `skor install` again, which gives it row triggers",
+        tables.join(", ")
+    )
+}

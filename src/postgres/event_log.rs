@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client};
 use tracing::{debug, warn};
 
-use crate::postgres::{describe, PgError, Postgres};
+use crate::postgres::{catalog, describe, PgError, Postgres};
 
 /// Key partitions: the trigger files each event under `hashtext(key) & 63`.
 pub const PARTITIONS: i16 = 64;
@@ -300,6 +300,17 @@ impl Store {
     /// This session's id in `skor.daemon`.
     pub fn session(&self) -> &str {
         &self.session
+    }
+
+    /// The durable tables whose statement trigger misses rows now (see
+    /// [`catalog::STALE_STATEMENT_TRIGGERS`]).
+    pub async fn stale_statement_triggers(&self) -> StoreResult<Vec<String>> {
+        let rows = self
+            .client
+            .query(catalog::STALE_STATEMENT_TRIGGERS, &[])
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// How many live daemon sessions share this database's event log

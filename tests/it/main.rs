@@ -16,6 +16,7 @@ mod backpressure;
 mod capture;
 mod cli;
 mod durable;
+mod durable_statements;
 #[cfg(all(feature = "amqp", feature = "kafka"))]
 mod fanout;
 mod features;

@@ -14,10 +14,10 @@ use skor_sink_api::Op;
 
 use super::tail::{TailError, TailReader};
 use super::trigger::trigger_flags;
-use super::{BackfillBatch, Capture, OpenError, Opened, Source, Wiring};
+use super::{BackfillBatch, Capture, InstallError, OpenError, Opened, Source, Wiring};
 use crate::config::{Config, Mode, TableConfig};
 use crate::postgres::event_log::{partition_sql, WAKE_SQL};
-use crate::postgres::Postgres;
+use crate::postgres::{catalog, Postgres};
 
 /// The durable plug-in.
 pub struct Durable;
@@ -90,6 +90,29 @@ impl Capture for Durable {
         );
         let session = durable.open().await.map_err(|e| OpenError(e.to_string()))?;
         Ok(Box::new(Opened::new(durable, session)))
+    }
+
+    /// Fails when a table's statement trigger misses rows now.
+    async fn report(
+        &self,
+        client: &tokio_postgres::Client,
+        config: &Config,
+    ) -> Result<Option<String>, InstallError> {
+        if !self.used(config) {
+            return Ok(None);
+        }
+        let stale: Vec<String> = client
+            .query(catalog::STALE_STATEMENT_TRIGGERS, &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if stale.is_empty() {
+            return Ok(None);
+        }
+        Err(InstallError::Schema(catalog::stale_statement_triggers(
+            &stale,
+        )))
     }
 
     async fn open_tail(

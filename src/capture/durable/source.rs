@@ -45,7 +45,7 @@ use skor_sink_api::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::Schedule;
 use crate::capture::reconnect::{reconnect, RECONNECT_FIRST_WAIT, STABLE_SESSION};
@@ -55,7 +55,7 @@ use crate::delivery::fanout::{Acks, Fanout, Incoming};
 use crate::delivery::worker::{Fence, Job, Outcome, Resume};
 use crate::observe::stats::DurableStats;
 use crate::postgres::event_log::{Store, StoreError, PARTITIONS};
-use crate::postgres::{PgError, Postgres};
+use crate::postgres::{catalog, PgError, Postgres};
 
 /// How often partition ownership is rebalanced among the daemons.
 const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -183,6 +183,10 @@ impl Durable {
     pub async fn open(&self) -> Result<Session, DurableError> {
         let (store, wake) = Store::connect(&self.pg, self.ttl()).await?;
         let backlog = store.backlog().await?;
+        let stale = store.stale_statement_triggers().await?;
+        if !stale.is_empty() {
+            error!("{}", catalog::stale_statement_triggers(&stale));
+        }
         self.stats.link.set(true);
         info!(
             pending = backlog.pending,
