@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,8 +26,9 @@ use crate::observe::stats::SinkStats;
 /// Events delivered together, in queue order.
 type Batch = Vec<Job>;
 
-/// A submitted batch and its broker's answer.
-type Pending = Pin<Box<dyn Future<Output = (Batch, Result<(), SinkError>)> + Send>>;
+/// A submitted batch, its broker's answer, and the sink's count of
+/// deliveries when it was handed over (see [`Deliverer::deliveries`]).
+type Pending = Pin<Box<dyn Future<Output = (Batch, Result<(), SinkError>, u64)> + Send>>;
 
 /// What every lane of one sink shares: the sink and how to treat it.
 pub(super) struct Deliverer {
@@ -46,6 +48,12 @@ pub(super) struct Deliverer {
     /// When the sink lost its broker, while it is without one: shared so
     /// that an outage is logged once, not once per lane.
     pub(super) disconnected_since: Mutex<Option<Instant>>,
+    /// Batches delivered so far, by every lane. A batch that lost its
+    /// connection after a later one was delivered failed on a connection
+    /// the sink has replaced: it is retried at once, not after an outage
+    /// wait, so the window of a pipelined sink that lost its broker drains
+    /// at the pace of the broker's answers once it is back.
+    pub(super) deliveries: AtomicU64,
 }
 
 impl Deliverer {
@@ -67,7 +75,7 @@ impl Deliverer {
             let room = open && in_flight.len() < self.window;
             // A failed batch is retried before anything else moves, so an
             // outage holds the lane instead of racing through it.
-            let (batch, result) = tokio::select! {
+            let (batch, result, handed_over) = tokio::select! {
                 biased;
                 () = deadline.cancelled() => break in_flight_events,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
@@ -83,6 +91,7 @@ impl Deliverer {
                     if self.batching.max_events > 1 {
                         open = self.fill(&mut rx, &mut batch).await;
                     }
+                    let handed_over = self.deliveries.load(Ordering::Relaxed);
                     if self.concurrency == Concurrency::Lanes {
                         let sent = tokio::select! {
                             biased;
@@ -91,7 +100,7 @@ impl Deliverer {
                         };
                         match sent {
                             None => continue,
-                            Some(result) => (batch, result),
+                            Some(result) => (batch, result, handed_over),
                         }
                     } else {
                         let submitted = tokio::select! {
@@ -104,11 +113,11 @@ impl Deliverer {
                             Some(Ok(confirmation)) => {
                                 in_flight_events += batch.len();
                                 in_flight.push_back(Box::pin(async move {
-                                    (batch, confirmation.await)
+                                    (batch, confirmation.await, handed_over)
                                 }));
                                 continue;
                             }
-                            Some(Err(error)) => (batch, Err(error)),
+                            Some(Err(error)) => (batch, Err(error), handed_over),
                         }
                     }
                 }
@@ -117,7 +126,7 @@ impl Deliverer {
             tokio::select! {
                 biased;
                 () = deadline.cancelled() => break batch.len() + in_flight_events,
-                () = self.settle(&mut batch, result) => {}
+                () = self.settle(&mut batch, result, handed_over) => {}
             }
         } as u64;
         rx.close();
@@ -249,7 +258,8 @@ impl Deliverer {
 
     /// Counts a delivered batch, or retries a failed one as the policy
     /// allows and logs and counts its events if they cannot be delivered.
-    async fn settle(&self, batch: &mut Batch, mut result: Result<(), SinkError>) {
+    /// `handed_over` is [`Self::deliveries`] when the batch was sent.
+    async fn settle(&self, batch: &mut Batch, mut result: Result<(), SinkError>, handed_over: u64) {
         let first = Arc::clone(&batch[0].event);
         let resumed = batch
             .iter()
@@ -261,12 +271,24 @@ impl Deliverer {
         // clock restarts whenever another lane delivers, which must not let
         // a batch that only ever fails this way wait forever.
         let mut waiting_since: Option<Instant> = None;
+        let mut stale = handed_over < self.deliveries.load(Ordering::Relaxed);
         loop {
             let events = batch.len();
             let mut error = match result {
                 Ok(()) => return self.delivered(batch, attempt),
                 Err(error) => error,
             };
+            if error.kind == ErrorKind::Disconnected && std::mem::take(&mut stale) {
+                // Lost with a connection the sink has since replaced (a
+                // later batch got through): once, at once.
+                debug!(sink = %self.name, events, error = %error,
+                       "retrying at once what a replaced connection lost");
+                result = match self.within_leases(batch, self.attempt(batch)).await {
+                    Some(result) => result,
+                    None => return,
+                };
+                continue;
+            }
             let delay = match error.kind {
                 ErrorKind::Disconnected => {
                     let since = *waiting_since.get_or_insert_with(Instant::now);
@@ -367,6 +389,7 @@ impl Deliverer {
     }
 
     fn delivered(&self, batch: &Batch, attempt: u32) {
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
         self.stats.delivered.add(batch.len() as u64);
         self.stats
             .settled(batch.iter().map(|j| j.queued_at.elapsed()));

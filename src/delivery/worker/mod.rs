@@ -227,6 +227,7 @@ pub fn worker(
             index,
             window,
             disconnected_since: Mutex::new(None),
+            deliveries: AtomicU64::new(0),
         },
         rx,
         lanes,
