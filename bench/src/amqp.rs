@@ -32,6 +32,29 @@ pub fn sink(url: &str) -> String {
     )
 }
 
+/// The broker's address in `url`, and a function giving the same URL
+/// through a proxy's port on 127.0.0.1.
+pub fn through_proxy(url: &str) -> Result<(impl Fn(u16) -> String, std::net::SocketAddr)> {
+    use std::net::ToSocketAddrs;
+    let uri: skor_sink_amqp::lapin::uri::AMQPUri =
+        url.parse().map_err(|e| anyhow::anyhow!("amqp url: {e}"))?;
+    let (host, port) = (uri.authority.host.clone(), uri.authority.port);
+    let broker = (host.as_str(), port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let userinfo = uri.authority.userinfo;
+    let (user, password, vhost) = (userinfo.username, userinfo.password, uri.vhost);
+    let proxied = move |port: u16| {
+        format!(
+            "amqp://{user}:{password}@127.0.0.1:{port}/{}",
+            vhost.replace('/', "%2f")
+        )
+    };
+    Ok((proxied, broker))
+}
+
 /// A consumer recording every message's payload.
 pub struct Consumer {
     connection: Connection,

@@ -24,6 +24,10 @@ const RECOVERY_ROWS: f64 = 50_000.0;
 /// How long the receiver stays down after the recovery load committed.
 const OUTAGE_AFTER_LOAD: Duration = Duration::from_secs(2);
 
+/// When amqp-recovery cuts the broker off, from the start of its load.
+#[cfg(feature = "amqp")]
+const CUT_INTO_LOAD: Duration = Duration::from_millis(100);
+
 /// What receives the events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -64,6 +68,10 @@ pub enum Target {
     Recovery,
     /// The same, with the table in durable mode.
     DurableRecovery,
+    /// AMQP through a proxy that cuts skor's connections to RabbitMQ in the
+    /// middle of the load and refuses new ones until after it: the window
+    /// of unconfirmed messages is lost with the connection.
+    AmqpRecovery,
     /// The wal cases' baseline, on the wal server: no trigger, no slot,
     /// nobody reading, only the load; its commit rate is what the other
     /// wal cases of the same load are measured against.
@@ -99,6 +107,7 @@ impl Target {
             Self::DurableWebhookBatch => "durable-webhook-batch",
             Self::Recovery => "recovery",
             Self::DurableRecovery => "durable-recovery",
+            Self::AmqpRecovery => "amqp-recovery",
             Self::WalNone => "wal-none",
             Self::WalWebhook => "wal-webhook",
             Self::WalWebhookBatch => "wal-webhook-batch",
@@ -136,7 +145,10 @@ impl Target {
 
     /// Whether the receiver is down while the load runs.
     fn outage(self) -> bool {
-        matches!(self, Self::Recovery | Self::DurableRecovery)
+        matches!(
+            self,
+            Self::Recovery | Self::DurableRecovery | Self::AmqpRecovery
+        )
     }
 }
 
@@ -218,7 +230,11 @@ pub fn matrix(scale: f64) -> Vec<Case> {
         load: Load::burst(BACKLOG_ROWS, scale),
     });
     // A backlog of 50,000 events built while the receiver is down.
-    for target in [Target::Recovery, Target::DurableRecovery] {
+    let mut recoveries = vec![Target::Recovery, Target::DurableRecovery];
+    if cfg!(feature = "amqp") {
+        recoveries.push(Target::AmqpRecovery);
+    }
+    for target in recoveries {
         cases.push(Case {
             target,
             load: Load::burst(RECOVERY_ROWS, scale),
@@ -297,6 +313,9 @@ enum Side {
     Http(#[allow(dead_code)] receiver::Receiver),
     /// A receiver not started yet, and its port.
     Down(u16),
+    /// A consumer, and the proxy skor reaches the broker through.
+    #[cfg(feature = "amqp")]
+    AmqpProxied(crate::amqp::Consumer, skor_testkit::proxy::Proxy),
     #[cfg(feature = "amqp")]
     Amqp(crate::amqp::Consumer),
     #[cfg(feature = "kafka")]
@@ -318,7 +337,9 @@ impl Side {
             #[cfg(feature = "mqtt")]
             Self::Mqtt(_) => Ok(()),
             #[cfg(feature = "amqp")]
-            Self::Amqp(consumer) => consumer.stop().await.map_err(|e| format!("{e:#}")),
+            Self::Amqp(consumer) | Self::AmqpProxied(consumer, _) => {
+                consumer.stop().await.map_err(|e| format!("{e:#}"))
+            }
             #[cfg(feature = "kafka")]
             Self::Kafka(consumer) => {
                 consumer.stop().await;
@@ -474,6 +495,16 @@ impl<'a> Runner<'a> {
                     .await
                     .map_err(fail)?;
                 (Side::Amqp(consumer), crate::amqp::sink(&self.amqp_url))
+            }
+            #[cfg(feature = "amqp")]
+            Target::AmqpRecovery => {
+                let consumer = crate::amqp::Consumer::start(&self.amqp_url, arrivals)
+                    .await
+                    .map_err(fail)?;
+                let (proxied, broker) = crate::amqp::through_proxy(&self.amqp_url).map_err(fail)?;
+                let proxy = skor_testkit::proxy::Proxy::start(broker).await;
+                let sink = crate::amqp::sink(&proxied(proxy.addr.port()));
+                (Side::AmqpProxied(consumer, proxy), sink)
             }
             #[cfg(feature = "kafka")]
             Target::Kafka | Target::WalKafka => {
@@ -647,16 +678,27 @@ impl<'a> Runner<'a> {
             // out the retry delay it chose while the receiver was down.
             let snapshot = arrivals.snapshot();
             measured.latency_ms = None;
-            if let Some(first) = snapshot.iter().map(|&(_, at)| at).min() {
-                measured.events_per_second = delivery_rate(&commits, &snapshot, first);
+            let before: HashSet<Key> = snapshot
+                .iter()
+                .filter(|&&(_, at)| at < up)
+                .map(|&(key, _)| key)
+                .collect();
+            let fresh: Vec<(Key, Instant)> = snapshot
+                .iter()
+                .copied()
+                .filter(|&(key, at)| at >= up && !before.contains(&key))
+                .collect();
+            if let Some(first) = fresh.iter().map(|&(_, at)| at).min() {
+                measured.events_per_second = delivery_rate(&commits, &fresh, first);
                 notes.push(format!(
-                    "the receiver came up {:.1} s after the load ended, with {} events waiting; \
-                     skor's next attempt reached it {:.2} s later; events/s is from that first \
-                     arrival to the last ({} /s from the receiver's start)",
+                    "the sink came back {:.1} s after the load ended, with {} events waiting; \
+                     skor's next attempt reached it {:.2} s later; events/s counts the events \
+                     first delivered after that, from that first arrival to the last ({} /s \
+                     from the sink's return)",
                     OUTAGE_AFTER_LOAD.as_secs_f64(),
-                    measured.produced,
+                    measured.produced - before.len(),
                     first.saturating_duration_since(up).as_secs_f64(),
-                    int_rate(delivery_rate(&commits, &snapshot, up))
+                    int_rate(delivery_rate(&commits, &fresh, up))
                 ));
             }
         } else if let Some(started) = start_of_rate {
@@ -827,10 +869,26 @@ impl Runner<'_> {
         let Some(mut running) = running else {
             return Err("no skor to recover".into());
         };
-        let Side::Down(port) = *side else {
-            return Err("the recovery case has no receiver to start".into());
+        let load = case.load.run(&db.dsn);
+        let produced = match side {
+            #[cfg(feature = "amqp")]
+            Side::AmqpProxied(_, proxy) => {
+                tokio::pin!(load);
+                let cut = tokio::time::sleep(CUT_INTO_LOAD);
+                tokio::select! {
+                    produced = &mut load => {
+                        notes.push("the load ended before the cut".into());
+                        produced
+                    }
+                    () = cut => {
+                        proxy.cut();
+                        load.await
+                    }
+                }
+            }
+            _ => load.await,
         };
-        let produced = match case.load.run(&db.dsn).await {
+        let produced = match produced {
             Ok(produced) => produced,
             Err(e) => {
                 let _ = running.stop().await;
@@ -838,17 +896,31 @@ impl Runner<'_> {
             }
         };
         tokio::time::sleep(OUTAGE_AFTER_LOAD).await;
-        let early = arrivals.count();
-        if early > 0 {
-            notes.push(format!(
-                "{early} events arrived while the receiver was down"
-            ));
-        }
-        let http = receiver::start_on(port, Arc::clone(arrivals), Duration::ZERO)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-        let up = Instant::now();
-        *side = Side::Http(http);
+        let before = arrivals.count();
+        let up = match side {
+            Side::Down(port) => {
+                if before > 0 {
+                    notes.push(format!(
+                        "{before} events arrived while the receiver was down"
+                    ));
+                }
+                let http = receiver::start_on(*port, Arc::clone(arrivals), Duration::ZERO)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                *side = Side::Http(http);
+                Instant::now()
+            }
+            #[cfg(feature = "amqp")]
+            Side::AmqpProxied(_, proxy) => {
+                notes.push(format!(
+                    "{before} events arrived before the proxy cut skor off RabbitMQ {} ms into the load",
+                    CUT_INTO_LOAD.as_millis()
+                ));
+                proxy.resume();
+                Instant::now()
+            }
+            _ => return Err("the recovery case has no outage to end".into()),
+        };
         let commits: HashMap<Key, Instant> = produced.commits.iter().copied().collect();
         let ending = wait(arrivals, &commits, Some(&mut running)).await;
         let usage = running.usage();

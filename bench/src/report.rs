@@ -378,6 +378,7 @@ fn speed_targets(out: &mut String, results: &[CaseResult]) {
     for (recovery, normal) in [
         (Target::Recovery, Target::WebhookBatch),
         (Target::DurableRecovery, Target::DurableWebhookBatch),
+        (Target::AmqpRecovery, Target::Amqp),
     ] {
         let (Some(r), Some(n)) = (
             measured_case(results, recovery, "burst"),

@@ -1,6 +1,7 @@
-//! A TCP forwarder the test controls: it can stop forwarding without
-//! closing any socket, as a dead network path looks to both ends (a "black
-//! hole"), and resume later.
+//! A TCP forwarder the test (or the bench) controls: it can stop
+//! forwarding without closing any socket, as a dead network path looks to
+//! both ends (a "black hole"), or cut every connection and refuse new
+//! ones, as a stopped server does; and resume later.
 
 use std::net::SocketAddr;
 
@@ -9,10 +10,18 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// What the proxy does with bytes and connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    BlackHole,
+    Cut,
+}
+
 /// Forwards every connection to 127.0.0.1:0 on to `target` while on.
 pub struct Proxy {
     pub addr: SocketAddr,
-    forwarding: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
 }
 
 impl Proxy {
@@ -20,34 +29,45 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let forwarding = watch::Sender::new(true);
-        let on = forwarding.subscribe();
+        let mode = watch::Sender::new(Mode::Forward);
+        let on = mode.subscribe();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 tokio::spawn(forward(client, target, on.clone()));
             }
         });
-        Self { addr, forwarding }
+        Self { addr, mode }
     }
 
     /// Stops moving bytes either way and connects nothing new; every
     /// socket stays open.
     pub fn black_hole(&self) {
-        self.forwarding.send_replace(false);
+        self.mode.send_replace(Mode::BlackHole);
+    }
+
+    /// Closes every connection and closes new ones as they come, as a
+    /// stopped server does.
+    pub fn cut(&self) {
+        self.mode.send_replace(Mode::Cut);
     }
 
     /// Moves bytes again, on old connections and new ones.
     pub fn resume(&self) {
-        self.forwarding.send_replace(true);
+        self.mode.send_replace(Mode::Forward);
     }
 }
 
-/// Waits while the proxy is a black hole; false once the proxy is gone.
-async fn open(on: &mut watch::Receiver<bool>) -> bool {
-    on.wait_for(|on| *on).await.is_ok()
+/// Waits while the proxy is a black hole; false once it cuts or is gone.
+async fn open(on: &mut watch::Receiver<Mode>) -> bool {
+    matches!(
+        on.wait_for(|mode| *mode != Mode::BlackHole)
+            .await
+            .as_deref(),
+        Ok(Mode::Forward)
+    )
 }
 
-async fn forward(client: TcpStream, target: SocketAddr, mut on: watch::Receiver<bool>) {
+async fn forward(client: TcpStream, target: SocketAddr, mut on: watch::Receiver<Mode>) {
     if !open(&mut on).await {
         return;
     }
@@ -62,7 +82,7 @@ async fn forward(client: TcpStream, target: SocketAddr, mut on: watch::Receiver<
     );
 }
 
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut on: watch::Receiver<bool>) {
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut on: watch::Receiver<Mode>) {
     let mut buffer = vec![0; 16 * 1024];
     loop {
         if !open(&mut on).await {
@@ -70,7 +90,7 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut on: watch::Re
         }
         let read = tokio::select! {
             read = from.read(&mut buffer) => read,
-            _ = on.wait_for(|on| !*on) => continue,
+            _ = on.wait_for(|mode| *mode != Mode::Forward) => continue,
         };
         let n = match read {
             Ok(0) | Err(_) => {
