@@ -151,3 +151,124 @@ impl Consumer {
         Ok(())
     }
 }
+
+/// What a minimal AMQP client achieves on its own: publishes and confirms
+/// per second, and the bench process's CPU per message.
+#[derive(Clone, Copy, Debug)]
+pub struct Ceiling {
+    /// Messages published, confirmed and consumed per second.
+    pub per_second: f64,
+    /// CPU of the bench process (publisher and consumer) per message, µs.
+    pub cpu_us: f64,
+}
+
+/// RabbitMQ's publish-confirm ceiling from the simplest client: one lapin
+/// channel in confirm mode publishing `messages` persistent 250-byte
+/// messages to a fanout exchange, awaiting up to 1000 confirmations at once
+/// (skor's default `max_in_flight`), one consumer; from the first publish to
+/// the last message consumed.
+pub async fn ceiling(url: &str, messages: usize) -> Result<Ceiling> {
+    use futures_util::stream::FuturesOrdered;
+    use skor_sink_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use skor_sink_amqp::lapin::BasicProperties;
+
+    let exchange = format!("{}_ceiling", exchange_name());
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .context("connecting to RabbitMQ")?;
+    let consuming = connection.create_channel().await?;
+    consuming
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("declaring the ceiling's exchange")?;
+    let queue = consuming
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    consuming
+        .queue_bind(
+            queue.name().clone(),
+            exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = consuming
+        .basic_consume(
+            queue.name().clone(),
+            "skor-bench-ceiling".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let counted = tokio::spawn(async move {
+        let mut n = 0;
+        while n < messages {
+            match consumer.next().await {
+                Some(Ok(_)) => n += 1,
+                _ => break,
+            }
+        }
+        n
+    });
+    let publishing = connection.create_channel().await?;
+    publishing
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let payload = crate::receiver::SAMPLE.as_bytes();
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    let cpu_before = crate::skor::own_cpu_seconds();
+    let start = Instant::now();
+    let mut waiting = FuturesOrdered::new();
+    for _ in 0..messages {
+        if waiting.len() >= 1000 {
+            waiting.next().await.context("a confirmation")??;
+        }
+        let confirm = publishing
+            .basic_publish(
+                exchange.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                payload,
+                properties.clone(),
+            )
+            .await?;
+        waiting.push_back(confirm);
+    }
+    while let Some(confirm) = waiting.next().await {
+        confirm?;
+    }
+    let consumed = counted.await?;
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu = crate::skor::own_cpu_seconds() - cpu_before;
+    let _ = consuming
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "bye".into()).await;
+    anyhow::ensure!(
+        consumed == messages,
+        "consumed {consumed} of {messages} messages"
+    );
+    Ok(Ceiling {
+        per_second: messages as f64 / seconds,
+        cpu_us: cpu * 1e6 / messages as f64,
+    })
+}

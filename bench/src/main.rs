@@ -169,6 +169,20 @@ async fn bench(args: &Args) -> Result<()> {
     let receiver_capacity = receiver::capacity(16, Duration::from_secs(2))
         .await
         .map_err(|e| format!("{e:#}"));
+    #[cfg(feature = "amqp")]
+    let amqp_ceiling = if cases.iter().any(|c| c.target == cases::Target::Amqp) {
+        eprintln!("== RabbitMQ alone: a minimal client's publish-confirm ceiling");
+        Some(
+            amqp::ceiling(&args.amqp_url, 100_000)
+                .await
+                .map(|c| (c.per_second, c.cpu_us))
+                .map_err(|e| format!("{e:#}")),
+        )
+    } else {
+        None
+    };
+    #[cfg(not(feature = "amqp"))]
+    let amqp_ceiling: Option<Result<(f64, f64), String>> = None;
     let mut runner = Runner {
         db: &db,
         // With no other case, the one database is on the wal server.
@@ -222,6 +236,7 @@ async fn bench(args: &Args) -> Result<()> {
         environment: &environment,
         scale: args.scale,
         receiver_capacity,
+        amqp_ceiling,
         results: &results,
         seconds: started.elapsed().as_secs_f64(),
     }

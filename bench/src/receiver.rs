@@ -88,7 +88,7 @@ async fn handle(
 }
 
 /// A payload of the bench table's size (about 250 bytes).
-const SAMPLE: &str = r#"{"table" : "bench_events", "schema" : "public", "op" : "INSERT", "data" : {"id":123456,"account":56,"amount":1234.56,"note":"bench note for generated row number 123456","created_at":"2026-01-01T12:34:56.789012+00:00"}}"#;
+pub const SAMPLE: &str = r#"{"table" : "bench_events", "schema" : "public", "op" : "INSERT", "data" : {"id":123456,"account":56,"amount":1234.56,"note":"bench note for generated row number 123456","created_at":"2026-01-01T12:34:56.789012+00:00"}}"#;
 
 /// Requests per second a fresh receiver answers to `connections` keep-alive
 /// connections POSTing one payload at a time for `duration`.

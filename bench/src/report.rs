@@ -123,6 +123,9 @@ pub struct Report<'a> {
     pub scale: f64,
     /// The HTTP receiver's requests/s on its own, or why it is unknown.
     pub receiver_capacity: Result<f64, String>,
+    /// RabbitMQ with a minimal client: messages/s and the client's CPU µs
+    /// per message, or why they are unknown; none if no AMQP case ran.
+    pub amqp_ceiling: Option<Result<(f64, f64), String>>,
     /// Every case run, in order.
     pub results: &'a [CaseResult],
     /// The run's wall-clock time, in seconds.
@@ -173,6 +176,22 @@ impl Report<'_> {
             Err(e) => {
                 let _ = writeln!(out, "- HTTP receiver alone: not measured: {e}");
             }
+        }
+        match &self.amqp_ceiling {
+            Some(Ok((rate, cpu))) => {
+                let _ = writeln!(
+                    out,
+                    "- RabbitMQ alone: {} messages/s from a minimal client (one lapin channel, \
+                     publisher confirms, persistent, 1000 awaited, 250-byte messages, one \
+                     consumer), {cpu:.1} µs of the client's CPU per message, publisher and \
+                     consumer together",
+                    int(*rate as usize)
+                );
+            }
+            Some(Err(e)) => {
+                let _ = writeln!(out, "- RabbitMQ alone: not measured: {e}");
+            }
+            None => {}
         }
         let _ = writeln!(
             out,
@@ -279,7 +298,7 @@ impl Report<'_> {
             );
         }
         wal_targets(&mut out, self.results);
-        speed_targets(&mut out, self.results);
+        speed_targets(&mut out, self.results, &self.amqp_ceiling);
         let noted: Vec<&CaseResult> = self
             .results
             .iter()
@@ -341,8 +360,32 @@ fn mib(bytes: u64) -> f64 {
 
 /// Durable mode against the minimal outbox trigger, and skor's CPU per
 /// event against its budget, when those cases ran.
-fn speed_targets(out: &mut String, results: &[CaseResult]) {
+fn speed_targets(
+    out: &mut String,
+    results: &[CaseResult],
+    amqp_ceiling: &Option<Result<(f64, f64), String>>,
+) {
     let mut lines = Vec::new();
+    if let (Some(Ok((rate, cpu))), Some(m)) =
+        (amqp_ceiling, measured_case(results, Target::Amqp, "burst"))
+    {
+        let skor_cpu = m
+            .usage
+            .filter(|_| m.delivered > 0)
+            .map(|u| {
+                format!(
+                    ", {:.1} µs of skor's CPU per event against the client's {cpu:.1}",
+                    u.cpu_seconds * 1e6 / m.delivered as f64
+                )
+            })
+            .unwrap_or_default();
+        lines.push(format!(
+            "- amqp/burst: {} /s = {:.2} × a minimal client's {} /s{skor_cpu}",
+            int(m.events_per_second.round() as usize),
+            m.events_per_second / rate,
+            int(rate.round() as usize)
+        ));
+    }
     for load in ["burst", "single-4"] {
         let Some(outbox) = measured_case(results, Target::Outbox, load) else {
             continue;

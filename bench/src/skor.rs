@@ -203,6 +203,12 @@ impl Running {
     }
 }
 
+/// utime + stime of the bench itself, in seconds (0 if unreadable).
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+pub fn own_cpu_seconds() -> f64 {
+    cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
 /// utime + stime of `pid`, in seconds.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
