@@ -291,3 +291,49 @@ async fn check_fails_when_a_statement_trigger_table_joins_an_inheritance_tree() 
     let output = bin::run(&["--config", path, "check", "--connect"]).await;
     assert!(output.status.success(), "{}", bin::stderr(&output));
 }
+
+#[tokio::test]
+async fn rows_deleted_by_a_foreign_key_cascade_are_logged() {
+    let db = TestDb::new().await;
+    db.exec(
+        "CREATE TABLE parent_rows (id int PRIMARY KEY); \
+         CREATE TABLE child_rows (id int PRIMARY KEY, \
+             parent int REFERENCES parent_rows (id) ON DELETE CASCADE);",
+    )
+    .await;
+    let config = config(
+        &db,
+        "[[table]]\nname = \"child_rows\"\nmode = \"durable\"\nops = [\"INSERT\", \"DELETE\"]\n",
+    );
+    install(&db, &config).await;
+    assert!(per_row(&db, "child_rows").await.iter().all(|(_, row)| !row));
+    // PostgreSQL deletes the children with statements of its own: their
+    // statement trigger fires for each.
+    db.exec(
+        "INSERT INTO parent_rows VALUES (1), (2), (3); \
+         INSERT INTO child_rows VALUES (10, 1), (11, 1), (20, 2), (30, 3); \
+         DELETE FROM parent_rows WHERE id < 3;",
+    )
+    .await;
+    let events: Vec<(String, String)> = db
+        .client
+        .query("SELECT op, row_key FROM skor.event_log ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let event = |op: &str, id: i32| (op.to_string(), format!("{{\"id\":{id}}}"));
+    assert_eq!(
+        events,
+        [
+            event("INSERT", 10),
+            event("INSERT", 11),
+            event("INSERT", 20),
+            event("INSERT", 30),
+            event("DELETE", 10),
+            event("DELETE", 11),
+            event("DELETE", 20),
+        ]
+    );
+}
