@@ -55,6 +55,61 @@ pub fn through_proxy(url: &str) -> Result<(impl Fn(u16) -> String, std::net::Soc
     Ok((proxied, broker))
 }
 
+/// Declares the fanout `exchange` (durable, as skor declares it), binds
+/// a fresh exclusive queue to it and consumes it without acks.
+async fn consume(
+    channel: &Channel,
+    exchange: &str,
+    tag: &str,
+) -> Result<skor_sink_amqp::lapin::Consumer> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("declaring the exchange")?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("declaring the queue")?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("binding the queue")?;
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("consuming")
+}
+
 /// A consumer recording every message's payload.
 pub struct Consumer {
     connection: Connection,
@@ -77,53 +132,7 @@ impl Consumer {
             .await
             .context("connecting to RabbitMQ")?;
         let channel = connection.create_channel().await?;
-        let exchange = exchange_name();
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .context("declaring the exchange")?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .context("declaring the queue")?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .context("binding the queue")?;
-        let mut consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "skor-bench".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .context("consuming")?;
+        let mut consumer = consume(&channel, &exchange_name(), "skor-bench").await?;
         let task = tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
                 arrivals.record_event(&delivery.data, Instant::now());
@@ -177,46 +186,7 @@ pub async fn ceiling(url: &str, messages: usize) -> Result<Ceiling> {
         .await
         .context("connecting to RabbitMQ")?;
     let consuming = connection.create_channel().await?;
-    consuming
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("declaring the ceiling's exchange")?;
-    let queue = consuming
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    consuming
-        .queue_bind(
-            queue.name().clone(),
-            exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = consuming
-        .basic_consume(
-            queue.name().clone(),
-            "skor-bench-ceiling".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = consume(&consuming, &exchange, "skor-bench-ceiling").await?;
     let counted = tokio::spawn(async move {
         let mut n = 0;
         while n < messages {

@@ -836,7 +836,7 @@ impl Runner<'_> {
         db: &Database,
         case: &Case,
         arrivals: &Arrivals,
-        mut running: Option<Running>,
+        running: Option<Running>,
         notes: &mut Vec<String>,
     ) -> Result<Delivered, String> {
         let produced = match case.load.run(&db.dsn).await {
@@ -848,15 +848,7 @@ impl Runner<'_> {
                 return Err(format!("load failed: {e:#}"));
             }
         };
-        let commits: HashMap<Key, Instant> = produced.commits.iter().copied().collect();
-        let ending = wait(arrivals, &commits, running.as_mut()).await;
-        let usage = running.as_ref().and_then(Running::usage);
-        if let Some(running) = running {
-            if let Err(e) = running.stop().await {
-                notes.push(e);
-            }
-        }
-        Ok((produced, commits, ending, usage))
+        Ok(settle(produced, arrivals, running, notes).await)
     }
 
     /// recovery: runs the load while the receiver is down (skor retries
@@ -872,7 +864,7 @@ impl Runner<'_> {
         side: &mut Side,
         notes: &mut Vec<String>,
     ) -> Result<(Delivered, Option<Instant>), String> {
-        let Some(mut running) = running else {
+        let Some(running) = running else {
             return Err("no skor to recover".into());
         };
         let load = case.load.run(&db.dsn);
@@ -927,13 +919,10 @@ impl Runner<'_> {
             }
             _ => return Err("the recovery case has no outage to end".into()),
         };
-        let commits: HashMap<Key, Instant> = produced.commits.iter().copied().collect();
-        let ending = wait(arrivals, &commits, Some(&mut running)).await;
-        let usage = running.usage();
-        if let Err(e) = running.stop().await {
-            notes.push(e);
-        }
-        Ok(((produced, commits, ending, usage), Some(up)))
+        Ok((
+            settle(produced, arrivals, Some(running), notes).await,
+            Some(up),
+        ))
     }
 
     /// wal-backlog: runs the whole load into the slot, then starts skor,
@@ -968,16 +957,32 @@ impl Runner<'_> {
                 retained as f64 / 1024.0 / 1024.0
             ));
         }
-        let mut running = self.skor.start(config, log).await?;
+        let running = self.skor.start(config, log).await?;
         let started = Instant::now();
-        let commits: HashMap<Key, Instant> = produced.commits.iter().copied().collect();
-        let ending = wait(arrivals, &commits, Some(&mut running)).await;
-        let usage = running.usage();
+        Ok((
+            settle(produced, arrivals, Some(running), notes).await,
+            Some(started),
+        ))
+    }
+}
+
+/// Waits for `produced`'s events (see [`wait`]), then stops skor and
+/// takes what it used.
+async fn settle(
+    produced: Produced,
+    arrivals: &Arrivals,
+    mut running: Option<Running>,
+    notes: &mut Vec<String>,
+) -> Delivered {
+    let commits: HashMap<Key, Instant> = produced.commits.iter().copied().collect();
+    let ending = wait(arrivals, &commits, running.as_mut()).await;
+    let usage = running.as_ref().and_then(Running::usage);
+    if let Some(running) = running {
         if let Err(e) = running.stop().await {
             notes.push(e);
         }
-        Ok(((produced, commits, ending, usage), Some(started)))
     }
+    (produced, commits, ending, usage)
 }
 
 fn int_rate(rate: f64) -> String {
