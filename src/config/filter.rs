@@ -8,6 +8,12 @@
 //! it), and whatever else the table adds (`xid`, ...). `data` and `old` are
 //! always declared: `null` when the payload has none.
 //!
+//! `changed("column")` is true on an UPDATE whose old and new values of that
+//! column differ, false on any other operation. It reads the old row, so it
+//! needs the table's `old = true` (config validation refuses a route whose
+//! tables do not send it); an UPDATE that carries no old row anyway (wal mode
+//! without REPLICA IDENTITY FULL) is an evaluation error, not a guess.
+//!
 //! Missing fields: `data.status` on a row without a `status` column, or
 //! `old.status` on an INSERT, is an evaluation error, and an evaluation error
 //! (as is a result that is not a boolean) counts as "no match": the filter
@@ -28,12 +34,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use cel::common::ast::{CallExpr, Expr, LiteralValue};
 use cel::common::types::{
-    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+    self as cel_types, CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString,
+    CelUInt,
 };
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
-use cel::{Context, Env, Program, Value};
+use cel::parser::Macro;
+use cel::{Context, Env, ExecutionError, Program, Value};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use skor_sink_api::Op;
 use tracing::{debug, warn};
@@ -57,6 +66,8 @@ struct Inner {
     program: Program,
     /// Whether the expression names anything but the routing fields.
     needs_payload: bool,
+    /// Whether it calls `changed()`, which needs the old row.
+    reads_changes: bool,
     /// Evaluations that failed (and so did not match).
     errors: AtomicU64,
     /// Milliseconds after [`epoch`] of the last warn line, plus one; 0: none.
@@ -115,10 +126,92 @@ impl fmt::Display for EvalError {
 
 impl std::error::Error for EvalError {}
 
-/// The CEL standard library, built once and shared by every evaluation.
+/// The function `changed("column")` calls, after its macro added the
+/// variables it reads; a name no expression can spell.
+const CHANGED: &str = "__skor_changed";
+
+/// The CEL standard library and `changed()`, built once and shared by every
+/// parse and evaluation.
 fn env() -> &'static Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
-    ENV.get_or_init(|| Arc::new(Env::stdlib()))
+    ENV.get_or_init(|| {
+        let mut env = Env::stdlib();
+        // A macro rather than a plain function: a function sees only its
+        // arguments, and this one must read `op`, `data` and `old`; naming
+        // them in the expansion also makes the filter parse the payload.
+        env.add_macro(Macro::global("changed", 1, |helper, _target, args| {
+            let column = args.pop().expect("the macro is declared with one argument");
+            if !matches!(column.expr, Expr::Literal(LiteralValue::String(_))) {
+                return Err(helper.new_error(
+                    column.id,
+                    "changed() takes a column name in quotes, as in changed(\"status\")",
+                ));
+            }
+            let mut variable = |name: &str| helper.next_expr(Expr::Ident(name.to_string()));
+            let args = vec![variable("op"), variable("data"), variable("old"), column];
+            Ok(Some(helper.next_expr(Expr::Call(CallExpr {
+                func_name: CHANGED.to_string(),
+                target: None,
+                args,
+            }))))
+        }))
+        .expect("changed() is not a standard macro");
+        // Any other number of arguments: said at parse time, not per event.
+        env.add_macro(Macro::global_var_arg("changed", |helper, _target, args| {
+            let id = args.first().map_or(0, |arg| arg.id);
+            Err(helper.new_error(
+                id,
+                "changed() takes one column name, as in changed(\"status\")",
+            ))
+        }))
+        .expect("changed() is not a standard macro");
+        env.add_overload(
+            CHANGED,
+            "skor_changed",
+            vec![
+                cel_types::STRING_TYPE,
+                cel_types::DYN_TYPE,
+                cel_types::DYN_TYPE,
+                cel_types::STRING_TYPE,
+            ],
+            changed,
+        )
+        .expect("changed() is declared once");
+        Arc::new(env)
+    })
+}
+
+/// `changed(column)`, given the event's `op`, `data` and `old`.
+fn changed<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let fail = |message: String| ExecutionError::function_error("changed", message);
+    let [op, data, old, column]: [CowVal<'b, 'v>; 4] = args
+        .try_into()
+        .map_err(|_| fail("expects one column name".to_string()))?;
+    let column_name = column
+        .downcast_ref::<CelString>()
+        .map(|c| c.inner().to_string())
+        .ok_or_else(|| fail("expects a column name in quotes".to_string()))?;
+    if op.downcast_ref::<CelString>().map(|op| op.inner()) != Some("UPDATE") {
+        return Ok(CowVal::owned(CelBool::from(false)));
+    }
+    let value = |row: &CowVal<'b, 'v>, which: &str| -> Result<Box<dyn Val + 'v>, ExecutionError> {
+        if row.downcast_ref::<CelNull>().is_some() {
+            return Err(fail(format!(
+                "this UPDATE carries no {which} row; set `old = true` on the table \
+                 (wal mode also needs REPLICA IDENTITY FULL)"
+            )));
+        }
+        let indexer = row
+            .as_indexer()
+            .ok_or_else(|| fail(format!("the {which} row is not an object")))?;
+        indexer
+            .get(&*column)
+            .map(CowVal::into_owned)
+            .map_err(|_| fail(format!("the {which} row has no column \"{column_name}\"")))
+    };
+    let new = value(&data, "new")?;
+    let before = value(&old, "old")?;
+    Ok(CowVal::owned(CelBool::from(!new.equals(&*before))))
 }
 
 /// The process's clock origin for the warn rate limit.
@@ -137,7 +230,7 @@ impl Filter {
                 message: "the expression is empty; remove `filter` to take every event".into(),
             });
         }
-        let program = Program::compile(expression).map_err(|errors| {
+        let program = env().compile(expression).map_err(|errors| {
             let first = errors.errors.first();
             let (line, column) = first.map_or((1, 1), |e| e.pos);
             FilterError {
@@ -151,11 +244,13 @@ impl Filter {
             .variables()
             .iter()
             .any(|name| !ROUTING_VARIABLES.contains(name));
+        let reads_changes = references.has_function(CHANGED);
         Ok(Filter {
             inner: Arc::new(Inner {
                 source: expression.to_string(),
                 program,
                 needs_payload,
+                reads_changes,
                 errors: AtomicU64::new(0),
                 last_warned: AtomicU64::new(0),
             }),
@@ -171,6 +266,11 @@ impl Filter {
     /// more than `op`, `table`, `schema` and `channel`).
     pub fn needs_payload(&self) -> bool {
         self.inner.needs_payload
+    }
+
+    /// Whether the expression calls `changed()`, and so needs the old row.
+    pub fn reads_changes(&self) -> bool {
+        self.inner.reads_changes
     }
 
     /// How many evaluations failed, and so did not match.
@@ -509,6 +609,81 @@ mod tests {
         Filter::parse(expression)
             .unwrap()
             .matches("skor", "public", "orders", op, payload)
+    }
+
+    #[test]
+    fn changed_compares_a_column_of_the_old_and_new_row() {
+        // PAID: status went from "new" to "paid", id stayed 1.
+        assert!(matches(r#"changed("status")"#, Op::Update, PAID));
+        assert!(!matches(r#"changed("id")"#, Op::Update, PAID));
+        assert!(matches(
+            r#"changed("status") && data.status == "paid""#,
+            Op::Update,
+            PAID
+        ));
+        // Equal values of other types compare equal too.
+        const SAME: &[u8] = br#"{"op":"UPDATE","data":{"id":1,"n":2.5,"tags":["a"],"m":{"k":null}},"old":{"id":1,"n":2.5,"tags":["a"],"m":{"k":null}}}"#;
+        for column in ["n", "tags", "m"] {
+            assert_eq!(
+                eval(&format!(r#"changed("{column}")"#), Op::Update, SAME),
+                Ok(false)
+            );
+        }
+        const OTHER: &[u8] = br#"{"op":"UPDATE","data":{"id":1,"n":2.5,"tags":["a","b"],"m":{"k":1}},"old":{"id":1,"n":3,"tags":["a"],"m":{"k":null}}}"#;
+        for column in ["n", "tags", "m"] {
+            assert_eq!(
+                eval(&format!(r#"changed("{column}")"#), Op::Update, OTHER),
+                Ok(true)
+            );
+        }
+    }
+
+    #[test]
+    fn changed_is_false_off_updates_and_an_error_without_the_old_row() {
+        assert_eq!(eval(r#"changed("status")"#, Op::Insert, INSERT), Ok(false));
+        assert_eq!(eval(r#"changed("status")"#, Op::Delete, INSERT), Ok(false));
+        const NO_OLD: &[u8] = br#"{"op":"UPDATE","data":{"id":1,"status":"paid"}}"#;
+        let error = eval(r#"changed("status")"#, Op::Update, NO_OLD).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("carries no old row; set `old = true`"),
+            "{error}"
+        );
+        let error = eval(r#"changed("nope")"#, Op::Update, PAID).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(r#"the new row has no column "nope""#),
+            "{error}"
+        );
+        // An error is no match, never a panic.
+        assert!(!matches(r#"changed("status")"#, Op::Update, NO_OLD));
+    }
+
+    #[test]
+    fn changed_takes_a_quoted_column_name() {
+        let error = Filter::parse("changed(status)").unwrap_err();
+        assert!(
+            error
+                .message
+                .contains("changed() takes a column name in quotes"),
+            "{error}"
+        );
+        for wrong in [r#"changed("a", "b")"#, "changed()"] {
+            let error = Filter::parse(wrong).unwrap_err();
+            assert!(
+                error.message.contains("changed() takes one column name"),
+                "{wrong}: {error}"
+            );
+        }
+        assert!(Filter::parse(r#"changed("status")"#)
+            .unwrap()
+            .reads_changes());
+        assert!(Filter::parse(r#"changed("status")"#)
+            .unwrap()
+            .needs_payload());
+        assert!(!Filter::parse("old != null").unwrap().reads_changes());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use skor_sink_webhook::WebhookConfig;
 pub use columns::Columns;
 pub use error::ConfigError;
 pub use outline::Outline;
-pub use validate::TableName;
+pub use validate::{TableName, TablePattern};
 pub use when::{one_expression, row_reference, Metadata, When};
 
 /// The channel the original skor listened on, and skor's default.

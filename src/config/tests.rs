@@ -403,3 +403,29 @@ fn zero_or_absurd_delivery_values_name_their_key() {
         None
     );
 }
+
+#[test]
+fn changed_needs_the_old_row_of_every_table_its_route_sees() {
+    let config = |old: &str, mode: &str, tables: &str| {
+        format!(
+            "{SOURCE}[[table]]\nname = \"public.orders\"\nmode = \"{mode}\"\n{old}\
+             [[table]]\nname = \"public.items\"\n\
+             [sink.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\
+             [[route]]\ntables = {tables}\nfilter = 'changed(\"status\")'\nsinks = [\"hook\"]\n"
+        )
+    };
+    let orders = r#"["public.orders"]"#;
+    parse(&config("old = true\n", "notify", orders)).unwrap();
+    parse(&config("old = true\n", "durable", orders)).unwrap();
+    let error = parse(&config("", "notify", orders)).unwrap_err();
+    assert!(
+        error.contains("route[0].filter")
+            && error.contains("table public.orders does not send its old row: set `old = true`"),
+        "{error}"
+    );
+    let error = parse(&config("", "wal", orders)).unwrap_err();
+    assert!(error.contains("replica_identity = \"full\""), "{error}");
+    // A pattern that also takes public.items, which sends no old row.
+    let error = parse(&config("old = true\n", "notify", r#"["public.*"]"#)).unwrap_err();
+    assert!(error.contains("table public.items"), "{error}");
+}

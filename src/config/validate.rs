@@ -4,9 +4,11 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use super::{Config, Mode, TableConfig};
+use super::filter::Filter;
+use super::{Config, Mode, RouteConfig, TableConfig};
 use skor_sink_api::Op;
 use skor_sink_kit::MAX_DELAY_MS;
+use wildmatch::WildMatch;
 
 /// A validation failure: the key path it is about, and what is wrong.
 #[derive(Debug)]
@@ -34,6 +36,39 @@ pub struct TableName {
     pub schema: String,
     /// The table itself.
     pub name: String,
+}
+
+/// A route's `schema.table` pattern; `*` matches any run of characters.
+#[derive(Debug)]
+pub struct TablePattern {
+    schema: WildMatch,
+    table: WildMatch,
+}
+
+impl TablePattern {
+    /// The pattern `text` (validation has already refused one that does not
+    /// parse: such a pattern matches nothing).
+    pub fn new(text: &str) -> Self {
+        if text == "*" {
+            return Self {
+                schema: WildMatch::new("*"),
+                table: WildMatch::new("*"),
+            };
+        }
+        let name = TableName::parse(text).unwrap_or(TableName {
+            schema: String::new(),
+            name: String::new(),
+        });
+        Self {
+            schema: WildMatch::new(&name.schema),
+            table: WildMatch::new(&name.name),
+        }
+    }
+
+    /// Whether `schema.table` is one of the tables the pattern names.
+    pub fn matches(&self, schema: &str, table: &str) -> bool {
+        self.schema.matches(schema) && self.table.matches(table)
+    }
 }
 
 impl TableName {
@@ -320,6 +355,42 @@ impl Config {
                 }
             }
             check_ops(&route.ops).map_err(|m| at("ops", m))?;
+            if let Some(filter) = &route.filter {
+                self.check_changed(route, filter)
+                    .map_err(|m| at("filter", m))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `changed()` compares the old row with the new one, so every captured
+    /// table whose UPDATEs the route can see must send the old row; without
+    /// it the filter could never match, which a user would only learn from
+    /// events that never arrive.
+    fn check_changed(&self, route: &RouteConfig, filter: &Filter) -> Result<(), String> {
+        if !filter.reads_changes() || !(route.ops.is_empty() || route.ops.contains(&Op::Update)) {
+            return Ok(());
+        }
+        let patterns: Vec<TablePattern> =
+            route.tables.iter().map(|t| TablePattern::new(t)).collect();
+        for table in &self.tables {
+            let Ok(name) = TableName::parse(&table.name) else {
+                continue;
+            };
+            let seen = patterns.iter().any(|p| p.matches(&name.schema, &name.name));
+            if !seen || table.old || !table.ops.contains(&Op::Update) {
+                continue;
+            }
+            let wal = if self.table_mode(table) == Mode::Wal {
+                " (wal mode sends it with REPLICA IDENTITY FULL: also set `replica_identity = \"full\"`)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "changed() compares the old row with the new one, and table {}.{} does not send \
+                 its old row: set `old = true` on its [[table]]{wal}, or narrow this route's `tables`",
+                name.schema, name.name
+            ));
         }
         Ok(())
     }

@@ -6,42 +6,10 @@
 //! not at all when no such filter reads it).
 
 use skor_sink_api::Op;
-use wildmatch::WildMatch;
 
 use crate::config::filter::{Filter, Scope};
-use crate::config::{Config, TableName};
+use crate::config::{Config, TablePattern};
 use crate::counter::Counter;
-
-/// A `schema.table` pattern; `*` matches any run of characters.
-#[derive(Debug)]
-struct TablePattern {
-    schema: WildMatch,
-    table: WildMatch,
-}
-
-impl TablePattern {
-    fn new(pattern: &str) -> Self {
-        if pattern == "*" {
-            return Self {
-                schema: WildMatch::new("*"),
-                table: WildMatch::new("*"),
-            };
-        }
-        // Validation has already rejected patterns that do not parse.
-        let name = TableName::parse(pattern).unwrap_or(TableName {
-            schema: String::new(),
-            name: String::new(),
-        });
-        Self {
-            schema: WildMatch::new(&name.schema),
-            table: WildMatch::new(&name.name),
-        }
-    }
-
-    fn matches(&self, schema: &str, table: &str) -> bool {
-        self.schema.matches(schema) && self.table.matches(table)
-    }
-}
 
 #[derive(Debug)]
 struct Route {

@@ -152,15 +152,22 @@ async fn filters_read_the_old_row_of_a_wal_table() {
     let db = WalDb::start().await;
     db.exec("CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL)")
         .await;
-    let (changed, rest) = (Hook::start().await, Hook::start().await);
+    let (changed, rest, by_function) = (
+        Hook::start().await,
+        Hook::start().await,
+        Hook::start().await,
+    );
     let cfg = db.config(&format!(
         "[[table]]\nname = \"orders\"\nold = true\nreplica_identity = \"full\"\n\
          [sink.changed]\ntype = \"webhook\"\nurl = \"{}\"\nmax_in_flight = 1\n\
          [sink.rest]\ntype = \"webhook\"\nurl = \"{}\"\nmax_in_flight = 1\n\
+         [sink.by_function]\ntype = \"webhook\"\nurl = \"{}\"\nmax_in_flight = 1\n\
          [[route]]\nfilter = 'old != null && old.status != data.status'\nsinks = [\"changed\"]\n\
-         [[route]]\nfilter = 'old == null'\nsinks = [\"rest\"]\n",
+         [[route]]\nfilter = 'old == null'\nsinks = [\"rest\"]\n\
+         [[route]]\nfilter = 'changed(\"status\")'\nsinks = [\"by_function\"]\n",
         changed.url(),
-        rest.url()
+        rest.url(),
+        by_function.url()
     ));
     db.install(&cfg).await;
     let daemon = Running::start(&cfg).await;
@@ -177,14 +184,13 @@ async fn filters_read_the_old_row_of_a_wal_table() {
     };
     // The second UPDATE changes nothing: neither route (its old row is
     // there, and equal).
-    assert_eq!(
-        bodies(changed.wait_for(1).await),
-        vec![format!(
-            r#"{{"table" : "orders", "schema" : "public", "op" : "UPDATE", "data" : {}, "old" : {}}}"#,
-            row("paid"),
-            row("new")
-        )]
-    );
+    let status_changed = vec![format!(
+        r#"{{"table" : "orders", "schema" : "public", "op" : "UPDATE", "data" : {}, "old" : {}}}"#,
+        row("paid"),
+        row("new")
+    )];
+    assert_eq!(bodies(changed.wait_for(1).await), status_changed);
+    assert_eq!(bodies(by_function.wait_for(1).await), status_changed);
     assert_eq!(
         bodies(rest.wait_for(2).await),
         vec![
@@ -198,7 +204,93 @@ async fn filters_read_the_old_row_of_a_wal_table() {
     .await;
     daemon.stop().await;
     assert_eq!(changed.count(), 1);
+    assert_eq!(by_function.count(), 1);
     assert_eq!(rest.count(), 2);
+}
+
+/// `changed()` in both trigger modes: only the UPDATEs that change the
+/// column reach the route, whatever else they change.
+#[tokio::test]
+async fn changed_picks_the_updates_that_change_a_column() {
+    for mode in ["notify", "durable"] {
+        let db = TestDb::new().await;
+        db.exec("CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, note text)")
+            .await;
+        let hook = Hook::start().await;
+        let cfg = config(
+            &db,
+            &format!(
+                "[[table]]\nname = \"orders\"\nmode = \"{mode}\"\nold = true\n\
+                 [sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\nmax_in_flight = 1\n\
+                 [[route]]\nfilter = 'changed(\"status\")'\nsinks = [\"hook\"]\n",
+                hook.url()
+            ),
+        );
+        let daemon = start_installed(&db, &cfg).await;
+        for sql in [
+            "INSERT INTO orders VALUES (1, 'new', NULL)",
+            "UPDATE orders SET note = 'call first' WHERE id = 1", // status unchanged
+            "UPDATE orders SET status = 'paid', note = NULL WHERE id = 1",
+            "UPDATE orders SET status = 'paid' WHERE id = 1", // same value
+            "UPDATE orders SET status = 'shipped' WHERE id = 1",
+            "DELETE FROM orders WHERE id = 1",
+        ] {
+            db.exec(sql).await;
+        }
+        let statuses = |requests: Vec<crate::common::Request>| -> Vec<(String, String)> {
+            requests
+                .into_iter()
+                .map(|r| {
+                    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                    (
+                        body["old"]["status"].to_string(),
+                        body["data"]["status"].to_string(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            statuses(hook.wait_for(2).await),
+            vec![
+                ("\"new\"".to_string(), "\"paid\"".to_string()),
+                ("\"paid\"".to_string(), "\"shipped\"".to_string()),
+            ],
+            "{mode} mode"
+        );
+        crate::common::eventually_true("the other four events counted as unrouted", || {
+            daemon.stats.events.unrouted.get() == 4
+        })
+        .await;
+        daemon.stop().await;
+        assert_eq!(hook.count(), 2, "{mode} mode");
+    }
+}
+
+#[tokio::test]
+async fn skor_check_says_changed_needs_the_old_row() {
+    let config = |old: &str| {
+        format!(
+            "[source]\ndsn = \"host=127.0.0.1\"\nmode = \"wal\"\n\
+             [[table]]\nname = \"public.orders\"\n{old}\
+             [sink.a]\ntype = \"stdout\"\n\
+             [[route]]\nfilter = 'changed(\"status\")'\nsinks = [\"a\"]\n"
+        )
+    };
+    let file = config_file(&config(""));
+    let output = run(&["--config", file.path().to_str().unwrap(), "check"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains(
+            "key `route[0].filter`: changed() compares the old row with the new one, and table \
+             public.orders does not send its old row: set `old = true` on its [[table]] (wal mode \
+             sends it with REPLICA IDENTITY FULL: also set `replica_identity = \"full\"`)"
+        ),
+        "{}",
+        stderr(&output)
+    );
+    let good = config_file(&config("old = true\nreplica_identity = \"full\"\n"));
+    let output = run(&["--config", good.path().to_str().unwrap(), "check"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
 }
 
 const BAD_ROUTE: &str = "[source]\ndsn = \"host=127.0.0.1\"\n\
