@@ -154,6 +154,7 @@ fn exported_names(scrape: &str) -> HashSet<String> {
                 continue;
             };
             let suffixes: &[&str] = match kind {
+                "counter" if name.ends_with("_total") => &[""],
                 "counter" => &["_total"],
                 "histogram" | "gaugehistogram" => &["_bucket", "_sum", "_count"],
                 "summary" => &["", "_sum", "_count"],
@@ -227,7 +228,9 @@ fn every_alert_waits_has_a_severity_and_says_what_to_do() {
         "skor_durable_oldest_pending_seconds",
     ] {
         assert!(
-            alerts.iter().any(|a| metric_names(&a.expr).contains(wanted)),
+            alerts
+                .iter()
+                .any(|a| metric_names(&a.expr).contains(wanted)),
             "no alert on {wanted}"
         );
     }
@@ -291,8 +294,8 @@ fn a_name_the_scrape_lacks_is_reported() {
             "skor_sink_queue_capacity",
         ]
     );
-    let scrape = "# HELP skor_sink_delivered Events the sink confirmed.\n\
-                  # TYPE skor_sink_delivered counter\n\
+    let scrape = "# HELP skor_sink_delivered_total Events the sink confirmed.\n\
+                  # TYPE skor_sink_delivered_total counter\n\
                   # TYPE skor_sink_delivery_seconds histogram\n\
                   # TYPE skor_sink_queue_capacity gauge\n\
                   skor_sink_queue_capacity{sink=\"hook\"} 10000\n";
@@ -370,7 +373,11 @@ async fn every_series_the_rules_and_the_dashboard_use_is_exported() {
         .iter()
         .map(|a| (a.name.as_str(), a.expr.as_str()))
         .chain(panels.iter().map(|e| ("the dashboard", e.as_str())))
-        .chain(variables.iter().map(|e| ("a dashboard variable", e.as_str())));
+        .chain(
+            variables
+                .iter()
+                .map(|e| ("a dashboard variable", e.as_str())),
+        );
     let unknown = unknown(used, &text);
     assert!(
         unknown.is_empty(),
