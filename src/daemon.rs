@@ -96,7 +96,7 @@ impl Daemon {
         let channels = config.notify_channels();
         let stats = Stats {
             events: Arc::new(EventStats::registered(&metrics, &config.routes)),
-            source: Arc::new(SourceStats::registered(&metrics)),
+            source: Arc::new(SourceStats::registered(&metrics, !channels.is_empty())),
             sinks: names
                 .iter()
                 .cloned()

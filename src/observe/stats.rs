@@ -86,12 +86,18 @@ pub struct SourceStats {
 }
 
 impl SourceStats {
-    /// Counters exported by `metrics`.
-    pub fn registered(metrics: &Metrics) -> Self {
+    /// Counters exported by `metrics`; the LISTEN connection's series only
+    /// when the daemon `listens`, so a durable or wal daemon does not
+    /// report a connection it never opens as down.
+    pub fn registered(metrics: &Metrics, listens: bool) -> Self {
         Self {
             invalid: metrics.invalid.clone().into(),
             lost: metrics.lost.clone().into(),
-            link: Link::registered(metrics, Connection::Listener),
+            link: if listens {
+                Link::registered(metrics, Connection::Listener)
+            } else {
+                Link::default()
+            },
             shedding: metrics.shedding.clone(),
         }
     }

@@ -207,6 +207,11 @@ async fn durable_mode_exports_its_backlog_and_its_age() {
         scrape.value(r#"skor_postgres_connected{connection="event_log"}"#),
         1.0
     );
+    // Nothing listens in durable mode: no listener series to read as down.
+    assert_eq!(
+        scrape.get(r#"skor_postgres_connected{connection="listener"}"#),
+        None
+    );
     assert_eq!(scrape.value(RECEIVED), 5.0);
 
     hook.answer(status(200));

@@ -23,6 +23,7 @@ mod features;
 mod heartbeat;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod monitoring;
 #[cfg(feature = "mqtt")]
 mod mqtt;
 #[cfg(feature = "nats")]
