@@ -46,6 +46,14 @@ const DRIFT_CHECK: Duration = Duration::from_secs(10);
 /// A stream that ends sooner than this after it started counts as a
 /// failure to start, so the next attempt backs off.
 const STABLE_STREAM: Duration = Duration::from_secs(10);
+/// The shortest wait between two looks at an invalidated slot (the
+/// reconnect backoff's cap otherwise).
+const INVALIDATED_RECHECK_MIN: Duration = Duration::from_secs(1);
+/// How long a heartbeat may take before it is given up on (the next one
+/// tries again); the stream waits meanwhile.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The prefix of skor's heartbeat messages in the WAL.
+const HEARTBEAT_PREFIX: &str = "skor.heartbeat";
 
 /// Why wal mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +75,10 @@ pub struct WalSource {
     summary: String,
     status_interval: Duration,
     max_backoff: Duration,
+    /// After this long without a change, a heartbeat message; `None`: off.
+    heartbeat: Option<Duration>,
+    /// When the stream last carried something of this database.
+    last_change: tokio::time::Instant,
     decoder: Decoder,
     fanout: Fanout,
     stats: Arc<WalStats>,
@@ -135,6 +147,17 @@ impl WalSource {
                 "publication \"{publication}\" does not exist: run `skor install`"
             )));
         }
+        crate::capture::wal::publication::check_failover_support(&catalog, config)
+            .await
+            .map_err(|e| WalError::Setup(e.to_string()))?;
+        if let Ok(Some(status)) =
+            crate::capture::wal::publication::slot_status(&catalog, &slot).await
+        {
+            if let Some(drift) = crate::capture::wal::publication::failover_drift(config, &status)
+            {
+                error!(%slot, "{drift}");
+            }
+        }
         let (acks, outcomes) = mpsc::unbounded_channel();
         let summary = crate::capture::wal::publication::config_summary(config);
         let source = Self {
@@ -144,6 +167,9 @@ impl WalSource {
             summary,
             status_interval: Duration::from_millis(config.source.wal_status_interval_ms),
             max_backoff: Duration::from_millis(config.source.reconnect_max_backoff_ms),
+            heartbeat: (config.source.wal_heartbeat_interval_ms > 0)
+                .then(|| Duration::from_millis(config.source.wal_heartbeat_interval_ms)),
+            last_change: tokio::time::Instant::now(),
             decoder: Decoder::new(Rules::new(config)),
             fanout,
             stats,
@@ -250,6 +276,13 @@ impl WalSource {
                         // backoff, as a failed start is.
                         Err(error) => {
                             let quick = began.elapsed() < STABLE_STREAM;
+                            if quick {
+                                if let Ok(Some(reason)) = self.invalidated().await {
+                                    self.stand_still(&reason, &error, &shutdown).await;
+                                    failures = 0;
+                                    continue;
+                                }
+                            }
                             let delay = if quick {
                                 failures = failures.saturating_add(1);
                                 backoff.delay(failures - 1)
@@ -281,6 +314,12 @@ impl WalSource {
                 }
                 Err(error) => {
                     self.stats.link.set(false);
+                    if let Ok(Some(reason)) = self.invalidated().await {
+                        self.stand_still(&reason, &error.to_string(), &shutdown)
+                            .await;
+                        failures = 0;
+                        continue;
+                    }
                     let delay = backoff.delay(failures);
                     failures = failures.saturating_add(1);
                     warn!(%error, slot = %self.slot, retry_in_ms = delay.as_millis() as u64,
@@ -290,6 +329,96 @@ impl WalSource {
             }
         }
         self.finish(None).await;
+    }
+
+    /// Why PostgreSQL invalidated the slot, if it did: asked of the
+    /// catalog, whatever words the server's error used. `Err` when the
+    /// catalog cannot tell now.
+    async fn invalidated(&mut self) -> Result<Option<String>, ()> {
+        let slot = self.slot.clone();
+        let catalog = self.catalog().await.ok_or(())?;
+        match crate::capture::wal::publication::slot_status(catalog, &slot).await {
+            Ok(status) => Ok(status.and_then(|s| s.invalidated())),
+            Err(error) => {
+                debug!(error = %describe(&error), "cannot read the replication slot's status");
+                Err(())
+            }
+        }
+    }
+
+    /// How often an invalidated slot is looked at again, in the catalog
+    /// only: it stays unusable until an operator replaces it, so no
+    /// replication session is opened meanwhile.
+    fn invalidated_recheck(&self) -> Duration {
+        self.max_backoff.max(INVALIDATED_RECHECK_MIN)
+    }
+
+    /// Says once that the slot is invalidated and what to do, fails
+    /// readiness, and waits for an operator to replace it.
+    async fn stand_still(&mut self, reason: &str, error: &str, shutdown: &CancellationToken) {
+        error!(slot = %self.slot, %reason, %error,
+               "PostgreSQL invalidated the replication slot: skor cannot stream from it any more; {}; \
+                skor looks again every {} s",
+               crate::capture::wal::publication::invalidated_howto(&self.slot),
+               self.invalidated_recheck().as_secs_f64());
+        self.stats.invalidated.set(1);
+        self.wait_while_invalidated(shutdown).await;
+    }
+
+    /// Waits, looking at the catalog every [`Self::invalidated_recheck`], until
+    /// the slot is no longer the invalidated one (`skor install` replaced
+    /// it) or shutdown.
+    async fn wait_while_invalidated(&mut self, shutdown: &CancellationToken) {
+        while !shutdown.is_cancelled() {
+            self.wait(self.invalidated_recheck(), shutdown).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Ok(None) = self.invalidated().await {
+                info!(slot = %self.slot,
+                      "the replication slot is no longer the invalidated one: streaming again; changes \
+                       from before the new slot was made are not streamed, `skor backfill` sends current rows");
+                self.stats.invalidated.set(0);
+                return;
+            }
+        }
+    }
+
+    /// After [`Self::heartbeat`] without a change from the stream, writes a
+    /// logical decoding message in the captured database: its WAL reaches
+    /// the slot's decoder, whose keepalives then let skor confirm past the
+    /// WAL other databases wrote meanwhile. Not transactional, so it
+    /// reaches the stream at once, as a message no sink is handed.
+    async fn beat(&mut self) {
+        let Some(every) = self.heartbeat else { return };
+        if self.last_change.elapsed() < every {
+            return;
+        }
+        self.last_change = tokio::time::Instant::now();
+        let Some(catalog) = self.catalog().await else {
+            return;
+        };
+        let emitted = tokio::time::timeout(
+            HEARTBEAT_TIMEOUT,
+            catalog.query_one(
+                "SELECT pg_catalog.pg_logical_emit_message(false, $1, '')::text",
+                &[&HEARTBEAT_PREFIX],
+            ),
+        )
+        .await;
+        match emitted {
+            Ok(Ok(row)) => {
+                let lsn: String = row.get(0);
+                self.stats.heartbeats.incr();
+                debug!(slot = %self.slot, %lsn, "wal mode: idle, wrote a heartbeat message");
+            }
+            Ok(Err(error)) => {
+                warn!(error = %describe(&error),
+                      "wal mode: cannot write the heartbeat message; an idle slot may keep other \
+                       databases' WAL (see wal_heartbeat_interval_ms)");
+            }
+            Err(_) => debug!("wal mode: the heartbeat message timed out"),
+        }
     }
 
     /// Waits `delay` while settling what the sinks report.
@@ -330,6 +459,15 @@ impl WalSource {
         let mut retry = tokio::time::interval(DEAD_LETTER_RETRY);
         let mut drift = tokio::time::interval(DRIFT_CHECK);
         drift.tick().await;
+        // Checked a few times per interval, so a beat is at most a quarter
+        // interval late; never when heartbeats are off.
+        let mut heartbeat = tokio::time::interval(
+            self.heartbeat
+                .map_or(Duration::from_secs(3600), |every| (every / 4).max(Duration::from_millis(25))),
+        );
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        self.last_change = tokio::time::Instant::now();
         let mut confirmed = self.progress.confirmed();
         client.update_applied_lsn(Lsn::from_u64(confirmed));
         let result = loop {
@@ -351,6 +489,7 @@ impl WalSource {
                     let _ = self.catalog().await;
                     self.check_drift().await;
                 }
+                _ = heartbeat.tick() => self.beat().await,
             }
             if let Some(lsn) = self.progress.take_moved() {
                 if lsn > confirmed {
@@ -378,6 +517,7 @@ impl WalSource {
                 xid,
                 commit_time_micros,
             } => {
+                self.last_change = tokio::time::Instant::now();
                 self.skipping = !self.progress.begin(final_lsn.as_u64());
                 self.decoder
                     .begin(final_lsn.as_u64(), xid, commit_time_micros);
@@ -390,6 +530,17 @@ impl WalSource {
                 self.skipping = false;
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => self.progress.idle(wal_end.as_u64()),
+            // skor's own heartbeats, and messages other programs write:
+            // never events. Outside a transaction, nothing before it is
+            // left to stream.
+            ReplicationEvent::Message {
+                transactional: false,
+                lsn,
+                ..
+            } => {
+                self.last_change = tokio::time::Instant::now();
+                self.progress.idle(lsn.as_u64());
+            }
             ReplicationEvent::XLogData {
                 wal_start, data, ..
             } => {
