@@ -153,8 +153,7 @@ impl WalSource {
         if let Ok(Some(status)) =
             crate::capture::wal::publication::slot_status(&catalog, &slot).await
         {
-            if let Some(drift) = crate::capture::wal::publication::failover_drift(config, &status)
-            {
+            if let Some(drift) = crate::capture::wal::publication::failover_drift(config, &status) {
                 error!(%slot, "{drift}");
             }
         }
@@ -384,7 +383,7 @@ impl WalSource {
         }
     }
 
-    /// After [`Self::heartbeat`] without a change from the stream, writes a
+    /// After `heartbeat` without a change from the stream, writes a
     /// logical decoding message in the captured database: its WAL reaches
     /// the slot's decoder, whose keepalives then let skor confirm past the
     /// WAL other databases wrote meanwhile. Not transactional, so it
@@ -461,10 +460,10 @@ impl WalSource {
         drift.tick().await;
         // Checked a few times per interval, so a beat is at most a quarter
         // interval late; never when heartbeats are off.
-        let mut heartbeat = tokio::time::interval(
-            self.heartbeat
-                .map_or(Duration::from_secs(3600), |every| (every / 4).max(Duration::from_millis(25))),
-        );
+        let mut heartbeat =
+            tokio::time::interval(self.heartbeat.map_or(Duration::from_secs(3600), |every| {
+                (every / 4).max(Duration::from_millis(25))
+            }));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
         self.last_change = tokio::time::Instant::now();
