@@ -240,6 +240,20 @@ async fn an_invalidated_slot_fails_readiness_once_and_install_replaces_it() {
         "{attempts} replication connections in five seconds"
     );
 
+    let output = run(&[
+        "--config",
+        file.path().to_str().unwrap(),
+        "check",
+        "--connect",
+    ])
+    .await;
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("replication slot \"skor\" was invalidated by PostgreSQL"),
+        "{}",
+        stderr(&output)
+    );
+
     // Install replaces the slot, and skor streams from the new one.
     db.install(&config).await;
     eventually_within("the slot to be valid", Duration::from_secs(30), || async {

@@ -12,6 +12,12 @@
 //! over when the first lets go. Failed events (a sink gave up) go to the
 //! event log's dead letters, so they never hold the slot, and its WAL,
 //! back forever.
+//!
+//! While the captured tables are idle the slot still follows the cluster's
+//! WAL: skor confirms up to the server's keepalives, and writes a heartbeat
+//! message of its own database now and then. A slot PostgreSQL invalidated
+//! (it held more than `max_slot_wal_keep_size`) is said once, fails
+//! readiness, and is looked at slowly until `skor install` replaces it.
 
 use std::sync::Arc;
 use std::time::Duration;
