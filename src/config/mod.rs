@@ -122,8 +122,8 @@ pub struct SourceConfig {
     pub wal_status_interval_ms: u64,
     /// Wal mode: after this long without a change from the stream, in
     /// milliseconds, skor writes a logical decoding message in the captured
-    /// database, so the slot has WAL of its own database to move past; 0
-    /// turns it off.
+    /// database (if the cluster wrote WAL past what skor confirmed), so the
+    /// slot has WAL of its own database to move past; 0 turns it off.
     #[serde(default = "default_wal_heartbeat_interval_ms")]
     pub wal_heartbeat_interval_ms: u64,
     /// Wal mode: `skor install` creates the slot as a failover slot, which

@@ -85,6 +85,8 @@ pub struct WalSource {
     heartbeat: Option<Duration>,
     /// When the stream last carried something of this database.
     last_change: tokio::time::Instant,
+    /// The last heartbeat failed (and said so).
+    heartbeat_failing: bool,
     decoder: Decoder,
     fanout: Fanout,
     stats: Arc<WalStats>,
@@ -175,6 +177,7 @@ impl WalSource {
             heartbeat: (config.source.wal_heartbeat_interval_ms > 0)
                 .then(|| Duration::from_millis(config.source.wal_heartbeat_interval_ms)),
             last_change: tokio::time::Instant::now(),
+            heartbeat_failing: false,
             decoder: Decoder::new(Rules::new(config)),
             fanout,
             stats,
@@ -400,28 +403,43 @@ impl WalSource {
             return;
         }
         self.last_change = tokio::time::Instant::now();
+        let confirmed = Lsn::from_u64(self.progress.confirmed()).to_string();
         let Some(catalog) = self.catalog().await else {
             return;
         };
+        // Only when the cluster wrote WAL past what skor confirmed: an idle
+        // cluster gets no WAL from skor (which would wake its checkpoints
+        // and archiving for nothing).
         let emitted = tokio::time::timeout(
             HEARTBEAT_TIMEOUT,
-            catalog.query_one(
-                "SELECT pg_catalog.pg_logical_emit_message(false, $1, '')::text",
-                &[&HEARTBEAT_PREFIX],
+            catalog.query_opt(
+                "SELECT pg_catalog.pg_logical_emit_message(false, $1, '')::pg_catalog.text \
+                  WHERE pg_catalog.pg_current_wal_lsn() \
+                        OPERATOR(pg_catalog.>) $2::pg_catalog.text::pg_catalog.pg_lsn",
+                &[&HEARTBEAT_PREFIX, &confirmed],
             ),
         )
         .await;
         match emitted {
             Ok(Ok(row)) => {
-                let lsn: String = row.get(0);
-                self.stats.heartbeats.incr();
-                debug!(slot = %self.slot, %lsn, "wal mode: idle, wrote a heartbeat message");
+                if self.heartbeat_failing {
+                    info!("wal mode: heartbeat messages are written again");
+                    self.heartbeat_failing = false;
+                }
+                if let Some(row) = row {
+                    let lsn: String = row.get(0);
+                    self.stats.heartbeats.incr();
+                    debug!(slot = %self.slot, %lsn, %confirmed,
+                           "wal mode: idle while the cluster writes WAL, wrote a heartbeat message");
+                }
             }
-            Ok(Err(error)) => {
+            Ok(Err(error)) if !self.heartbeat_failing => {
+                self.heartbeat_failing = true;
                 warn!(error = %describe(&error),
-                      "wal mode: cannot write the heartbeat message; an idle slot may keep other \
-                       databases' WAL (see wal_heartbeat_interval_ms)");
+                      "wal mode: cannot write the heartbeat message (said once until it works again); \
+                       the slot still moves with the server's keepalives; see wal_heartbeat_interval_ms");
             }
+            Ok(Err(error)) => debug!(error = %describe(&error), "wal mode: heartbeat failed"),
             Err(_) => debug!("wal mode: the heartbeat message timed out"),
         }
     }
