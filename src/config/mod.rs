@@ -120,6 +120,16 @@ pub struct SourceConfig {
     /// confirmed, in milliseconds; the slot keeps WAL until then.
     #[serde(default = "default_wal_status_interval_ms")]
     pub wal_status_interval_ms: u64,
+    /// Wal mode: after this long without a change from the stream, in
+    /// milliseconds, skor writes a logical decoding message in the captured
+    /// database (if the cluster wrote WAL past what skor confirmed), so the
+    /// slot has WAL of its own database to move past; 0 turns it off.
+    #[serde(default = "default_wal_heartbeat_interval_ms")]
+    pub wal_heartbeat_interval_ms: u64,
+    /// Wal mode: `skor install` creates the slot as a failover slot, which
+    /// PostgreSQL 17 and later keep on a standby that can be promoted.
+    #[serde(default)]
+    pub slot_failover: bool,
 }
 
 fn default_wal_name() -> String {
@@ -128,6 +138,10 @@ fn default_wal_name() -> String {
 
 const fn default_wal_status_interval_ms() -> u64 {
     1_000
+}
+
+const fn default_wal_heartbeat_interval_ms() -> u64 {
+    60_000
 }
 
 const fn default_max_payload_bytes() -> u64 {
@@ -483,6 +497,8 @@ impl Config {
                 slot: default_wal_name(),
                 publication: default_wal_name(),
                 wal_status_interval_ms: default_wal_status_interval_ms(),
+                wal_heartbeat_interval_ms: default_wal_heartbeat_interval_ms(),
+                slot_failover: false,
             },
             tables: Vec::new(),
             sinks: BTreeMap::from([("webhook".to_string(), sink)]),

@@ -92,6 +92,8 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(config.source.heartbeat_interval_ms, 5_000);
     assert_eq!(config.source.query_timeout_ms, 5_000);
     assert_eq!(config.source.shed_notify_queue_usage, 0.5);
+    assert_eq!(config.source.wal_heartbeat_interval_ms, 60_000);
+    assert!(!config.source.slot_failover);
     let legacy = Config::legacy("host=db".into(), "http://h/".into());
     assert_eq!(
         legacy.sinks["webhook"].delivery.when_full,
@@ -117,6 +119,10 @@ fn listener_timeouts_and_the_shedding_threshold_are_checked() {
         (
             "shed_notify_queue_usage = 1.5\n",
             "key `source.shed_notify_queue_usage`: expected a fraction above 0 and at most 1, got 1.5",
+        ),
+        (
+            "wal_heartbeat_interval_ms = 50\n",
+            "key `source.wal_heartbeat_interval_ms`: expected 0 (off) or 100 to 86400000 milliseconds, got 50",
         ),
         (
             "shed_notify_queue_usage = 0.0\n",

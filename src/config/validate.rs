@@ -233,6 +233,13 @@ impl Config {
                 "expected 10 to 60000 milliseconds",
             ));
         }
+        let heartbeat = source.wal_heartbeat_interval_ms;
+        if heartbeat != 0 && !(100..=86_400_000).contains(&heartbeat) {
+            return Err(invalid(
+                &["source", "wal_heartbeat_interval_ms"],
+                format!("expected 0 (off) or 100 to 86400000 milliseconds, got {heartbeat}"),
+            ));
+        }
         let usage = source.shed_notify_queue_usage;
         if !(usage > 0.0 && usage <= 1.0) {
             return Err(invalid(

@@ -159,7 +159,14 @@ impl AdminState {
             for problem in drift {
                 problems.push(format!("publication drift: {problem}"));
             }
-            if wal.standby.get() == 1 {
+            if wal.invalidated.get() == 1 {
+                problems.push(format!(
+                    "replication slot \"{}\" was invalidated by PostgreSQL (wal_status lost, \
+                     max_slot_wal_keep_size exceeded): the changes in the WAL it dropped are gone; \
+                     run `skor install` to make a new slot, then `skor backfill`",
+                    self.slot.as_deref().unwrap_or("?")
+                ));
+            } else if wal.standby.get() == 1 {
                 problems.push("standing by: another reader holds the replication slot".to_string());
             } else if !wal.link.is_up() {
                 problems.push("the replication stream is down".to_string());

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub(crate) lost: Counter,
     pub(crate) claimed: Counter,
     pub(crate) finished: Counter,
+    pub(crate) wal_heartbeats: Counter,
+    pub(crate) wal_slot_invalidated: Gauge,
     delivered: Family<SinkLabel, Counter>,
     retried: Family<SinkLabel, Counter>,
     outage_waits: Family<SinkLabel, Counter>,
@@ -147,6 +149,8 @@ impl Metrics {
             lost: Counter::default(),
             claimed: Counter::default(),
             finished: Counter::default(),
+            wal_heartbeats: Counter::default(),
+            wal_slot_invalidated: Gauge::default(),
             delivered: Family::default(),
             retried: Family::default(),
             outage_waits: Family::default(),
@@ -316,6 +320,18 @@ impl Metrics {
                 "wal_confirmed_age_seconds",
                 "Seconds since skor last moved the replication slot's confirmed position",
                 metrics.database.wal_confirmed_age_seconds.clone(),
+            );
+            r.register(
+                "wal_heartbeats",
+                "Logical decoding messages skor wrote in the captured database while the \
+                 stream was idle, so the replication slot can move past other databases' WAL",
+                metrics.wal_heartbeats.clone(),
+            );
+            r.register(
+                "wal_slot_invalidated",
+                "1 while PostgreSQL has invalidated skor's replication slot (wal_status lost): \
+                 the changes in the WAL it dropped are gone; see `skor install` and `skor backfill`",
+                metrics.wal_slot_invalidated.clone(),
             );
         }
         metrics

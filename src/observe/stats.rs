@@ -259,6 +259,10 @@ pub struct WalStats {
     pub dead_lettered: Counter,
     /// TRUNCATE statements seen (not captured).
     pub truncates: Counter,
+    /// Heartbeat messages written while the stream was idle.
+    pub heartbeats: Counter,
+    /// 1 while PostgreSQL has invalidated the slot (`wal_status` lost).
+    pub invalidated: Gauge,
     /// How the publication differs from what `skor install` made from
     /// this config (checked at start and every minute); empty when it
     /// agrees.
@@ -274,6 +278,8 @@ impl WalStats {
     pub fn registered(metrics: &Metrics) -> Self {
         Self {
             link: Link::registered(metrics, Connection::Replication),
+            heartbeats: metrics.wal_heartbeats.clone().into(),
+            invalidated: metrics.wal_slot_invalidated.clone(),
             confirmed_ms: AtomicU64::new(now_ms()),
             ..Self::default()
         }

@@ -46,6 +46,7 @@ mod wal;
 mod wal_cli;
 mod wal_recovery;
 mod wal_render;
+mod wal_slot;
 mod webhook;
 mod webhook_batch;
 mod webhook_signing;

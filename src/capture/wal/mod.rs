@@ -104,6 +104,7 @@ impl Capture for Wal {
     async fn before_install(&self, client: &Client, config: &Config) -> Result<(), InstallError> {
         if config.uses_wal() {
             publication::check_server(client).await?;
+            publication::check_failover_support(client, config).await?;
         }
         Ok(())
     }

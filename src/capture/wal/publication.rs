@@ -540,6 +540,108 @@ pub async fn unpublish(client: &Client, config: &Config) -> Result<(), InstallEr
     Ok(())
 }
 
+/// The replication slot as `pg_replication_slots` shows it, read through
+/// `to_jsonb` so columns a server version lacks read as `None`.
+#[derive(Debug)]
+pub struct SlotStatus {
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    /// Why PostgreSQL invalidated it (17 and later).
+    pub invalidation_reason: Option<String>,
+    /// Whether it is a failover slot (17 and later).
+    pub failover: Option<bool>,
+}
+
+impl SlotStatus {
+    /// Why the slot can no longer be read, if PostgreSQL invalidated it.
+    pub fn invalidated(&self) -> Option<String> {
+        if let Some(reason) = &self.invalidation_reason {
+            return Some(format!("invalidated: {reason}"));
+        }
+        (self.wal_status.as_deref() == Some("lost")).then(|| {
+            "wal_status lost: the WAL it needed was removed once it held more than \
+             max_slot_wal_keep_size"
+                .to_string()
+        })
+    }
+}
+
+/// `slot`'s status in this database; `None` if there is no such slot.
+pub async fn slot_status(
+    client: &impl GenericClient,
+    slot: &str,
+) -> Result<Option<SlotStatus>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT s.wal_status::text, \
+                    pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'invalidation_reason', \
+                    (pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'failover')::pg_catalog.bool \
+               FROM pg_catalog.pg_replication_slots s \
+              WHERE s.slot_name OPERATOR(pg_catalog.=) $1 \
+                AND s.database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+            &[&slot],
+        )
+        .await?;
+    Ok(row.map(|row| SlotStatus {
+        wal_status: row.get(0),
+        invalidation_reason: row.get(1),
+        failover: row.get(2),
+    }))
+}
+
+/// What to do once PostgreSQL invalidated the slot, for errors and logs.
+pub fn invalidated_howto(slot: &str) -> String {
+    format!(
+        "the changes in the WAL PostgreSQL removed are lost and cannot be streamed again; \
+         run `skor install` (it replaces the invalidated slot \"{slot}\" with a new one, which \
+         streams from now on), then `skor backfill` to send the tables' current rows; to keep \
+         this from happening again, raise max_slot_wal_keep_size or keep skor's sinks up"
+    )
+}
+
+/// Refuses `source.slot_failover` on a server before PostgreSQL 17, which
+/// has no failover slots.
+pub async fn check_failover_support(
+    client: &impl GenericClient,
+    config: &Config,
+) -> Result<(), InstallError> {
+    if !config.source.slot_failover {
+        return Ok(());
+    }
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4, \
+                    pg_catalog.split_part(pg_catalog.current_setting('server_version'), ' ', 1)",
+            &[],
+        )
+        .await?;
+    let (number, version): (i32, String) = (row.get(0), row.get(1));
+    if number < 170_000 {
+        return Err(InstallError::Schema(format!(
+            "source.slot_failover needs PostgreSQL 17 or later; this server is {version}: \
+             remove slot_failover from [source], or upgrade PostgreSQL"
+        )));
+    }
+    Ok(())
+}
+
+/// How the slot's failover flag differs from `source.slot_failover`, if
+/// it does (PostgreSQL 17 and later; before, every slot is not one).
+pub fn failover_drift(config: &Config, status: &SlotStatus) -> Option<String> {
+    let found = status.failover?;
+    let wanted = config.source.slot_failover;
+    if found == wanted {
+        return None;
+    }
+    let slot = &config.source.slot;
+    Some(format!(
+        "replication slot \"{slot}\" has failover = {found}, but source.slot_failover = {wanted}: \
+         while no skor reads it, run `ALTER_REPLICATION_SLOT {slot} (FAILOVER {wanted})` on a \
+         replication connection (psql \"dbname=... replication=database\"), or set \
+         source.slot_failover = {found}"
+    ))
+}
+
 /// Creates the logical replication slot unless it exists, after the
 /// publication committed, so the slot never starts before it, and records
 /// it. A slot of that name skor did not create is refused unless `adopt`:
@@ -563,6 +665,23 @@ pub async fn create_slot(
             &[slot],
         )
         .await?;
+    let mut existing = existing;
+    if existing.is_some() && recorded(client, "slot", slot).await?.is_some() {
+        if let Some(reason) = slot_status(client, slot)
+            .await?
+            .and_then(|status| status.invalidated())
+        {
+            // PostgreSQL never streams from it again: a new slot is the
+            // only way on, and the rows lost meanwhile need a backfill.
+            client
+                .execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[slot])
+                .await?;
+            warn!(%slot, %reason,
+                  "dropped the invalidated replication slot to make a new one: the changes in the \
+                   WAL PostgreSQL removed are lost; run `skor backfill` to send the tables' current rows");
+            existing = None;
+        }
+    }
     if let Some(row) = existing {
         let (plugin, database, here): (Option<String>, Option<String>, String) =
             (row.get(0), row.get(1), row.get(2));
@@ -586,6 +705,11 @@ pub async fn create_slot(
             warn!(%slot, "adopting the existing replication slot as skor's own (--adopt-slot)");
             record_slot(client, slot).await?;
         }
+        if let Some(status) = slot_status(client, slot).await? {
+            if let Some(drift) = failover_drift(config, &status) {
+                warn!(%slot, "{drift}");
+            }
+        }
         return Ok(());
     }
     client
@@ -594,12 +718,14 @@ pub async fn create_slot(
             lock_timeout.as_millis().max(1)
         ))
         .await?;
-    let created = client
-        .execute(
-            "SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[slot],
-        )
-        .await;
+    // The five-argument form exists from PostgreSQL 17 on, which
+    // `check_failover_support` made sure of.
+    let create = if config.source.slot_failover {
+        "SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+    } else {
+        "SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')"
+    };
+    let created = client.execute(create, &[slot]).await;
     client.batch_execute("RESET lock_timeout").await?;
     match created {
         Err(error)
@@ -732,7 +858,19 @@ pub fn drop_publication_sql(config: &Config) -> String {
 /// The slot's state for `skor check --connect`.
 pub async fn slot_report(client: &Client, config: &Config) -> Result<String, InstallError> {
     check_server(client).await?;
+    check_failover_support(client, config).await?;
     let slot = &config.source.slot;
+    if let Some(status) = slot_status(client, slot).await? {
+        if let Some(reason) = status.invalidated() {
+            return Err(InstallError::Schema(format!(
+                "replication slot \"{slot}\" was invalidated by PostgreSQL ({reason}): {}",
+                invalidated_howto(slot)
+            )));
+        }
+        if let Some(drift) = failover_drift(config, &status) {
+            return Err(InstallError::Schema(drift));
+        }
+    }
     let row = client
         .query_opt(
             "SELECT active, \

@@ -12,6 +12,12 @@
 //! over when the first lets go. Failed events (a sink gave up) go to the
 //! event log's dead letters, so they never hold the slot, and its WAL,
 //! back forever.
+//!
+//! While the captured tables are idle the slot still follows the cluster's
+//! WAL: skor confirms up to the server's keepalives, and writes a heartbeat
+//! message of its own database now and then. A slot PostgreSQL invalidated
+//! (it held more than `max_slot_wal_keep_size`) is said once, fails
+//! readiness, and is looked at slowly until `skor install` replaces it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +52,14 @@ const DRIFT_CHECK: Duration = Duration::from_secs(10);
 /// A stream that ends sooner than this after it started counts as a
 /// failure to start, so the next attempt backs off.
 const STABLE_STREAM: Duration = Duration::from_secs(10);
+/// The shortest wait between two looks at an invalidated slot (the
+/// reconnect backoff's cap otherwise).
+const INVALIDATED_RECHECK_MIN: Duration = Duration::from_secs(1);
+/// How long a heartbeat may take before it is given up on (the next one
+/// tries again); the stream waits meanwhile.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The prefix of skor's heartbeat messages in the WAL.
+const HEARTBEAT_PREFIX: &str = "skor.heartbeat";
 
 /// Why wal mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +81,12 @@ pub struct WalSource {
     summary: String,
     status_interval: Duration,
     max_backoff: Duration,
+    /// After this long without a change, a heartbeat message; `None`: off.
+    heartbeat: Option<Duration>,
+    /// When the stream last carried something of this database.
+    last_change: tokio::time::Instant,
+    /// The last heartbeat failed (and said so).
+    heartbeat_failing: bool,
     decoder: Decoder,
     fanout: Fanout,
     stats: Arc<WalStats>,
@@ -135,6 +155,16 @@ impl WalSource {
                 "publication \"{publication}\" does not exist: run `skor install`"
             )));
         }
+        crate::capture::wal::publication::check_failover_support(&catalog, config)
+            .await
+            .map_err(|e| WalError::Setup(e.to_string()))?;
+        if let Ok(Some(status)) =
+            crate::capture::wal::publication::slot_status(&catalog, &slot).await
+        {
+            if let Some(drift) = crate::capture::wal::publication::failover_drift(config, &status) {
+                error!(%slot, "{drift}");
+            }
+        }
         let (acks, outcomes) = mpsc::unbounded_channel();
         let summary = crate::capture::wal::publication::config_summary(config);
         let source = Self {
@@ -144,6 +174,10 @@ impl WalSource {
             summary,
             status_interval: Duration::from_millis(config.source.wal_status_interval_ms),
             max_backoff: Duration::from_millis(config.source.reconnect_max_backoff_ms),
+            heartbeat: (config.source.wal_heartbeat_interval_ms > 0)
+                .then(|| Duration::from_millis(config.source.wal_heartbeat_interval_ms)),
+            last_change: tokio::time::Instant::now(),
+            heartbeat_failing: false,
             decoder: Decoder::new(Rules::new(config)),
             fanout,
             stats,
@@ -250,6 +284,13 @@ impl WalSource {
                         // backoff, as a failed start is.
                         Err(error) => {
                             let quick = began.elapsed() < STABLE_STREAM;
+                            if quick {
+                                if let Ok(Some(reason)) = self.invalidated().await {
+                                    self.stand_still(&reason, &error, &shutdown).await;
+                                    failures = 0;
+                                    continue;
+                                }
+                            }
                             let delay = if quick {
                                 failures = failures.saturating_add(1);
                                 backoff.delay(failures - 1)
@@ -281,6 +322,12 @@ impl WalSource {
                 }
                 Err(error) => {
                     self.stats.link.set(false);
+                    if let Ok(Some(reason)) = self.invalidated().await {
+                        self.stand_still(&reason, &error.to_string(), &shutdown)
+                            .await;
+                        failures = 0;
+                        continue;
+                    }
                     let delay = backoff.delay(failures);
                     failures = failures.saturating_add(1);
                     warn!(%error, slot = %self.slot, retry_in_ms = delay.as_millis() as u64,
@@ -290,6 +337,111 @@ impl WalSource {
             }
         }
         self.finish(None).await;
+    }
+
+    /// Why PostgreSQL invalidated the slot, if it did: asked of the
+    /// catalog, whatever words the server's error used. `Err` when the
+    /// catalog cannot tell now.
+    async fn invalidated(&mut self) -> Result<Option<String>, ()> {
+        let slot = self.slot.clone();
+        let catalog = self.catalog().await.ok_or(())?;
+        match crate::capture::wal::publication::slot_status(catalog, &slot).await {
+            Ok(status) => Ok(status.and_then(|s| s.invalidated())),
+            Err(error) => {
+                debug!(error = %describe(&error), "cannot read the replication slot's status");
+                Err(())
+            }
+        }
+    }
+
+    /// How often an invalidated slot is looked at again, in the catalog
+    /// only: it stays unusable until an operator replaces it, so no
+    /// replication session is opened meanwhile.
+    fn invalidated_recheck(&self) -> Duration {
+        self.max_backoff.max(INVALIDATED_RECHECK_MIN)
+    }
+
+    /// Says once that the slot is invalidated and what to do, fails
+    /// readiness, and waits for an operator to replace it.
+    async fn stand_still(&mut self, reason: &str, error: &str, shutdown: &CancellationToken) {
+        error!(slot = %self.slot, %reason, %error,
+               "PostgreSQL invalidated the replication slot: skor cannot stream from it any more; {}; \
+                skor looks again every {} s",
+               crate::capture::wal::publication::invalidated_howto(&self.slot),
+               self.invalidated_recheck().as_secs_f64());
+        self.stats.invalidated.set(1);
+        self.wait_while_invalidated(shutdown).await;
+    }
+
+    /// Waits, looking at the catalog every [`Self::invalidated_recheck`], until
+    /// the slot is no longer the invalidated one (`skor install` replaced
+    /// it) or shutdown.
+    async fn wait_while_invalidated(&mut self, shutdown: &CancellationToken) {
+        while !shutdown.is_cancelled() {
+            self.wait(self.invalidated_recheck(), shutdown).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Ok(None) = self.invalidated().await {
+                info!(slot = %self.slot,
+                      "the replication slot is no longer the invalidated one: streaming again; changes \
+                       from before the new slot was made are not streamed, `skor backfill` sends current rows");
+                self.stats.invalidated.set(0);
+                return;
+            }
+        }
+    }
+
+    /// After `heartbeat` without a change from the stream, writes a
+    /// logical decoding message in the captured database: its WAL reaches
+    /// the slot's decoder, whose keepalives then let skor confirm past the
+    /// WAL other databases wrote meanwhile. Not transactional, so it
+    /// reaches the stream at once, as a message no sink is handed.
+    async fn beat(&mut self) {
+        let Some(every) = self.heartbeat else { return };
+        if self.last_change.elapsed() < every {
+            return;
+        }
+        self.last_change = tokio::time::Instant::now();
+        let confirmed = Lsn::from_u64(self.progress.confirmed()).to_string();
+        let Some(catalog) = self.catalog().await else {
+            return;
+        };
+        // Only when the cluster wrote WAL past what skor confirmed: an idle
+        // cluster gets no WAL from skor (which would wake its checkpoints
+        // and archiving for nothing).
+        let emitted = tokio::time::timeout(
+            HEARTBEAT_TIMEOUT,
+            catalog.query_opt(
+                "SELECT pg_catalog.pg_logical_emit_message(false, $1, '')::pg_catalog.text \
+                  WHERE pg_catalog.pg_current_wal_lsn() \
+                        OPERATOR(pg_catalog.>) $2::pg_catalog.text::pg_catalog.pg_lsn",
+                &[&HEARTBEAT_PREFIX, &confirmed],
+            ),
+        )
+        .await;
+        match emitted {
+            Ok(Ok(row)) => {
+                if self.heartbeat_failing {
+                    info!("wal mode: heartbeat messages are written again");
+                    self.heartbeat_failing = false;
+                }
+                if let Some(row) = row {
+                    let lsn: String = row.get(0);
+                    self.stats.heartbeats.incr();
+                    debug!(slot = %self.slot, %lsn, %confirmed,
+                           "wal mode: idle while the cluster writes WAL, wrote a heartbeat message");
+                }
+            }
+            Ok(Err(error)) if !self.heartbeat_failing => {
+                self.heartbeat_failing = true;
+                warn!(error = %describe(&error),
+                      "wal mode: cannot write the heartbeat message (said once until it works again); \
+                       the slot still moves with the server's keepalives; see wal_heartbeat_interval_ms");
+            }
+            Ok(Err(error)) => debug!(error = %describe(&error), "wal mode: heartbeat failed"),
+            Err(_) => debug!("wal mode: the heartbeat message timed out"),
+        }
     }
 
     /// Waits `delay` while settling what the sinks report.
@@ -330,6 +482,15 @@ impl WalSource {
         let mut retry = tokio::time::interval(DEAD_LETTER_RETRY);
         let mut drift = tokio::time::interval(DRIFT_CHECK);
         drift.tick().await;
+        // Checked a few times per interval, so a beat is at most a quarter
+        // interval late; never when heartbeats are off.
+        let mut heartbeat =
+            tokio::time::interval(self.heartbeat.map_or(Duration::from_secs(3600), |every| {
+                (every / 4).max(Duration::from_millis(25))
+            }));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        self.last_change = tokio::time::Instant::now();
         let mut confirmed = self.progress.confirmed();
         client.update_applied_lsn(Lsn::from_u64(confirmed));
         let result = loop {
@@ -351,6 +512,7 @@ impl WalSource {
                     let _ = self.catalog().await;
                     self.check_drift().await;
                 }
+                _ = heartbeat.tick() => self.beat().await,
             }
             if let Some(lsn) = self.progress.take_moved() {
                 if lsn > confirmed {
@@ -378,6 +540,7 @@ impl WalSource {
                 xid,
                 commit_time_micros,
             } => {
+                self.last_change = tokio::time::Instant::now();
                 self.skipping = !self.progress.begin(final_lsn.as_u64());
                 self.decoder
                     .begin(final_lsn.as_u64(), xid, commit_time_micros);
@@ -390,6 +553,17 @@ impl WalSource {
                 self.skipping = false;
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => self.progress.idle(wal_end.as_u64()),
+            // skor's own heartbeats, and messages other programs write:
+            // never events. Outside a transaction, nothing before it is
+            // left to stream.
+            ReplicationEvent::Message {
+                transactional: false,
+                lsn,
+                ..
+            } => {
+                self.last_change = tokio::time::Instant::now();
+                self.progress.idle(lsn.as_u64());
+            }
             ReplicationEvent::XLogData {
                 wal_start, data, ..
             } => {

@@ -16,11 +16,33 @@ pub struct WalDb {
 
 impl WalDb {
     pub async fn start() -> Self {
-        let server = tokio::task::spawn_blocking(|| PgServer::start(None))
+        Self::start_with("").await
+    }
+
+    /// A server with `settings` (postgresql.conf lines) after the tests'.
+    pub async fn start_with(settings: &str) -> Self {
+        let mut options = super::pg_server::Options::tests(None);
+        options.settings.push_str(settings);
+        let server = tokio::task::spawn_blocking(move || PgServer::try_start(&options))
             .await
-            .unwrap();
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
         let client = connect(&server.dsn()).await;
         Self { server, client }
+    }
+
+    /// WAL the slot keeps on disk: from its restart position to now, in
+    /// bytes; `None` once it has none (invalidated).
+    pub async fn retained(&self, slot: &str) -> Option<i64> {
+        self.client
+            .query_one(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 \
+                   FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0)
     }
 
     pub fn dsn(&self) -> String {
