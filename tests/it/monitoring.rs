@@ -218,6 +218,7 @@ fn every_alert_waits_has_a_severity_and_says_what_to_do() {
     for wanted in [
         "skor_wal_retained_bytes",
         "skor_wal_confirmed_age_seconds",
+        "skor_wal_slot_invalidated",
         "skor_sink_queue_depth",
         "skor_sink_failed_total",
         "skor_sink_disconnected",
