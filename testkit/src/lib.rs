@@ -10,6 +10,7 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+pub mod browser;
 pub mod https;
 #[cfg(feature = "kafka")]
 pub mod kafka;

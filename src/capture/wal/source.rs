@@ -258,6 +258,9 @@ impl WalSource {
                             };
                             warn!(%error, slot = %self.slot, retry_in_ms = delay.as_millis() as u64,
                                   "replication stream lost; reconnecting, unconfirmed changes come again");
+                            self.stats
+                                .link
+                                .failed(format_args!("replication stream lost: {error}"));
                             if quick {
                                 self.check_drift().await;
                                 self.wait(delay, &shutdown).await;
@@ -280,7 +283,9 @@ impl WalSource {
                     self.wait(STANDBY_POLL, &shutdown).await;
                 }
                 Err(error) => {
-                    self.stats.link.set(false);
+                    self.stats
+                        .link
+                        .failed(format_args!("cannot start the replication stream: {error}"));
                     let delay = backoff.delay(failures);
                     failures = failures.saturating_add(1);
                     warn!(%error, slot = %self.slot, retry_in_ms = delay.as_millis() as u64,
