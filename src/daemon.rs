@@ -89,7 +89,7 @@ impl Daemon {
         let about = About {
             modes: CAPTURES
                 .iter()
-                .filter(|c| c.runs_source(config))
+                .filter(|c| c.used(config))
                 .map(|c| c.name())
                 .collect(),
             database: shown,

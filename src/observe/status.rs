@@ -14,7 +14,8 @@ use crate::observe::stats::{Link, SinkStats, Stats};
 /// What the status page says about the config, fixed at start-up.
 #[derive(Debug, Default)]
 pub struct About {
-    /// The capture modes whose sources run: `notify`, `durable`, `wal`.
+    /// The capture modes some table is captured in: `notify`, `durable`,
+    /// `wal`.
     pub modes: Vec<&'static str>,
     /// The database, as `user@host:port/db sslmode=...`: no password.
     pub database: String,

@@ -22,7 +22,8 @@ fn program(env: &str, name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin").join(name));
     assert!(
         path.exists(),
-        "{} not found ({env} unset): scripts/services installs chromium and chromedriver",
+        "{} not found: scripts/services installs chromium and chromedriver \
+         (or set {env} to where {name} is)",
         path.display()
     );
     path

@@ -1,6 +1,7 @@
 //! The status page against a running daemon: `/status` names every sink,
 //! counts what the receiver got and shows a failing sink's error, with no
-//! secret of the config in it nor in `/`; and the page itself, in a real
+//! secret of the config in it nor in `/`; in wal mode it shows the slot's
+//! lag while a sink holds an event back; and the page itself, in a real
 //! headless Chromium, follows deliveries without being reloaded.
 
 use std::net::SocketAddr;
@@ -9,8 +10,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::browser::Browser;
+use crate::common::wal::WalDb;
 use crate::common::{
-    config, eventually, server_dsn, slow, start_installed, status, Hook, TestDb,
+    config, eventually, server_dsn, slow, start_installed, status, Hook, Running, TestDb,
 };
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY)";
@@ -294,4 +296,71 @@ async fn the_page_in_a_browser_follows_deliveries_without_reloading() {
     );
     drop(browser);
     daemon.stop().await;
+}
+
+#[tokio::test]
+async fn in_wal_mode_status_shows_the_slot_and_its_lag() {
+    let db = WalDb::start().await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY)").await;
+    // Refuses until told otherwise: the slot cannot pass the insert.
+    let hook = Hook::scripted(Vec::new(), status(503)).await;
+    let config = db.hook_config(
+        "name = \"items\"",
+        &hook,
+        &format!("retries = 1000\nbackoff_ms = 20\nbackoff = \"linear\"\nmax_backoff_ms = 50\n{ADMIN}"),
+    );
+    db.install(&config).await;
+    let skor = Running::start(&config).await;
+    let admin = skor.admin.expect("admin endpoint");
+    db.exec("INSERT INTO items VALUES (1)").await;
+    hook.wait_for(3).await;
+
+    let held = eventually("the slot's lag and the sink's retries to show", || async {
+        let status = status_of(admin).await;
+        let lag = status["postgres"]["wal"]["lag_bytes"].as_f64().unwrap_or(0.0);
+        let retrying = status["errors"].as_array().unwrap().iter().any(|e| {
+            e["origin"] == "sink hook"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("delivery failed, retrying: HTTP 503"))
+        });
+        if lag > 0.0 && retrying {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    })
+    .await;
+    assert_eq!(held["modes"], serde_json::json!(["wal"]), "{held}");
+    let wal = &held["postgres"]["wal"];
+    assert_eq!(wal["slot"], "skor", "{held}");
+    assert!(
+        wal["retained_bytes"].as_f64().unwrap() >= wal["lag_bytes"].as_f64().unwrap(),
+        "{held}"
+    );
+    let connections = held["postgres"]["connections"].as_array().unwrap();
+    let replication = connections
+        .iter()
+        .find(|c| c["name"] == "replication")
+        .unwrap_or_else(|| panic!("no replication connection in {held}"));
+    assert_eq!(replication["connected"], true, "{held}");
+    let hook_status = sink(&held, "hook");
+    assert_eq!(hook_status["delivered"], 0, "{held}");
+    assert_eq!(hook_status["queue_depth"], 1, "{held}");
+    assert_eq!(hook_status["in_flight"], 1, "the event waits to retry: {held}");
+    assert!(hook_status["retried"].as_u64().unwrap() >= 2, "{held}");
+
+    hook.answer(status(200));
+    let after = eventually("the event to be delivered and the lag to close", || async {
+        let status = status_of(admin).await;
+        let hook_status = sink(&status, "hook");
+        if hook_status["delivered"] == 1 && hook_status["in_flight"] == 0 {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    })
+    .await;
+    assert_eq!(sink(&after, "hook")["queue_depth"], 0, "{after}");
+    skor.stop().await;
 }
