@@ -1,15 +1,18 @@
 //! The status page against a running daemon: `/status` names every sink,
 //! counts what the receiver got and shows a failing sink's error, with no
 //! secret of the config in it nor in `/`; in wal mode it shows the slot's
-//! lag while a sink holds an event back; and the page itself, in a real
+//! lag while a sink holds an event back; a stopped PostgreSQL shows as a
+//! lost connection and its errors; and the page itself, in a real
 //! headless Chromium, follows deliveries without being reloaded.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::common::browser::Browser;
+use crate::common::pg_server::PgServer;
 use crate::common::wal::WalDb;
 use crate::common::{
     config, eventually, server_dsn, slow, start_installed, status, Hook, Running, TestDb,
@@ -363,4 +366,78 @@ async fn in_wal_mode_status_shows_the_slot_and_its_lag() {
     .await;
     assert_eq!(sink(&after, "hook")["queue_depth"], 0, "{after}");
     skor.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopped_postgresql_shows_as_disconnected_with_its_error() {
+    let server = tokio::task::spawn_blocking(|| PgServer::start(None))
+        .await
+        .unwrap();
+    let hook = Hook::start().await;
+    let config = format!(
+        "[source]\ndsn = \"{}\"\nreconnect_max_backoff_ms = 200\n\
+         [[table]]\nname = \"items\"\n\
+         [sink.hook]\ntype = \"webhook\"\nurl = \"{}\"\n{ADMIN}",
+        server.dsn(),
+        hook.url()
+    );
+    let mut client = crate::common::connect(&server.dsn()).await;
+    client.batch_execute(ITEMS).await.unwrap();
+    let parsed = skor::Config::from_toml(&config, "test.toml").unwrap();
+    skor::install::install(&mut client, &parsed).await.unwrap();
+    drop(client);
+    let daemon = Running::start(&config).await;
+    let admin = daemon.admin.expect("admin endpoint");
+    let up = status_of(admin).await;
+    assert_eq!(up["postgres"]["connections"][0]["connected"], true, "{up}");
+    assert_eq!(up["errors"], serde_json::json!([]), "{up}");
+
+    let server = Arc::new(server);
+    let stopping = Arc::clone(&server);
+    tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .unwrap();
+    let down = eventually("the lost connection and a refused reconnect to show", || async {
+        let status = status_of(admin).await;
+        let origins: Vec<&str> = status["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["origin"] == "postgres listener")
+            .filter_map(|e| e["message"].as_str())
+            .collect();
+        let lost = origins.iter().any(|m| m.starts_with("connection lost: "));
+        let refused = origins.iter().any(|m| m.starts_with("cannot reconnect yet: "));
+        if lost && refused {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    })
+    .await;
+    assert_eq!(down["ready"], false, "{down}");
+    let listener = &down["postgres"]["connections"][0];
+    assert_eq!(listener["name"], "listener", "{down}");
+    assert_eq!(listener["connected"], false, "{down}");
+    assert!(
+        down["postgres"]["reading_error"].is_string(),
+        "the gauges say why they are missing: {down}"
+    );
+    assert_eq!(down["postgres"]["notify_queue_usage"], Value::Null, "{down}");
+
+    let starting = Arc::clone(&server);
+    tokio::task::spawn_blocking(move || starting.start_again())
+        .await
+        .unwrap();
+    let back = eventually("the listener to be back", || async {
+        let status = status_of(admin).await;
+        if status["postgres"]["connections"][0]["connected"] == true {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    })
+    .await;
+    assert_eq!(back["postgres"]["connections"][0]["reconnects"], 1, "{back}");
+    daemon.stop().await;
 }
