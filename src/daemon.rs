@@ -16,8 +16,8 @@ use crate::delivery::fanout::Fanout;
 use crate::delivery::worker::{worker, Worker};
 use crate::observe::admin::{Admin, AdminError};
 use crate::observe::metrics::Metrics;
-use crate::observe::status::{About, SinkAbout};
 use crate::observe::stats::{DurableStats, EventStats, SinkStats, SourceStats, Stats, WalStats};
+use crate::observe::status::{About, SinkAbout};
 use crate::postgres::{target, DsnError};
 use crate::sinks::StdoutConfig;
 

@@ -124,7 +124,13 @@ impl Browser {
                          "--disable-dev-shm-usage", format!("--window-size={width},{height}")],
             },
         }}});
-        let created = command(&http, reqwest::Method::POST, &format!("{base}/session"), capabilities).await;
+        let created = command(
+            &http,
+            reqwest::Method::POST,
+            &format!("{base}/session"),
+            capabilities,
+        )
+        .await;
         let session = created["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session in {created}"))

@@ -133,11 +133,10 @@ url = "{gone}"
     hook.wait_for(7).await;
     let after = eventually("every sink to settle its 7 events", || async {
         let status = status_of(admin).await;
-        let settled = status["sinks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["queue_depth"] == 0 && s["delivered"].as_u64().unwrap() + s["failed"].as_u64().unwrap() == 7);
+        let settled = status["sinks"].as_array().unwrap().iter().all(|s| {
+            s["queue_depth"] == 0
+                && s["delivered"].as_u64().unwrap() + s["failed"].as_u64().unwrap() == 7
+        });
         if settled {
             Ok(status)
         } else {
@@ -250,7 +249,9 @@ async fn the_page_in_a_browser_follows_deliveries_without_reloading() {
     .await;
     assert_eq!(shown_delivered(&rows, "orders"), Some(0), "{rows}");
     // Set in this document: still there later means no reload happened.
-    browser.script("window.skorLoaded = 'once'; return null;").await;
+    browser
+        .script("window.skorLoaded = 'once'; return null;")
+        .await;
 
     db.exec("INSERT INTO items SELECT generate_series(1, 200)")
         .await;
@@ -285,7 +286,10 @@ async fn the_page_in_a_browser_follows_deliveries_without_reloading() {
     .await;
     assert_eq!(shown_delivered(&rows, "legacy"), Some(0), "{rows}");
     let loaded = browser.script("return window.skorLoaded || null;").await;
-    assert_eq!(loaded, "once", "the page updated in place, not by reloading");
+    assert_eq!(
+        loaded, "once",
+        "the page updated in place, not by reloading"
+    );
     let failed = browser
         .script("return document.querySelector('tr[data-sink=\"legacy\"] td.failed').textContent;")
         .await;
@@ -293,10 +297,7 @@ async fn the_page_in_a_browser_follows_deliveries_without_reloading() {
     let errors = browser
         .script("return document.getElementById('errors').textContent;")
         .await;
-    assert!(
-        errors.as_str().unwrap().contains("sink legacy"),
-        "{errors}"
-    );
+    assert!(errors.as_str().unwrap().contains("sink legacy"), "{errors}");
     drop(browser);
     daemon.stop().await;
 }
@@ -310,7 +311,9 @@ async fn in_wal_mode_status_shows_the_slot_and_its_lag() {
     let config = db.hook_config(
         "name = \"items\"",
         &hook,
-        &format!("retries = 1000\nbackoff_ms = 20\nbackoff = \"linear\"\nmax_backoff_ms = 50\n{ADMIN}"),
+        &format!(
+            "retries = 1000\nbackoff_ms = 20\nbackoff = \"linear\"\nmax_backoff_ms = 50\n{ADMIN}"
+        ),
     );
     db.install(&config).await;
     let skor = Running::start(&config).await;
@@ -320,7 +323,9 @@ async fn in_wal_mode_status_shows_the_slot_and_its_lag() {
 
     let held = eventually("the slot's lag and the sink's retries to show", || async {
         let status = status_of(admin).await;
-        let lag = status["postgres"]["wal"]["lag_bytes"].as_f64().unwrap_or(0.0);
+        let lag = status["postgres"]["wal"]["lag_bytes"]
+            .as_f64()
+            .unwrap_or(0.0);
         let retrying = status["errors"].as_array().unwrap().iter().any(|e| {
             e["origin"] == "sink hook"
                 && e["message"]
@@ -350,7 +355,10 @@ async fn in_wal_mode_status_shows_the_slot_and_its_lag() {
     let hook_status = sink(&held, "hook");
     assert_eq!(hook_status["delivered"], 0, "{held}");
     assert_eq!(hook_status["queue_depth"], 1, "{held}");
-    assert_eq!(hook_status["in_flight"], 1, "the event waits to retry: {held}");
+    assert_eq!(
+        hook_status["in_flight"], 1,
+        "the event waits to retry: {held}"
+    );
     assert!(hook_status["retried"].as_u64().unwrap() >= 2, "{held}");
 
     hook.answer(status(200));
@@ -397,23 +405,28 @@ async fn a_stopped_postgresql_shows_as_disconnected_with_its_error() {
     tokio::task::spawn_blocking(move || stopping.stop())
         .await
         .unwrap();
-    let down = eventually("the lost connection and a refused reconnect to show", || async {
-        let status = status_of(admin).await;
-        let origins: Vec<&str> = status["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["origin"] == "postgres listener")
-            .filter_map(|e| e["message"].as_str())
-            .collect();
-        let lost = origins.iter().any(|m| m.starts_with("connection lost: "));
-        let refused = origins.iter().any(|m| m.starts_with("cannot reconnect yet: "));
-        if lost && refused {
-            Ok(status)
-        } else {
-            Err(status)
-        }
-    })
+    let down = eventually(
+        "the lost connection and a refused reconnect to show",
+        || async {
+            let status = status_of(admin).await;
+            let origins: Vec<&str> = status["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["origin"] == "postgres listener")
+                .filter_map(|e| e["message"].as_str())
+                .collect();
+            let lost = origins.iter().any(|m| m.starts_with("connection lost: "));
+            let refused = origins
+                .iter()
+                .any(|m| m.starts_with("cannot reconnect yet: "));
+            if lost && refused {
+                Ok(status)
+            } else {
+                Err(status)
+            }
+        },
+    )
     .await;
     assert_eq!(down["ready"], false, "{down}");
     let listener = &down["postgres"]["connections"][0];
@@ -423,7 +436,11 @@ async fn a_stopped_postgresql_shows_as_disconnected_with_its_error() {
         down["postgres"]["reading_error"].is_string(),
         "the gauges say why they are missing: {down}"
     );
-    assert_eq!(down["postgres"]["notify_queue_usage"], Value::Null, "{down}");
+    assert_eq!(
+        down["postgres"]["notify_queue_usage"],
+        Value::Null,
+        "{down}"
+    );
 
     let starting = Arc::clone(&server);
     tokio::task::spawn_blocking(move || starting.start_again())
@@ -438,6 +455,9 @@ async fn a_stopped_postgresql_shows_as_disconnected_with_its_error() {
         }
     })
     .await;
-    assert_eq!(back["postgres"]["connections"][0]["reconnects"], 1, "{back}");
+    assert_eq!(
+        back["postgres"]["connections"][0]["reconnects"], 1,
+        "{back}"
+    );
     daemon.stop().await;
 }
