@@ -137,8 +137,19 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     )
 }
 
-async fn page() -> Html<&'static str> {
-    Html(STATUS_PAGE)
+/// What the status page may do: run its own inline script and style and
+/// read `/status`, nothing else (it shows messages that came from sinks).
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        Html(STATUS_PAGE),
+    )
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

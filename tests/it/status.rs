@@ -180,8 +180,13 @@ url = "{gone}"
         );
     }
 
-    let (code, page) = get(admin, "/").await;
-    assert_eq!(code, 200);
+    let response = reqwest::get(format!("http://{admin}/")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let policy = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
+    assert!(policy.contains("connect-src 'self'"), "{policy}");
+    let page = response.text().await.unwrap();
     assert!(page.starts_with("<!doctype html>"), "{page}");
     assert!(
         !page.contains("http://") && !page.contains("https://") && !page.contains("//cdn"),
