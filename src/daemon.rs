@@ -17,6 +17,7 @@ use crate::delivery::worker::{worker, Worker};
 use crate::observe::admin::{Admin, AdminError};
 use crate::observe::metrics::Metrics;
 use crate::observe::stats::{DurableStats, EventStats, SinkStats, SourceStats, Stats, WalStats};
+use crate::observe::status::{About, SinkAbout};
 use crate::postgres::{target, DsnError};
 use crate::sinks::StdoutConfig;
 
@@ -65,7 +66,8 @@ impl Daemon {
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let pg = config.postgres()?;
         let database = target(pg.config());
-        let outline = config.outline(&format!("{database} sslmode={}", pg.ssl_mode()));
+        let shown = format!("{database} sslmode={}", pg.ssl_mode());
+        let outline = config.outline(&shown);
         info!(source = %outline.source, sinks = %outline.sinks, routes = %outline.routes,
               version = env!("CARGO_PKG_VERSION"), "starting");
         let mut sinks: Vec<(String, Box<dyn Sink>, DeliveryConfig)> = Vec::new();
@@ -84,6 +86,29 @@ impl Daemon {
             sinks.push(("stdout".into(), stdout, DeliveryConfig::default()));
         }
         let names: Vec<String> = sinks.iter().map(|(name, ..)| name.clone()).collect();
+        let about = About {
+            modes: CAPTURES
+                .iter()
+                .filter(|c| c.used(config))
+                .map(|c| c.name())
+                .collect(),
+            database: shown,
+            slot: config.uses_wal().then(|| config.source.slot.clone()),
+            sinks: sinks
+                .iter()
+                .map(|(name, _, delivery)| SinkAbout {
+                    kind: config
+                        .sinks
+                        .get(name)
+                        .map_or("stdout", |s| s.options.type_name()),
+                    target: config.sinks.get(name).map_or_else(
+                        || "stdout (none configured)".to_string(),
+                        |s| s.options.outline(),
+                    ),
+                    capacity: delivery.queue_capacity,
+                })
+                .collect(),
+        };
         let metrics = Arc::new(Metrics::new(config.reads_event_log(), config.uses_wal()));
         let mut queues = Vec::new();
         let mut workers = Vec::new();
@@ -108,6 +133,7 @@ impl Daemon {
             wal: config
                 .uses_wal()
                 .then(|| Arc::new(WalStats::registered(&metrics))),
+            errors: Arc::clone(&metrics.errors),
         };
         // Bound first: a taken port is a start-up error, not a late surprise.
         let admin = match &config.admin {
@@ -118,7 +144,7 @@ impl Daemon {
                     Arc::clone(&metrics),
                     stats.clone(),
                     !channels.is_empty(),
-                    config.uses_wal().then(|| config.source.slot.clone()),
+                    about,
                     scrape_pg,
                 );
                 Some(admin.await?)

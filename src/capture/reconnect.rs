@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::backoff::Schedule;
+use crate::observe::stats::Link;
 
 /// The first wait before reconnecting: it doubles up to the source's
 /// `reconnect_max_backoff_ms`.
@@ -22,12 +23,14 @@ pub const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// Opens a session with `open`, backing off between attempts, until it
 /// opens or `shutdown`. `quick_losses` counts the sessions in a row that
 /// were lost soon after they opened, so a session that dies as it starts
-/// is not opened again at once; `what` names the connection in the log.
+/// is not opened again at once; `what` names the connection in the log,
+/// `link` keeps each refusal for the status page.
 pub async fn reconnect<S, E, F>(
     shutdown: &CancellationToken,
     quick_losses: u32,
     max_backoff: Duration,
     what: &str,
+    link: &Link,
     mut open: impl FnMut() -> F,
 ) -> Option<S>
 where
@@ -49,8 +52,11 @@ where
         };
         match opened {
             Ok(session) => return Some(session),
-            Err(e) => warn!(attempt, retry_in_ms = delay.as_millis() as u64, error = %e,
-                            "cannot reconnect to {what} yet"),
+            Err(e) => {
+                warn!(attempt, retry_in_ms = delay.as_millis() as u64, error = %e,
+                      "cannot reconnect to {what} yet");
+                link.failed(format_args!("cannot reconnect yet: {e}"));
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return None,

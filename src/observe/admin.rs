@@ -1,5 +1,6 @@
 //! The admin endpoint (`[admin] listen`): `/metrics` for Prometheus,
-//! `/healthz` for liveness and `/readyz` for readiness probes.
+//! `/healthz` for liveness, `/readyz` for readiness probes, and the status
+//! page: `/` for people, `/status` (the same as JSON) for scripts.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -18,12 +19,17 @@ use tracing::{debug, info, warn};
 use crate::config::AdminConfig;
 use crate::observe::metrics::Metrics;
 use crate::observe::stats::Stats;
+use crate::observe::status::{About, Status};
 use crate::postgres::event_log as durable;
 use crate::postgres::PgError;
 use crate::postgres::Postgres;
 
 /// How long a scrape waits for PostgreSQL's gauges before going without.
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The status page: one file, its style and script inline, so it works
+/// offline and behind any proxy.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Why the admin endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +48,8 @@ struct AdminState {
     /// The replication slot whose lag the scrape reads (wal mode).
     slot: Option<String>,
     stuck_after: Duration,
+    /// What the status page says about the config.
+    about: About,
     pg: Postgres,
     /// The connection scrapes read PostgreSQL's gauges with, opened on
     /// first use and again after an error.
@@ -59,13 +67,14 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Binds `config.listen`, so a taken port stops skor at start-up.
+    /// Binds `config.listen`, so a taken port stops skor at start-up. The
+    /// replication slot whose lag the scrape reads is `about.slot`.
     pub async fn bind(
         config: &AdminConfig,
         metrics: Arc<Metrics>,
         stats: Stats,
         listens: bool,
-        slot: Option<String>,
+        about: About,
         pg: Postgres,
     ) -> Result<Self, AdminError> {
         let listener = TcpListener::bind(config.listen)
@@ -80,7 +89,8 @@ impl Admin {
                 metrics,
                 stats,
                 listens,
-                slot,
+                slot: about.slot.clone(),
+                about,
                 stuck_after: Duration::from_millis(config.stuck_after_ms),
                 pg,
                 db: tokio::sync::Mutex::new(None),
@@ -99,11 +109,14 @@ impl Admin {
             .local_addr()
             .map_or_else(|| "?".to_string(), |a| a.to_string());
         let app = Router::new()
+            .route("/", get(page))
+            .route("/status", get(status))
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .with_state(self.state);
-        info!(%addr, "admin endpoint serving /metrics, /healthz and /readyz");
+        info!(%addr, "admin endpoint serving the status page (/ and /status), /metrics, \
+                      /healthz and /readyz");
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
@@ -114,13 +127,48 @@ impl Admin {
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    state.refresh_database_gauges().await;
+    let _ = state.refresh_database_gauges().await;
     (
         [(
             header::CONTENT_TYPE,
             prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
         )],
         state.metrics.encode(),
+    )
+}
+
+/// What the status page may do: run its own inline script and style and
+/// read `/status`, nothing else (it shows messages that came from sinks).
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        Html(STATUS_PAGE),
+    )
+}
+
+async fn status(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let reading_error = state.refresh_database_gauges().await;
+    let status = Status::read(
+        &state.about,
+        &state.stats,
+        state.listens,
+        &state.metrics.database,
+        reading_error,
+        state.problems(),
+    );
+    let body = serde_json::to_string(&status).expect("the status serializes");
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
     )
 }
 
@@ -191,7 +239,8 @@ impl AdminState {
 
     /// Reads the NOTIFY queue's usage and the event log's backlog; a gauge
     /// PostgreSQL cannot give now reads NaN, so a stale value never shows.
-    async fn refresh_database_gauges(&self) {
+    /// Returns why PostgreSQL could not be read, if it could not.
+    async fn refresh_database_gauges(&self) -> Option<String> {
         let gauges = &self.metrics.database;
         if let Some(wal) = &self.stats.wal {
             gauges
@@ -212,6 +261,7 @@ impl AdminState {
                     gauges.dead_letters.set(backlog.dead as f64);
                     gauges.oldest_pending_seconds.set(backlog.oldest_s);
                 }
+                None
             }
             Err(error) => {
                 debug!(%error, "metrics: cannot read PostgreSQL's gauges");
@@ -225,6 +275,7 @@ impl AdminState {
                 ] {
                     gauge.set(f64::NAN);
                 }
+                Some(error.to_string())
             }
         }
     }

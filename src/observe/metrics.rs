@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use skor_sink_api::Op;
 
 use crate::counter;
+use crate::observe::recent::RecentErrors;
 
 /// Labels of `skor_events_received_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,14 +51,19 @@ pub enum Connection {
 }
 
 impl Connection {
+    /// Its name, as in its `connection` label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Connection::Listener => "listener",
+            Connection::EventLog => "event_log",
+            Connection::Replication => "replication",
+        }
+    }
+
     /// Its `connection` label.
     const fn label(self) -> ConnectionLabel {
         ConnectionLabel {
-            connection: match self {
-                Connection::Listener => "listener",
-                Connection::EventLog => "event_log",
-                Connection::Replication => "replication",
-            },
+            connection: self.name(),
         }
     }
 }
@@ -134,6 +140,9 @@ pub struct Metrics {
     connected: Family<ConnectionLabel, Gauge>,
     /// Read from PostgreSQL when scraped.
     pub database: DatabaseGauges,
+    /// The last errors, for the status page: no series, but every counter
+    /// holder gets it from here.
+    pub errors: Arc<RecentErrors>,
 }
 
 impl Metrics {
@@ -166,6 +175,7 @@ impl Metrics {
             reconnects: Family::default(),
             connected: Family::default(),
             database: DatabaseGauges::default(),
+            errors: Arc::default(),
         };
         let r = &mut metrics.registry;
         r.register(

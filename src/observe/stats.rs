@@ -1,6 +1,7 @@
 //! Counters of what happened to events: the daemon's summary lines, its
 //! Prometheus metrics (see `metrics.rs`) and tests all read the same ones.
 
+use std::fmt::Display;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use crate::config::RouteConfig;
 pub use crate::counter::Counter;
 use crate::observe::metrics::{Connection, Metrics};
+use crate::observe::recent::RecentErrors;
 
 /// Whether a connection is up, and since when it is down.
 #[derive(Debug, Default)]
@@ -19,6 +21,10 @@ pub struct Link {
     pub up: Gauge,
     /// Times the connection was re-established.
     pub reconnects: Counter,
+    /// Its `connection` label: `listener`, `event_log`, `replication`.
+    pub name: &'static str,
+    /// Where its errors go for the status page.
+    errors: Arc<RecentErrors>,
 }
 
 impl Link {
@@ -26,12 +32,22 @@ impl Link {
         Self {
             up: metrics.connected(connection),
             reconnects: metrics.reconnects(connection),
+            name: connection.name(),
+            errors: Arc::clone(&metrics.errors),
         }
     }
 
     /// Records that the connection is up (`true`) or lost.
     pub fn set(&self, up: bool) {
         self.up.set(i64::from(up));
+    }
+
+    /// Records that the connection is down because of `error` (lost, or
+    /// refused when reopened), for the status page's last errors.
+    pub fn failed(&self, error: impl Display) {
+        self.set(false);
+        self.errors
+            .record(format_args!("postgres {}", self.name), error);
     }
 
     /// Whether the connection is up.
@@ -129,6 +145,9 @@ pub struct SinkStats {
     pub dropped: Counter,
     /// Events queued or being delivered, not yet settled.
     pub depth: Gauge,
+    /// Of those, the events a lane took from the queue: being delivered
+    /// or awaiting a retry.
+    pub in_flight: Gauge,
     /// 1 while the sink is unreachable and its events wait out the outage.
     pub disconnected: Gauge,
     /// 1 while the listener waits for room in the queue.
@@ -138,6 +157,8 @@ pub struct SinkStats {
     /// When (`now_ms`) the sink last settled an event or got work while
     /// idle: how long a sink with events waiting has made no progress.
     progress_ms: AtomicU64,
+    /// Where its failures go for the status page.
+    pub errors: Arc<RecentErrors>,
 }
 
 impl Default for SinkStats {
@@ -151,10 +172,12 @@ impl Default for SinkStats {
             dead_lettered: Counter::default(),
             dropped: Counter::default(),
             depth: Gauge::default(),
+            in_flight: Gauge::default(),
             disconnected: Gauge::default(),
             blocked: Gauge::default(),
             latency: crate::observe::metrics::latency_histogram(),
             progress_ms: AtomicU64::new(now_ms()),
+            errors: Arc::default(),
         }
     }
 }
@@ -171,10 +194,12 @@ impl SinkStats {
             dead_lettered: sink.dead_lettered,
             dropped: sink.dropped,
             depth: sink.depth,
+            in_flight: Gauge::default(),
             disconnected: sink.disconnected,
             blocked: sink.blocked,
             latency: sink.latency,
             progress_ms: AtomicU64::new(now_ms()),
+            errors: Arc::clone(&metrics.errors),
         }
     }
 
@@ -191,13 +216,27 @@ impl SinkStats {
         self.depth.dec_by(events as i64);
     }
 
-    /// Counts events settled, delivered or not, `waited` after queueing.
+    /// Counts events a lane took from the queue to deliver.
+    pub fn taken(&self, events: usize) {
+        self.in_flight.inc_by(events as i64);
+    }
+
+    /// Counts events a lane took and then let go undelivered: another
+    /// daemon owns them now.
+    pub fn untaken(&self, events: usize) {
+        self.in_flight.dec_by(events as i64);
+        self.unqueued(events);
+    }
+
+    /// Counts events a lane settled, delivered or not, `waited` after
+    /// queueing.
     pub fn settled(&self, waited: impl Iterator<Item = Duration>) {
         let mut events = 0;
         for waited in waited {
             self.latency.observe(waited.as_secs_f64());
             events += 1;
         }
+        self.in_flight.dec_by(events);
         self.depth.dec_by(events);
         self.progress_ms.store(now_ms(), Ordering::Relaxed);
     }
@@ -310,6 +349,9 @@ pub struct Stats {
     pub durable: Option<Arc<DurableStats>>,
     /// What wal mode did, when it runs.
     pub wal: Option<Arc<WalStats>>,
+    /// The last errors of the sinks and the connections, for the status
+    /// page.
+    pub errors: Arc<RecentErrors>,
 }
 
 impl Stats {

@@ -1,8 +1,9 @@
 //! What skor's integration tests (`tests/`) and its benchmark (`bench/`)
 //! share: a database per test on the shared PostgreSQL, private PostgreSQL
-//! servers, the brokers' helpers, recording HTTP and HTTPS receivers, and
-//! waiting with a deadline ([`eventually`]) or behind a barrier
-//! ([`Hook::barrier`]) instead of sleeping.
+//! servers, the brokers' helpers, recording HTTP and HTTPS receivers, a
+//! headless browser ([`browser::Browser`]), and waiting with a deadline
+//! ([`eventually`]) or behind a barrier ([`Hook::barrier`]) instead of
+//! sleeping.
 //!
 //! Nothing here calls skor's library: what does (installing triggers,
 //! running a daemon in process) is in `tests/it/common`, which re-exports
@@ -10,6 +11,7 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+pub mod browser;
 pub mod https;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -40,6 +40,7 @@ mod route_filter;
 mod routing;
 mod secrets;
 mod security;
+mod status;
 mod tail;
 mod trust;
 mod wal;

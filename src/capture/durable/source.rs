@@ -206,6 +206,7 @@ impl Durable {
             quick_losses,
             self.max_backoff,
             "the event log",
+            &self.stats.link,
             || Store::connect(&self.pg, self.ttl()),
         )
         .await?;
@@ -858,7 +859,9 @@ impl Sessions for Durable {
                     }
                 }
                 StoreError::Lost(error) => {
-                    self.stats.link.set(false);
+                    self.stats
+                        .link
+                        .failed(format_args!("connection lost: {error}"));
                     let held: Vec<i16> = self.leases.keys().copied().collect();
                     self.lose(&held, "the event log connection was lost");
                     warn!(%error, "lost the event log connection, reconnecting; a new session \

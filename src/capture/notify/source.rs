@@ -312,6 +312,7 @@ impl Listener {
             quick_losses,
             self.max_backoff,
             "PostgreSQL",
+            &self.stats.link,
             || self.open(),
         )
         .await
@@ -572,7 +573,9 @@ impl Sessions for Listener {
                 info!("stopped listening");
                 return;
             };
-            self.stats.link.set(false);
+            self.stats
+                .link
+                .failed(format_args!("connection lost: {reason}"));
             warn!(error = %reason, "lost the connection to PostgreSQL, reconnecting");
             // Closed now, so the server ends a session that could still
             // hold up its notification queue.

@@ -299,6 +299,9 @@ impl WalSource {
                             };
                             warn!(%error, slot = %self.slot, retry_in_ms = delay.as_millis() as u64,
                                   "replication stream lost; reconnecting, unconfirmed changes come again");
+                            self.stats
+                                .link
+                                .failed(format_args!("replication stream lost: {error}"));
                             if quick {
                                 self.check_drift().await;
                                 self.wait(delay, &shutdown).await;
@@ -321,7 +324,9 @@ impl WalSource {
                     self.wait(STANDBY_POLL, &shutdown).await;
                 }
                 Err(error) => {
-                    self.stats.link.set(false);
+                    self.stats
+                        .link
+                        .failed(format_args!("cannot start the replication stream: {error}"));
                     if let Ok(Some(reason)) = self.invalidated().await {
                         self.stand_still(&reason, &error.to_string(), &shutdown)
                             .await;

@@ -91,6 +91,7 @@ impl Deliverer {
                     if self.batching.max_events > 1 {
                         open = self.fill(&mut rx, &mut batch).await;
                     }
+                    self.stats.taken(batch.len());
                     let handed_over = self.deliveries.load(Ordering::Relaxed);
                     if self.concurrency == Concurrency::Lanes {
                         let sent = tokio::select! {
@@ -199,7 +200,7 @@ impl Deliverer {
     /// Counts and says that an attempt was cut short because the leases of
     /// its events ran out while it was under way.
     fn cancelled_by_fence(&self, batch: &Batch) {
-        self.stats.unqueued(batch.len());
+        self.stats.untaken(batch.len());
         warn!(sink = %self.name, events = batch.len(),
               "cancelled an attempt under way when its partition lease ran out: \
                the partition's next owner delivers these events");
@@ -213,7 +214,7 @@ impl Deliverer {
         batch.retain(|job| !job.is_fenced());
         let dropped = before - batch.len();
         if dropped > 0 {
-            self.stats.unqueued(dropped);
+            self.stats.untaken(dropped);
             debug!(sink = %self.name, events = dropped,
                    "dropped unsent events of a partition lease this daemon lost");
         }
@@ -331,6 +332,10 @@ impl Deliverer {
                 warn!(sink = %self.name, schema = %first.schema, table = %first.table,
                       op = %first.op, events, attempt, retry_in_ms = delay.as_millis() as u64,
                       error = %error, "delivery failed, retrying");
+                self.stats.errors.record(
+                    format_args!("sink {}", self.name),
+                    format_args!("delivery failed, retrying: {error}"),
+                );
                 for job in batch.iter() {
                     if let (Some(id), Some(acks)) = (job.event.id, &job.ack) {
                         let _ = acks.send(Outcome::Retrying {
@@ -366,6 +371,13 @@ impl Deliverer {
         } else {
             "permanent error"
         };
+        self.stats.errors.record(
+            format_args!("sink {}", self.name),
+            format_args!(
+                "{} event(s) not delivered ({reason}, {attempts} attempt(s)): {error}",
+                batch.len()
+            ),
+        );
         for job in batch {
             let event = &*job.event;
             if let (Some(id), Some(acks)) = (event.id, &job.ack) {
@@ -424,6 +436,10 @@ impl Deliverer {
                 self.stats.disconnected.set(1);
                 warn!(sink = %self.name, error = %error,
                       "sink unreachable; events wait in its queue until it is back");
+                self.stats.errors.record(
+                    format_args!("sink {}", self.name),
+                    format_args!("unreachable, events wait in its queue: {error}"),
+                );
                 Duration::ZERO
             }
             Some(at) => {
