@@ -110,6 +110,8 @@ pub struct Wal {
     pub retained_bytes: Option<f64>,
     /// Seconds since skor last moved the confirmed position.
     pub confirmed_age_seconds: Option<f64>,
+    /// Whether PostgreSQL has invalidated the slot (its WAL is gone).
+    pub invalidated: bool,
 }
 
 /// What the fan-out stage saw.
@@ -204,6 +206,7 @@ impl Status {
                     lag_bytes: known(gauges.wal_lag_bytes.get()),
                     retained_bytes: known(gauges.wal_retained_bytes.get()),
                     confirmed_age_seconds: known(gauges.wal_confirmed_age_seconds.get()),
+                    invalidated: stats.wal.as_ref().is_some_and(|w| w.invalidated.get() == 1),
                 }),
             },
             events: Events {

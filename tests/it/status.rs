@@ -347,6 +347,7 @@ async fn in_wal_mode_status_shows_the_slot_and_its_lag() {
     assert_eq!(held["modes"], serde_json::json!(["wal"]), "{held}");
     let wal = &held["postgres"]["wal"];
     assert_eq!(wal["slot"], "skor", "{held}");
+    assert_eq!(wal["invalidated"], false, "{held}");
     assert!(
         wal["retained_bytes"].as_f64().unwrap() >= wal["lag_bytes"].as_f64().unwrap(),
         "{held}"

@@ -224,6 +224,15 @@ async fn an_invalidated_slot_fails_readiness_once_and_install_replaces_it() {
         metrics.lines().any(|l| l == "skor_wal_slot_invalidated 1"),
         "{metrics}"
     );
+    let status = reqwest::get(format!("http://127.0.0.1:{admin}/status"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["postgres"]["wal"]["invalidated"], true, "{status}");
+    assert_eq!(status["ready"], false, "{status}");
     // Over five seconds (five re-checks at this config's backoff cap),
     // skor neither reconnects nor logs again.
     tokio::time::sleep(Duration::from_secs(5)).await;
