@@ -210,7 +210,11 @@ impl Renderer {
                 connector: "postgresql",
                 name: "skor",
                 ts_ms: known.ts_ms,
-                snapshot: if event.op == Op::Read { "true" } else { "false" },
+                snapshot: if event.op == Op::Read {
+                    "true"
+                } else {
+                    "false"
+                },
                 db: &self.database,
                 sequence: None,
                 schema: &event.schema,
@@ -347,17 +351,34 @@ mod tests {
     #[test]
     fn debezium_puts_rows_before_and_after_by_operation() {
         let r = Renderer::new("app");
-        let render = |op, payload: &str| json(&r.render(Format::Debezium, &event(op, payload, None), None).unwrap());
+        let render = |op, payload: &str| {
+            json(
+                &r.render(Format::Debezium, &event(op, payload, None), None)
+                    .unwrap(),
+            )
+        };
         let insert = render(Op::Insert, r#"{"data" : {"id":1}}"#);
-        assert_eq!((&insert["before"], &insert["after"], &insert["op"]), (&Value::Null, &json!({"id":1}), &json!("c")));
+        assert_eq!(
+            (&insert["before"], &insert["after"], &insert["op"]),
+            (&Value::Null, &json!({"id":1}), &json!("c"))
+        );
         let update = render(Op::Update, r#"{"data" : {"id":2}, "old" : {"id":1}}"#);
-        assert_eq!((&update["before"], &update["after"], &update["op"]), (&json!({"id":1}), &json!({"id":2}), &json!("u")));
+        assert_eq!(
+            (&update["before"], &update["after"], &update["op"]),
+            (&json!({"id":1}), &json!({"id":2}), &json!("u"))
+        );
         let bare = render(Op::Update, r#"{"data" : {"id":2}}"#);
         assert_eq!(bare["before"], Value::Null);
         let delete = render(Op::Delete, r#"{"data" : {"id":1}}"#);
-        assert_eq!((&delete["before"], &delete["after"], &delete["op"]), (&json!({"id":1}), &Value::Null, &json!("d")));
+        assert_eq!(
+            (&delete["before"], &delete["after"], &delete["op"]),
+            (&json!({"id":1}), &Value::Null, &json!("d"))
+        );
         let read = render(Op::Read, r#"{"data" : {"id":1}}"#);
-        assert_eq!((&read["op"], &read["source"]["snapshot"]), (&json!("r"), &json!("true")));
+        assert_eq!(
+            (&read["op"], &read["source"]["snapshot"]),
+            (&json!("r"), &json!("true"))
+        );
         assert_eq!(insert["source"]["snapshot"], "false");
         assert_eq!(insert["source"]["txId"], Value::Null);
         assert_eq!(insert["source"]["db"], "app");

@@ -66,7 +66,9 @@ impl fmt::Display for Op {
 ///
 /// The daemon renders the payload; a sink forwards it and needs the format
 /// only to label it (an HTTP `Content-Type`, an AMQP content type).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// skor's own payload, as the trigger or the WAL renderer produced it.

@@ -7,9 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION};
 use reqwest::{redirect, StatusCode};
-use skor_sink_api::{
-    Batching, Bytes, Concurrency, ErrorKind, Event, Format, Sink, SinkError,
-};
+use skor_sink_api::{Batching, Bytes, Concurrency, ErrorKind, Event, Format, Sink, SinkError};
 // `describe` quotes a reqwest error's URL, which may carry credentials:
 // callers strip it first (`without_url`) where the request had one.
 use skor_sink_kit::{closed_before_answer, describe, has_io_error};
