@@ -282,6 +282,33 @@ async fn check_names_the_format_key_and_the_choices() {
     );
 }
 
+#[cfg(feature = "amqp")]
+#[tokio::test]
+async fn amqp_carries_the_same_cloudevent_and_labels_it() {
+    let rabbit = crate::common::amqp::Rabbit::new().await;
+    let db = TestDb::new().await;
+    db.exec(CUSTOMERS).await;
+    let cfg = crate::common::config(
+        &db,
+        &format!(
+            "[[table]]\nname = \"customers\"\n{}",
+            rabbit.sink("format = \"cloudevents\"")
+        ),
+    );
+    let daemon = start_installed(&db, &cfg).await;
+    db.exec(CHANGES[0]).await;
+    let message = &rabbit.take(1).await[0];
+    assert_eq!(
+        message.content_type.as_deref(),
+        Some("application/cloudevents+json")
+    );
+    let event = cloudevent(&message.body);
+    assert_cloudevent_of(&event, &db.name, &data(&event));
+    assert_eq!(message.headers["op"], "INSERT", "headers stay skor's");
+    daemon.stop().await;
+    rabbit.delete().await;
+}
+
 #[cfg(feature = "kafka")]
 mod debezium {
     //! Debezium's PostgreSQL connector documentation shows `customers`'
