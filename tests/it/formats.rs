@@ -8,7 +8,9 @@ use serde_json::Value;
 
 use crate::common::bin::{config_file, run, stderr};
 use crate::common::wal::WalDb;
-use crate::common::{hook_config, start_installed, Hook, Request, Running, TestDb};
+use crate::common::{
+    eventually, hook_config, start_installed, status, Hook, Request, Running, TestDb,
+};
 
 /// Debezium's PostgreSQL documentation's example table.
 const CUSTOMERS: &str = "CREATE TABLE customers (id int PRIMARY KEY, first_name text NOT NULL, \
@@ -221,6 +223,61 @@ async fn a_durable_cloudevent_has_its_event_log_id() {
     );
     assert_cloudevent_of(&event, &db.name, &payload);
     daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_keeps_skors_payload_and_its_replay_is_rendered_again() {
+    let db = TestDb::new().await;
+    db.exec(CUSTOMERS).await;
+    // A permanent refusal, then 200s.
+    let hook = Hook::scripted(vec![status(400)], status(200)).await;
+    let cfg = hook_config(
+        &db,
+        "name = \"customers\"\nmode = \"durable\"",
+        &hook,
+        "format = \"cloudevents\"",
+    );
+    let daemon = start_installed(&db, &cfg).await;
+    db.exec(CHANGES[0]).await;
+    let refused = cloudevent(&hook.wait_for(1).await[0].body);
+    let stored: String = eventually("a dead letter", || async {
+        db.client
+            .query_opt(
+                "SELECT payload FROM skor.event_log WHERE state = 'dead'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get::<_, String>(0))
+    })
+    .await;
+    assert_eq!(
+        stored,
+        r#"{"table" : "customers", "schema" : "public", "op" : "INSERT", "data" : {"id":1,"first_name":"Anne","last_name":"Kretchmar","email":"annek@noanswer.org"}}"#
+    );
+    let file = config_file(&cfg);
+    let replay = run(&[
+        "--config",
+        file.path().to_str().unwrap(),
+        "dead-letters",
+        "replay",
+        "--all",
+    ])
+    .await;
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    let requests = hook.wait_for(2).await;
+    assert_eq!(
+        requests[1].headers["content-type"],
+        "application/cloudevents+json"
+    );
+    let replayed = cloudevent(&requests[1].body);
+    assert_eq!(replayed.id(), refused.id(), "the same event, the same id");
+    assert_eq!(data(&replayed), json_value(&stored));
+    daemon.stop().await;
+}
+
+fn json_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"))
 }
 
 #[tokio::test]
