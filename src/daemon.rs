@@ -154,6 +154,7 @@ impl Daemon {
         let known_tables = Arc::new(crate::observe::metrics::known_tables(config));
         let fanout = Fanout::new(
             config,
+            &database_name(pg.config()),
             names.clone(),
             queues,
             Arc::clone(&stats.events),
@@ -282,4 +283,13 @@ impl Daemon {
         );
         Summary { undelivered }
     }
+}
+
+/// The database events come from, as formats name it: libpq's default
+/// when the DSN names none is the user's name.
+fn database_name(pg: &tokio_postgres::Config) -> String {
+    pg.get_dbname()
+        .or(pg.get_user())
+        .unwrap_or("postgres")
+        .to_string()
 }

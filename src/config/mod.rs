@@ -13,7 +13,7 @@ mod when;
 
 use std::collections::BTreeMap;
 
-use skor_sink_api::Op;
+use skor_sink_api::{Format, Op};
 use skor_sink_kit::Redacted;
 use skor_sink_webhook::WebhookConfig;
 
@@ -284,6 +284,10 @@ pub struct DeliveryConfig {
     /// further attempt counts against `retries`; unset waits without limit.
     #[serde(default)]
     pub max_outage_ms: Option<u64>,
+    /// How the payload is laid out for this sink: skor's own (the
+    /// default, forwarded as captured), CloudEvents or Debezium.
+    #[serde(default)]
+    pub format: Format,
 }
 
 impl Default for DeliveryConfig {
@@ -297,6 +301,7 @@ impl Default for DeliveryConfig {
             when_full: WhenFull::default(),
             max_in_flight: None,
             max_outage_ms: None,
+            format: Format::Skor,
         }
     }
 }

@@ -42,7 +42,15 @@ impl Config {
         } else {
             self.sinks
                 .iter()
-                .map(|(name, sink)| format!("{name}: {}", sink.options.outline()))
+                .map(|(name, sink)| {
+                    let format = sink.delivery.format;
+                    // The default stays unsaid, so the usual outline is short.
+                    if format == skor_sink_api::Format::Skor {
+                        format!("{name}: {}", sink.options.outline())
+                    } else {
+                        format!("{name}: {} (format {format})", sink.options.outline())
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join("; ")
         };

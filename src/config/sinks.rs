@@ -9,7 +9,7 @@ use super::{Config, ConfiguredSink, DeliveryConfig};
 use crate::sinks::{ParseError, SinkType, SINK_TYPES};
 
 /// The keys of [`DeliveryConfig`], which every sink type accepts.
-const DELIVERY_KEYS: [&str; 8] = [
+const DELIVERY_KEYS: [&str; 9] = [
     "retries",
     "backoff_ms",
     "backoff",
@@ -18,6 +18,7 @@ const DELIVERY_KEYS: [&str; 8] = [
     "when_full",
     "max_in_flight",
     "max_outage_ms",
+    "format",
 ];
 
 /// The sink types this build knows, for error messages.

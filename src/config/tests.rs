@@ -435,3 +435,27 @@ fn changed_needs_the_old_row_of_every_table_its_route_sees() {
     let error = parse(&config("old = true\n", "notify", r#"["public.*"]"#)).unwrap_err();
     assert!(error.contains("table public.items"), "{error}");
 }
+
+#[test]
+fn a_sinks_format_is_skor_unless_set_and_an_unknown_one_names_the_choices() {
+    let hook = "[sink.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1/\"\n";
+    let config = parse(&format!("{SOURCE}{hook}")).unwrap();
+    assert_eq!(
+        config.sinks["hook"].delivery.format,
+        skor_sink_api::Format::Skor
+    );
+    let config = parse(&format!("{SOURCE}{hook}format = \"cloudevents\"\n")).unwrap();
+    assert_eq!(
+        config.sinks["hook"].delivery.format,
+        skor_sink_api::Format::CloudEvents
+    );
+    assert_eq!(
+        config.outline("db").sinks,
+        "hook: webhook http://127.0.0.1/ (format cloudevents)"
+    );
+    assert_eq!(
+        error(&format!("{hook}format = \"xml\"\n")),
+        "skor.toml:6:10: key `sink.hook.format`: unknown variant `xml`, expected one of \
+         `skor`, `cloudevents`, `debezium`"
+    );
+}

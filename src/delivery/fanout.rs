@@ -13,11 +13,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use skor_sink_api::{Bytes, Event, Op};
+use skor_sink_api::{Bytes, Event, Format, Op};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::delivery::format::{Commit, Renderer};
 use crate::delivery::router::Router;
 use crate::delivery::shedding::Shedding;
 use crate::delivery::worker::{Job, SinkQueue};
@@ -43,6 +44,10 @@ pub struct Incoming<'a> {
     pub key: Option<Bytes>,
     /// A stable id for consumers to deduplicate on, when the source has one.
     pub id: Option<i64>,
+    /// The transaction's xid, commit time and LSN, when the source knows
+    /// them without reading the payload (wal mode); only sinks with a
+    /// `format` other than skor's use them.
+    pub commit: Option<Commit>,
 }
 
 /// One source's handle on the fan-out stage: the router, the sink queues and
@@ -61,17 +66,36 @@ pub struct Fanout {
     targets: Vec<usize>,
     /// Whether a filter turned the last event away from a route.
     filtered: bool,
+    /// Each sink's `format`, by index.
+    formats: Arc<[Format]>,
+    /// Whether any sink wants a format other than skor's; when none does,
+    /// no event is ever read past its routing fields.
+    renders: bool,
+    renderer: Arc<Renderer>,
+    /// The last routed event in each format its sinks use but skor's.
+    rendered: Vec<Arc<Event>>,
 }
 
 impl Fanout {
-    /// The stage in front of `queues`, the queues of the sinks `sink_names`.
+    /// The stage in front of `queues`, the queues of the sinks `sink_names`,
+    /// for events of `database`.
     pub fn new(
         config: &Config,
+        database: &str,
         sink_names: Vec<String>,
         queues: Vec<SinkQueue>,
         stats: Arc<EventStats>,
         received: ReceivedCounter,
     ) -> Self {
+        let formats: Arc<[Format]> = sink_names
+            .iter()
+            .map(|name| {
+                config
+                    .sinks
+                    .get(name)
+                    .map_or(Format::Skor, |sink| sink.delivery.format)
+            })
+            .collect();
         Self {
             router: Arc::new(
                 Router::new(config, &sink_names).counting_filter_errors(&stats.filter_errors),
@@ -89,6 +113,10 @@ impl Fanout {
             received,
             targets: Vec::new(),
             filtered: false,
+            renders: formats.iter().any(|f| *f != Format::Skor),
+            formats,
+            renderer: Arc::new(Renderer::new(database)),
+            rendered: Vec::new(),
         }
     }
 
@@ -109,6 +137,7 @@ impl Fanout {
             payload,
             key,
             id,
+            commit,
         } = incoming;
         let channel = self
             .channels
@@ -126,16 +155,55 @@ impl Fanout {
             debug!(%channel, schema, table, %op, "no route matches this event");
             return None;
         }
-        Some(Arc::new(Event {
+        let event = Arc::new(Event {
             channel,
             schema,
             table,
             op,
             payload,
+            format: Format::Skor,
             key,
             id,
             seq: self.numbering.fetch_add(1, Ordering::Relaxed) + 1,
-        }))
+        });
+        self.rendered.clear();
+        if self.renders {
+            self.render(&event, commit.as_ref());
+        }
+        Some(event)
+    }
+
+    /// Renders `event` once in each format its sinks use but skor's.
+    fn render(&mut self, event: &Arc<Event>, commit: Option<&Commit>) {
+        for &index in &self.targets {
+            let format = self.formats[index];
+            if format == Format::Skor || self.rendered.iter().any(|e| e.format == format) {
+                continue;
+            }
+            match self.renderer.render(format, event, commit) {
+                Ok(payload) => self.rendered.push(Arc::new(Event {
+                    payload,
+                    format,
+                    ..Event::clone(event)
+                })),
+                // Nothing is dropped: the sink gets skor's payload, labelled
+                // as such, and the log says why.
+                Err(error) => warn!(schema = %event.schema, table = %event.table,
+                                    op = %event.op, %format, %error,
+                                    "cannot render this event; its sinks get skor's payload"),
+            }
+        }
+    }
+
+    /// The last routed event as sink `index` takes it: in its format.
+    pub fn event_for(&self, index: usize, event: &Arc<Event>) -> Arc<Event> {
+        let format = self.formats[index];
+        if format != Format::Skor {
+            if let Some(rendered) = self.rendered.iter().find(|e| e.format == format) {
+                return Arc::clone(rendered);
+            }
+        }
+        Arc::clone(event)
     }
 
     /// The sinks the last routed event goes to, by index.
@@ -149,11 +217,12 @@ impl Fanout {
         self.filtered
     }
 
-    /// Queues `event` for every sink it was routed to, applying each sink's
-    /// `when_full` policy; nothing reports back.
+    /// Queues `event`, the last routed one, for every sink it was routed
+    /// to, in each sink's format, applying each sink's `when_full` policy;
+    /// nothing reports back.
     pub async fn push(&self, event: &Arc<Event>) {
         for &index in &self.targets {
-            self.queues[index].push(event).await;
+            self.queues[index].push(&self.event_for(index, event)).await;
         }
     }
 

@@ -244,6 +244,7 @@ async fn amqps_to_the_plain_amqp_port_fails_clearly_and_hides_the_password() {
         table: "items".into(),
         op: skor_sink_api::Op::Insert,
         payload: skor_sink_api::Bytes::from_static(b"{}"),
+        format: skor_sink_api::Format::Skor,
         key: None,
         id: None,
         seq: 1,

@@ -20,6 +20,7 @@ mod durable_statements;
 #[cfg(all(feature = "amqp", feature = "kafka"))]
 mod fanout;
 mod features;
+mod formats;
 mod heartbeat;
 #[cfg(feature = "kafka")]
 mod kafka;

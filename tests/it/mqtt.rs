@@ -316,6 +316,7 @@ async fn mqtts_with_a_private_ca_and_a_client_certificate_delivers() {
         table: "items".into(),
         op: skor_sink_api::Op::Insert,
         payload: skor_sink_api::Bytes::from_static(b"{}"),
+        format: skor_sink_api::Format::Skor,
         key: None,
         id: None,
         seq: 1,

@@ -31,6 +31,7 @@ fn event(seq: u64, id: Option<i64>) -> Event {
         table: "items".into(),
         op: Op::Insert,
         payload: skor_sink_api::Bytes::from(format!(r#"{{"data":{{"id":{seq}}}}}"#)),
+        format: skor_sink_api::Format::Skor,
         key: None,
         id,
         seq,

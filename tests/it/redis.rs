@@ -31,6 +31,7 @@ fn event() -> skor_sink_api::Event {
         table: "items".into(),
         op: skor_sink_api::Op::Insert,
         payload: skor_sink_api::Bytes::from_static(b"{}"),
+        format: skor_sink_api::Format::Skor,
         key: None,
         id: None,
         seq: 1,

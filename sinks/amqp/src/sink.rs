@@ -14,7 +14,7 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, DefaultConnectionBuilder,
     ExchangeKind,
 };
-use skor_sink_api::{Confirmation, Event, Sink, SinkError};
+use skor_sink_api::{Confirmation, Event, Format, Sink, SinkError};
 use tokio::sync::Mutex;
 use tracing::info;
 
@@ -245,6 +245,9 @@ impl Sink for AmqpSink {
             ..BasicPublishOptions::default()
         };
         let mut properties = self.properties.clone().with_headers(Self::headers(event));
+        if event.format != Format::Skor {
+            properties = properties.with_content_type(event.format.content_type().into());
+        }
         if let Some(id) = event.id {
             properties = properties.with_message_id(id.to_string().into());
         }
@@ -375,6 +378,7 @@ mod tests {
             table: "t".into(),
             op: skor_sink_api::Op::Insert,
             payload: skor_sink_api::Bytes::from_static(b"{}"),
+            format: skor_sink_api::Format::Skor,
             key: None,
             id: None,
             seq: 1,

@@ -62,11 +62,67 @@ impl fmt::Display for Op {
     }
 }
 
+/// How a payload is laid out, as a sink's `format` option chose it.
+///
+/// The daemon renders the payload; a sink forwards it and needs the format
+/// only to label it (an HTTP `Content-Type`, an AMQP content type).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// skor's own payload, as the trigger or the WAL renderer produced it.
+    #[default]
+    Skor,
+    /// A CloudEvents 1.0 event in structured JSON mode, skor's payload as
+    /// its `data`.
+    CloudEvents,
+    /// A Debezium change event's value, without schema.
+    Debezium,
+}
+
+impl Format {
+    /// Every format, in the order the config's error message lists them.
+    pub const ALL: [Format; 3] = [Format::Skor, Format::CloudEvents, Format::Debezium];
+
+    /// The name the config gives it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Format::Skor => "skor",
+            Format::CloudEvents => "cloudevents",
+            Format::Debezium => "debezium",
+        }
+    }
+
+    /// The media type of one payload.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Format::CloudEvents => "application/cloudevents+json",
+            Format::Skor | Format::Debezium => "application/json",
+        }
+    }
+
+    /// The media type of a JSON array of payloads (a webhook batch).
+    pub const fn batch_content_type(self) -> &'static str {
+        match self {
+            Format::CloudEvents => "application/cloudevents-batch+json",
+            Format::Skor | Format::Debezium => "application/json",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One row change, as received from PostgreSQL.
 ///
 /// `payload` holds the notification's bytes exactly as the trigger produced
-/// them; sinks forward it unchanged. The routing fields were read out of it
-/// once, by the daemon, so sinks never parse the payload.
+/// them, or as the daemon rendered them in the sink's `format`; sinks
+/// forward it unchanged. The routing fields were read out of it once, by
+/// the daemon, so sinks never parse the payload.
 #[derive(Clone, Debug)]
 pub struct Event {
     /// The NOTIFY channel the event arrived on.
@@ -77,8 +133,10 @@ pub struct Event {
     pub table: String,
     /// What happened to the row.
     pub op: Op,
-    /// The JSON payload as the trigger produced it.
+    /// The JSON payload as the trigger produced it, or rendered in `format`.
     pub payload: Bytes,
+    /// How `payload` is laid out.
+    pub format: Format,
     /// The row's key, a JSON object of its key columns (`{"id":1}`), when
     /// the table's key is known and the payload holds every key column.
     /// Events with the same key must reach a sink in order.

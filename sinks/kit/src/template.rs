@@ -113,6 +113,7 @@ mod tests {
             table: "orders".into(),
             op: Op::Update,
             payload: Bytes::new(),
+            format: skor_sink_api::Format::Skor,
             key: None,
             id: None,
             seq: 0,

@@ -254,7 +254,7 @@ impl NatsSink {
     fn headers(event: &Event) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.message_id());
-        headers.insert("Content-Type", "application/json");
+        headers.insert("Content-Type", event.format.content_type());
         headers.insert("schema", event.schema.as_str());
         headers.insert("table", event.table.as_str());
         headers.insert("op", event.op.as_str());
@@ -426,6 +426,7 @@ fn check_subject(config: &NatsConfig) -> Result<(), NatsError> {
         table: "orders".into(),
         op: skor_sink_api::Op::Insert,
         payload: skor_sink_api::Bytes::new(),
+        format: skor_sink_api::Format::Skor,
         key: None,
         id: None,
         seq: 0,
@@ -663,6 +664,7 @@ mod tests {
             table: "t".into(),
             op: skor_sink_api::Op::Insert,
             payload: skor_sink_api::Bytes::from_static(b"{}"),
+            format: skor_sink_api::Format::Skor,
             key: None,
             id: None,
             seq: 1,

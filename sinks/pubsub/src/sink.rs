@@ -435,6 +435,7 @@ mod tests {
             table: "items".into(),
             op: Op::Update,
             payload: Bytes::from_static(payload.as_bytes()),
+            format: skor_sink_api::Format::Skor,
             key: Some(Bytes::from(format!("{{\"id\":{id}}}"))),
             id: Some(id),
             seq: 1,

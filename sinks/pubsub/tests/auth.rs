@@ -119,6 +119,7 @@ fn event() -> Event {
         table: "items".into(),
         op: Op::Insert,
         payload: Bytes::from_static(br#"{"id":1}"#),
+        format: skor_sink_api::Format::Skor,
         key: Some(Bytes::from_static(br#"{"id":1}"#)),
         id: None,
         seq: 1,

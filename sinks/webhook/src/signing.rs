@@ -198,6 +198,7 @@ mod tests {
                 table: "t".into(),
                 op: skor_sink_api::Op::Insert,
                 payload: skor_sink_api::Bytes::from_static(b"{}"),
+                format: skor_sink_api::Format::Skor,
                 key: None,
                 id: Some(id),
                 seq: id as u64,

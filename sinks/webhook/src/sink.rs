@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION};
 use reqwest::{redirect, StatusCode};
-use skor_sink_api::{Batching, Bytes, Concurrency, ErrorKind, Event, Sink, SinkError};
+use skor_sink_api::{Batching, Bytes, Concurrency, ErrorKind, Event, Format, Sink, SinkError};
 // `describe` quotes a reqwest error's URL, which may carry credentials:
 // callers strip it first (`without_url`) where the request had one.
 use skor_sink_kit::{closed_before_answer, describe, has_io_error};
@@ -134,17 +134,18 @@ impl WebhookSink {
         })
     }
 
-    /// POSTs `body`, with `ids` in the event-id header when there are any,
-    /// signed as `webhook_id()` when a secret is set, following 307/308
-    /// redirects as the config allows.
+    /// POSTs `body` as `content_type`, with `ids` in the event-id header
+    /// when there are any, signed as `webhook_id()` when a secret is set,
+    /// following 307/308 redirects as the config allows.
     async fn post(
         &self,
         body: Bytes,
+        content_type: &'static str,
         ids: Option<String>,
         webhook_id: impl FnOnce() -> String,
     ) -> Result<(), SinkError> {
         let mut common = HeaderMap::new();
-        common.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        common.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         if let Some(ids) = ids {
             if let Ok(value) = HeaderValue::from_str(&ids) {
                 common.insert(EVENT_ID_HEADER, value);
@@ -396,6 +397,7 @@ impl Sink for WebhookSink {
     async fn send(&self, event: &Event) -> Result<(), SinkError> {
         self.post(
             event.payload.clone(),
+            event.format.content_type(),
             event.id.map(|id| id.to_string()),
             || signing::event_id(event),
         )
@@ -403,7 +405,12 @@ impl Sink for WebhookSink {
     }
 
     async fn send_batch(&self, events: &[Arc<Event>]) -> Result<(), SinkError> {
-        self.post(batch_body(events), batch_ids(events), || {
+        // A sink renders every event in its one format.
+        let content_type = events
+            .first()
+            .map_or(Format::Skor, |e| e.format)
+            .batch_content_type();
+        self.post(batch_body(events), content_type, batch_ids(events), || {
             signing::batch_id(events)
         })
         .await

@@ -181,6 +181,7 @@ fn event() -> Event {
         table: "items".into(),
         op: Op::Insert,
         payload: Bytes::from_static(PAYLOAD.as_bytes()),
+        format: skor_sink_api::Format::Skor,
         key: None,
         id: Some(7),
         seq: 1,

@@ -421,6 +421,7 @@ impl Durable {
             payload: Bytes::from(payload),
             key: key.map(Bytes::from),
             id: Some(id),
+            commit: None,
         };
         let Some(event) = self.fanout.route(incoming) else {
             if self.fanout.filtered() {
@@ -490,7 +491,7 @@ impl Durable {
             },
         );
         for sink in waiting {
-            let job = Job::new(Arc::clone(&event), resume)
+            let job = Job::new(self.fanout.event_for(sink, &event), resume)
                 .fenced(fence.clone())
                 .acked(acks.clone());
             if !self.fanout.send(sink, job).await {

@@ -538,6 +538,7 @@ impl Listener {
             payload,
             key,
             id: None,
+            commit: None,
         };
         if let Some(event) = self.fanout.route(incoming) {
             self.fanout.push(&event).await;

@@ -12,6 +12,7 @@ use tracing::warn;
 
 use super::pgoutput::{self, Change, Relation};
 use super::relations::{Meta, Rules, Table};
+use crate::delivery::format::Commit;
 
 /// A captured change (or a backfilled row), rendered as the sinks get it.
 #[derive(Debug)]
@@ -31,6 +32,8 @@ pub struct WalEvent {
     /// Its stable id: its WAL position plus its rank among the changes of
     /// one WAL record.
     pub id: i64,
+    /// Its transaction's xid, commit time and commit LSN, for the formats.
+    pub commit: Commit,
 }
 
 /// What one XLogData message meant.
@@ -155,6 +158,7 @@ impl Decoder {
                 payload: read.payload,
                 key: read.key,
                 id,
+                commit: meta.commit(),
             });
         }
         if !table.captures(op) {
@@ -172,6 +176,7 @@ impl Decoder {
             payload: rendered.payload,
             key: rendered.key,
             id,
+            commit: meta.commit(),
         })
     }
 }

@@ -197,6 +197,7 @@ mod tests {
             table: "t".into(),
             op: Op::Insert,
             payload: Bytes::from_static(b"{}"),
+            format: skor_sink_api::Format::Skor,
             key: None,
             id: Some(id),
             seq: id as u64,

@@ -197,6 +197,15 @@ impl Rules {
 }
 
 impl Meta {
+    /// What the formats show of the transaction.
+    pub fn commit(&self) -> crate::delivery::format::Commit {
+        crate::delivery::format::Commit {
+            xid: self.xid,
+            time_micros: self.commit_time,
+            lsn: self.lsn,
+        }
+    }
+
     /// A transaction as its BEGIN message describes it.
     pub fn begin(final_lsn: u64, xid: u32, commit_time_micros: i64) -> Self {
         Self {

@@ -608,6 +608,7 @@ impl WalSource {
                     payload: event.payload,
                     key: event.key,
                     id: Some(event.id),
+                    commit: Some(event.commit),
                 };
                 self.dispatch(incoming).await;
             }
@@ -625,7 +626,7 @@ impl WalSource {
             .event(Arc::clone(&event), self.fanout.targets().len());
         let Some(acks) = &self.acks else { return };
         for &index in self.fanout.targets() {
-            let job = Job::new(Arc::clone(&event), None).acked(acks.clone());
+            let job = Job::new(self.fanout.event_for(index, &event), None).acked(acks.clone());
             if !self.fanout.send(index, job).await {
                 // Shutting down: the event stays unconfirmed and comes again.
                 return;

@@ -29,6 +29,7 @@ fn event() -> Arc<Event> {
         table: "t".into(),
         op: Op::Insert,
         payload: Bytes::from_static(b"{}"),
+        format: skor_sink_api::Format::Skor,
         key: None,
         id: None,
         seq: 0,
