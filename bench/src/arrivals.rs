@@ -55,9 +55,43 @@ struct Row {
     id: i64,
 }
 
+/// A CloudEvent: skor's payload is its `data`.
+#[derive(Deserialize)]
+struct CloudEvent<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+    /// Required, so that only a CloudEvent reads as one.
+    #[serde(rename = "specversion")]
+    _specversion: serde::de::IgnoredAny,
+}
+
+/// A Debezium change event's value: the row is `after`, or `before` on a
+/// delete.
+#[derive(Deserialize)]
+struct Debezium<'a> {
+    #[serde(borrow)]
+    op: &'a str,
+    before: Option<Row>,
+    after: Option<Row>,
+}
+
+/// The key of one event in any of skor's formats (skor's own, CloudEvents,
+/// Debezium); the format cases run the same loads as the webhook's.
 fn parse_one(text: &str) -> Option<Key> {
-    let payload: Payload<'_> = serde_json::from_str(text).ok()?;
-    Some(key(Op::parse(payload.op)?, payload.data.id))
+    if let Ok(payload) = serde_json::from_str::<Payload<'_>>(text) {
+        return Some(key(Op::parse(payload.op)?, payload.data.id));
+    }
+    if let Ok(event) = serde_json::from_str::<CloudEvent<'_>>(text) {
+        return parse_one(event.data.get());
+    }
+    let change: Debezium<'_> = serde_json::from_str(text).ok()?;
+    let (op, row) = match change.op {
+        "c" => (Op::Insert, change.after?),
+        "u" => (Op::Update, change.after?),
+        "d" => (Op::Delete, change.before?),
+        _ => return None,
+    };
+    Some(key(op, row.id))
 }
 
 /// Every event a receiver got, in arrival order, duplicates included.
@@ -160,6 +194,32 @@ mod tests {
     use super::*;
 
     const INSERT: &str = r#"{"table" : "bench_events", "schema" : "public", "op" : "INSERT", "data" : {"id":7,"account":7,"amount":0.07,"note":"x","created_at":"2026-01-01T00:00:00+00:00"}}"#;
+
+    #[test]
+    fn reads_cloudevents_and_debezium_change_events() {
+        let arrivals = Arrivals::with_capacity(4);
+        let now = Instant::now();
+        arrivals.record_body(
+            format!(
+                r#"{{"specversion":"1.0","id":"evt_1","type":"skor.row.insert","data":{INSERT}}}"#
+            )
+            .as_bytes(),
+            now,
+        );
+        arrivals.record_body(
+            br#"[{"before":null,"after":{"id":8},"op":"c","ts_ms":1},{"before":{"id":9},"after":null,"op":"d","ts_ms":1}]"#,
+            now,
+        );
+        // Neither: no data to unwrap, an op Debezium does not have.
+        arrivals.record_body(br#"{"specversion":"1.0"}"#, now);
+        arrivals.record_body(br#"{"before":null,"after":{"id":8},"op":"x"}"#, now);
+        let keys: Vec<Key> = arrivals.snapshot().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            vec![key(Op::Insert, 7), key(Op::Insert, 8), key(Op::Delete, 9)]
+        );
+        assert_eq!(arrivals.malformed(), 2);
+    }
 
     #[test]
     fn reads_single_payloads_and_batches() {

@@ -63,6 +63,11 @@ pub enum Target {
     DurableWebhook,
     /// Webhook batches, with the table in durable mode.
     DurableWebhookBatch,
+    /// Webhook, one POST per event, the sink's `format = "cloudevents"`:
+    /// what rendering CloudEvents costs against `webhook`.
+    WebhookCloudEvents,
+    /// The same with `format = "debezium"`.
+    WebhookDebezium,
     /// Webhook batches with the receiver down (connection refused) while
     /// a backlog builds up, then up: how fast skor drains it.
     Recovery,
@@ -105,6 +110,8 @@ impl Target {
             Self::DurableLog => "durable-log",
             Self::DurableWebhook => "durable-webhook",
             Self::DurableWebhookBatch => "durable-webhook-batch",
+            Self::WebhookCloudEvents => "webhook-cloudevents",
+            Self::WebhookDebezium => "webhook-debezium",
             Self::Recovery => "recovery",
             Self::DurableRecovery => "durable-recovery",
             Self::AmqpRecovery => "amqp-recovery",
@@ -185,6 +192,7 @@ pub fn matrix(scale: f64) -> Vec<Case> {
             targets.push(Target::WebhookBatch);
         }
         if matches!(kind, Kind::Burst | Kind::Single(4)) {
+            targets.extend([Target::WebhookCloudEvents, Target::WebhookDebezium]);
             if cfg!(feature = "amqp") {
                 targets.push(Target::Amqp);
             }
@@ -474,6 +482,8 @@ impl<'a> Runner<'a> {
             Target::Webhook
             | Target::WebhookBatch
             | Target::WebhookSlow
+            | Target::WebhookCloudEvents
+            | Target::WebhookDebezium
             | Target::DurableWebhook
             | Target::DurableWebhookBatch
             | Target::WalWebhook
@@ -490,6 +500,8 @@ impl<'a> Runner<'a> {
                     | Target::DurableWebhookBatch
                     | Target::WalWebhookBatch
                     | Target::WalBacklog => BATCH,
+                    Target::WebhookCloudEvents => "format = \"cloudevents\"\n",
+                    Target::WebhookDebezium => "format = \"debezium\"\n",
                     _ => "",
                 };
                 let sink = webhook(http.port, options);

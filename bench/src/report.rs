@@ -299,6 +299,7 @@ impl Report<'_> {
         }
         wal_targets(&mut out, self.results);
         speed_targets(&mut out, self.results, &self.amqp_ceiling);
+        format_costs(&mut out, self.results);
         let noted: Vec<&CaseResult> = self
             .results
             .iter()
@@ -478,6 +479,54 @@ fn speed_targets(
         out,
         "\n## Speed against its targets\n\nDurable mode against the same run's outbox of the same load: a \
          hand-written trigger that INSERTs the event into a two-column table and NOTIFYs, once per row.\n"
+    );
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+/// What a sink's `format` costs: each format case against the plain
+/// webhook case of the same load, in the same run.
+fn format_costs(out: &mut String, results: &[CaseResult]) {
+    let cpu_per_event = |m: &Measured| {
+        m.usage
+            .filter(|_| m.delivered > 0)
+            .map(|u| u.cpu_seconds * 1e6 / m.delivered as f64)
+    };
+    let mut lines = Vec::new();
+    for result in results {
+        let target = result.case.target;
+        if !matches!(target, Target::WebhookCloudEvents | Target::WebhookDebezium) {
+            continue;
+        }
+        let load = result.case.load.name.as_str();
+        let (Outcome::Measured(m), Some(plain)) = (
+            &result.outcome,
+            measured_case(results, Target::Webhook, load),
+        ) else {
+            continue;
+        };
+        let (Some(cpu), Some(plain_cpu)) = (cpu_per_event(m), cpu_per_event(plain)) else {
+            continue;
+        };
+        lines.push(format!(
+            "- {}/{load}: {cpu:.1} µs/event = {:.2} × webhook/{load}'s {plain_cpu:.1}; {} /s = {:.2} × its {} /s; {} lost",
+            target.name(),
+            cpu / plain_cpu,
+            int(m.events_per_second.round() as usize),
+            m.events_per_second / plain.events_per_second,
+            int(plain.events_per_second.round() as usize),
+            int(m.lost()),
+        ));
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## What a format costs\n\nOne POST per event in `format = \"cloudevents\"` or `\"debezium\"`, \
+         against the same run's `webhook` case (skor's own format) of the same load: skor's CPU \
+         per event delivered and the delivery rate.\n"
     );
     for line in lines {
         let _ = writeln!(out, "{line}");

@@ -109,7 +109,6 @@ fn events(large: bool) -> Vec<Event> {
                 table: if i % 8 == 7 { "customers" } else { "orders" },
                 op,
                 payload: payload.into_bytes(),
-                format: skor_sink_api::Format::Skor,
             }
         })
         .collect()
