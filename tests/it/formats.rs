@@ -1,7 +1,8 @@
 //! A sink's `format`: skor's own payload by default, byte for byte;
 //! CloudEvents through the real webhook (one by one and batched), read by
-//! the official CloudEvents SDK; Debezium change events through a real
-//! Kafka broker, field by field as Debezium documents them for PostgreSQL.
+//! the official CloudEvents SDK, and the same CloudEvent through every
+//! broker sink; Debezium change events through a real Kafka broker,
+//! field by field as Debezium documents them for PostgreSQL.
 
 use cloudevents::{AttributesReader, Data};
 use serde_json::Value;
@@ -364,6 +365,116 @@ async fn amqp_carries_the_same_cloudevent_and_labels_it() {
     assert_eq!(message.headers["op"], "INSERT", "headers stay skor's");
     daemon.stop().await;
     rabbit.delete().await;
+}
+
+/// Every other broker sink carries the CloudEvent exactly as the webhook
+/// and AMQP do: the bytes a consumer reads are one the SDK accepts, with
+/// the row's attributes and skor's payload as its data.
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn nats_carries_the_same_cloudevent_and_labels_it() {
+    let stream = crate::common::nats::Stream::new().await;
+    let db = TestDb::new().await;
+    db.exec(CUSTOMERS).await;
+    let cfg = crate::common::config(
+        &db,
+        &format!(
+            "[[table]]\nname = \"customers\"\n{}",
+            stream.sink("format = \"cloudevents\"")
+        ),
+    );
+    let daemon = start_installed(&db, &cfg).await;
+    db.exec(CHANGES[0]).await;
+    let message = &stream.take(1).await[0];
+    assert_eq!(
+        message.headers["Content-Type"],
+        "application/cloudevents+json"
+    );
+    let event = cloudevent(&message.body);
+    assert_cloudevent_of(&event, &db.name, &data(&event));
+    assert_eq!(data(&event)["data"]["first_name"], "Anne");
+    daemon.stop().await;
+    stream.delete().await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_carries_the_same_cloudevent() {
+    let streams = crate::common::redis::Streams::new();
+    let db = TestDb::new().await;
+    db.exec(CUSTOMERS).await;
+    let cfg = crate::common::config(
+        &db,
+        &format!(
+            "[[table]]\nname = \"customers\"\n{}",
+            streams.sink("format = \"cloudevents\"")
+        ),
+    );
+    let daemon = start_installed(&db, &cfg).await;
+    db.exec(CHANGES[0]).await;
+    let entry = &streams.take(&streams.stream("customers"), 1).await[0];
+    let event = cloudevent(entry.payload());
+    assert_cloudevent_of(&event, &db.name, &data(&event));
+    assert_eq!(data(&event)["data"]["first_name"], "Anne");
+    assert_eq!(entry.get("op"), Some("INSERT"), "fields stay skor's");
+    daemon.stop().await;
+    streams.delete();
+}
+
+#[cfg(feature = "mqtt")]
+#[tokio::test]
+async fn mqtt_carries_the_same_cloudevent() {
+    use crate::common::mqtt::{prefix, shared_broker, Subscriber};
+    let prefix = prefix();
+    let (host, port) = shared_broker();
+    let subscriber = Subscriber::new(&host, port, &format!("{prefix}/#")).await;
+    let db = TestDb::new().await;
+    db.exec(CUSTOMERS).await;
+    let cfg = crate::common::config(
+        &db,
+        &format!(
+            "[[table]]\nname = \"customers\"\n[sink.bus]\ntype = \"mqtt\"\n\
+             url = \"mqtt://{host}:{port}\"\ntopic = \"{prefix}/{{table}}\"\nformat = \"cloudevents\"\n"
+        ),
+    );
+    let daemon = start_installed(&db, &cfg).await;
+    db.exec(CHANGES[0]).await;
+    let message = &subscriber.take(1).await[0];
+    assert_eq!(message.topic, format!("{prefix}/customers"));
+    let event = cloudevent(&message.body);
+    assert_cloudevent_of(&event, &db.name, &data(&event));
+    assert_eq!(data(&event)["data"]["first_name"], "Anne");
+    daemon.stop().await;
+    subscriber.close().await;
+}
+
+#[cfg(feature = "pubsub")]
+#[tokio::test]
+async fn pubsub_carries_the_same_cloudevent() {
+    use crate::common::pubsub::{Emulator, PROJECT};
+    let emulator = Emulator::start().await;
+    let topic = format!("skor_test_{:016x}", rand::random::<u64>());
+    emulator.create_topic(&topic).await;
+    let db = TestDb::new().await;
+    db.exec(CUSTOMERS).await;
+    let cfg = crate::common::config(
+        &db,
+        &format!(
+            "[[table]]\nname = \"customers\"\n[sink.bus]\ntype = \"pubsub\"\n\
+             project = \"{PROJECT}\"\ntopic = \"{topic}\"\nemulator_host = \"{}\"\n\
+             format = \"cloudevents\"\n",
+            emulator.host()
+        ),
+    );
+    let daemon = start_installed(&db, &cfg).await;
+    db.exec(CHANGES[0]).await;
+    let message = &emulator.pull(&topic, 1).await[0];
+    let event = cloudevent(&message.body);
+    assert_cloudevent_of(&event, &db.name, &data(&event));
+    assert_eq!(data(&event)["data"]["first_name"], "Anne");
+    assert_eq!(message.attributes["op"], "INSERT", "attributes stay skor's");
+    assert_eq!(message.ordering_key, r#"{"id":1}"#);
+    daemon.stop().await;
 }
 
 #[cfg(feature = "kafka")]
