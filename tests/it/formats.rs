@@ -340,141 +340,117 @@ async fn check_names_the_format_key_and_the_choices() {
     );
 }
 
-#[cfg(feature = "amqp")]
-#[tokio::test]
-async fn amqp_carries_the_same_cloudevent_and_labels_it() {
-    let rabbit = crate::common::amqp::Rabbit::new().await;
-    let db = TestDb::new().await;
-    db.exec(CUSTOMERS).await;
-    let cfg = crate::common::config(
-        &db,
-        &format!(
-            "[[table]]\nname = \"customers\"\n{}",
-            rabbit.sink("format = \"cloudevents\"")
-        ),
-    );
-    let daemon = start_installed(&db, &cfg).await;
-    db.exec(CHANGES[0]).await;
-    let message = &rabbit.take(1).await[0];
-    assert_eq!(
-        message.content_type.as_deref(),
-        Some("application/cloudevents+json")
-    );
-    let event = cloudevent(&message.body);
-    assert_cloudevent_of(&event, &db.name, &data(&event));
-    assert_eq!(message.headers["op"], "INSERT", "headers stay skor's");
-    daemon.stop().await;
-    rabbit.delete().await;
-}
+/// Every broker sink carries the CloudEvent exactly as the webhook does.
+#[cfg(any(
+    feature = "amqp",
+    feature = "nats",
+    feature = "redis",
+    feature = "mqtt",
+    feature = "pubsub"
+))]
+mod brokers {
+    use super::*;
 
-/// Every other broker sink carries the CloudEvent exactly as the webhook
-/// and AMQP do: the bytes a consumer reads are one the SDK accepts, with
-/// the row's attributes and skor's payload as its data.
-#[cfg(feature = "nats")]
-#[tokio::test]
-async fn nats_carries_the_same_cloudevent_and_labels_it() {
-    let stream = crate::common::nats::Stream::new().await;
-    let db = TestDb::new().await;
-    db.exec(CUSTOMERS).await;
-    let cfg = crate::common::config(
-        &db,
-        &format!(
-            "[[table]]\nname = \"customers\"\n{}",
-            stream.sink("format = \"cloudevents\"")
-        ),
-    );
-    let daemon = start_installed(&db, &cfg).await;
-    db.exec(CHANGES[0]).await;
-    let message = &stream.take(1).await[0];
-    assert_eq!(
-        message.headers["Content-Type"],
-        "application/cloudevents+json"
-    );
-    let event = cloudevent(&message.body);
-    assert_cloudevent_of(&event, &db.name, &data(&event));
-    assert_eq!(data(&event)["data"]["first_name"], "Anne");
-    daemon.stop().await;
-    stream.delete().await;
-}
+    /// A daemon sending `customers`' changes through `sink` (a `[sink.bus]`
+    /// table), after the example row's INSERT.
+    async fn insert_through(sink: &str) -> (TestDb, Running) {
+        let db = TestDb::new().await;
+        db.exec(CUSTOMERS).await;
+        let cfg = crate::common::config(&db, &format!("[[table]]\nname = \"customers\"\n{sink}"));
+        let daemon = start_installed(&db, &cfg).await;
+        db.exec(CHANGES[0]).await;
+        (db, daemon)
+    }
 
-#[cfg(feature = "redis")]
-#[tokio::test]
-async fn redis_carries_the_same_cloudevent() {
-    let streams = crate::common::redis::Streams::new();
-    let db = TestDb::new().await;
-    db.exec(CUSTOMERS).await;
-    let cfg = crate::common::config(
-        &db,
-        &format!(
-            "[[table]]\nname = \"customers\"\n{}",
-            streams.sink("format = \"cloudevents\"")
-        ),
-    );
-    let daemon = start_installed(&db, &cfg).await;
-    db.exec(CHANGES[0]).await;
-    let entry = &streams.take(&streams.stream("customers"), 1).await[0];
-    let event = cloudevent(entry.payload());
-    assert_cloudevent_of(&event, &db.name, &data(&event));
-    assert_eq!(data(&event)["data"]["first_name"], "Anne");
-    assert_eq!(entry.get("op"), Some("INSERT"), "fields stay skor's");
-    daemon.stop().await;
-    streams.delete();
-}
+    /// Checks that a broker's message `body` is the CloudEvent of the example
+    /// row's INSERT into `db`, as the SDK reads it.
+    fn assert_inserted_cloudevent(body: &str, db: &TestDb) {
+        let event = cloudevent(body);
+        assert_cloudevent_of(&event, &db.name, &data(&event));
+        assert_eq!(data(&event)["data"]["first_name"], "Anne");
+    }
 
-#[cfg(feature = "mqtt")]
-#[tokio::test]
-async fn mqtt_carries_the_same_cloudevent() {
-    use crate::common::mqtt::{prefix, shared_broker, Subscriber};
-    let prefix = prefix();
-    let (host, port) = shared_broker();
-    let subscriber = Subscriber::new(&host, port, &format!("{prefix}/#")).await;
-    let db = TestDb::new().await;
-    db.exec(CUSTOMERS).await;
-    let cfg = crate::common::config(
-        &db,
-        &format!(
-            "[[table]]\nname = \"customers\"\n[sink.bus]\ntype = \"mqtt\"\n\
-             url = \"mqtt://{host}:{port}\"\ntopic = \"{prefix}/{{table}}\"\nformat = \"cloudevents\"\n"
-        ),
-    );
-    let daemon = start_installed(&db, &cfg).await;
-    db.exec(CHANGES[0]).await;
-    let message = &subscriber.take(1).await[0];
-    assert_eq!(message.topic, format!("{prefix}/customers"));
-    let event = cloudevent(&message.body);
-    assert_cloudevent_of(&event, &db.name, &data(&event));
-    assert_eq!(data(&event)["data"]["first_name"], "Anne");
-    daemon.stop().await;
-    subscriber.close().await;
-}
+    #[cfg(feature = "amqp")]
+    #[tokio::test]
+    async fn amqp_carries_the_same_cloudevent_and_labels_it() {
+        let rabbit = crate::common::amqp::Rabbit::new().await;
+        let (db, daemon) = insert_through(&rabbit.sink("format = \"cloudevents\"")).await;
+        let message = &rabbit.take(1).await[0];
+        assert_eq!(
+            message.content_type.as_deref(),
+            Some("application/cloudevents+json")
+        );
+        assert_inserted_cloudevent(&message.body, &db);
+        assert_eq!(message.headers["op"], "INSERT", "headers stay skor's");
+        daemon.stop().await;
+        rabbit.delete().await;
+    }
 
-#[cfg(feature = "pubsub")]
-#[tokio::test]
-async fn pubsub_carries_the_same_cloudevent() {
-    use crate::common::pubsub::{Emulator, PROJECT};
-    let emulator = Emulator::start().await;
-    let topic = format!("skor_test_{:016x}", rand::random::<u64>());
-    emulator.create_topic(&topic).await;
-    let db = TestDb::new().await;
-    db.exec(CUSTOMERS).await;
-    let cfg = crate::common::config(
-        &db,
-        &format!(
-            "[[table]]\nname = \"customers\"\n[sink.bus]\ntype = \"pubsub\"\n\
-             project = \"{PROJECT}\"\ntopic = \"{topic}\"\nemulator_host = \"{}\"\n\
-             format = \"cloudevents\"\n",
+    #[cfg(feature = "nats")]
+    #[tokio::test]
+    async fn nats_carries_the_same_cloudevent_and_labels_it() {
+        let stream = crate::common::nats::Stream::new().await;
+        let (db, daemon) = insert_through(&stream.sink("format = \"cloudevents\"")).await;
+        let message = &stream.take(1).await[0];
+        assert_eq!(
+            message.headers["Content-Type"],
+            "application/cloudevents+json"
+        );
+        assert_inserted_cloudevent(&message.body, &db);
+        daemon.stop().await;
+        stream.delete().await;
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_carries_the_same_cloudevent() {
+        let streams = crate::common::redis::Streams::new();
+        let (db, daemon) = insert_through(&streams.sink("format = \"cloudevents\"")).await;
+        let entry = &streams.take(&streams.stream("customers"), 1).await[0];
+        assert_inserted_cloudevent(entry.payload(), &db);
+        assert_eq!(entry.get("op"), Some("INSERT"), "fields stay skor's");
+        daemon.stop().await;
+        streams.delete();
+    }
+
+    #[cfg(feature = "mqtt")]
+    #[tokio::test]
+    async fn mqtt_carries_the_same_cloudevent() {
+        use crate::common::mqtt::{prefix, shared_broker, Subscriber};
+        let prefix = prefix();
+        let (host, port) = shared_broker();
+        let subscriber = Subscriber::new(&host, port, &format!("{prefix}/#")).await;
+        let (db, daemon) = insert_through(&format!(
+            "[sink.bus]\ntype = \"mqtt\"\nurl = \"mqtt://{host}:{port}\"\n\
+             topic = \"{prefix}/{{table}}\"\nformat = \"cloudevents\"\n"
+        ))
+        .await;
+        let message = &subscriber.take(1).await[0];
+        assert_eq!(message.topic, format!("{prefix}/customers"));
+        assert_inserted_cloudevent(&message.body, &db);
+        daemon.stop().await;
+        subscriber.close().await;
+    }
+
+    #[cfg(feature = "pubsub")]
+    #[tokio::test]
+    async fn pubsub_carries_the_same_cloudevent() {
+        use crate::common::pubsub::{Emulator, PROJECT};
+        let emulator = Emulator::start().await;
+        let topic = format!("skor_test_{:016x}", rand::random::<u64>());
+        emulator.create_topic(&topic).await;
+        let (db, daemon) = insert_through(&format!(
+            "[sink.bus]\ntype = \"pubsub\"\nproject = \"{PROJECT}\"\ntopic = \"{topic}\"\n\
+             emulator_host = \"{}\"\nformat = \"cloudevents\"\n",
             emulator.host()
-        ),
-    );
-    let daemon = start_installed(&db, &cfg).await;
-    db.exec(CHANGES[0]).await;
-    let message = &emulator.pull(&topic, 1).await[0];
-    let event = cloudevent(&message.body);
-    assert_cloudevent_of(&event, &db.name, &data(&event));
-    assert_eq!(data(&event)["data"]["first_name"], "Anne");
-    assert_eq!(message.attributes["op"], "INSERT", "attributes stay skor's");
-    assert_eq!(message.ordering_key, r#"{"id":1}"#);
-    daemon.stop().await;
+        ))
+        .await;
+        let message = &emulator.pull(&topic, 1).await[0];
+        assert_inserted_cloudevent(&message.body, &db);
+        assert_eq!(message.attributes["op"], "INSERT", "attributes stay skor's");
+        assert_eq!(message.ordering_key, r#"{"id":1}"#);
+        daemon.stop().await;
+    }
 }
 
 #[cfg(feature = "kafka")]
